@@ -1,0 +1,67 @@
+"""
+asynqueue: a Twisted task queue.
+
+Dispatch callables to workers in the reactor thread, in threads, in
+subprocesses, on remote hosts or on a Dask cluster, and get a Deferred for
+each result::
+
+    from asynqueue import ThreadQueue
+
+    q = ThreadQueue(2)
+    d = q.call(sum, [1, 2, 3])          # fires with 6
+    ...
+    yield q.shutdown()
+
+Importing the package is light: it imports no reactor and no optional
+back-end; each public name below is loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "1.0.0.dev0"
+
+# public name -> private module that defines it
+_EXPORTS: dict[str, str] = {
+    "TaskQueue": "._queue",
+    "Task": "._task",
+    "IWorker": ".interfaces",
+    "AsyncWorker": "._workers",
+    "NullQueue": ".null",
+    "ThreadQueue": "._threads",
+    "ThreadWorker": "._threads",
+    "deferToThread": "._threads",
+    "errors": ".errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'asynqueue' has no attribute {name!r}")
+    if name == "errors":
+        value: Any = importlib.import_module(module, __name__)
+    else:
+        value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:
+    from . import errors as errors
+    from ._queue import TaskQueue as TaskQueue
+    from ._task import Task as Task
+    from ._threads import ThreadQueue as ThreadQueue
+    from ._threads import ThreadWorker as ThreadWorker
+    from ._threads import deferToThread as deferToThread
+    from ._workers import AsyncWorker as AsyncWorker
+    from .interfaces import IWorker as IWorker
+    from .null import NullQueue as NullQueue

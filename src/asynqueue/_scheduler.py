@@ -1,0 +1,381 @@
+"""
+The scheduler: which queued task a worker should run next.
+
+Pure, synchronous code with no reactor and no Twisted import, so that every
+ordering rule can be tested exhaustively.
+
+Ordering rules
+==============
+
+A task belongs to one of three classes, tried in this order:
+
+1. **doNext** tasks, first in, first out among themselves;
+2. **normal** tasks, shared fairly between *flows* (below);
+3. **doLast** tasks, first in, first out among themselves, run only when no
+   normal task can run on the worker asking.
+
+A *flow* is a series: all tasks submitted with the same ``series`` value. Tasks
+without a series (``series=None``) form one flow per niceness level, so plain
+calls at the same niceness run first in, first out, and plain calls at
+different niceness share the worker by weight just like two series do.
+
+Within a flow, tasks start strictly in submission order.
+
+Between flows: start-time fair queuing
+--------------------------------------
+
+Each task of niceness *n* has weight ``w = 2 ** (-n / 10)``: niceness N+10 gets
+half the rate of niceness N, at every level. When a task is queued it is
+stamped with a virtual start tag ``S = max(V, F_prev)`` and a finish tag
+``F = S + stride``, the stride being proportional to ``1 / w`` (exact
+integers, so that ties are true ties), where ``F_prev`` is the finish tag of the previous task of
+the same flow and ``V`` is the scheduler's virtual time, the start tag of the
+task dispatched last. The next task is the flow head with the smallest finish
+tag; ties go to the task queued first.
+
+So two backlogged flows at niceness 0 and 10 dispatch exactly A A B A A B ...,
+and a flow that arrives behind a large backlog of another is stamped from the
+*current* virtual time, not from the end of that backlog: it starts
+interleaving at once. (The original AsynQueue stamped new series after the
+highest serial ever used, so a late batch waited behind the whole backlog.)
+
+Qualifications
+--------------
+
+Workers are qualified for some series. A task of series S may run on a worker
+qualified for S; if *no* attached worker is qualified for S (S is not
+*restricted*), any worker may run it. The caller tells the scheduler which
+series are restricted, and each ``pop`` says which series the asking worker is
+qualified for, so a task that one worker cannot run never blocks a task that
+it can.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Collection, Hashable, Iterator
+from typing import Any, Final
+
+__all__ = [
+    "MAX_NICENESS",
+    "MIN_NICENESS",
+    "Entry",
+    "Scheduler",
+    "checkNiceness",
+    "weight",
+]
+
+MIN_NICENESS: Final = -20
+MAX_NICENESS: Final = 20
+
+# Idle flows are swept once there are more than this many.
+_IDLE_SWEEP: Final = 256
+
+NEXT: Final = 0
+NORMAL: Final = 1
+LAST: Final = 2
+
+
+def checkNiceness(niceness: object) -> int:
+    """Return *niceness* if it is an int in -20..20, else raise ValueError."""
+    if isinstance(niceness, bool) or not isinstance(niceness, int):
+        raise ValueError(f"niceness must be an int from -20 to 20, not {niceness!r}")
+    if not MIN_NICENESS <= niceness <= MAX_NICENESS:
+        raise ValueError(f"niceness must be from -20 to 20, not {niceness}")
+    return niceness
+
+
+def weight(niceness: int) -> float:
+    """The scheduling weight of *niceness*: halves with every +10."""
+    return 2.0 ** (-niceness / 10.0)
+
+
+# Virtual time is kept in exact integers so that ties are real ties, broken by
+# submission order, and niceness N+10 has exactly twice the stride of N.
+_STRIDE_BASE: Final = tuple(round(2 ** (r / 10) * 2**40) for r in range(10))
+
+
+def stride(niceness: int) -> int:
+    """The virtual time one task of *niceness* takes: proportional to 1/weight."""
+    shift, r = divmod(niceness - MIN_NICENESS, 10)
+    return _STRIDE_BASE[r] << shift
+
+
+class Entry:
+    """One queued item and its place in the scheduler. Identity-compared."""
+
+    __slots__ = ("finish", "flow", "item", "klass", "live", "seq", "series", "start")
+
+    def __init__(
+        self, item: Any, series: Hashable, flow: Hashable, klass: int, seq: int
+    ) -> None:
+        self.item = item
+        self.series = series
+        self.flow = flow
+        self.klass = klass
+        self.seq = seq
+        self.start = 0
+        self.finish = 0
+        self.live = True
+
+    def __repr__(self) -> str:
+        return (
+            f"<Entry {self.item!r} series={self.series!r} class={self.klass}"
+            f" F={self.finish} seq={self.seq}>"
+        )
+
+
+class _Flow:
+    """The FIFO of one flow and the finish tag of its newest task."""
+
+    __slots__ = ("entries", "key", "lastFinish", "series")
+
+    def __init__(self, key: Hashable, series: Hashable) -> None:
+        self.key = key
+        self.series = series
+        self.entries: deque[Entry] = deque()
+        self.lastFinish = 0
+
+
+class Scheduler:
+    """
+    Queued items in scheduling order; see the module docstring for the rules.
+
+    Items are opaque. ``push`` returns an `Entry` that ``remove`` accepts.
+    """
+
+    def __init__(self) -> None:
+        self._seq = itertools.count()
+        self._vtime = 0
+        self._flows: dict[Hashable, _Flow] = {}
+        # Heads of non-empty flows whose series is unrestricted: (F, seq, flow key).
+        # Stale rows (head changed, flow became restricted) are skipped lazily.
+        self._heads: list[tuple[int, int, Hashable]] = []
+        # Restricted series -> keys of its non-empty flows (one, or one per
+        # niceness for series None, which is never restricted).
+        self._restricted: frozenset[Hashable] = frozenset()
+        self._restrictedFlows: dict[Hashable, _Flow] = {}
+        self._special: dict[int, deque[Entry]] = {NEXT: deque(), LAST: deque()}
+        self._count = 0
+        # Empty flows whose last finish tag is still ahead of the virtual time.
+        self._idle: set[Hashable] = set()
+        self._sweepAt = _IDLE_SWEEP
+
+    # ---------------------------------------------------------------- state
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    @property
+    def virtualTime(self) -> int:
+        return self._vtime
+
+    def __iter__(self) -> Iterator[Any]:
+        """Every queued item, in no promised order."""
+        for klass in (NEXT, LAST):
+            for e in self._special[klass]:
+                if e.live:
+                    yield e.item
+        for flow in self._flows.values():
+            for e in flow.entries:
+                if e.live:
+                    yield e.item
+
+    # ---------------------------------------------------------------- input
+
+    def push(
+        self,
+        item: Any,
+        series: Hashable = None,
+        niceness: int = 0,
+        doNext: bool = False,
+        doLast: bool = False,
+    ) -> Entry:
+        """Queue *item*; returns its `Entry`."""
+        seq = next(self._seq)
+        if doNext or doLast:
+            klass = NEXT if doNext else LAST
+            entry = Entry(item, series, None, klass, seq)
+            self._special[klass].append(entry)
+        else:
+            key = ("", niceness) if series is None else ("s", series)
+            entry = Entry(item, series, key, NORMAL, seq)
+            flow = self._flows.get(key)
+            if flow is None:
+                flow = self._flows[key] = _Flow(key, series)
+            else:
+                self._idle.discard(key)
+            entry.start = max(self._vtime, flow.lastFinish)
+            entry.finish = flow.lastFinish = entry.start + stride(niceness)
+            flow.entries.append(entry)
+            if len(flow.entries) == 1:
+                self._headChanged(flow)
+        self._count += 1
+        return entry
+
+    def pushFront(self, item: Any, series: Hashable = None) -> Entry:
+        """Queue *item* ahead of everything, even doNext tasks (for retries)."""
+        entry = Entry(item, series, None, NEXT, next(self._seq))
+        self._special[NEXT].appendleft(entry)
+        self._count += 1
+        return entry
+
+    def remove(self, entry: Entry) -> bool:
+        """Take *entry* off the queue; False if it was no longer queued."""
+        if not entry.live:
+            return False
+        entry.live = False
+        self._count -= 1
+        if entry.klass == NORMAL:
+            flow = self._flows[entry.flow]
+            wasHead = flow.entries[0] is entry
+            flow.entries.remove(entry)
+            if wasHead:
+                self._headChanged(flow)
+            elif not flow.entries:
+                self._dropFlow(flow)
+        else:
+            self._special[entry.klass].remove(entry)
+        return True
+
+    def drain(self) -> list[Any]:
+        """Remove and return every queued item, in scheduling order."""
+        out: list[Any] = []
+        while True:
+            entry = self._best(None)
+            if entry is None:
+                return out
+            self._take(entry)
+            out.append(entry.item)
+
+    def setRestricted(self, series: Collection[Hashable]) -> None:
+        """Declare the series that at least one attached worker is qualified for."""
+        restricted = frozenset(s for s in series if s is not None)
+        if restricted == self._restricted:
+            return
+        self._restricted = restricted
+        self._restrictedFlows = {}
+        self._heads = []
+        for flow in self._flows.values():
+            if flow.entries:
+                self._index(flow)
+
+    # ---------------------------------------------------------------- output
+
+    def peek(self, qualified: Collection[Hashable] | None = None) -> Any:
+        """The item ``pop(qualified)`` would return, left queued (or None)."""
+        entry = self._best(qualified)
+        return None if entry is None else entry.item
+
+    def pop(self, qualified: Collection[Hashable] | None = None) -> Any:
+        """
+        Remove and return the best item for a worker qualified for the series
+        in *qualified* (None: a worker that may run anything), or None.
+        """
+        entry = self._best(qualified)
+        if entry is None:
+            return None
+        self._take(entry)
+        return entry.item
+
+    # ---------------------------------------------------------------- internals
+
+    def _eligible(
+        self, series: Hashable, qualified: Collection[Hashable] | None
+    ) -> bool:
+        return (
+            qualified is None
+            or series is None
+            or series not in self._restricted
+            or series in qualified
+        )
+
+    def _best(self, qualified: Collection[Hashable] | None) -> Entry | None:
+        for e in self._special[NEXT]:
+            if self._eligible(e.series, qualified):
+                return e
+        best = self._bestNormal(qualified)
+        if best is not None:
+            return best
+        for e in self._special[LAST]:
+            if self._eligible(e.series, qualified):
+                return e
+        return None
+
+    def _bestNormal(self, qualified: Collection[Hashable] | None) -> Entry | None:
+        heads = self._heads
+        best: Entry | None = None
+        while heads:
+            _, seq, key = heads[0]
+            flow = self._flows.get(key)
+            if flow is None or not flow.entries or flow.entries[0].seq != seq:
+                heapq.heappop(heads)  # stale row
+                continue
+            best = flow.entries[0]
+            break
+        if self._restrictedFlows:
+            if qualified is None:
+                candidates: Collection[Hashable] = list(self._restrictedFlows)
+            else:
+                candidates = [s for s in qualified if s in self._restrictedFlows]
+            for s in candidates:
+                e = self._restrictedFlows[s].entries[0]
+                if best is None or (e.finish, e.seq) < (best.finish, best.seq):
+                    best = e
+        return best
+
+    def _take(self, entry: Entry) -> None:
+        entry.live = False
+        self._count -= 1
+        if entry.klass == NORMAL:
+            flow = self._flows[entry.flow]
+            flow.entries.popleft()
+            if entry.start > self._vtime:
+                self._vtime = entry.start
+            self._headChanged(flow)
+            if len(self._idle) > self._sweepAt or len(self._idle) == len(self._flows):
+                self._sweepIdle()
+        else:
+            self._special[entry.klass].remove(entry)
+
+    def _headChanged(self, flow: _Flow) -> None:
+        if flow.entries:
+            self._index(flow)
+        else:
+            self._dropFlow(flow)
+
+    def _index(self, flow: _Flow) -> None:
+        if flow.series is not None and flow.series in self._restricted:
+            self._restrictedFlows[flow.series] = flow
+        else:
+            head = flow.entries[0]
+            heapq.heappush(self._heads, (head.finish, head.seq, flow.key))
+
+    def _dropFlow(self, flow: _Flow) -> None:
+        # An empty flow is forgotten once the virtual time has passed its last
+        # finish tag; until then it is kept (idle), so that a flow cannot jump
+        # ahead of its fair share by emptying and refilling.
+        if self._restrictedFlows.get(flow.series) is flow:
+            del self._restrictedFlows[flow.series]
+        if flow.lastFinish <= self._vtime:
+            del self._flows[flow.key]
+            self._idle.discard(flow.key)
+        else:
+            self._idle.add(flow.key)
+
+    def _sweepIdle(self) -> None:
+        vtime = self._vtime
+        if len(self._idle) == len(self._flows):
+            # Nothing queued in any flow: nobody to be unfair to, forget them all.
+            vtime = max([vtime, *(self._flows[k].lastFinish for k in self._idle)])
+            self._vtime = vtime
+        for key in [k for k in self._idle if self._flows[k].lastFinish <= vtime]:
+            del self._flows[key]
+            self._idle.discard(key)
+        # Amortised: the next sweep waits until the idle set has doubled.
+        self._sweepAt = max(_IDLE_SWEEP, 2 * len(self._idle))

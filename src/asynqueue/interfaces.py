@@ -1,0 +1,87 @@
+"""
+The worker interface.
+
+A worker runs tasks that a `TaskQueue` hands it. It knows nothing of
+scheduling: the queue decides which task runs next and where; the worker only
+runs it and reports ``(status, result)`` through ``task.callback``.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface, invariant
+
+from .errors import InvariantError
+
+__all__ = ["IWorker"]
+
+
+def _qualificationsAreLists(worker: object) -> None:
+    for name in ("cQualified", "iQualified"):
+        value = getattr(worker, name, None)
+        if not isinstance(value, list):
+            raise InvariantError(f"{worker!r}.{name} must be a list, not {value!r}")
+
+
+class IWorker(Interface):
+    """
+    Provided by every worker that a `TaskQueue` can employ.
+
+    Required
+    --------
+    ``cQualified``, ``iQualified``, ``setResignator``, ``run``, ``stop`` and
+    ``crash``, as in the original AsynQueue.
+
+    Optional
+    --------
+    A worker may also define, and the queue then uses:
+
+    - ``timedOut(task)``: the task's time ran out. The queue discards any late
+      result itself; the worker should free itself (a process worker kills
+      its child, a thread worker abandons its stuck thread) so that it can
+      take new work. Called in the reactor thread.
+    - ``reportsStart = True``: the worker calls ``task.started()`` when the
+      task really starts (useful when it holds several tasks in flight), so a
+      timeout counts from then rather than from when the task was handed
+      over.
+    """
+
+    cQualified = Attribute(
+        "A list of series that every instance of this class is qualified to run."
+    )
+    iQualified = Attribute(
+        "A list of series that this instance is qualified to run, in addition."
+    )
+
+    invariant(_qualificationsAreLists)
+
+    def setResignator(callableObject):
+        """
+        Register a callable to call (with no arguments) when the worker quits
+        on its own, e.g. after losing its connection. The queue then detaches
+        it and reassigns its unfinished tasks.
+        """
+
+    def run(task):
+        """
+        Start running *task* (a `asynqueue.tasks.Task`).
+
+        Call ``task.callback((status, result))`` with the outcome, status being
+        one of ``e r i c t n d`` (see `asynqueue.base.TaskQueue.taskDone`).
+        Keywords the queue consumes never appear in ``task.callTuple``; the
+        per-call ``raw`` and ``consumer`` options are task attributes.
+
+        Returns a Deferred that fires when the worker can accept another task
+        (a pipelining worker may fire it before *task* finishes).
+        """
+
+    def stop():
+        """
+        Stop gracefully: finish the tasks in hand, then release resources.
+        Returns a Deferred that fires when that is done.
+        """
+
+    def crash():
+        """
+        Stop at once. Returns the list of tasks the worker had not finished;
+        their outcome from this worker is no longer awaited.
+        """

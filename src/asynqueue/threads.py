@@ -1,0 +1,5 @@
+"""Thread workers (original path ``asynqueue.threads``)."""
+
+from ._threads import ThreadQueue, ThreadWorker, deferToThread
+
+__all__ = ["ThreadQueue", "ThreadWorker", "deferToThread"]

@@ -1,0 +1,174 @@
+"""ThreadWorker and ThreadQueue with real threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from asynqueue import ThreadQueue, ThreadWorker, deferToThread, errors
+
+
+def threadName(*_: Any) -> str:
+    return threading.current_thread().name
+
+
+def boom() -> None:
+    raise KeyError("thread boom")
+
+
+class ThreadQueueTests(TestCase):
+    timeout = 15
+
+    def setUp(self) -> None:
+        self.q = ThreadQueue(2, returnFailure=True)
+        self.addCleanup(self.q.shutdown)
+
+    @inlineCallbacks
+    def test_runs_off_the_reactor_thread(self) -> Any:
+        name = yield self.q.call(threadName)
+        self.assertIn("ThreadWorker", name)
+        self.assertNotEqual(name, threading.current_thread().name)
+        self.assertEqual(len(self.q), 2)
+
+    @inlineCallbacks
+    def test_many_calls_all_arrive_in_order(self) -> Any:
+        results = yield defer.gatherResults([self.q.call(abs, -i) for i in range(5000)])
+        self.assertEqual(results, list(range(5000)))
+
+    @inlineCallbacks
+    def test_both_workers_share_the_load(self) -> Any:
+        names = yield defer.gatherResults(
+            [self.q.call(lambda: (time.sleep(0.01), threadName())[1]) for _ in range(20)]
+        )
+        self.assertEqual(len(set(names)), 2)
+
+    @inlineCallbacks
+    def test_exception_keeps_type_and_worker_goes_on(self) -> Any:
+        with self.assertRaises(KeyError) as ctx:
+            yield self.q.call(boom)
+        self.assertIn("thread boom", str(ctx.exception))
+        self.assertEqual((yield self.q.call(abs, -1)), 1)
+
+    @inlineCallbacks
+    def test_series_dispatch_order_across_workers(self) -> Any:
+        starts: list[int] = []
+        lock = threading.Lock()
+
+        def work(i: int) -> int:
+            with lock:
+                starts.append(i)
+            time.sleep(0.002)
+            return i
+
+        results = yield defer.gatherResults([self.q.call(work, i, series="s") for i in range(40)])
+        self.assertEqual(results, list(range(40)))
+        # Dispatch is in order; with two threads two neighbours may swap at start.
+        for pos, i in enumerate(starts):
+            self.assertLessEqual(abs(pos - i), 1)
+
+    @inlineCallbacks
+    def test_unqualified_series_runs(self) -> Any:
+        # The original never ran this.
+        self.assertEqual((yield self.q.call(abs, -3, series="x")), 3)
+
+    @inlineCallbacks
+    def test_defer_to_thread_skips_the_queue(self) -> Any:
+        name = yield self.q.deferToThread(threadName)
+        self.assertIn("ThreadWorker", name)
+
+
+class ThreadTimeoutTests(TestCase):
+    timeout = 15
+
+    @inlineCallbacks
+    def test_stuck_thread_is_replaced_and_late_result_dropped(self) -> Any:
+        q = ThreadQueue(returnFailure=True)
+        release = threading.Event()
+        self.addCleanup(release.set)
+        calls = []
+
+        def stuck() -> str:
+            calls.append(threading.get_ident())
+            release.wait(10)
+            return "late"
+
+        with self.assertRaises(errors.TimeoutError):
+            yield q.call(stuck, timeout=0.2)
+        self.assertEqual(len(calls), 2)
+        # Two abandoned threads are still blocked; a fresh one serves the queue.
+        fresh = yield q.call(threading.get_ident)
+        self.assertEqual(len({*calls, fresh}), 3)
+        release.set()
+        yield q.shutdown()
+
+    @inlineCallbacks
+    def test_retry_after_timeout_can_succeed(self) -> Any:
+        q = ThreadQueue(returnFailure=True)
+        self.addCleanup(q.shutdown)
+        tries = []
+
+        def slowOnce() -> int:
+            tries.append(1)
+            if len(tries) == 1:
+                time.sleep(0.5)
+            return len(tries)
+
+        self.assertEqual((yield q.call(slowOnce, timeout=0.2)), 2)
+
+
+class ThreadShutdownTests(TestCase):
+    timeout = 15
+
+    @inlineCallbacks
+    def test_shutdown_finishes_queued_tasks_and_ends_threads(self) -> Any:
+        before = {t.name for t in threading.enumerate()}
+        q = ThreadQueue(2, returnFailure=True)
+        ds = [q.call(time.sleep, 0.02) for _ in range(10)]
+        yield q.shutdown()
+        for d in ds:
+            self.assertIsNone(self.successResultOf(d))
+        for _ in range(100):
+            extra = {t.name for t in threading.enumerate()} - before
+            if not [n for n in extra if "ThreadWorker" in n]:
+                break
+            yield _sleep(0.02)
+        self.assertFalse([n for n in extra if "ThreadWorker" in n])
+
+    @inlineCallbacks
+    def test_crash_detach_of_a_stuck_worker_reassigns(self) -> Any:
+        release = threading.Event()
+        self.addCleanup(release.set)
+        w1, w2 = ThreadWorker(), ThreadWorker()
+        from asynqueue import TaskQueue
+
+        q = TaskQueue(w1, returnFailure=True)
+        d = q.call(release.wait, 10)
+        yield _sleep(0.05)
+        q.attachWorker(w2)
+        left = yield q.detachWorker(w1, reassign=True, crash=True)
+        self.assertEqual(left, [])
+        release.set()
+        self.assertTrue((yield d))  # re-run on w2
+        yield q.shutdown()
+
+    @inlineCallbacks
+    def test_module_defer_to_thread(self) -> Any:
+        self.assertEqual((yield deferToThread(lambda a, b: a * b, 6, 7)), 42)
+        with self.assertRaises(ZeroDivisionError):
+            yield deferToThread(lambda: 1 / 0)
+        results = yield defer.gatherResults([deferToThread(abs, -i) for i in range(50)])
+        self.assertEqual(results, list(range(50)))
+        yield deferToThread()
+
+
+def _sleep(seconds: float) -> defer.Deferred[None]:
+    from twisted.internet import reactor
+
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
