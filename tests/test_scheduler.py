@@ -68,7 +68,7 @@ def test_plain_calls_at_one_niceness_are_fifo(nicenesses):
 
 def startRatio(niceA: int, niceB: int, count: int = 300) -> list[str]:
     s = Scheduler()
-    for i in range(count):
+    for _ in range(count):
         s.push("A", series="A", niceness=niceA)
         s.push("B", series="B", niceness=niceB)
     return [s.pop() for _ in range(count)]

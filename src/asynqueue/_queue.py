@@ -99,33 +99,30 @@ def toFailure(result: Any, errorType: type[errors.WorkerError] = errors.WorkerEr
 class _Call:
     """One ``call`` from its submission until its Deferred has fired."""
 
-    __slots__ = (
-        "args", "attempt", "callID", "consumer", "d", "doLast", "doNext", "done",
-        "entry", "f", "kw", "losses", "niceness", "raw", "returnFailure",
-        "series", "slot", "timeout", "timeouts", "timer",
-    )  # fmt: skip
+    # Class-level defaults: most calls set none of the options, and an
+    # instance only stores what differs (cheaper than setting every field).
+    attempt: Task | None = None
+    slot: _Slot | None = None
+    entry: Any = None
+    timer: Any = None
+    done = False
+    timeouts = 0
+    losses = 0
+    callID = 0
+    niceness = 0
+    series: Hashable = None
+    doNext = False
+    doLast = False
+    timeout: float | None = None
+    consumer: Any = None
+    returnFailure = False
+    raw: bool | None = None
 
     def __init__(self, f: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
         self.f = f
         self.args = args
         self.kw = kw
         self.d: Deferred[Any] = Deferred()
-        self.done = False
-        self.attempt: Task | None = None
-        self.slot: _Slot | None = None
-        self.entry: Any = None
-        self.timer: Any = None
-        self.timeouts = 0
-        self.losses = 0
-        self.callID = 0
-        self.niceness = 0
-        self.series: Hashable = None
-        self.doNext = False
-        self.doLast = False
-        self.timeout: float | None = None
-        self.consumer: Any = None
-        self.returnFailure = False
-        self.raw: bool | None = None
 
     def describe(self) -> str:
         return describeCall(self.f, self.args, self.kw)
@@ -414,8 +411,17 @@ class TaskQueue:
         """Make the record of a queued call from a func-args-kw combo."""
         if not callable(func):
             raise TypeError(f"{func!r} is not callable")
-        kw = dict(kw)
         call = _Call(func, tuple(args), kw)
+        if self.returnFailure:
+            call.returnFailure = True
+        if kw and not QUEUE_KEYWORDS.isdisjoint(kw):
+            self._queueOptions(call, dict(kw))
+        else:
+            call.kw = dict(kw)
+        return call
+
+    def _queueOptions(self, call: _Call, kw: dict[str, Any]) -> None:
+        """Take the queue's keywords out of *kw*, validating each."""
         call.niceness = checkNiceness(kw.pop("niceness", 0))
         call.series = kw.pop("series", None)
         if call.series is not None:
@@ -436,7 +442,6 @@ class TaskQueue:
         raw = kw.pop("raw", None)
         call.raw = None if raw is None else bool(raw)
         call.kw = kw
-        return call
 
     def call(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
         """
@@ -528,8 +533,9 @@ class TaskQueue:
         )
         call.attempt = task
         call.slot = slot
+        task.owner = call
         slot.inflight[task] = call
-        task.d.addCallback(self._attemptDone, task, call)
+        task.onReport = self._onReport
         if call.timeout is not None:
             if not getattr(slot.worker, "reportsStart", False):
                 task.startedAt = self._reactor.seconds()
@@ -539,8 +545,12 @@ class TaskQueue:
         except Exception:
             task.callback(("e", Failure()))
             readyD = succeed(None)
-        if readyD is None:
-            readyD = succeed(None)
+        if readyD is None or (readyD.called and not isinstance(readyD.result, Failure)):
+            # Ready at once (a pipelining worker with room): no callback round.
+            if slot.attached and not slot.stopping:
+                slot.ready = True
+                self._redispatch = True
+            return
         readyD.addCallbacks(self._onReady, self._onReadyFailed, (slot,), None, (slot,))
 
     def _onReady(self, _: Any, slot: _Slot) -> None:
@@ -571,6 +581,10 @@ class TaskQueue:
             call.slot = None
         return task
 
+    def _onReport(self, task: Task, statusResult: Any) -> None:
+        call = task.owner
+        self._attemptDone(statusResult, task, call)
+
     def _attemptDone(self, statusResult: Any, task: Task, call: _Call) -> None:
         if call.attempt is not task or call.done:
             return  # a late result of an attempt the queue gave up on
@@ -590,6 +604,8 @@ class TaskQueue:
             except Exception:
                 outcome = Failure()
             self._finish(call, outcome)
+            if not self._drainWaiters:
+                return  # a plain result queues no new work: nothing to dispatch
         self._dispatch()
         self._checkDrained()
 
@@ -668,6 +684,8 @@ class TaskQueue:
         """
         call: _Call | None = kw.get("call")
         status, result = _unpackStatus(statusResult)
+        if status == "r" and not self.spew:
+            return result  # the hot path
         description = call.describe() if call is not None else repr(task)
         if self.spew:
             log.info("%s -> %r", description, result)

@@ -96,7 +96,12 @@ class Task:
         self.innocent = False
         self.startedAt: float | None = None
         self._clock = clock
-        self.d: Deferred[tuple[Any, Any]] = Deferred()
+        self._d: Deferred[tuple[Any, Any]] | None = None
+        self._reported: tuple[Any, Any] | None = None
+        # The queue's own receiver: called directly, without a Deferred, on
+        # the hot path. Set by whoever dispatches the task.
+        self.onReport: Callable[[Task, tuple[Any, Any]], None] | None = None
+        self.owner: Any = None  # opaque, for the dispatcher's bookkeeping
 
     # Identity semantics: two tasks are never "equal" because they share a
     # priority (the original compared priorities, corrupting list removal).
@@ -113,17 +118,35 @@ class Task:
         """Record that the task starts now. Safe to call from any thread."""
         self.startedAt = self._clock()
 
+    @property
+    def d(self) -> Deferred[tuple[Any, Any]]:
+        """A Deferred that fires with ``(status, result)`` (made on first use)."""
+        if self._d is None:
+            self._d = Deferred()
+            if self._reported is not None:
+                self._d.callback(self._reported)
+        return self._d
+
+    @property
+    def reported(self) -> bool:
+        """True once the worker has reported an outcome."""
+        return self._reported is not None
+
     def callback(self, statusResult: tuple[Any, Any]) -> None:
         """Report ``(status, result)``; ignored if already reported."""
-        if not self.d.called:
-            self.d.callback(statusResult)
+        if self._reported is not None:
+            return
+        self._reported = statusResult
+        if self.onReport is not None:
+            self.onReport(self, statusResult)
+        if self._d is not None:
+            self._d.callback(statusResult)
 
     def errback(self, failure: Failure | BaseException | None = None) -> None:
         """Report an error as status ``e``; ignored if already reported."""
-        if not self.d.called:
-            if not isinstance(failure, Failure):
-                failure = Failure(failure)
-            self.d.callback(("e", failure))
+        if not isinstance(failure, Failure):
+            failure = Failure(failure)
+        self.callback(("e", failure))
 
     def __repr__(self) -> str:
         f, args, kw = self.callTuple

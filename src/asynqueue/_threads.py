@@ -91,20 +91,21 @@ class ThreadWorker:
         self._startThread()
 
     def __repr__(self) -> str:
-        return (
-            f"<ThreadWorker ID={getattr(self, 'ID', None)} inflight={self._inflight}>"
-        )
+        return f"<ThreadWorker ID={getattr(self, 'ID', None)} inflight={self._inflight}>"
 
     # ---------------------------------------------------------------- reactor side
 
     def setResignator(self, callableObject: Callable[[], Any]) -> None:
         self._resignator = callableObject
 
-    def run(self, task: Task) -> Deferred[None]:
-        """Hand *task* to the thread; fires when another task may be handed."""
+    def run(self, task: Task) -> Deferred[None] | None:
+        """
+        Hand *task* to the thread. Returns None while I can take more at once
+        (the queue's fast path), else a Deferred that fires when I can.
+        """
         if self._crashed or self._quitting:
             task.callback(("d", "thread worker is stopped"))
-            return succeed(None)
+            return None
         with self._cond:
             if task.priority <= -20:
                 self._vip.append((_TASK, task))
@@ -113,13 +114,11 @@ class ThreadWorker:
             self._cond.notify()
         self._inflight += 1
         if self._inflight < self.window:
-            return succeed(None)
+            return None
         self._readyWaiter = Deferred()
         return self._readyWaiter
 
-    def deferToThread(
-        self, f: Callable[..., Any], *args: Any, **kw: Any
-    ) -> Deferred[Any]:
+    def deferToThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
         """Run ``f(*args, **kw)`` in my thread ahead of queued tasks."""
         if self._crashed or self._quitting:
             return fail(errors.ThreadError("thread worker is stopped"))
@@ -234,10 +233,7 @@ class ThreadWorker:
         while True:
             with cond:
                 while (
-                    not vip
-                    and not inbox
-                    and not self._quitting
-                    and self._generation == generation
+                    not vip and not inbox and not self._quitting and self._generation == generation
                 ):
                     cond.wait()
                 if self._generation != generation:
@@ -303,9 +299,7 @@ class ThreadQueue(TaskQueue):
         for _ in range(N - 1):
             self.attachWorker(ThreadWorker(raw=bool(raw), reactor=self._reactor))
 
-    def deferToThread(
-        self, f: Callable[..., Any], *args: Any, **kw: Any
-    ) -> Deferred[Any]:
+    def deferToThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
         """Run ``f(*args, **kw)`` on my first worker's thread, skipping the queue."""
         return self.worker.deferToThread(f, *args, **kw)
 

@@ -71,7 +71,8 @@ class IWorker(Interface):
         per-call ``raw`` and ``consumer`` options are task attributes.
 
         Returns a Deferred that fires when the worker can accept another task
-        (a pipelining worker may fire it before *task* finishes).
+        (a pipelining worker may fire it before *task* finishes). Returning
+        None instead means "ready for another task right now".
         """
 
     def stop():
