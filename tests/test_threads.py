@@ -172,3 +172,60 @@ def _sleep(seconds: float) -> defer.Deferred[None]:
     d: defer.Deferred[None] = defer.Deferred()
     reactor.callLater(seconds, d.callback, None)
     return d
+
+
+class ThreadNothingLostTests(TestCase):
+    """Real threads: random calls, timeouts, detaches and crashes, then shutdown."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_every_deferred_fires_exactly_once(self) -> Any:
+        import random
+
+        from asynqueue import TaskQueue
+
+        rng = random.Random(1234)
+        q = TaskQueue(returnFailure=True, timeout=0.5)
+        workers = [ThreadWorker() for _ in range(2)]
+        for w in workers:
+            q.attachWorker(w)
+        fired: dict[int, int] = {}
+        ds = []
+
+        def record(result: Any, i: int) -> None:
+            fired[i] = fired.get(i, 0) + 1
+
+        def work(seconds: float, fail: bool) -> float:
+            time.sleep(seconds)
+            if fail:
+                raise ValueError("planned")
+            return seconds
+
+        for step in range(300):
+            op = rng.random()
+            if op < 0.8:
+                i = len(ds)
+                d = q.call(
+                    work,
+                    rng.choice([0, 0, 0.001, 0.01, 0.3]),
+                    rng.random() < 0.1,
+                    timeout=rng.choice([None, 0.05, 1]),
+                    series=rng.choice([None, "a"]),
+                )
+                d.addBoth(record, i)
+                d.addErrback(lambda f: None)
+                ds.append(d)
+            elif op < 0.88:
+                w = ThreadWorker(series=rng.choice([(), ("a",)]))
+                workers.append(w)
+                q.attachWorker(w)
+            elif op < 0.96 and len(workers) > 1:
+                w = workers.pop(rng.randrange(len(workers)))
+                q.detachWorker(w, reassign=rng.random() < 0.5, crash=rng.random() < 0.5)
+            else:
+                yield _sleep(0.01)
+        yield q.shutdown()
+        yield _sleep(0.05)
+        self.assertEqual(sorted(fired), list(range(len(ds))))
+        self.assertEqual(set(fired.values()), {1})

@@ -343,7 +343,9 @@ class TaskQueue:
 
         def tooSlow() -> None:
             if not result.called:
-                result.callback(self._crashSlot(slot))
+                unfinished = self._crashSlot(slot)  # may fire the stop Deferred
+                if not result.called:
+                    result.callback(unfinished)
 
         try:
             stopD = slot.worker.stop()
