@@ -263,3 +263,42 @@ def test_many_one_shot_series_do_not_leak():
         s.push(i, series=("one-shot", i))
         assert s.pop() == i
     assert len(s._flows) < 600
+
+
+def test_requeued_items_keep_their_relative_places():
+    s = Scheduler()
+    entries = [s.push(i, series="s") for i in range(4)]
+    popped = [s.pop() for _ in range(4)]
+    assert popped == [0, 1, 2, 3]
+    for i in (2, 0, 3, 1):  # re-queued in a scrambled order
+        s.pushFront(i, series="s", seq=entries[i].seq)
+    s.push("new", doNext=True)
+    assert popAll(s) == [0, 1, 2, 3, "new"]
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", None]), st.sampled_from(["", "next", "last"])),
+        max_size=40,
+    ),
+    st.sets(st.sampled_from(["a", "b"])),
+)
+def test_excluded_series_are_skipped_not_lost(pushes, exclude):
+    s = Scheduler()
+    for i, (series, kind) in enumerate(pushes):
+        s.push((series, i), series=series, doNext=kind == "next", doLast=kind == "last")
+    out = popAll_ex(s, exclude)
+    assert all(series is None or series not in exclude for series, _ in out)
+    rest = popAll(s)
+    assert sorted(out + rest, key=lambda x: x[1]) == [(ser, i) for i, (ser, _) in enumerate(pushes)]
+    plain = {i for i, (_, kind) in enumerate(pushes) if not kind}
+    for series in ("a", "b"):
+        seen = [i for ser, i in out + rest if ser == series and i in plain]
+        assert seen == sorted(seen)
+
+
+def popAll_ex(s: Scheduler, exclude) -> list:
+    out = []
+    while (item := s.pop(None, exclude)) is not None:
+        out.append(item)
+    return out

@@ -202,7 +202,7 @@ class ThreadNothingLostTests(TestCase):
                 raise ValueError("planned")
             return seconds
 
-        for step in range(300):
+        for _ in range(300):
             op = rng.random()
             if op < 0.8:
                 i = len(ds)

@@ -34,6 +34,14 @@ _EXPORTS: dict[str, str] = {
     "ThreadWorker": "._threads",
     "deferToThread": "._threads",
     "errors": ".errors",
+    "Deferator": "._iteration",
+    "IterationProducer": "._iteration",
+    "ListConsumer": "._iteration",
+    "deferToDelay": "._iteration",
+    "Info": "._info",
+    "showResult": "._info",
+    "DeferredTracker": "._util",
+    "DeferredLock": "._util",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -57,11 +65,19 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from . import errors as errors
+    from ._info import Info as Info
+    from ._info import showResult as showResult
+    from ._iteration import Deferator as Deferator
+    from ._iteration import IterationProducer as IterationProducer
+    from ._iteration import ListConsumer as ListConsumer
+    from ._iteration import deferToDelay as deferToDelay
     from ._queue import TaskQueue as TaskQueue
     from ._task import Task as Task
     from ._threads import ThreadQueue as ThreadQueue
     from ._threads import ThreadWorker as ThreadWorker
     from ._threads import deferToThread as deferToThread
+    from ._util import DeferredLock as DeferredLock
+    from ._util import DeferredTracker as DeferredTracker
     from ._workers import AsyncWorker as AsyncWorker
     from .interfaces import IWorker as IWorker
     from .null import NullQueue as NullQueue

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -109,6 +109,7 @@ class _Call:
     timeouts = 0
     losses = 0
     callID = 0
+    seq = 0
     niceness = 0
     series: Hashable = None
     doNext = False
@@ -208,6 +209,8 @@ class TaskQueue:
         self._dispatching = False
         self._redispatch = False
         self._stoppingReactor = False
+        # series -> {worker ID: tasks of that series in flight on it}
+        self._seriesRunning: dict[Hashable, dict[int, int]] = {}
         if spew:
             _ensureLogOutput()
         for worker in workers:
@@ -323,9 +326,7 @@ class TaskQueue:
             log.exception("Worker %r failed to crash", slot.worker)
         # Whatever the worker says, every attempt still in flight on it is
         # unfinished as far as the queue is concerned.
-        unfinished = list(slot.inflight)
-        slot.inflight.clear()
-        return unfinished
+        return self._clearInflight(slot)
 
     def _stopSlot(self, slot: _Slot) -> Deferred[list[Task]]:
         slot.stopping = True
@@ -337,9 +338,7 @@ class TaskQueue:
                 timer.cancel()
             if not result.called:
                 # Attempts the worker never reported are unfinished.
-                unfinished = list(slot.inflight)
-                slot.inflight.clear()
-                result.callback(unfinished)
+                result.callback(self._clearInflight(slot))
 
         def tooSlow() -> None:
             if not result.called:
@@ -483,9 +482,11 @@ class TaskQueue:
         call.entry = self._scheduler.push(
             call, call.series, call.niceness, call.doNext, call.doLast
         )
+        call.seq = call.entry.seq
 
     def _requeue(self, call: _Call) -> None:
-        call.entry = self._scheduler.pushFront(call, call.series)
+        """Put *call* back at the front, in its original place among retries."""
+        call.entry = self._scheduler.pushFront(call, call.series, call.seq)
 
     # ------------------------------------------------------------ dispatch
 
@@ -506,13 +507,51 @@ class TaskQueue:
                     for slot in ready:
                         if not slot.ready or not slot.attached:
                             continue
-                        call = scheduler.pop(slot.qualified)
+                        call = scheduler.pop(slot.qualified, self._busySeries(slot))
                         if call is not None:
                             self._runOn(slot, call)
                 if not self._redispatch:
                     break
         finally:
             self._dispatching = False
+
+    def _busySeries(self, slot: _Slot) -> Collection[Hashable]:
+        """
+        Series that *slot* may not take now: a task of series S goes to a
+        worker that already holds other tasks only if no *other* worker holds
+        S tasks. The worker runs its tasks in order, so S tasks still start
+        in submission order, even when workers pipeline several tasks.
+        """
+        if not slot.inflight or not self._seriesRunning:
+            return ()
+        return [
+            series
+            for series, holders in self._seriesRunning.items()
+            if len(holders) > 1 or slot.ID not in holders
+        ]
+
+    def _track(self, slot: _Slot, call: _Call) -> None:
+        holders = self._seriesRunning.setdefault(call.series, {})
+        holders[slot.ID] = holders.get(slot.ID, 0) + 1
+
+    def _untrack(self, slot: _Slot, call: _Call) -> None:
+        holders = self._seriesRunning.get(call.series)
+        if holders is None or slot.ID not in holders:
+            return
+        holders[slot.ID] -= 1
+        if not holders[slot.ID]:
+            del holders[slot.ID]
+            if not holders:
+                del self._seriesRunning[call.series]
+
+    def _clearInflight(self, slot: _Slot) -> list[Task]:
+        """Forget every attempt in flight on *slot*; returns them."""
+        for call in slot.inflight.values():
+            if call.series is not None:
+                self._untrack(slot, call)
+        unfinished = list(slot.inflight)
+        slot.inflight.clear()
+        return unfinished
 
     def _runOn(self, slot: _Slot, call: _Call) -> None:
         slot.ready = False
@@ -537,6 +576,8 @@ class TaskQueue:
         call.slot = slot
         task.owner = call
         slot.inflight[task] = call
+        if call.series is not None:
+            self._track(slot, call)
         task.onReport = self._onReport
         if call.timeout is not None:
             if not getattr(slot.worker, "reportsStart", False):
@@ -578,9 +619,11 @@ class TaskQueue:
             if call.timer.active():
                 call.timer.cancel()
             call.timer = None
-        if call.slot is not None:
-            call.slot.inflight.pop(task, None)  # type: ignore[arg-type]
+        slot = call.slot
+        if slot is not None:
             call.slot = None
+            if slot.inflight.pop(task, None) is not None and call.series is not None:  # type: ignore[arg-type]
+                self._untrack(slot, call)
         return task
 
     def _onReport(self, task: Task, statusResult: Any) -> None:
@@ -606,8 +649,8 @@ class TaskQueue:
             except Exception:
                 outcome = Failure()
             self._finish(call, outcome)
-            if not self._drainWaiters:
-                return  # a plain result queues no new work: nothing to dispatch
+            if not self._drainWaiters and not self._scheduler:
+                return  # nothing queued, nobody waiting for the drain
         self._dispatch()
         self._checkDrained()
 
@@ -833,6 +876,8 @@ class TaskQueue:
                 result.callback(failure)
             elif status in ("t", "d"):
                 result.callback(Failure(errors.WorkerError(f"update did not run ({status})")))
+            elif isinstance(value, Deferred):
+                value.chainDeferred(result)  # e.g. an iterator result still arriving
             else:
                 result.callback(None if status == "n" else value)
 

@@ -52,6 +52,7 @@ it can.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 from collections import deque
@@ -73,6 +74,7 @@ MAX_NICENESS: Final = 20
 # Idle flows are swept once there are more than this many.
 _IDLE_SWEEP: Final = 256
 
+RETRY: Final = -1
 NEXT: Final = 0
 NORMAL: Final = 1
 LAST: Final = 2
@@ -108,9 +110,7 @@ class Entry:
 
     __slots__ = ("finish", "flow", "item", "klass", "live", "seq", "series", "start")
 
-    def __init__(
-        self, item: Any, series: Hashable, flow: Hashable, klass: int, seq: int
-    ) -> None:
+    def __init__(self, item: Any, series: Hashable, flow: Hashable, klass: int, seq: int) -> None:
         self.item = item
         self.series = series
         self.flow = flow
@@ -125,6 +125,10 @@ class Entry:
             f"<Entry {self.item!r} series={self.series!r} class={self.klass}"
             f" F={self.finish} seq={self.seq}>"
         )
+
+
+def _retryKey(row: tuple[int, int, Entry]) -> tuple[int, int]:
+    return row[0], row[1]
 
 
 class _Flow:
@@ -158,6 +162,8 @@ class Scheduler:
         self._restricted: frozenset[Hashable] = frozenset()
         self._restrictedFlows: dict[Hashable, _Flow] = {}
         self._special: dict[int, deque[Entry]] = {NEXT: deque(), LAST: deque()}
+        # Retried items, ahead of everything, in the order first submitted.
+        self._retry: list[tuple[int, int, Entry]] = []
         self._count = 0
         # Empty flows whose last finish tag is still ahead of the virtual time.
         self._idle: set[Hashable] = set()
@@ -177,6 +183,8 @@ class Scheduler:
 
     def __iter__(self) -> Iterator[Any]:
         """Every queued item, in no promised order."""
+        for _, _, e in self._retry:
+            yield e.item
         for klass in (NEXT, LAST):
             for e in self._special[klass]:
                 if e.live:
@@ -218,10 +226,17 @@ class Scheduler:
         self._count += 1
         return entry
 
-    def pushFront(self, item: Any, series: Hashable = None) -> Entry:
-        """Queue *item* ahead of everything, even doNext tasks (for retries)."""
-        entry = Entry(item, series, None, NEXT, next(self._seq))
-        self._special[NEXT].appendleft(entry)
+    def pushFront(self, item: Any, series: Hashable = None, seq: int | None = None) -> Entry:
+        """
+        Queue *item* ahead of everything, even doNext tasks (for retries).
+
+        Such items come out in the order of *seq*, the sequence number of their
+        first `Entry` (so re-queued tasks keep their relative places), or last
+        if *seq* is None.
+        """
+        mine = next(self._seq)
+        entry = Entry(item, series, None, RETRY, mine)
+        bisect.insort(self._retry, (mine if seq is None else seq, mine, entry), key=_retryKey)
         self._count += 1
         return entry
 
@@ -239,15 +254,23 @@ class Scheduler:
                 self._headChanged(flow)
             elif not flow.entries:
                 self._dropFlow(flow)
+        elif entry.klass == RETRY:
+            self._removeRetry(entry)
         else:
             self._special[entry.klass].remove(entry)
         return True
+
+    def _removeRetry(self, entry: Entry) -> None:
+        for i, row in enumerate(self._retry):
+            if row[2] is entry:
+                del self._retry[i]
+                return
 
     def drain(self) -> list[Any]:
         """Remove and return every queued item, in scheduling order."""
         out: list[Any] = []
         while True:
-            entry = self._best(None)
+            entry = self._best(None, ())
             if entry is None:
                 return out
             self._take(entry)
@@ -267,17 +290,26 @@ class Scheduler:
 
     # ---------------------------------------------------------------- output
 
-    def peek(self, qualified: Collection[Hashable] | None = None) -> Any:
-        """The item ``pop(qualified)`` would return, left queued (or None)."""
-        entry = self._best(qualified)
+    def peek(
+        self,
+        qualified: Collection[Hashable] | None = None,
+        exclude: Collection[Hashable] = (),
+    ) -> Any:
+        """The item ``pop(qualified, exclude)`` would return, left queued (or None)."""
+        entry = self._best(qualified, exclude)
         return None if entry is None else entry.item
 
-    def pop(self, qualified: Collection[Hashable] | None = None) -> Any:
+    def pop(
+        self,
+        qualified: Collection[Hashable] | None = None,
+        exclude: Collection[Hashable] = (),
+    ) -> Any:
         """
         Remove and return the best item for a worker qualified for the series
-        in *qualified* (None: a worker that may run anything), or None.
+        in *qualified* (None: a worker that may run anything), skipping the
+        series in *exclude*; None if there is none.
         """
-        entry = self._best(qualified)
+        entry = self._best(qualified, exclude)
         if entry is None:
             return None
         self._take(entry)
@@ -286,44 +318,61 @@ class Scheduler:
     # ---------------------------------------------------------------- internals
 
     def _eligible(
-        self, series: Hashable, qualified: Collection[Hashable] | None
+        self,
+        series: Hashable,
+        qualified: Collection[Hashable] | None,
+        exclude: Collection[Hashable],
     ) -> bool:
-        return (
-            qualified is None
-            or series is None
-            or series not in self._restricted
-            or series in qualified
-        )
+        if series is None:
+            return True
+        if exclude and series in exclude:
+            return False
+        return qualified is None or series not in self._restricted or series in qualified
 
-    def _best(self, qualified: Collection[Hashable] | None) -> Entry | None:
-        for e in self._special[NEXT]:
-            if self._eligible(e.series, qualified):
+    def _best(
+        self, qualified: Collection[Hashable] | None, exclude: Collection[Hashable]
+    ) -> Entry | None:
+        for _, _, e in self._retry:
+            if self._eligible(e.series, qualified, exclude):
                 return e
-        best = self._bestNormal(qualified)
+        for e in self._special[NEXT]:
+            if self._eligible(e.series, qualified, exclude):
+                return e
+        best = self._bestNormal(qualified, exclude)
         if best is not None:
             return best
         for e in self._special[LAST]:
-            if self._eligible(e.series, qualified):
+            if self._eligible(e.series, qualified, exclude):
                 return e
         return None
 
-    def _bestNormal(self, qualified: Collection[Hashable] | None) -> Entry | None:
+    def _bestNormal(
+        self, qualified: Collection[Hashable] | None, exclude: Collection[Hashable]
+    ) -> Entry | None:
         heads = self._heads
         best: Entry | None = None
+        skipped: list[tuple[int, int, Hashable]] = []
         while heads:
-            _, seq, key = heads[0]
-            flow = self._flows.get(key)
-            if flow is None or not flow.entries or flow.entries[0].seq != seq:
+            row = heads[0]
+            flow = self._flows.get(row[2])
+            if flow is None or not flow.entries or flow.entries[0].seq != row[1]:
                 heapq.heappop(heads)  # stale row
+                continue
+            if exclude and flow.series is not None and flow.series in exclude:
+                skipped.append(heapq.heappop(heads))
                 continue
             best = flow.entries[0]
             break
+        for row in skipped:
+            heapq.heappush(heads, row)
         if self._restrictedFlows:
             if qualified is None:
                 candidates: Collection[Hashable] = list(self._restrictedFlows)
             else:
                 candidates = [s for s in qualified if s in self._restrictedFlows]
             for s in candidates:
+                if exclude and s in exclude:
+                    continue
                 e = self._restrictedFlows[s].entries[0]
                 if best is None or (e.finish, e.seq) < (best.finish, best.seq):
                     best = e
@@ -340,6 +389,8 @@ class Scheduler:
             self._headChanged(flow)
             if len(self._idle) > self._sweepAt or len(self._idle) == len(self._flows):
                 self._sweepIdle()
+        elif entry.klass == RETRY:
+            self._removeRetry(entry)
         else:
             self._special[entry.klass].remove(entry)
 
