@@ -42,6 +42,8 @@ _EXPORTS: dict[str, str] = {
     "showResult": "._info",
     "DeferredTracker": "._util",
     "DeferredLock": "._util",
+    "DaskWorker": "._dask",
+    "DaskQueue": "._dask",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -65,6 +67,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from . import errors as errors
+    from ._dask import DaskQueue as DaskQueue
+    from ._dask import DaskWorker as DaskWorker
     from ._info import Info as Info
     from ._info import showResult as showResult
     from ._iteration import Deferator as Deferator

@@ -1,0 +1,1217 @@
+"""
+`DaskWorker` and `DaskQueue`: tasks run on a Dask distributed cluster.
+
+Who decides what
+----------------
+Our queue keeps scheduling: niceness, series order and fairness, doNext and
+doLast, qualifications. A DaskWorker only takes as many tasks as the cluster
+has *slots* (by default its total worker threads): its ``run`` Deferred fires
+again only while fewer than that many tasks are in flight. So Dask never holds
+a backlog of ours, and what starts next on the cluster is what our scheduler
+picked. Dask's own ``priority=`` gets ``-niceness`` as a hint, nothing more.
+
+Data flow
+---------
+``run(task)`` submits the call from the reactor thread (``Client.submit`` does
+not block) under a unique key, with ``retries=0``. Dask runs the done callback
+of each future in its callback thread; those collect the futures in a batch and
+one coroutine on the client's event loop gathers the results of the whole
+batch, then wakes the reactor once (``callFromThread``) to report them. The
+reactor never waits on the cluster.
+
+On the Dask workers, `_Submitted` runs the call. It turns an exception into one
+that survives the trip (original type, plus a ``remoteTraceback`` text
+attribute) and an iterator result into its first chunk (`_Chunk`); the rest
+stays on that Dask worker and comes in further chunks when the caller's
+`Deferator` asks for it.
+
+Faults
+------
+- A task whose Dask worker dies is reported lost (status ``d``); the queue re-runs
+  it once, then fails it with `errors.WorkerLost`. Dask must not re-run it by
+  itself: an embedded cluster is made with ``allowed_failures=0``, so the
+  scheduler gives up at once (``KilledWorker``); for an existing cluster pass
+  ``allowedFailures=0``.
+- When the connection to the scheduler is lost, the client cancels every
+  future; those tasks are reported lost, and so is every task run until the
+  client is connected again, so no call waits forever.
+- A timeout cancels the Dask future. Dask cannot stop a thread that is running
+  user code: that thread stays busy until the call returns.
+
+This module is imported on the Dask workers too (to unpickle `_Submitted` and
+friends), so asynqueue must be installed there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import pickle
+import threading
+import time
+import traceback
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from typing import Any
+
+try:
+    import cloudpickle
+    import distributed
+    from distributed import Client
+    from distributed.client import ClosedClientError
+    from distributed.diagnostics.plugin import WorkerPlugin
+    from distributed.scheduler import KilledWorker
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"asynqueue's Dask worker needs Dask distributed ({e}): pip install 'asynqueue[dask]'"
+    ) from e
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import errors
+from ._iteration import isIterator
+from ._queue import TaskQueue
+from ._task import Task
+from .interfaces import IWorker
+
+__all__ = ["ITER_CHUNK", "ITER_SECONDS", "DaskQueue", "DaskWorker"]
+
+log = logging.getLogger("asynqueue")
+
+# Items of an iterator result sent per chunk, at most...
+ITER_CHUNK = 1024
+# ... and a chunk stops filling after this long (once it has an item), so a
+# slow generator still delivers its first items promptly.
+ITER_SECONDS = 0.05
+
+# Submit options a series may map to (see DaskWorker's ``restrictions``).
+RESTRICTION_KEYS = frozenset({"workers", "resources", "allow_other_workers"})
+
+# How often (seconds) a worker checks its client and, with automatic slots,
+# the cluster's thread count.
+REFRESH_INTERVAL = 1.0
+
+# Dask's Future.status values that mean "done one way or another".
+_CANCELLED = "cancelled"
+
+
+# ---------------------------------------------------------------- Dask side
+#
+# Everything in this section runs on the Dask workers (or the scheduler).
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """
+    *exc* with a ``remoteTraceback`` text, if it survives pickling as itself;
+    otherwise a `errors.WorkerError` carrying its type name, message and text.
+    """
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame.f_code is _Submitted.__call__.__code__:
+        tb = tb.tb_next  # our own frame says nothing
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    typeName = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    if isinstance(exc, Exception):
+        try:
+            exc.remoteTraceback = text  # type: ignore[attr-defined]
+            clone = pickle.loads(cloudpickle.dumps(exc))
+            if type(clone) is type(exc):
+                return exc
+        except Exception:
+            pass
+    return errors.WorkerError(f"{typeName}: {exc}", remoteTraceback=text, typeName=typeName)
+
+
+class _Chunk:
+    """Some items of an iterator result, and where to get the rest."""
+
+    __slots__ = ("error", "items", "more", "token", "where")
+
+    def __init__(
+        self,
+        items: list[Any],
+        more: bool,
+        error: BaseException | None,
+        token: str | None = None,
+        where: str | None = None,
+    ) -> None:
+        self.items = items
+        self.more = more
+        self.error = error
+        self.token = token
+        self.where = where
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.items, self.more, self.error, self.token, self.where)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.items, self.more, self.error, self.token, self.where = state
+
+
+_NOTHING: Any = object()
+
+
+class _Puller:
+    """Advances an iterator on a Dask worker, one item ahead, chunk by chunk."""
+
+    def __init__(self, iterator: Iterator[Any]) -> None:
+        self.iterator = iterator
+        self.ahead = _NOTHING
+        self.lock = threading.Lock()
+
+    def pull(self, maxItems: int, maxSeconds: float) -> tuple[list[Any], bool, Any]:
+        """``(items, more, error)``: up to *maxItems* items, then one more ahead."""
+        with self.lock:
+            items: list[Any] = []
+            if self.ahead is not _NOTHING:
+                items.append(self.ahead)
+                self.ahead = _NOTHING
+            nxt = self.iterator.__next__
+            deadline = time.monotonic() + maxSeconds
+            try:
+                while len(items) < maxItems and (not items or time.monotonic() < deadline):
+                    items.append(nxt())
+                self.ahead = nxt()
+            except StopIteration:
+                return items, False, None
+            except BaseException as e:
+                return items, False, _portable(e)
+            return items, True, None
+
+    def close(self) -> None:
+        with self.lock:
+            self.ahead = _NOTHING
+            close = getattr(self.iterator, "close", None)
+            if callable(close):
+                close()
+
+
+# Iterators whose rest waits on this Dask worker process, by token.
+_parked: dict[str, _Puller] = {}
+_parkedLock = threading.Lock()
+
+
+def _here() -> str:
+    """The address of the Dask worker running the current task."""
+    try:
+        return distributed.get_worker().address
+    except ValueError:
+        return ""
+
+
+class _Submitted:
+    """
+    The callable we submit for each task: the user's call, opaque to Dask's
+    graph parsing (arguments are never taken for tasks or keys).
+    """
+
+    __slots__ = ("args", "chunk", "f", "kw", "seconds")
+
+    def __init__(
+        self,
+        f: Callable[..., Any],
+        args: tuple[Any, ...],
+        kw: dict[str, Any],
+        chunk: int,
+        seconds: float,
+    ) -> None:
+        self.f = f
+        self.args = args
+        self.kw = kw
+        self.chunk = chunk  # 0: raw
+        self.seconds = seconds
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.f, self.args, self.kw, self.chunk, self.seconds)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.f, self.args, self.kw, self.chunk, self.seconds = state
+
+    def __call__(self) -> Any:
+        try:
+            result = self.f(*self.args, **self.kw)
+            if not isIterator(result):
+                return result
+            if self.chunk <= 0:
+                # raw: the iterator itself cannot travel; its items can.
+                return iter(list(result))
+        except BaseException as e:
+            raise _portable(e) from None
+        puller = _Puller(result)
+        items, more, error = puller.pull(self.chunk, self.seconds)
+        if not more:
+            return _Chunk(items, False, error)
+        token = uuid.uuid4().hex
+        with _parkedLock:
+            _parked[token] = puller
+        return _Chunk(items, True, None, token, _here())
+
+    def __repr__(self) -> str:
+        return f"<asynqueue call of {_funcName(self.f)}>"
+
+
+def _nextChunk(token: str, maxItems: int, maxSeconds: float) -> _Chunk:
+    """The next chunk of a parked iterator (a small task on its Dask worker)."""
+    with _parkedLock:
+        puller = _parked.get(token)
+    if puller is None:
+        raise errors.WorkerLost(
+            "the rest of the iterator is gone: its Dask worker was lost or restarted",
+            reason="iterator lost",
+        )
+    items, more, error = puller.pull(maxItems, maxSeconds)
+    if not more:
+        with _parkedLock:
+            _parked.pop(token, None)
+    return _Chunk(items, more, error, token if more else None, _here())
+
+
+def _closeParked(token: str) -> None:
+    """Drop a parked iterator, closing it (runs its generator's cleanup)."""
+    with _parkedLock:
+        puller = _parked.pop(token, None)
+    if puller is not None:
+        puller.close()
+
+
+def _runUpdateHere(
+    f: Callable[..., Any],
+    args: tuple[Any, ...],
+    kw: dict[str, Any],
+    dask_worker: Any = None,
+) -> tuple[str, Any]:
+    """Run an update on one Dask worker (through ``Client.run``)."""
+    return getattr(dask_worker, "id", ""), f(*args, **kw)
+
+
+class _UpdatePlugin(WorkerPlugin):
+    """Runs a persistent update on each Dask worker that joins later."""
+
+    def __init__(
+        self,
+        f: Callable[..., Any],
+        args: tuple[Any, ...],
+        kw: dict[str, Any],
+        skip: Iterable[str],
+    ) -> None:
+        self.f = f
+        self.args = args
+        self.kw = kw
+        # Workers (by id, unique per worker process) that ran it already.
+        self.skip = frozenset(skip)
+
+    def setup(self, worker: Any) -> None:
+        if getattr(worker, "id", None) not in self.skip:
+            self.f(*self.args, **self.kw)
+
+
+# ------------------------------------------------------------ reactor side
+
+
+def _funcName(f: Any) -> str:
+    name = getattr(f, "__name__", None) or type(f).__name__
+    return str(name)[:60]
+
+
+class _Pending:
+    """A future we wait for: a task's, or a chunk fetch's (then ``d``)."""
+
+    __slots__ = ("d", "future", "task")
+
+    def __init__(self, task: Task | None = None, d: Deferred[Any] | None = None) -> None:
+        self.task = task
+        self.d = d
+        self.future: Any = None
+
+
+class _RemoteIterator:
+    """
+    The caller's end of an iterator result: items of the chunk in hand, and
+    the next chunk fetched from the Dask worker (ahead of need) when more are
+    left. Feeds a `Deferator` through its ``(value, isValid, moreLeft)``
+    protocol.
+    """
+
+    def __init__(self, worker: DaskWorker, chunk: _Chunk) -> None:
+        self._worker = worker
+        self._items: deque[Any] = deque(chunk.items)
+        self._more = chunk.more
+        self._error = chunk.error
+        self._token = chunk.token
+        self._where = chunk.where
+        self._fetching = False
+        self._waiters: list[Deferred[None]] = []
+        self._finalizer: Any = None
+        if self._more:
+            # Dropped before the end (stopped or abandoned): close the rest.
+            self._finalizer = weakref.finalize(
+                self, worker._closeRemoteSoon, chunk.token, chunk.where
+            )
+            self._finalizer.atexit = False
+            worker._remoteIterators.add(self)
+
+    def getNext(self) -> Any:
+        """``(value, isValid, moreLeft)``, or a Deferred of it."""
+        if self._items:
+            value = self._items.popleft()
+            if self._more and len(self._items) <= self._worker.iterChunk // 2:
+                self._fetch()
+            left = bool(self._items) or self._more or self._error is not None
+            return value, True, left
+        if self._error is not None:
+            error, self._error = self._error, None
+            return fail(error)
+        if self._more:
+            d: Deferred[None] = Deferred()
+            self._waiters.append(d)
+            self._fetch()
+            return d.addCallback(lambda _: self.getNext())
+        return None, False, False
+
+    def _fetch(self) -> None:
+        if self._fetching or not self._more:
+            return
+        self._fetching = True
+        d = self._worker._fetchChunk(self._token, self._where)
+        d.addCallbacks(self._arrived, self._failed)
+
+    def _arrived(self, chunk: _Chunk) -> None:
+        self._fetching = False
+        self._items.extend(chunk.items)
+        self._more = chunk.more
+        if chunk.error is not None:
+            self._error = chunk.error
+        if not self._more:
+            self._finished()
+        self._wake()
+
+    def _failed(self, failure: Failure) -> None:
+        self._fetching = False
+        self._more = False
+        self._error = failure.value
+        self._finished()
+        self._wake()
+
+    def _finished(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        self._worker._remoteIterators.discard(self)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def close(self) -> None:
+        """Close the rest on the Dask worker now (on shutdown)."""
+        if self._finalizer is not None:
+            self._finalizer()
+            self._finalizer = None
+
+
+@implementer(IWorker)
+class DaskWorker:
+    """
+    A worker that runs tasks on a Dask distributed cluster.
+
+    Args:
+        address: where the cluster is: a scheduler address
+            (``"tcp://host:8786"``), a connected synchronous
+            ``distributed.Client`` (left open on ``stop``), a Dask cluster
+            object (anything with ``scheduler_address``), or None to start an
+            embedded ``LocalCluster`` on this machine (closed on ``stop``).
+        slots: how many tasks to have in flight on the cluster at most.
+            None (default) follows the cluster's total worker threads, checked
+            every second, so an adaptive cluster's growth is used.
+        series: series this worker is qualified for, besides ``cQualified``.
+        raw: give iterator results as plain (local) iterators instead of
+            Deferators. The iterator is materialised on the cluster first.
+        restrictions: ``{series: options}``; tasks of that series are
+            submitted with these Dask options: ``workers`` (addresses or
+            names), ``resources`` (e.g. ``{"GPU": 1}``),
+            ``allow_other_workers``. The worker becomes qualified for each of
+            those series, so the queue sends them only to DaskWorkers that
+            know the mapping.
+        priorities: pass ``-niceness`` (doNext: first, doLast: last) to
+            Dask as ``priority=``. Best effort: we never give Dask a backlog
+            to reorder anyway.
+        allowedFailures: set the scheduler's ``allowed_failures`` (how many
+            times Dask itself re-runs a task whose worker died). An embedded
+            cluster gets 0, so a lost worker is reported to the queue, which
+            re-runs the task once. Setting it on an existing cluster affects
+            every client of that scheduler; None leaves it alone.
+        clusterOptions: keywords for the embedded ``LocalCluster``
+            (``n_workers``, ``threads_per_worker``, ``processes``, ...).
+        iterChunk: items sent per chunk of an iterator result.
+        connectTimeout: seconds to wait for the scheduler (Dask's default
+            if None).
+        closeTimeout: seconds that closing the client and the embedded
+            cluster may take.
+        reactor: the reactor to report to (the global one by default).
+    """
+
+    cQualified = ["dask"]
+
+    def __init__(
+        self,
+        address: Any = None,
+        slots: int | None = None,
+        series: Iterable[Hashable] = (),
+        raw: bool = False,
+        *,
+        restrictions: Mapping[Hashable, Mapping[str, Any]] | None = None,
+        priorities: bool = True,
+        allowedFailures: int | None = None,
+        clusterOptions: Mapping[str, Any] | None = None,
+        iterChunk: int = ITER_CHUNK,
+        connectTimeout: float | None = None,
+        closeTimeout: float = 20.0,
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self._reactor = reactor
+        if slots is not None and (isinstance(slots, bool) or slots < 1):
+            raise ValueError(f"slots must be a positive int or None, not {slots!r}")
+        if isinstance(address, Client) and address.asynchronous:
+            raise TypeError(
+                "DaskWorker needs a synchronous distributed.Client"
+                " (asynchronous=False); it runs its own loop thread"
+            )
+        if iterChunk < 1:
+            raise ValueError(f"iterChunk must be positive, not {iterChunk!r}")
+        self._restrictions = _checkRestrictions(restrictions or {})
+        self.iQualified = list(series)
+        for s in self._restrictions:
+            if s not in self.iQualified:
+                self.iQualified.append(s)
+        self.raw = raw
+        self.priorities = priorities
+        self.iterChunk = iterChunk
+        self.closeTimeout = closeTimeout
+        self._fixedSlots = slots
+        self._autoSlots = 1
+
+        self.client: Client | None = None
+        self.cluster: Any = None
+        self._ownClient = False
+        self._connectFailure: Failure | None = None
+        self._readyWaiters: list[Deferred[DaskWorker]] = []
+
+        self._buffer: list[Task] = []  # tasks run before the connection is up
+        self._running: dict[str, _Pending] = {}
+        self._keyOf: dict[Task, str] = {}
+        self._inflight = 0  # tasks in _buffer or _running
+        self._updates = 0  # updates in progress
+        self._readyWaiter: Deferred[None] | None = None
+        self._resignator: Callable[[], Any] | None = None
+        self._plugins: list[str] = []
+        self._remoteIterators: weakref.WeakSet[_RemoteIterator] = weakref.WeakSet()
+
+        # Unique keys, cheaply: one uuid per worker, then a counter.
+        self._keyPrefix = uuid.uuid4().hex[:16]
+        self._keyCount = itertools.count()
+        self._doneLock = threading.Lock()
+        self._doneBatch: list[Any] = []
+
+        self._stopping = False
+        self._crashed = False
+        self._stopD: Deferred[None] | None = None
+        self._closeD: Deferred[None] | None = None
+        self._tickCall: Any = None
+        self._refreshing = False
+        self._trigger: Any = None
+
+        self._connectD = deferToThreadPool(
+            reactor,
+            reactor.getThreadPool(),
+            _connect,
+            address,
+            dict(clusterOptions or {}),
+            allowedFailures,
+            connectTimeout,
+        )
+        self._connectD.addCallbacks(self._connected, self._connectFailed)
+
+    def __repr__(self) -> str:
+        where = getattr(self.client, "scheduler", None)
+        address = getattr(where, "address", None) if where is not None else None
+        return (
+            f"<DaskWorker ID={getattr(self, 'ID', None)} {address or 'connecting'}"
+            f" inflight={self._inflight}/{self.slots}>"
+        )
+
+    # ---------------------------------------------------------------- state
+
+    @property
+    def slots(self) -> int:
+        """How many tasks may be in flight on the cluster now."""
+        return self._fixedSlots if self._fixedSlots is not None else self._autoSlots
+
+    def whenReady(self) -> Deferred[DaskWorker]:
+        """A Deferred firing with me once connected (or failing if that failed)."""
+        if self.client is not None:
+            return succeed(self)
+        if self._connectFailure is not None:
+            return fail(self._connectFailure)
+        d: Deferred[DaskWorker] = Deferred()
+        self._readyWaiters.append(d)
+        return d
+
+    def _connected(self, result: tuple[Any, Any, bool, int]) -> None:
+        client, cluster, own, threads = result
+        self.client, self.cluster, self._ownClient = client, cluster, own
+        self._autoSlots = max(1, threads)
+        if own or cluster is not None:
+            # Close what we opened even if nobody stops us.
+            self._trigger = self._reactor.addSystemEventTrigger("before", "shutdown", self._close)
+        waiters, self._readyWaiters = self._readyWaiters, []
+        for d in waiters:
+            d.callback(self)
+        if self._crashed:
+            self._close()
+            return
+        buffered, self._buffer = self._buffer, []
+        for task in buffered:
+            self._submitTask(task)
+        self._scheduleTick()
+        self._maybeReady()
+        self._checkStopped()
+
+    def _connectFailed(self, failure: Failure) -> None:
+        self._connectFailure = failure
+        log.error("DaskWorker could not connect to Dask: %s", failure.value)
+        waiters, self._readyWaiters = self._readyWaiters, []
+        for d in waiters:
+            d.errback(failure)
+        buffered, self._buffer = self._buffer, []
+        self._inflight -= len(buffered)
+        for task in buffered:
+            task.callback(("d", f"no Dask cluster: {failure.value}"))
+        self._maybeReady()
+        self._checkStopped()
+
+    # ---------------------------------------------------------------- IWorker
+
+    def setResignator(self, callableObject: Callable[[], Any]) -> None:
+        self._resignator = callableObject
+
+    def run(self, task: Task) -> Deferred[None]:
+        """Submit *task*; the Deferred fires while fewer than ``slots`` are in flight."""
+        if self._stopping or self._crashed:
+            task.callback(("d", "the Dask worker is stopped"))
+            return succeed(None)
+        if task.update is not None:
+            return self._runUpdate(task)
+        if self._connectFailure is not None:
+            task.callback(("d", f"no Dask cluster: {self._connectFailure.value}"))
+            return succeed(None)
+        self._inflight += 1
+        if self.client is None:
+            self._buffer.append(task)
+        else:
+            self._submitTask(task)
+        if self.client is not None and self._inflight < self.slots:
+            return succeed(None)
+        self._readyWaiter = Deferred()
+        return self._readyWaiter
+
+    def timedOut(self, task: Task) -> None:
+        """Cancel the timed-out task's future (its thread runs on regardless)."""
+        key = self._keyOf.pop(task, None)
+        if key is None:
+            if task in self._buffer:
+                self._buffer.remove(task)
+                self._inflight -= 1
+                self._maybeReady()
+            return
+        pending = self._running.pop(key, None)
+        if pending is None:
+            return
+        self._inflight -= 1
+        if pending.future is not None:
+            self._cancel([pending.future], "timed out")
+        self._maybeReady()
+        self._checkStopped()
+
+    def stop(self) -> Deferred[None]:
+        """Finish the tasks in hand, then close what I opened."""
+        if self._stopD is None:
+            self._stopping = True
+            self._stopD = Deferred()
+            self._checkStopped()
+        d: Deferred[None] = Deferred()
+        self._stopD.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def crash(self) -> list[Task]:
+        """Stop now: cancel every future, close in the background, return unfinished tasks."""
+        self._crashed = True
+        self._stopping = True
+        unfinished = list(self._buffer)
+        futures = []
+        fetches = []
+        for pending in self._running.values():
+            if pending.task is not None:
+                unfinished.append(pending.task)
+            elif pending.d is not None:
+                fetches.append(pending.d)
+            if pending.future is not None:
+                futures.append(pending.future)
+        self._buffer.clear()
+        self._running.clear()
+        self._keyOf.clear()
+        self._inflight = 0
+        if futures:
+            self._cancel(futures, "the worker crashed")
+        for d in fetches:
+            d.errback(Failure(errors.WorkerLost("the Dask worker crashed")))
+        if self.client is not None or self._connectFailure is not None:
+            self._close()
+        # else: _connected closes what it opened.
+        if self._stopD is not None and not self._stopD.called:
+            self._closeDeferred().addBoth(self._fireStopped)
+        return unfinished
+
+    # ---------------------------------------------------------------- tasks
+
+    def _submitTask(self, task: Task) -> None:
+        f, args, kw = task.callTuple
+        raw = self.raw if task.raw is None else task.raw
+        call = _Submitted(f, args, kw, 0 if raw else self.iterChunk, ITER_SECONDS)
+        options: dict[str, Any] = {}
+        if task.series is not None and task.series in self._restrictions:
+            options.update(self._restrictions[task.series])
+        if self.priorities:
+            options["priority"] = -task.priority
+        key = f"{_funcName(f)}-{self._keyPrefix}{next(self._keyCount)}"
+        self._keyOf[task] = key
+        pending = _Pending(task)
+        self._running[key] = pending
+        self._submit(key, pending, call, (), options)
+
+    def _submit(
+        self,
+        key: str,
+        pending: _Pending,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        options: dict[str, Any],
+    ) -> None:
+        client = self.client
+        assert client is not None
+        if client.status != "running":
+            self._deliver([(key, "d", f"the Dask client is {client.status}")])
+            return
+        try:
+            future = client.submit(func, *args, key=key, retries=0, pure=False, **options)
+        except Exception as e:
+            if isinstance(e, ClosedClientError):
+                self._deliver([(key, "d", f"the Dask client is closed: {e}")])
+            else:
+                # Typically a call that does not pickle: the task's own error.
+                self._deliver([(key, "e", (Failure(), None))])
+            return
+        pending.future = future
+        future.add_done_callback(self._futureDone)
+
+    def _futureDone(self, future: Any) -> None:
+        """In Dask's callback thread: batch the future for collection."""
+        with self._doneLock:
+            self._doneBatch.append(future)
+            first = len(self._doneBatch) == 1
+        if first:
+            try:
+                future.client.loop.add_callback(self._collect)
+            except Exception:  # the loop is gone: the client closed
+                with self._doneLock:
+                    self._doneBatch.clear()
+
+    async def _collect(self) -> None:
+        """On the client's loop: gather a batch of finished futures, then report."""
+        with self._doneLock:
+            batch, self._doneBatch = self._doneBatch, []
+        if not batch:
+            return
+        client = batch[0].client
+        finished = {f.key: f for f in batch if f.status == "finished"}
+        values: dict[Any, Any] = {}
+        gatherError: BaseException | None = None
+        if finished:
+            try:
+                values = await client.gather(finished, errors="skip", asynchronous=True)
+            except Exception as e:
+                gatherError = e
+        outcomes: list[tuple[str, str, Any]] = []
+        for future in batch:
+            key, status = future.key, future.status
+            if status == "finished":
+                if gatherError is None and key in values:
+                    outcomes.append((key, "r", values[key]))
+                else:
+                    outcomes.append((key, "d", f"its result could not be fetched: {gatherError!r}"))
+            elif status == "error":
+                try:
+                    exc = await future.exception(asynchronous=True)
+                    tb = await future.traceback(asynchronous=True)
+                except Exception as e:
+                    exc, tb = e, None
+                outcomes.append((key, "e", (exc, tb)))
+            elif status == _CANCELLED:
+                outcomes.append((key, "d", _cancelReason(future)))
+            elif status == "pending":
+                # Dask is computing it again (its result was lost while we
+                # gathered): our rule says lost.
+                outcomes.append((key, "d", "its result was lost before it was fetched"))
+            else:
+                outcomes.append((key, "d", f"its Dask future is {status}"))
+        self._reactor.callFromThread(self._deliver, outcomes)
+
+    def _deliver(self, outcomes: list[tuple[str, str, Any]]) -> None:
+        """In the reactor: report a batch of outcomes."""
+        lost = []
+        for key, status, value in outcomes:
+            pending = self._running.pop(key, None)
+            if pending is None:
+                continue  # timed out or crashed meanwhile: nobody waits
+            if status == "d" and pending.future is not None:
+                lost.append(pending.future)  # keep Dask from re-running it
+            if pending.task is not None:
+                self._keyOf.pop(pending.task, None)
+                self._inflight -= 1
+                pending.task.callback(self._statusResult(status, value))
+            elif pending.d is not None:
+                if status == "r":
+                    pending.d.callback(value)
+                else:
+                    pending.d.errback(_asFailure(self._statusResult(status, value)))
+        if lost:
+            self._cancel(lost, "lost")
+        self._maybeReady()
+        self._checkStopped()
+
+    def _statusResult(self, status: str, value: Any) -> tuple[str, Any]:
+        if status == "r":
+            if isinstance(value, _Chunk):
+                return self._iterResult(value)
+            return "r", value
+        if status == "e":
+            exc, tb = value
+            if isinstance(exc, Failure):
+                return "e", exc
+            if isinstance(exc, KilledWorker):
+                where = getattr(getattr(exc, "last_worker", None), "address", "?")
+                return "d", f"its Dask worker died ({where})"
+            if not getattr(exc, "remoteTraceback", None):
+                text = "".join(traceback.format_exception(type(exc), exc, tb))
+                try:
+                    exc.remoteTraceback = text
+                except Exception:
+                    pass
+            return "e", Failure(exc)
+        return status, value
+
+    def _iterResult(self, chunk: _Chunk) -> tuple[str, Any]:
+        if not chunk.items and not chunk.more and chunk.error is None:
+            return "i", []
+        from ._iteration import Deferator
+
+        remote = _RemoteIterator(self, chunk)
+        return "i", Deferator("iterator on Dask", remote.getNext)
+
+    # ---------------------------------------------------------------- iterators
+
+    def _fetchChunk(self, token: str | None, where: str | None) -> Deferred[_Chunk]:
+        """A Deferred of the next chunk of a parked iterator."""
+        if self._crashed or self.client is None or token is None:
+            return fail(errors.WorkerLost("the Dask worker is stopped"))
+        key = f"asynqueue-next-chunk-{uuid.uuid4().hex}"
+        d: Deferred[_Chunk] = Deferred()
+        pending = _Pending(d=d)
+        self._running[key] = pending
+        options: dict[str, Any] = {"priority": 10**9}
+        if where:
+            # Loose: elsewhere only if that worker is gone (and then fails).
+            options.update(workers=[where], allow_other_workers=True)
+        self._submit(
+            key,
+            pending,
+            _nextChunk,
+            (token, self.iterChunk, ITER_SECONDS),
+            options,
+        )
+        return d
+
+    def _closeRemoteSoon(self, token: str | None, where: str | None) -> None:
+        """Close a parked iterator (may be called from any thread, by the GC)."""
+        self._reactor.callFromThread(self._closeRemote, token, where)
+
+    def _closeRemote(self, token: str | None, where: str | None) -> None:
+        client = self.client
+        if token is None or client is None or client.status != "running":
+            return
+        options: dict[str, Any] = {"priority": 10**9}
+        if where:
+            options.update(workers=[where], allow_other_workers=True)
+        try:
+            future = client.submit(
+                _closeParked,
+                token,
+                key=f"asynqueue-close-{uuid.uuid4().hex}",
+                retries=0,
+                pure=False,
+                **options,
+            )
+            distributed.fire_and_forget(future)
+        except Exception:
+            log.debug("Could not close a remote iterator", exc_info=True)
+
+    # ---------------------------------------------------------------- updates
+
+    def _runUpdate(self, task: Task) -> Deferred[None]:
+        """Run an update on every Dask worker (and, if persistent, on joiners)."""
+        ready: Deferred[None] = Deferred()
+        self._updates += 1
+
+        def go(_: Any) -> Deferred[Any]:
+            name = f"asynqueue-update-{task.callID}-{uuid.uuid4().hex[:8]}"
+            f, args, kw = task.callTuple
+            return deferToThreadPool(
+                self._reactor,
+                self._reactor.getThreadPool(),
+                _applyUpdate,
+                self.client,
+                f,
+                args,
+                kw,
+                name if task.update == "persistent" else None,
+            ).addCallback(lambda results: (name, results))
+
+        def done(result: Any) -> None:
+            if isinstance(result, Failure):
+                if self.client is None:
+                    task.callback(("d", f"no Dask cluster: {result.value}"))
+                else:
+                    task.callback(("e", result))
+            else:
+                name, results = result
+                if task.update == "persistent":
+                    self._plugins.append(name)
+                task.callback(("r", results))
+            self._updates -= 1
+            ready.callback(None)
+            self._checkStopped()
+
+        self.whenReady().addCallback(go).addBoth(done)
+        return ready
+
+    # ---------------------------------------------------------------- helpers
+
+    def _cancel(self, futures: list[Any], reason: str) -> None:
+        """Cancel *futures* on the client's loop (``Client.cancel`` blocks)."""
+        client = self.client
+        if client is None or client.status != "running":
+            return
+
+        async def cancel() -> None:
+            try:
+                await client.cancel(futures, asynchronous=True, reason=f"asynqueue: {reason}")
+            except Exception:
+                log.debug("Cancelling Dask futures failed", exc_info=True)
+
+        try:
+            client.loop.add_callback(cancel)
+        except Exception:
+            pass
+
+    def _maybeReady(self) -> None:
+        waiter = self._readyWaiter
+        if waiter is None:
+            return
+        if (
+            self._stopping
+            or self._connectFailure is not None
+            or (self.client is not None and self._inflight < self.slots)
+        ):
+            self._readyWaiter = None
+            waiter.callback(None)
+
+    def _scheduleTick(self) -> None:
+        if not self._stopping and self._tickCall is None:
+            self._tickCall = self._reactor.callLater(REFRESH_INTERVAL, self._tick)
+
+    def _tick(self) -> None:
+        """Every second: notice a closed client; follow the cluster's size."""
+        self._tickCall = None
+        client = self.client
+        if client is None or self._crashed or self._closeD is not None:
+            return
+        if client.status in ("closing", "closed") and self._running:
+            self._deliver(
+                [(key, "d", f"the Dask client is {client.status}") for key in list(self._running)]
+            )
+        elif self._fixedSlots is None and client.status == "running" and not self._refreshing:
+            self._refreshing = True
+            _onLoop(self._reactor, client, _totalThreads, client).addBoth(self._refreshed)
+        self._scheduleTick()
+
+    def _refreshed(self, result: Any) -> None:
+        self._refreshing = False
+        if isinstance(result, int) and result > 0:
+            self._autoSlots = result
+            self._maybeReady()
+
+    def _checkStopped(self) -> None:
+        if (
+            self._stopD is None
+            or self._stopD.called
+            or self._inflight
+            or self._updates
+            or self._running
+        ):
+            return
+        if self.client is None and self._connectFailure is None:
+            return  # still connecting: _connected calls back here
+        self._close()
+        self._closeDeferred().addBoth(self._fireStopped)
+
+    def _fireStopped(self, _: Any) -> None:
+        if self._stopD is not None and not self._stopD.called:
+            self._stopD.callback(None)
+        self._maybeReady()
+
+    def _closeDeferred(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        if self._closeD is None:
+            d.callback(None)
+        else:
+            self._closeD.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def _close(self) -> Deferred[None]:
+        """Close the client and cluster we opened (in a thread); once."""
+        if self._closeD is not None:
+            return self._closeDeferred()
+        self._stopping = True
+        if self._tickCall is not None and self._tickCall.active():
+            self._tickCall.cancel()
+        self._tickCall = None
+        if self._trigger is not None:
+            try:
+                self._reactor.removeSystemEventTrigger(self._trigger)
+            except (ValueError, KeyError):
+                pass
+            self._trigger = None
+        for remote in list(self._remoteIterators):
+            remote.close()
+        self._closeD = deferToThreadPool(
+            self._reactor,
+            self._reactor.getThreadPool(),
+            _closeAll,
+            self.client,
+            self.cluster,
+            self._ownClient,
+            list(self._plugins),
+            self.closeTimeout,
+        )
+        self._closeD.addErrback(lambda f: log.error("Closing Dask failed: %s", f.value))
+        self._maybeReady()
+        return self._closeDeferred()
+
+
+class DaskQueue(TaskQueue):
+    """
+    A `TaskQueue` with one `DaskWorker`.
+
+    ``DaskQueue()`` starts an embedded ``LocalCluster`` (closed on shutdown);
+    ``DaskQueue("tcp://host:8786")`` or ``DaskQueue(client)`` uses an existing
+    cluster. Keywords of `DaskWorker` go to the worker, others to `TaskQueue`.
+    """
+
+    _WORKER_KEYWORDS = (
+        "slots",
+        "series",
+        "raw",
+        "restrictions",
+        "priorities",
+        "allowedFailures",
+        "clusterOptions",
+        "iterChunk",
+        "connectTimeout",
+        "closeTimeout",
+    )
+
+    def __init__(self, address: Any = None, **kw: Any) -> None:
+        workerKw = {k: kw.pop(k) for k in self._WORKER_KEYWORDS if k in kw}
+        super().__init__(**kw)
+        self.worker = DaskWorker(address, reactor=self._reactor, **workerKw)
+        self.d = self.attachWorker(self.worker)
+
+    @property
+    def client(self) -> Client | None:
+        """The ``distributed.Client`` (None until connected)."""
+        return self.worker.client
+
+    @property
+    def cluster(self) -> Any:
+        """The embedded cluster, if I started one."""
+        return self.worker.cluster
+
+    def whenReady(self) -> Deferred[DaskWorker]:
+        """A Deferred firing once the worker is connected to the cluster."""
+        return self.worker.whenReady()
+
+
+# ------------------------------------------------------------ blocking helpers
+#
+# Run in the reactor's thread pool, never in the reactor thread.
+
+
+def _checkRestrictions(
+    restrictions: Mapping[Hashable, Mapping[str, Any]],
+) -> dict[Hashable, dict[str, Any]]:
+    checked: dict[Hashable, dict[str, Any]] = {}
+    for series, options in restrictions.items():
+        if series is None:
+            raise ValueError("restrictions apply to a series; None is not one")
+        unknown = set(options) - RESTRICTION_KEYS
+        if unknown:
+            raise ValueError(
+                f"unknown Dask option(s) {sorted(unknown)} for series {series!r};"
+                f" use {sorted(RESTRICTION_KEYS)}"
+            )
+        options = dict(options)
+        if isinstance(options.get("workers"), str):
+            options["workers"] = [options["workers"]]
+        checked[series] = options
+    return checked
+
+
+def _connect(
+    address: Any,
+    clusterOptions: dict[str, Any],
+    allowedFailures: int | None,
+    connectTimeout: float | None,
+) -> tuple[Client, Any, bool, int]:
+    """Connect (starting an embedded cluster if *address* is None)."""
+    cluster = None
+    own = True
+    timeout = {} if connectTimeout is None else {"timeout": connectTimeout}
+    if isinstance(address, Client):
+        client, own = address, False
+    elif address is None:
+        from distributed import LocalCluster
+
+        options: dict[str, Any] = {"dashboard_address": ":0"}
+        options.update(clusterOptions)
+        schedulerKw = dict(options.get("scheduler_kwargs") or {})
+        schedulerKw.setdefault("allowed_failures", allowedFailures or 0)
+        options["scheduler_kwargs"] = schedulerKw
+        allowedFailures = None  # done
+        cluster = LocalCluster(**options)
+        try:
+            client = Client(cluster, set_as_default=False, **timeout)
+        except BaseException:
+            cluster.close()
+            raise
+    elif isinstance(address, str) or hasattr(address, "scheduler_address"):
+        client = Client(address, set_as_default=False, **timeout)
+    else:
+        raise TypeError(
+            "DaskWorker needs a scheduler address, a distributed.Client,"
+            f" a Dask cluster or None, not {address!r}"
+        )
+    try:
+        if allowedFailures is not None:
+            n = int(allowedFailures)
+            client.run_on_scheduler(
+                lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", n)
+            )
+        threads = sum(client.nthreads().values())
+    except BaseException:
+        _closeAll(client if own else None, cluster, own, [], 10.0)
+        raise
+    return client, cluster, own, threads
+
+
+async def _totalThreads(client: Client) -> int:
+    return sum((await client.nthreads(asynchronous=True)).values())
+
+
+def _onLoop(reactor: Any, client: Client, coroutineFunction: Any, *args: Any) -> Deferred[Any]:
+    """Run a coroutine on the client's loop; a Deferred of its result, in the reactor."""
+    d: Deferred[Any] = Deferred()
+
+    async def runner() -> None:
+        try:
+            value = await coroutineFunction(*args)
+        except BaseException as e:
+            reactor.callFromThread(d.errback, Failure(e))
+        else:
+            reactor.callFromThread(d.callback, value)
+
+    try:
+        client.loop.add_callback(runner)
+    except Exception as e:
+        return fail(e)
+    return d
+
+
+def _applyUpdate(
+    client: Client,
+    f: Callable[..., Any],
+    args: tuple[Any, ...],
+    kw: dict[str, Any],
+    pluginName: str | None,
+) -> dict[str, Any]:
+    """Run ``f`` on every Dask worker now; register it for joiners if named."""
+    ran = client.run(_runUpdateHere, f, args, kw)
+    if pluginName is not None:
+        plugin = _UpdatePlugin(f, args, kw, skip=[wid for wid, _ in ran.values()])
+        client.register_plugin(plugin, name=pluginName)
+    return {address: result for address, (_, result) in ran.items()}
+
+
+def _closeAll(
+    client: Client | None,
+    cluster: Any,
+    ownClient: bool,
+    plugins: list[str],
+    timeout: float,
+) -> None:
+    """Unregister our plugins, then close our client and cluster."""
+    if client is not None and client.status == "running":
+        for name in plugins:
+            with contextlib.suppress(Exception):
+                client.unregister_worker_plugin(name)
+    if client is not None and ownClient:
+        try:
+            client.close(timeout=timeout)
+        except Exception as e:
+            log.warning("Closing the Dask client failed: %s", e)
+    if cluster is not None:
+        cluster.close(timeout=timeout)
+
+
+def _asFailure(statusResult: tuple[str, Any]) -> Failure:
+    status, value = statusResult
+    if isinstance(value, Failure):
+        return value
+    if status == "d":
+        return Failure(errors.WorkerLost(f"the Dask worker was lost: {value}", reason=str(value)))
+    return Failure(errors.WorkerError(str(value)))
+
+
+def _cancelReason(future: Any) -> str:
+    state = getattr(future, "_state", None)
+    exc = getattr(state, "exception", None)
+    text = str(getattr(exc, "msg", "") or getattr(exc, "reason", "") or "")
+    return f"its Dask future was cancelled{': ' + text if text else ''}"
