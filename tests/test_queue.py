@@ -574,3 +574,27 @@ class UserWorkerTests(TestCase):
         self.failureResultOf(q.call(boom), ZeroDivisionError)
         self.assertEqual(self.successResultOf(q.call(abs, -2)), 2)
         self.successResultOf(q.shutdown())
+
+
+class RefusingWorkerTests(TestCase):
+    timeout = 10
+
+    def test_a_worker_refusing_on_the_spot_does_not_spin_the_loop(self) -> None:
+        class Refuser(ManualWorker):
+            def run(self, task: Any) -> None:  # type: ignore[override]
+                self.log.append(task)
+                task.innocent = True
+                task.callback(("d", "not now"))
+
+        clock = Clock()
+        w = Refuser()
+        q = TaskQueue(w, returnFailure=True, reactor=clock)
+        d = q.call(abs, -1)
+        self.assertEqual(len(w.log), 1)
+        for turn in range(5):
+            clock.advance(0.005)
+            self.assertEqual(len(w.log), turn + 2)
+        self.assertNoResult(d)
+        q.detachWorker(w, crash=True)
+        q.attachWorker(AsyncWorker())
+        self.assertEqual(self.successResultOf(d), 1)

@@ -46,7 +46,27 @@ _EXPORTS: dict[str, str] = {
     "DaskQueue": "._dask",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AsyncWorker",
+    "DaskQueue",
+    "DaskWorker",
+    "Deferator",
+    "DeferredLock",
+    "DeferredTracker",
+    "IWorker",
+    "Info",
+    "IterationProducer",
+    "ListConsumer",
+    "NullQueue",
+    "Task",
+    "TaskQueue",
+    "ThreadQueue",
+    "ThreadWorker",
+    "deferToDelay",
+    "deferToThread",
+    "errors",
+    "showResult",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -55,6 +55,10 @@ QUEUE_KEYWORDS = frozenset(
     }
 )
 
+# How long a worker that refused a task on the spot (status d from within
+# ``run``) rests before it is offered another: long enough not to spin.
+REFUSAL_PAUSE = 0.005
+
 # How many times a call may be charged with a timeout / a lost worker.
 MAX_TIMEOUTS = 2
 MAX_LOSSES = 2
@@ -135,6 +139,8 @@ class _Slot:
     __slots__ = (
         "ID",
         "attached",
+        "bounced",
+        "rest",
         "inflight",
         "qualified",
         "ready",
@@ -150,6 +156,8 @@ class _Slot:
         self.ready = False
         self.attached = True
         self.stopping = False
+        self.bounced = False
+        self.rest: Any = None  # the delayed call that ends a refusal pause
 
     def refreshQualifications(self) -> None:
         self.qualified = frozenset([None, *self.worker.cQualified, *self.worker.iQualified])
@@ -304,6 +312,9 @@ class TaskQueue:
         slot = self._slots.pop(ID)
         slot.attached = False
         slot.ready = False
+        if slot.rest is not None and slot.rest.active():
+            slot.rest.cancel()
+        slot.rest = None
         slot.worker.hired = False
         self._refreshRestricted()
         if crash:
@@ -583,11 +594,21 @@ class TaskQueue:
             if not getattr(slot.worker, "reportsStart", False):
                 task.startedAt = self._reactor.seconds()
             call.timer = self._reactor.callLater(call.timeout, self._timerFired, task, call)
+        slot.bounced = False
         try:
             readyD = slot.worker.run(task)
         except Exception:
             task.callback(("e", Failure()))
             readyD = succeed(None)
+        if slot.bounced and (readyD is None or readyD.called):
+            # The worker refused the task on the spot (status d): rest a moment
+            # before offering it more, or a worker that refuses everything
+            # would spin this loop forever.
+            if readyD is not None:
+                readyD.addErrback(lambda _: None)
+            if slot.attached:  # (the report may have led to its detachment)
+                slot.rest = self._reactor.callLater(REFUSAL_PAUSE, self._rested, slot)
+            return
         if readyD is None or (readyD.called and not isinstance(readyD.result, Failure)):
             # Ready at once (a pipelining worker with room): no callback round.
             if slot.attached and not slot.stopping:
@@ -595,6 +616,10 @@ class TaskQueue:
                 self._redispatch = True
             return
         readyD.addCallbacks(self._onReady, self._onReadyFailed, (slot,), None, (slot,))
+
+    def _rested(self, slot: _Slot) -> None:
+        slot.rest = None
+        self._workerReady(slot)
 
     def _onReady(self, _: Any, slot: _Slot) -> None:
         self._workerReady(slot)
@@ -639,6 +664,8 @@ class TaskQueue:
         if status == "t":
             self._timedOut(call, task, slot, notifyWorker=False)
         elif status == "d":
+            if slot is not None:
+                slot.bounced = True
             if task.innocent:
                 self._requeue(call)
             else:
