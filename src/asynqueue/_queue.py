@@ -140,10 +140,10 @@ class _Slot:
         "ID",
         "attached",
         "bounced",
-        "rest",
         "inflight",
         "qualified",
         "ready",
+        "rest",
         "stopping",
         "worker",
     )
