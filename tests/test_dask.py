@@ -202,7 +202,7 @@ class CallTests(_ClusterTestCase):
         with self.assertRaises(TypeError):  # "cannot pickle '_thread.lock' object"
             yield q.call(label, lock)
         self.assertEqual((yield q.call(abs, -2)), 2)
-        self.assertEqual(q.stats()["running"], 0)
+        self.assertEqual(q.counts()["running"], 0)
 
     @inlineCallbacks
     def test_many_calls(self) -> Any:

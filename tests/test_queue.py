@@ -65,7 +65,7 @@ class CallTests(TestCase):
             self.assertRaises(ValueError, self.q.call, abs, 1, niceness=bad)
         self.assertRaises(TypeError, self.q.call, abs, 1, series=[1])
         self.assertRaises(ValueError, self.q.call, abs, 1, timeout=-1)
-        self.assertEqual(self.q.stats()["pending"], 0)
+        self.assertEqual(self.q.counts()["pending"], 0)
 
     def test_call_after_shutdown(self) -> None:
         self.successResultOf(self.q.shutdown())

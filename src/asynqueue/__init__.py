@@ -43,6 +43,9 @@ _EXPORTS: dict[str, str] = {
     "DeferredTracker": "._util",
     "DeferredLock": "._util",
     "DaskWorker": "._dask",
+    "ProcessBase": "._child",
+    "ProcessQueue": "._process",
+    "ProcessWorker": "._process",
     "DaskQueue": "._dask",
 }
 
@@ -58,6 +61,9 @@ __all__ = [
     "IterationProducer",
     "ListConsumer",
     "NullQueue",
+    "ProcessBase",
+    "ProcessQueue",
+    "ProcessWorker",
     "Task",
     "TaskQueue",
     "ThreadQueue",
@@ -87,6 +93,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from . import errors as errors
+    from ._child import ProcessBase as ProcessBase
     from ._dask import DaskQueue as DaskQueue
     from ._dask import DaskWorker as DaskWorker
     from ._info import Info as Info
@@ -95,6 +102,8 @@ if TYPE_CHECKING:
     from ._iteration import IterationProducer as IterationProducer
     from ._iteration import ListConsumer as ListConsumer
     from ._iteration import deferToDelay as deferToDelay
+    from ._process import ProcessQueue as ProcessQueue
+    from ._process import ProcessWorker as ProcessWorker
     from ._queue import TaskQueue as TaskQueue
     from ._task import Task as Task
     from ._threads import ThreadQueue as ThreadQueue

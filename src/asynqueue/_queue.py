@@ -245,7 +245,7 @@ class TaskQueue:
             f"{'' if self._running else ' shut down'}>"
         )
 
-    def stats(self) -> dict[str, int]:
+    def counts(self) -> dict[str, int]:
         """Counts of attached workers, queued calls and unfinished calls."""
         running = sum(len(s.inflight) for s in self._slots.values())
         return {

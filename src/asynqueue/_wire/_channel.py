@@ -1,0 +1,180 @@
+"""
+`SocketChannel`: frames over a connected stream socket, driven by the reactor.
+
+A reactor descriptor (``IReadWriteDescriptor``) for a non-blocking stream
+socket: one end of a socketpair for a process worker; a UNIX or TCP socket
+works the same. Unlike a Twisted transport, it reads straight into the
+`FrameDecoder`'s buffers (``recv_into``) and writes the encoded buffers with
+``sendmsg`` (scatter/gather), so a payload of any size is copied only by the
+kernel. It never polls and never blocks the reactor: a read takes what is
+there (at most `READ_BUDGET` bytes per turn), a write sends what the kernel
+takes and waits for writability for the rest.
+
+Over TLS, where bytes come through a transport, use `FrameDecoder.feed`
+from ``dataReceived`` instead; the frames are the same.
+
+The receiver is any object with ``messageReceived(message)`` and
+``channelLost(reason)`` methods. This module imports Twisted: parent side only.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IReadWriteDescriptor
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ._framing import FrameDecoder, FramingError, SendQueue
+
+__all__ = ["READ_BUDGET", "SocketChannel"]
+
+# Most bytes read per reactor turn, so one huge message cannot starve the
+# reactor's other work.
+READ_BUDGET = 16 * 1024 * 1024
+
+_SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+@implementer(IReadWriteDescriptor)
+class SocketChannel:
+    """
+    Frames in and out over *sock*, which becomes non-blocking and owned by me.
+
+    Args:
+        sock: a connected stream socket.
+        receiver: gets ``messageReceived(message)`` for each decoded
+            `Message` and ``channelLost(reason)`` once, when the channel
+            closes for any reason (end of file, error, `loseConnection`).
+        reactor: the reactor (the global one if None).
+        maxLength: the largest message accepted (None: no limit).
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        receiver: Any,
+        reactor: Any = None,
+        maxLength: int | None = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        sock.setblocking(False)
+        self.socket = sock
+        self._fd = sock.fileno()
+        self._decoder = FrameDecoder(maxLength)
+        self._out = SendQueue()
+        self._receiver = receiver
+        self._reactor = reactor
+        self._writing = False
+        self.connected = True
+        reactor.addReader(self)
+
+    def __repr__(self) -> str:
+        return f"<SocketChannel fd={self._fd}{'' if self.connected else ' closed'}>"
+
+    # ------------------------------------------------------------ descriptor
+
+    def fileno(self) -> int:
+        return self._fd if self.connected else -1
+
+    def logPrefix(self) -> str:
+        return "SocketChannel"
+
+    def doRead(self) -> None:
+        decoder = self._decoder
+        recvInto = self.socket.recv_into
+        receiver = self._receiver
+        budget = READ_BUDGET
+        while self.connected and budget > 0:
+            try:
+                n = recvInto(decoder.getBuffer())
+            except BlockingIOError:
+                return None
+            except OSError as e:
+                self._close(Failure(ConnectionLost(str(e))))
+                return None
+            if not n:
+                if decoder.pending():
+                    reason = ConnectionLost("end of file in the middle of a message")
+                else:
+                    reason = ConnectionDone("end of file")
+                self._close(Failure(reason))
+                return None
+            budget -= n
+            try:
+                messages = decoder.bufferUpdated(n)
+            except FramingError as e:
+                self._close(Failure(e))
+                return None
+            for message in messages:
+                receiver.messageReceived(message)
+                if not self.connected:
+                    return None
+        return None
+
+    def doWrite(self) -> None:
+        self._flush()
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        """Called by the reactor (e.g. when it shuts down)."""
+        self._close(reason)
+
+    # ------------------------------------------------------------ public
+
+    @property
+    def bufferedBytes(self) -> int:
+        """Bytes queued for writing and not yet taken by the kernel."""
+        return self._out.size
+
+    def send(self, buffers: list[Any]) -> None:
+        """Queue an encoded message (see `encode`) and write what can be written now."""
+        if not self.connected:
+            return
+        self._out.append(buffers)
+        if not self._writing:
+            self._flush()
+
+    def loseConnection(self, reason: Failure | None = None) -> None:
+        """Close now; unwritten data is dropped. The receiver gets ``channelLost``."""
+        self._close(reason or Failure(ConnectionDone("closed by this side")))
+
+    # ------------------------------------------------------------ internals
+
+    def _flush(self) -> None:
+        out = self._out
+        sendmsg = self.socket.sendmsg
+        while out:
+            try:
+                n = sendmsg(out.peek(), (), _SEND_FLAGS)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                self._close(Failure(ConnectionLost(str(e))))
+                return
+            out.advance(n)
+        if out:
+            if not self._writing:
+                self._writing = True
+                self._reactor.addWriter(self)
+        elif self._writing:
+            self._writing = False
+            self._reactor.removeWriter(self)
+
+    def _close(self, reason: Failure) -> None:
+        if not self.connected:
+            return
+        self._reactor.removeReader(self)
+        if self._writing:
+            self._writing = False
+            self._reactor.removeWriter(self)
+        self.connected = False
+        self._out.clear()
+        try:
+            self.socket.close()
+        except OSError:
+            pass
+        self._receiver.channelLost(reason)

@@ -1,0 +1,201 @@
+"""
+Codec: Python objects to message parts and back, and the message kinds.
+
+Standard library only (cloudpickle is imported the first time it is needed),
+because child interpreters load this file without asynqueue or Twisted.
+
+Objects travel as pickle protocol 5 with out-of-band buffers: ``dumps``
+returns ``[pickle, buffer, ...]``, the buffers being the memory of objects
+that offer it (NumPy arrays, ``pickle.PickleBuffer``), sent without a copy.
+
+Plain ``pickle`` is tried first (fast, C). cloudpickle takes over for what
+plain pickle refuses, or would pickle by a reference the other side cannot
+resolve: lambdas, closures, local classes and functions, and anything
+defined in ``__main__`` (a child's ``__main__`` is not the parent's).
+
+Errors raised by a call travel as `dumpsError` parts: the exception itself
+when it survives a pickle round trip, and always its type name, message and
+formatted traceback, so that the receiver can rebuild the exception or
+report it by name.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections import namedtuple
+from types import FunctionType
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the child must not pay for importing typing
+    from typing import Any
+
+__all__ = [
+    "CALLS",
+    "CLOSE",
+    "EXIT",
+    "HELLO",
+    "INIT",
+    "ITEMS",
+    "NEXT",
+    "PROTOCOL",
+    "RESULTS",
+    "RemoteError",
+    "dumps",
+    "dumpsCall",
+    "dumpsError",
+    "dumpsSmall",
+    "loads",
+    "loadsError",
+]
+
+PROTOCOL = 5
+
+# Message kinds. Parent (or client) to child (or server):
+INIT = 1  # [config]: first message; sys.path, limits
+CALLS = 2  # [envelope, call parts...]: envelope = [(taskID, nparts, flags)]
+NEXT = 3  # [envelope]: (iterID, maxItems), answered by ITEMS
+CLOSE = 4  # [envelope]: [iterID, ...], no answer
+EXIT = 5  # []: finish and exit
+# Child (or server) to parent (or client):
+HELLO = 16  # [info]: the child is up; {'pid': ...}
+# RESULTS: [envelope, result parts...];
+#   envelope = ([(taskID, status, nparts, dt, extra)], retire)
+RESULTS = 17
+# ITEMS: [envelope, item parts..., error parts...];
+#   envelope = (iterID, nItemParts, more, nErrorParts)
+ITEMS = 18
+
+# CALLS flags
+FLAG_RAW = 1
+
+
+class _ByValue(Exception):
+    """Raised inside the plain pickler: this object needs cloudpickle."""
+
+
+class _Pickler(pickle.Pickler):
+    """
+    Plain pickle that gives up on functions and classes that only cloudpickle
+    can send faithfully: those of ``__main__`` and local or lambda ones.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (FunctionType, type)):
+            module = getattr(obj, "__module__", None)
+            if module == "__main__" or module is None or "<" in obj.__qualname__:
+                raise _ByValue
+        return NotImplemented
+
+
+def _cloudpickle() -> Any:
+    import cloudpickle
+
+    return cloudpickle
+
+
+def dumps(obj: Any) -> list[Any]:
+    """
+    Pickle *obj*: returns ``[pickle, buffer, ...]``.
+
+    Raises whatever the pickler raised (``pickle.PicklingError``, ``TypeError``,
+    ``AttributeError``, ...) if neither pickle nor cloudpickle can do it.
+    """
+    buffers: list[Any] = [None]
+
+    def outOfBand(pb: pickle.PickleBuffer) -> bool:
+        try:
+            buffers.append(pb.raw())
+        except BufferError:  # not contiguous: keep it in the pickle
+            return True
+        return False
+
+    stream = io.BytesIO()
+    try:
+        _Pickler(stream, PROTOCOL, buffer_callback=outOfBand).dump(obj)
+    except Exception:
+        del buffers[1:]
+        buffers[0] = _cloudpickle().dumps(obj, PROTOCOL, buffer_callback=outOfBand)
+    else:
+        buffers[0] = stream.getbuffer()
+    return buffers
+
+
+def dumpsSmall(obj: Any) -> bytes:
+    """Plain pickle of a small envelope of builtins (ints, strings, tuples)."""
+    return pickle.dumps(obj, PROTOCOL)
+
+
+def loads(parts: list[Any]) -> Any:
+    """Inverse of `dumps`."""
+    return pickle.loads(parts[0], buffers=parts[1:])
+
+
+def dumpsCall(f: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> list[Any]:
+    """
+    `dumps` of ``(f, args, kw)``; on failure raises ``pickle.PicklingError``
+    saying which of the callable, arguments or keywords could not be pickled.
+    """
+    try:
+        return dumps((f, args, kw))
+    except Exception as e:
+        raise pickle.PicklingError(_whatFailed(f, args, kw, e)) from e
+
+
+def _whatFailed(f: Any, args: tuple[Any, ...], kw: dict[str, Any], error: Exception) -> str:
+    name = getattr(f, "__qualname__", None) or repr(f)
+    suspects: list[tuple[str, Any]] = [(f"the callable {name!r}", f)]
+    suspects += [(f"argument {i} ({type(a).__qualname__})", a) for i, a in enumerate(args)]
+    suspects += [(f"keyword {k!r} ({type(v).__qualname__})", v) for k, v in kw.items()]
+    for label, obj in suspects:
+        try:
+            dumps(obj)
+        except Exception as e:
+            return f"cannot pickle {label} of a call to {name}: {type(e).__name__}: {e}"
+    return f"cannot pickle a call to {name}: {type(error).__name__}: {error}"
+
+
+# An error reported by the other side: ``exception`` (rebuilt, or None if it
+# did not unpickle), ``typeName`` (module.qualname of its type), ``message``
+# and ``traceback`` (the formatted text).
+RemoteError = namedtuple("RemoteError", "exception typeName message traceback")
+
+
+def _typeName(exc: BaseException) -> str:
+    cls = type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def dumpsError(exc: BaseException, note: str = "") -> list[Any]:
+    """Parts describing *exc* (with its traceback text), for `loadsError`."""
+    import traceback
+
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    text = "".join(lines)
+    if note:
+        text = f"{note}\n{text}"
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {type(exc).__name__}>"
+    try:
+        excParts = dumps(exc)
+        loads(excParts)  # some exceptions pickle but do not unpickle
+    except Exception:
+        excParts = []
+    return [dumpsSmall((_typeName(exc), message, text, len(excParts))), *excParts]
+
+
+def loadsError(parts: list[Any]) -> RemoteError:
+    """Inverse of `dumpsError`; ``exception`` is None if it cannot be rebuilt."""
+    typeName, message, text, n = pickle.loads(parts[0])
+    exception = None
+    if n:
+        try:
+            exception = loads(parts[1 : 1 + n])
+        except Exception:
+            exception = None
+        if not isinstance(exception, BaseException):
+            exception = None
+    return RemoteError(exception, typeName, message, text)
