@@ -35,8 +35,8 @@ _EXPORTS: dict[str, str] = {
     "deferToThread": "._threads",
     "errors": ".errors",
     "Deferator": "._iteration",
-    "IterationProducer": "._iteration",
-    "ListConsumer": "._iteration",
+    "IterationProducer": "._producers",
+    "ListConsumer": "._producers",
     "deferToDelay": "._iteration",
     "Info": "._info",
     "showResult": "._info",
@@ -99,11 +99,11 @@ if TYPE_CHECKING:
     from ._info import Info as Info
     from ._info import showResult as showResult
     from ._iteration import Deferator as Deferator
-    from ._iteration import IterationProducer as IterationProducer
-    from ._iteration import ListConsumer as ListConsumer
     from ._iteration import deferToDelay as deferToDelay
     from ._process import ProcessQueue as ProcessQueue
     from ._process import ProcessWorker as ProcessWorker
+    from ._producers import IterationProducer as IterationProducer
+    from ._producers import ListConsumer as ListConsumer
     from ._queue import TaskQueue as TaskQueue
     from ._task import Task as Task
     from ._threads import ThreadQueue as ThreadQueue

@@ -771,7 +771,7 @@ class TaskQueue:
             consumer = call.consumer if call is not None else kw.get("consumer")
             if consumer is None:
                 return result
-            from ._iteration import consumeInto
+            from ._producers import consumeInto
 
             return consumeInto(result, consumer)
         if status == "e":

@@ -6,17 +6,13 @@ caller a `Deferator`, or, with ``consumer=...``, writes its items to that
 IConsumer through an `IterationProducer`.
 """
 
-from ._iteration import (
-    Deferator,
-    Delay,
+from ._iteration import Deferator, Delay, deferToDelay, isIterator, threadDeferator
+from ._producers import (
     IterationProducer,
     ListConsumer,
     Prefetcherator,
     consumeInto,
-    deferToDelay,
-    isIterator,
     iteratorToProducer,
-    threadDeferator,
 )
 
 __all__ = [
