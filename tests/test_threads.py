@@ -229,3 +229,45 @@ class ThreadNothingLostTests(TestCase):
         yield _sleep(0.05)
         self.assertEqual(sorted(fired), list(range(len(ds))))
         self.assertEqual(set(fired.values()), {1})
+
+
+class ThreadSchedulingTests(TestCase):
+    """Niceness with real threads while the other worker is stuck in a long task."""
+
+    timeout = 15
+
+    @inlineCallbacks
+    def test_half_rate_while_one_worker_is_busy(self) -> Any:
+        q = ThreadQueue(2, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        # Tiny tasks first, so both workers pipeline deeply.
+        yield defer.gatherResults([q.call(abs, -i) for i in range(500)])
+        started = threading.Event()
+        release = threading.Event()
+        self.addCleanup(release.set)
+
+        def long() -> None:
+            started.set()
+            release.wait(10)
+
+        busy = q.call(long)
+        yield deferToThreadWait(started)
+        yield _sleep(0.02)  # well past the pipelining patience
+        order: list[str] = []
+        ds = []
+        for i in range(40):
+            ds.append(q.call(order.append, "A", series="A", niceness=0))
+            if i % 2 == 0:
+                ds.append(q.call(order.append, "B", series="B", niceness=10))
+        yield defer.gatherResults(ds)
+        release.set()
+        yield busy
+        window = order[:30]
+        self.assertEqual(window.count("A"), 20, order)
+        self.assertEqual(window.count("B"), 10, order)
+
+
+def deferToThreadWait(event: threading.Event) -> defer.Deferred[Any]:
+    from twisted.internet import threads
+
+    return threads.deferToThread(event.wait, 10)

@@ -181,6 +181,14 @@ class Scheduler:
     def virtualTime(self) -> int:
         return self._vtime
 
+    def vacant(self) -> bool:
+        """Nothing queued and no flow remembered: a pushed item would be popped next."""
+        return not self._count and not self._flows
+
+    def ticket(self) -> int:
+        """A submission number, as `push` would give (for items that skip the queue)."""
+        return next(self._seq)
+
     def __iter__(self) -> Iterator[Any]:
         """Every queued item, in no promised order."""
         for _, _, e in self._retry:

@@ -7,8 +7,12 @@ in an outbox. Crossing back to the reactor costs one ``callFromThread`` per
 *batch*: the thread only wakes the reactor when the outbox was empty, and the
 reactor takes everything in the outbox at once.
 
-The worker accepts up to ``window`` tasks before its ``run`` Deferred waits, so
-the thread always has the next task at hand while the reactor is busy.
+The worker accepts up to a *window* of tasks before its ``run`` Deferred
+waits, so the thread always has the next task at hand while the reactor is
+busy. By default the window adapts to how long tasks take: about
+`WINDOW_WORK` seconds of work (by the recent average), from 1 for slow tasks
+up to `MAX_WINDOW` for tiny ones, whose hand-offs then cost one reactor
+wake-up per batch of up to `MAX_WINDOW` results instead of per few.
 
 A thread stuck in user code cannot be killed. When a task times out, the
 worker abandons that thread (it is a daemon, so it never blocks interpreter
@@ -19,6 +23,7 @@ that takes over the inbox. The queue retries the task once.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +44,9 @@ __all__ = ["ThreadQueue", "ThreadWorker", "deferToThread"]
 # keep the thread busy while the reactor handles a batch of results, few
 # enough that a late doNext task does not wait long behind them.
 DEFAULT_WINDOW = 4
+# The adaptive window: at most this many tasks, about this much work.
+MAX_WINDOW = 64
+WINDOW_WORK = 0.002
 
 _TASK = 0
 _CALL = 1
@@ -53,7 +61,8 @@ class ThreadWorker:
     Args:
         series: series this worker is qualified for, besides ``cQualified``.
         raw: return iterator results as-is instead of as Deferators.
-        window: how many tasks it holds in flight at most.
+        window: how many tasks it holds in flight at most; None (the default)
+            adapts it to the tasks' running time (see the module docstring).
         reactor: the reactor to report to (the global one by default).
     """
 
@@ -64,7 +73,7 @@ class ThreadWorker:
         self,
         series: list[Any] | tuple[Any, ...] = (),
         raw: bool = False,
-        window: int = DEFAULT_WINDOW,
+        window: int | None = None,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -74,7 +83,10 @@ class ThreadWorker:
         self._reactor = reactor
         self.iQualified = list(series)
         self.raw = raw
-        self.window = max(1, window)
+        self.window = None if window is None else max(1, window)
+        self._avgRun: float | None = None
+        self._runTime = 0.0  # task seconds since the last flush (under the lock)
+        self._runCount = 0
         self._cond = threading.Condition(threading.Lock())
         # VIP work (doNext tasks, deferToThread calls) first, each FIFO.
         self._vip: deque[tuple[int, Any]] = deque()
@@ -113,7 +125,7 @@ class ThreadWorker:
                 self._inbox.append((_TASK, task))
             self._cond.notify()
         self._inflight += 1
-        if self._inflight < self.window:
+        if self._inflight < self._window():
             return None
         self._readyWaiter = Deferred()
         return self._readyWaiter
@@ -132,6 +144,12 @@ class ThreadWorker:
         """Deliver every finished result (one reactor wake-up per batch)."""
         with self._cond:
             batch, self._outbox = self._outbox, []
+            runTime, runCount = self._runTime, self._runCount
+            self._runTime, self._runCount = 0.0, 0
+        if runCount:
+            mean = runTime / runCount
+            avg = self._avgRun
+            self._avgRun = mean if avg is None else 0.7 * avg + 0.3 * mean
         for kind, target, ok, value in batch:
             if kind == _TASK:
                 self._inflight -= 1
@@ -149,9 +167,17 @@ class ThreadWorker:
                 self._stopD.callback(None)
         self._maybeReady()
 
+    def _window(self) -> int:
+        if self.window is not None:
+            return self.window
+        avg = self._avgRun
+        if avg is None:
+            return DEFAULT_WINDOW
+        return max(1, min(MAX_WINDOW, int(WINDOW_WORK / max(avg, 1e-7))))
+
     def _maybeReady(self) -> None:
         waiter = self._readyWaiter
-        if waiter is not None and self._inflight < self.window:
+        if waiter is not None and self._inflight < self._window():
             self._readyWaiter = None
             waiter.callback(None)
 
@@ -248,7 +274,12 @@ class ThreadWorker:
                 if kind == _TASK:
                     self._current = payload
             if kind == _TASK:
-                self._post(generation, self._runTask(payload))
+                t0 = time.perf_counter()
+                item = self._runTask(payload)
+                self._post(generation, item, time.perf_counter() - t0)
+                # Drop the task and its result now: held until the next task,
+                # a big result would be freed here, delaying that task.
+                item = payload = None
             else:
                 f, args, kw, d = payload
                 try:
@@ -268,10 +299,15 @@ class ThreadWorker:
             return (_TASK, task, "i", result)
         return (_TASK, task, "r", result)
 
-    def _post(self, generation: int, item: tuple[int, Any, Any, Any]) -> None:
+    def _post(
+        self, generation: int, item: tuple[int, Any, Any, Any], runTime: float | None = None
+    ) -> None:
         with self._cond:
             if self._generation != generation and item[0] != _EXIT:
                 return  # from an abandoned thread: dropped
+            if runTime is not None:
+                self._runTime += runTime
+                self._runCount += 1
             if item[0] == _TASK:
                 self._current = None
             self._outbox.append(item)

@@ -1,0 +1,79 @@
+"""
+The callables every contender runs.
+
+They live in an importable module (not ``__main__``) so that every process
+pool pickles them by reference and the children import the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+
+def noop() -> None:
+    """The trivial call."""
+    return None
+
+
+def spin(n: int) -> int:
+    """A pure-Python loop of *n* rounds: CPU-bound work that holds the GIL."""
+    total = 0
+    for i in range(n):
+        total += i ^ (i >> 3)
+    return total
+
+
+def calibrate(seconds: float = 0.05) -> int:
+    """How many `spin` rounds take about *seconds* on this machine (best of 5)."""
+    probe = 200_000
+    spin(probe)  # warm up
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        spin(probe)
+        best = min(best, time.perf_counter() - t0)
+    return max(1000, int(probe * seconds / best))
+
+
+def bigBytes(n: int) -> bytes:
+    """A bytes result of *n* bytes."""
+    return bytes(n)
+
+
+def bigList(n: int) -> list[int]:
+    """A list of *n* ints."""
+    return list(range(n))
+
+
+def items(n: int) -> Iterator[int]:
+    """A generator of *n* small items."""
+    yield from range(n)
+
+
+def stamp(tag: str) -> tuple[str, int]:
+    """*tag* and when this call started (``time.monotonic_ns``, system-wide)."""
+    return tag, time.monotonic_ns()
+
+
+def sleepStamp(tag: str, seconds: float) -> tuple[str, int]:
+    """Like `stamp`, then sleep *seconds*: a task with a real duration."""
+    started = time.monotonic_ns()
+    time.sleep(seconds)
+    return tag, started
+
+
+def busy(seconds: float) -> int:
+    """Occupy a worker for *seconds*; returns when it ended (monotonic ns)."""
+    time.sleep(seconds)
+    return time.monotonic_ns()
+
+
+def gate(path: str, timeout: float = 30.0) -> int:
+    """Occupy a worker until the file *path* exists; returns when it saw it (ns)."""
+    import os
+
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.0002)
+    return time.monotonic_ns()

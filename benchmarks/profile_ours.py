@@ -1,0 +1,99 @@
+"""
+Profile our ThreadQueue's hot paths in the reactor thread.
+
+    python -m benchmarks.profile_ours                 # dispatch and latency, cProfile
+    python -m benchmarks.profile_ours --top 30 --calls 20000 --rounds 2000
+    python -m benchmarks.profile_ours --pyinstrument  # a call tree instead
+
+*dispatch*: ``--calls`` trivial calls submitted at once to ThreadQueue(2).
+*latency*: ``--rounds`` sequential round trips of a trivial call.
+
+Only the reactor thread is profiled (cProfile sees one thread); the worker
+threads' share shows up as time the reactor spends waiting in ``epoll``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import time
+from typing import Any
+
+from . import payloads
+from .workloads import collect
+
+
+def _profiled(label: str, useInstrument: bool, top: int) -> Any:
+    """A context manager that profiles its block and prints the hot spots."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def manager() -> Any:
+        if useInstrument:
+            from pyinstrument import Profiler
+
+            profiler = Profiler(interval=0.0002)
+            profiler.start()
+            t0 = time.perf_counter()
+            yield
+            elapsed = time.perf_counter() - t0
+            profiler.stop()
+            print(f"\n=== {label}: {elapsed * 1000:.0f} ms (pyinstrument) ===")
+            print(profiler.output_text(unicode=False, color=False, show_all=False))
+            return
+        profile = cProfile.Profile()
+        t0 = time.perf_counter()
+        profile.enable()
+        yield
+        profile.disable()
+        elapsed = time.perf_counter() - t0
+        text = io.StringIO()
+        stats = pstats.Stats(profile, stream=text)
+        stats.sort_stats("tottime").print_stats(top)
+        print(f"\n=== {label}: {elapsed * 1000:.0f} ms under cProfile ===")
+        print(text.getvalue())
+
+    return manager()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_ours")
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=2_000)
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--pyinstrument", action="store_true")
+    args = parser.parse_args(argv)
+
+    from twisted.internet import defer, task
+
+    from asynqueue import ThreadQueue
+
+    @defer.inlineCallbacks
+    def run(reactor: Any) -> Any:
+        q = ThreadQueue(2, returnFailure=True)
+        yield collect([q.call(payloads.noop) for _ in range(200)])
+        # Unprofiled figures first, for reference.
+        t0 = time.perf_counter()
+        yield collect([q.call(payloads.noop) for _ in range(args.calls)])
+        rate = args.calls / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(args.rounds):
+            yield q.call(payloads.noop)
+        rtt = (time.perf_counter() - t0) / args.rounds * 1e6
+        print(f"unprofiled: dispatch {rate:,.0f} calls/s, mean round trip {rtt:.1f} µs")
+
+        with _profiled(f"dispatch of {args.calls:,} calls", args.pyinstrument, args.top):
+            yield collect([q.call(payloads.noop) for _ in range(args.calls)])
+        with _profiled(f"latency, {args.rounds:,} round trips", args.pyinstrument, args.top):
+            for _ in range(args.rounds):
+                yield q.call(payloads.noop)
+        yield q.shutdown()
+
+    task.react(run)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
