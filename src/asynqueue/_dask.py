@@ -78,6 +78,7 @@ from . import errors
 from ._iteration import isIterator
 from ._queue import TaskQueue
 from ._task import Task
+from ._util import whenFired
 from .interfaces import IWorker
 
 __all__ = ["ITER_CHUNK", "ITER_SECONDS", "DaskQueue", "DaskWorker"]
@@ -648,9 +649,7 @@ class DaskWorker:
             self._stopping = True
             self._stopD = Deferred()
             self._checkStopped()
-        d: Deferred[None] = Deferred()
-        self._stopD.addBoth(lambda r: (d.callback(None), r)[1])
-        return d
+        return whenFired(self._stopD)
 
     def crash(self) -> list[Task]:
         """Stop now: cancel every future, close in the background, return unfinished tasks."""
@@ -989,12 +988,7 @@ class DaskWorker:
         self._maybeReady()
 
     def _closeDeferred(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        if self._closeD is None:
-            d.callback(None)
-        else:
-            self._closeD.addBoth(lambda r: (d.callback(None), r)[1])
-        return d
+        return succeed(None) if self._closeD is None else whenFired(self._closeD)
 
     def _close(self) -> Deferred[None]:
         """Close the client and cluster we opened (in a thread); once."""

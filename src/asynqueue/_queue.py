@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 from . import errors
 from ._scheduler import Scheduler, checkNiceness
 from ._task import DO_LAST_PRIORITY, DO_NEXT_PRIORITY, Task, nextCallID
+from ._util import whenFired
 from .interfaces import IWorker
 
 __all__ = ["TaskQueue"]
@@ -1015,15 +1016,10 @@ class TaskQueue:
 
         Calling it again returns a Deferred of the same shutdown.
         """
-        if self._shutdownD is not None:
-            d: Deferred[None] = Deferred()
-            self._shutdownD.addBoth(lambda r: (d.callback(None), r)[1])
-            return d
-        self._running = False
-        self._shutdownD = self._doShutdown()
-        d2: Deferred[None] = Deferred()
-        self._shutdownD.addBoth(lambda r: (d2.callback(None), r)[1])
-        return d2
+        if self._shutdownD is None:
+            self._running = False
+            self._shutdownD = self._doShutdown()
+        return whenFired(self._shutdownD)
 
     def _doShutdown(self) -> Deferred[None]:
         from twisted.internet.defer import inlineCallbacks

@@ -36,6 +36,7 @@ from . import errors
 from ._iteration import isIterator
 from ._queue import TaskQueue
 from ._task import Task
+from ._util import whenFired
 from .interfaces import IWorker
 
 __all__ = ["ThreadQueue", "ThreadWorker", "deferToThread"]
@@ -213,9 +214,7 @@ class ThreadWorker:
                 with self._cond:
                     self._quitting = True
                     self._cond.notify()
-        d: Deferred[None] = Deferred()
-        self._stopD.addBoth(lambda r: (d.callback(None), r)[1])
-        return d
+        return whenFired(self._stopD)
 
     def crash(self) -> list[Task]:
         """Stop now. The thread, if busy, is abandoned. Returns unfinished tasks."""

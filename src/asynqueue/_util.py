@@ -34,6 +34,7 @@ __all__ = [
     "killProcess",
     "o2p",
     "p2o",
+    "whenFired",
 ]
 
 log = logging.getLogger("asynqueue")
@@ -45,6 +46,23 @@ def _reactor(clock: Any) -> Any:
 
         return reactor
     return clock
+
+
+def whenFired(d: Deferred[Any]) -> Deferred[None]:
+    """
+    A new Deferred that fires with None once *d* has fired either way.
+
+    For handing out "tell me when it is done" to several waiters: each gets
+    its own Deferred, and *d*'s result passes on unchanged.
+    """
+    notice: Deferred[None] = Deferred()
+
+    def fired(result: Any) -> Any:
+        notice.callback(None)
+        return result
+
+    d.addBoth(fired)
+    return notice
 
 
 # ---------------------------------------------------------------- pickling
@@ -332,12 +350,7 @@ class DeferredLock:
         if self._stopD is None:
             self._stopD = Deferred()
             self.acquire().addCallback(self._runStoppers)
-        d: Deferred[None] = Deferred()
-        if self._stopD.called:
-            d.callback(None)
-        else:
-            self._stopD.addBoth(lambda r: (d.callback(None), r)[1])
-        return d
+        return whenFired(self._stopD)
 
     def _runStoppers(self, _: Any) -> None:
         stoppers, self._stoppers = self._stoppers, []
