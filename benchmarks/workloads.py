@@ -289,6 +289,12 @@ def asyncScheduling(ad: Any, sz: Sizes, rep: int) -> Any:
         figures: Figures = {}
         if ad.hasPriorities:
             busyD = ad.busyCall(sz["schedBusy"])
+            # "One worker busy": let its long task get going before the two
+            # series arrive, as it would be in a running application.
+            from twisted.internet import reactor
+            from twisted.internet.task import deferLater
+
+            yield deferLater(reactor, 0.02, lambda: None)
             ds = []
             for _ in range(sz["schedN"]):
                 for tag, niceness in (("A", 0), ("B", 10)):
