@@ -330,6 +330,19 @@ def runDaskSubprocess(quick: bool, timeout: float) -> dict[str, Any]:
     return {"error": f"exit status {proc.returncode}: {tail[:300]}"}
 
 
+def runRemote(quick: bool) -> dict[str, Any]:
+    """The rows of ``benchmarks/bench_remote.py`` (it measures in its own subprocess)."""
+    try:
+        from . import bench_remote
+    except ImportError as e:
+        return {"na": f"benchmarks/bench_remote.py is not available ({_describe(e)})"}
+    try:
+        return {"rows": bench_remote.run(quick)}
+    except Exception as e:
+        traceback.print_exc()
+        return {"error": _describe(e)}
+
+
 # ====================================================================== the whole run
 
 
@@ -406,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", help=f"comma-separated subset of {','.join(WORKLOADS)}")
     parser.add_argument("--contenders", help=f"comma-separated subset of {','.join(COLUMNS)}")
     parser.add_argument("--no-dask", action="store_true", help="skip the Dask rows")
+    parser.add_argument("--no-remote", action="store_true", help="skip the remote-worker rows")
     parser.add_argument("--save", metavar="FILE", help="also write the raw results as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     # Internal: one measurement, in a child process.
@@ -444,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
         dask: dict[str, Any] = {"na": "skipped" + (" in --smoke" if args.smoke else "")}
     else:
         dask = runDaskSubprocess(args.quick, 4 * sizes["timeout"])
+    if args.no_remote or args.smoke:
+        remote: dict[str, Any] = {"na": "skipped" + (" in --smoke" if args.smoke else "")}
+    else:
+        remote = runRemote(args.quick)
     elapsed = time.perf_counter() - started
 
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
@@ -454,16 +472,18 @@ def main(argv: list[str] | None = None) -> int:
         f" {WORKERS} workers (floors: 1). Ratios: xN > 1 means ours is better.\n"
     )
     print(table(results, sizes, workloads))
-    print("\n### Dask\n")
-    if dask.get("rows"):
-        print(genericTable(dask["rows"]))
-    else:
-        print(f"n/a: {dask.get('na') or 'error: ' + str(dask.get('error'))}")
+    for title, extra in (("Remote workers (loopback TCP)", remote), ("Dask", dask)):
+        print(f"\n### {title}\n")
+        if extra.get("rows"):
+            print(genericTable(extra["rows"]))
+        else:
+            print(f"n/a: {extra.get('na') or 'error: ' + str(extra.get('error'))}")
     if args.save:
         raw = {
             "sizes": sizes,
             "results": [{"workload": w, "contender": c, **r} for (w, c), r in results.items()],
             "dask": dask,
+            "remote": remote,
             "environment": environment(),
             "date": today,
         }

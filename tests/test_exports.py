@@ -23,6 +23,7 @@ ORIGINAL_MODULES = [
     "asynqueue.interfaces",
     "asynqueue.errors",
     "asynqueue.null",
+    "asynqueue.wire",
 ]
 
 # (module, name) pairs of the original API, by their original paths.
@@ -53,6 +54,9 @@ ORIGINAL_NAMES = [
     ("asynqueue.info", "showResult"),
     ("asynqueue.interfaces", "IWorker"),
     ("asynqueue.null", "NullQueue"),
+    ("asynqueue.wire", "WireWorker"),
+    ("asynqueue.wire", "WireServer"),
+    ("asynqueue.wire", "WireWorkerUniverse"),
     *[
         ("asynqueue.errors", name)
         for name in (

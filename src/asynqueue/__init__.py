@@ -43,6 +43,9 @@ _EXPORTS: dict[str, str] = {
     "DeferredTracker": "._util",
     "DeferredLock": "._util",
     "DaskWorker": "._dask",
+    "WireWorker": ".wire",
+    "WireServer": ".wire",
+    "RemoteQueue": ".wire",
     "ProcessBase": "._child",
     "ProcessQueue": "._process",
     "ProcessWorker": "._process",
@@ -64,10 +67,13 @@ __all__ = [
     "ProcessBase",
     "ProcessQueue",
     "ProcessWorker",
+    "RemoteQueue",
     "Task",
     "TaskQueue",
     "ThreadQueue",
     "ThreadWorker",
+    "WireServer",
+    "WireWorker",
     "deferToDelay",
     "deferToThread",
     "errors",
@@ -114,3 +120,6 @@ if TYPE_CHECKING:
     from ._workers import AsyncWorker as AsyncWorker
     from .interfaces import IWorker as IWorker
     from .null import NullQueue as NullQueue
+    from .wire import RemoteQueue as RemoteQueue
+    from .wire import WireServer as WireServer
+    from .wire import WireWorker as WireWorker

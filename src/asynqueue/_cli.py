@@ -68,6 +68,7 @@ EXIT_BROKEN_PIPE = 141  # as a shell reports death by SIGPIPE
 SUBCOMMANDS: dict[str, str] = {
     "map": "asynqueue._cli:registerMap",
     "info": "asynqueue._cli:registerInfo",
+    "serve": "asynqueue._remote_cli:registerServe",
 }
 
 #: Optional extras of the project -> the top-level modules each one installs.

@@ -20,7 +20,9 @@ Data flow
 
 ``══`` is one socketpair per child, read and written by a `SocketChannel`: a
 reactor file descriptor, so nothing polls, and payloads of any size go in
-as many reads and writes as the kernel likes (`asynqueue._wire`).
+as many reads and writes as the kernel likes (`asynqueue._wire`). The
+conversation itself (calls in flight, results, iterator batches) is a
+`WireClient`, shared with remote workers; `_Child` adds the process.
 
 Pipelining: a worker keeps up to a *window* of tasks in its child, so that
 the child never waits a round trip for its next task. The window adapts to
@@ -63,17 +65,15 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import pickle
 import re
 import signal
 import socket
 import sys
-import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
@@ -81,26 +81,21 @@ from zope.interface import implementer
 
 from . import errors
 from ._child import BOOTSTRAP, FIRST_BATCH, ProcessBase
-from ._iteration import BATCH_ITEMS, BATCH_SECONDS, Deferator
+from ._iteration import BATCH_ITEMS, BATCH_SECONDS
 from ._queue import TaskQueue
 from ._task import Task
 from ._wire._channel import SocketChannel
+from ._wire._client import WireClient
 from ._wire._codec import (
-    CALLS,
-    CLOSE,
     EXIT,
     FLAG_RAW,
     HELLO,
     INIT,
-    ITEMS,
-    NEXT,
-    RESULTS,
     dumpsCall,
     dumpsSmall,
-    loads,
-    loadsError,
 )
 from ._wire._framing import Message, encode
+from ._wire._relay import PickledCall
 from .interfaces import IWorker
 
 __all__ = ["ProcessBase", "ProcessQueue", "ProcessWorker", "cores", "parseSize"]
@@ -164,92 +159,18 @@ def _describeEnd(pid: int | None, reason: Failure) -> str:
     return f"child process {pid} exited with code {code}"
 
 
-def _remoteFailure(payload: list[Any]) -> Failure:
-    """A Failure of the exception a child reported (see `dumpsError`)."""
-    try:
-        error = loadsError(payload)
-    except Exception as e:
-        return Failure(errors.ProcessError(f"the child's error report was unreadable: {e!r}"))
-    exc = error.exception
-    if exc is not None:
-        try:
-            exc.remoteTraceback = error.traceback  # type: ignore[union-attr]
-        except Exception:
-            exc = None
-    if exc is None:
-        exc = errors.ProcessError(
-            f"{error.typeName}: {error.message}",
-            remoteTraceback=error.traceback,
-            typeName=error.typeName,
-        )
-    return Failure(exc)
+class _Child(WireClient, ProcessProtocol):
+    """
+    One child interpreter, as its worker sees it: the process, and the
+    conversation with it (`WireClient`), in which the child runs its calls
+    one at a time, in order.
+    """
 
-
-class _Attempt:
-    """A task sent to a child (``task`` is None for a replayed update)."""
-
-    __slots__ = ("sentAt", "started", "task", "taskID")
-
-    def __init__(self, task: Task | None, taskID: int, sentAt: float) -> None:
-        self.task = task
-        self.taskID = taskID
-        self.sentAt = sentAt
-        self.started = False
-
-    def markStarted(self) -> None:
-        if not self.started:
-            self.started = True
-            if self.task is not None:
-                self.task.started()
-
-
-class _RemoteSource:
-    """A `Deferator` source over an iterator that a child holds."""
-
-    def __init__(self, child: _Child, iterID: int, maxItems: int) -> None:
-        self.child = child
-        self.iterID = iterID
-        self.maxItems = maxItems
-        # Ask for the next batch while one is still in hand: double buffering.
-        self.lowWater = maxItems
-        self.closed = False
-
-    def fetch(self) -> Deferred[Any]:
-        return self.child.requestItems(self.iterID, self.maxItems)
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.child.closeIterator(self.iterID)
-
-
-def _forgetIterator(childRef: weakref.ref[_Child], iterID: int) -> None:
-    """Finalizer of an abandoned Deferator: have its child drop the iterator."""
-    child = childRef()
-    if child is not None:
-        child.closingIDs.append(iterID)  # an append is safe from a finalizer
-        try:
-            child.reactor.callFromThread(child.processClosing)
-        except Exception:
-            pass
-
-
-class _Child(ProcessProtocol):
-    """One child interpreter, as its worker sees it."""
+    errorType = errors.ProcessError
+    orderedStart = True
 
     def __init__(self, worker: ProcessWorker) -> None:
-        self.worker = worker
-        self.reactor = worker._reactor
-        # Tasks sent and not yet answered, in the order the child runs them.
-        self.inflight: dict[int, _Attempt] = {}
-        self.outbox: list[tuple[int, list[Any], int]] = []
-        # Iterator results waiting for their first batch.
-        self.firstBatch: dict[int, tuple[_Attempt, _RemoteSource]] = {}
-        self.sources: dict[int, _RemoteSource] = {}
-        self.itemWaiters: dict[int, deque[Deferred[Any]]] = {}
-        self.closingIDs: list[int] = []
-        self.sent = 0
-        self.helloed = False
+        WireClient.__init__(self, worker, worker._reactor)
         # starting/ready: takes tasks; retiring: finishing its tasks;
         # exiting: told to exit; killed: signalled; ended: reaped.
         self.state = "starting"
@@ -258,7 +179,6 @@ class _Child(ProcessProtocol):
         self.pid: int | None = None
         self.process: Any = None
         self.channel: SocketChannel | None = None
-        self._flushCall: Any = None
         self._timers: list[Any] = []
 
     def __repr__(self) -> str:
@@ -378,95 +298,29 @@ class _Child(ProcessProtocol):
             self._later(delay, self._reap, delay * 4)
 
     def messageReceived(self, message: Message) -> None:
-        kind = message.kind
-        if kind == RESULTS:
-            self._results(message.parts)
-        elif kind == ITEMS:
-            self._items(message.parts)
-        elif kind == HELLO:
+        if self.handleMessage(message):
+            return
+        if message.kind == HELLO:
             self.helloed = True
             if self.state == "starting":
                 self.state = "ready"
             self._startHead()
         else:
-            log.error("Process worker: unknown message kind %r from %r", kind, self)
+            log.error("Process worker: unknown message kind %r from %r", message.kind, self)
 
-    # ------------------------------------------------------------ tasks
+    # ------------------------------------------------------------ WireClient hooks
 
-    def submit(self, task: Task | None, parts: list[Any], flags: int) -> None:
-        """Send a call (batched with others until the end of this reactor turn)."""
-        worker = self.worker
-        attempt = _Attempt(task, next(worker._taskIDs), self.reactor.seconds())
-        idle = not self.inflight
-        self.inflight[attempt.taskID] = attempt
-        if task is not None:
-            self.sent += 1
-        if idle and self.helloed:
-            attempt.markStarted()
-        self.outbox.append((attempt.taskID, parts, flags))
-        if self._flushCall is None:
-            self._flushCall = self.reactor.callLater(0, self.flush)
-
-    def flush(self) -> None:
-        if self._flushCall is not None and self._flushCall.active():
-            self._flushCall.cancel()
-        self._flushCall = None
-        outbox, self.outbox = self.outbox, []
-        if not outbox or self.channel is None or not self.channel.connected:
-            return
-        envelope = [(taskID, len(parts), flags) for taskID, parts, flags in outbox]
-        allParts = [dumpsSmall(envelope)]
-        for _, parts, _ in outbox:
-            allParts.extend(parts)
-        self.channel.send(encode(CALLS, allParts))
-
-    def _startHead(self) -> None:
-        if self.helloed:
-            for attempt in self.inflight.values():
-                attempt.markStarted()
-                break
-
-    def _results(self, parts: list[Any]) -> None:
-        worker = self.worker
-        entries, retire = pickle.loads(parts[0])
-        if retire and self.state in ("starting", "ready"):
-            # Before the results' callbacks, which may send new tasks.
-            worker._retire(self, "its memory use exceeded maxRSS")
-        pos = 1
-        now = self.reactor.seconds()
-        for taskID, status, n, dt, extra in entries:
-            payload = parts[pos : pos + n]
-            pos += n
-            attempt = self.inflight.pop(taskID, None)
-            if attempt is None:
-                continue  # given up on (crash or kill)
-            self._startHead()
-            task = attempt.task
-            if task is None:
-                if status == "e":
-                    failure = _remoteFailure(payload)
-                    log.error("Replaying an update in %r failed: %s", self, failure.value)
-                continue
-            worker._noteRun(dt, now - attempt.sentAt)
-            if status == "i":
-                source = _RemoteSource(self, extra, worker.batchItems)
-                self.sources[extra] = source
-                self.firstBatch[extra] = (attempt, source)
-                continue
-            worker._checkReady()  # room for the next task before this result's callbacks
-            task.callback(_statusResult(status, payload))
+    def settle(self) -> None:
         self.maybeExit()
-        worker._checkReady()
-        worker._checkStop()
+        self.worker._checkReady()
+        self.worker._checkStop()
 
-    def abandon(self) -> list[_Attempt]:
-        """Give up on every task in hand; returns them, first-sent first."""
-        attempts = [attempt for attempt, _ in self.firstBatch.values()]
-        attempts.extend(self.inflight.values())
-        self.inflight.clear()
-        self.firstBatch.clear()
-        self.outbox = []
-        return attempts
+    def retireRequested(self) -> None:
+        if self.state in ("starting", "ready"):
+            self.worker._retire(self, "its memory use exceeded maxRSS")
+
+    def location(self) -> str:
+        return f"in process {self.pid}"
 
     def maybeExit(self) -> None:
         """A retiring child exits once no task or iterator needs it."""
@@ -479,90 +333,6 @@ class _Child(ProcessProtocol):
             self.failIterators("the process worker stopped")
             self.exit()
 
-    # ------------------------------------------------------------ iterators
-
-    def requestItems(self, iterID: int, maxItems: int) -> Deferred[Any]:
-        if self.channel is None or not self.channel.connected or iterID not in self.sources:
-            return fail(errors.ProcessError(f"iterator {iterID} of {self!r} is gone"))
-        d: Deferred[Any] = Deferred()
-        self.itemWaiters.setdefault(iterID, deque()).append(d)
-        self.processClosing(settle=False)
-        self.channel.send(encode(NEXT, [dumpsSmall((iterID, maxItems))]))
-        return d
-
-    def closeIterator(self, iterID: int) -> None:
-        self.closingIDs.append(iterID)
-        self.processClosing()
-
-    def processClosing(self, settle: bool = True) -> None:
-        """Send CLOSE for the iterators given up on (`closeIterator`, finalizers)."""
-        ids, self.closingIDs = self.closingIDs, []
-        ids = [i for i in ids if self.sources.pop(i, None) is not None]
-        if ids and self.channel is not None and self.channel.connected:
-            self.channel.send(encode(CLOSE, [dumpsSmall(ids)]))
-        if ids and settle:
-            self.maybeExit()
-            self.worker._checkStop()
-
-    def _items(self, parts: list[Any]) -> None:
-        iterID, nItems, more, nError = pickle.loads(parts[0])
-        failure = _remoteFailure(parts[1 + nItems : 1 + nItems + nError]) if nError else None
-        try:
-            items = loads(parts[1 : 1 + nItems])
-        except Exception as e:
-            if more:
-                self.closeIterator(iterID)
-            items, more = [], False
-            failure = Failure(
-                errors.ProcessError(f"could not unpickle items of an iterator: {e!r}")
-            )
-        if not more:
-            source = self.sources.pop(iterID, None)
-            if source is not None:
-                source.closed = True
-        batch = (items, more, failure)
-        first = self.firstBatch.pop(iterID, None)
-        if first is not None:
-            attempt, source = first
-            self._deliverIterator(attempt, source, batch)
-        else:
-            waiters = self.itemWaiters.get(iterID)
-            if waiters:
-                d = waiters.popleft()
-                if not waiters:
-                    del self.itemWaiters[iterID]
-                d.callback(batch)
-        self.maybeExit()
-        self.worker._checkReady()
-        self.worker._checkStop()
-
-    def _deliverIterator(self, attempt: _Attempt, source: _RemoteSource, batch: Any) -> None:
-        task = attempt.task
-        assert task is not None
-        items, more, failure = batch
-        if not items and not more and failure is None:
-            task.callback(("i", []))
-            return
-        f = task.callTuple[0]
-        name = getattr(f, "__qualname__", None) or repr(f)
-        dr = Deferator._fromSource(source, batch, f"{name}(...) in process {self.pid}")
-        if more:
-            weakref.finalize(dr, _forgetIterator, weakref.ref(self), source.iterID).atexit = False
-        task.callback(("i", dr))
-
-    def failIterators(self, why: str) -> None:
-        """Fail every pending item request and forget every iterator."""
-        ids = list(self.sources)
-        for source in self.sources.values():
-            source.closed = True
-        self.sources.clear()
-        if ids and self.channel is not None and self.channel.connected:
-            self.channel.send(encode(CLOSE, [dumpsSmall(ids)]))
-        waiters, self.itemWaiters = self.itemWaiters, {}
-        for queue in waiters.values():
-            for d in queue:
-                d.errback(Failure(errors.ProcessError(why)))
-
 
 def _isOpen(fd: int) -> bool:
     try:
@@ -570,21 +340,6 @@ def _isOpen(fd: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def _statusResult(status: str, payload: list[Any]) -> tuple[str, Any]:
-    if status == "r":
-        try:
-            return "r", loads(payload)
-        except Exception as e:
-            return "e", Failure(
-                errors.ProcessError(f"could not unpickle the result: {type(e).__name__}: {e}")
-            )
-    if status == "n":
-        return "n", None
-    if status == "e":
-        return "e", _remoteFailure(payload)
-    return "e", Failure(errors.ProcessError(f"unknown status {status!r} from a child"))
 
 
 @implementer(IWorker)
@@ -670,11 +425,18 @@ class ProcessWorker:
         if self._stopping or self._broken is not None:
             return self._refuse(task, self._broken or "the process worker is stopping")
         f, args, kw = task.callTuple
-        try:
-            parts = dumpsCall(f, args, kw)
-        except Exception:
-            task.callback(("e", Failure()))
-            return succeed(None)
+        if type(f) is PickledCall:
+            # A call relayed by a worker server: its pickle goes as it came.
+            if f.cancelled:
+                task.callback(("e", Failure(CancelledError(f"{f.name} was given up on"))))
+                return succeed(None)
+            parts = f.parts
+        else:
+            try:
+                parts = dumpsCall(f, args, kw)
+            except Exception:
+                task.callback(("e", Failure()))
+                return succeed(None)
         raw = self.raw if task.raw is None else task.raw
         flags = FLAG_RAW if raw else 0
         child = self._childForTask()

@@ -45,9 +45,7 @@ class AsyncWorker:
 
     cQualified = ["async", "local"]
 
-    def __init__(
-        self, series: list[Any] | tuple[Any, ...] = (), raw: bool = False
-    ) -> None:
+    def __init__(self, series: list[Any] | tuple[Any, ...] = (), raw: bool = False) -> None:
         self.iQualified = list(series)
         self.raw = raw
         self._queue: deque[tuple[Task, Deferred[None]]] = deque()
@@ -108,9 +106,7 @@ class AsyncWorker:
                 return
             self._finish(task, ready, resultStatus(result, raw))
 
-    def _finish(
-        self, task: Task, ready: Deferred[None], statusResult: tuple[str, Any]
-    ) -> None:
+    def _finish(self, task: Task, ready: Deferred[None], statusResult: tuple[str, Any]) -> None:
         if self._current is not task:
             return  # crashed or timed out meanwhile; the queue no longer waits
         self._current = None

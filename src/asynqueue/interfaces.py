@@ -48,9 +48,7 @@ class IWorker(Interface):
     cQualified = Attribute(
         "A list of series that every instance of this class is qualified to run."
     )
-    iQualified = Attribute(
-        "A list of series that this instance is qualified to run, in addition."
-    )
+    iQualified = Attribute("A list of series that this instance is qualified to run, in addition.")
 
     invariant(_qualificationsAreLists)
 

@@ -14,7 +14,9 @@ Over TLS, where bytes come through a transport, use `FrameDecoder.feed`
 from ``dataReceived`` instead; the frames are the same.
 
 The receiver is any object with ``messageReceived(message)`` and
-``channelLost(reason)`` methods. This module imports Twisted: parent side only.
+``channelLost(reason)`` methods, and optionally ``channelDrained()``, called
+when everything queued has been written. This module imports Twisted: parent
+side only.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class SocketChannel:
         self._receiver = receiver
         self._reactor = reactor
         self._writing = False
+        self._readingPaused = False
         self.connected = True
         reactor.addReader(self)
 
@@ -88,7 +91,7 @@ class SocketChannel:
         recvInto = self.socket.recv_into
         receiver = self._receiver
         budget = READ_BUDGET
-        while self.connected and budget > 0:
+        while self.connected and not self._readingPaused and budget > 0:
             try:
                 n = recvInto(decoder.getBuffer())
             except BlockingIOError:
@@ -130,6 +133,26 @@ class SocketChannel:
         """Bytes queued for writing and not yet taken by the kernel."""
         return self._out.size
 
+    @property
+    def maxLength(self) -> int | None:
+        """The largest message accepted, or None for any size. It may be changed at any time."""
+        return self._decoder.maxLength
+
+    @maxLength.setter
+    def maxLength(self, value: int | None) -> None:
+        self._decoder.maxLength = value
+
+    def pauseReading(self) -> None:
+        """Stop reading until `resumeReading` (back-pressure on the peer)."""
+        if self.connected and not self._readingPaused:
+            self._readingPaused = True
+            self._reactor.removeReader(self)
+
+    def resumeReading(self) -> None:
+        if self.connected and self._readingPaused:
+            self._readingPaused = False
+            self._reactor.addReader(self)
+
     def send(self, buffers: list[Any]) -> None:
         """Queue an encoded message (see `encode`) and write what can be written now."""
         if not self.connected:
@@ -163,11 +186,15 @@ class SocketChannel:
         elif self._writing:
             self._writing = False
             self._reactor.removeWriter(self)
+            drained = getattr(self._receiver, "channelDrained", None)
+            if drained is not None:
+                drained()
 
     def _close(self, reason: Failure) -> None:
         if not self.connected:
             return
-        self._reactor.removeReader(self)
+        if not self._readingPaused:
+            self._reactor.removeReader(self)
         if self._writing:
             self._writing = False
             self._reactor.removeWriter(self)

@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # the child must not pay for importing typing
     from typing import Any
 
 __all__ = [
+    "ABANDON",
+    "AUTH",
     "CALLS",
     "CLOSE",
     "EXIT",
@@ -40,6 +42,7 @@ __all__ = [
     "NEXT",
     "PROTOCOL",
     "RESULTS",
+    "STARTED",
     "RemoteError",
     "dumps",
     "dumpsCall",
@@ -57,6 +60,7 @@ CALLS = 2  # [envelope, call parts...]: envelope = [(taskID, nparts, flags)]
 NEXT = 3  # [envelope]: (iterID, maxItems), answered by ITEMS
 CLOSE = 4  # [envelope]: [iterID, ...], no answer
 EXIT = 5  # []: finish and exit
+ABANDON = 6  # [envelope]: [taskID, ...] the client gave up on (remote only), no answer
 # Child (or server) to parent (or client):
 HELLO = 16  # [info]: the child is up; {'pid': ...}
 # RESULTS: [envelope, result parts...];
@@ -65,9 +69,17 @@ RESULTS = 17
 # ITEMS: [envelope, item parts..., error parts...];
 #   envelope = (iterID, nItemParts, more, nErrorParts)
 ITEMS = 18
+STARTED = 19  # [envelope]: [taskID, ...] that started (remote only, FLAG_STARTED calls)
+# The shared-secret handshake of remote connections (raw bytes, never pickles):
+# see `asynqueue._wire._auth`.
+AUTH = 32
 
-# CALLS flags
+# CALLS flags. A child looks at FLAG_RAW only; the others are for a remote server.
 FLAG_RAW = 1
+FLAG_STARTED = 2  # send STARTED when the call starts
+FLAG_UPDATE = 4  # an update: run it on every worker, and on later ones
+FLAG_EPHEMERAL = 8  # (with FLAG_UPDATE) an update not to remember
+FLAG_UNIVERSE = 16  # the callable is the name of a method of the server's universe
 
 
 class _ByValue(Exception):
@@ -167,12 +179,20 @@ def _typeName(exc: BaseException) -> str:
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
-def dumpsError(exc: BaseException, note: str = "") -> list[Any]:
-    """Parts describing *exc* (with its traceback text), for `loadsError`."""
-    import traceback
+def dumpsError(
+    exc: BaseException, note: str = "", text: str | None = None, typeName: str | None = None
+) -> list[Any]:
+    """
+    Parts describing *exc* (with its traceback text), for `loadsError`.
 
-    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
-    text = "".join(lines)
+    *text* replaces the traceback formatted from ``exc.__traceback__`` and
+    *typeName* the name of its type: a server relaying an error that it got
+    from elsewhere passes on the original traceback and type name.
+    """
+    if text is None:
+        import traceback
+
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if note:
         text = f"{note}\n{text}"
     try:
@@ -184,7 +204,8 @@ def dumpsError(exc: BaseException, note: str = "") -> list[Any]:
         loads(excParts)  # some exceptions pickle but do not unpickle
     except Exception:
         excParts = []
-    return [dumpsSmall((_typeName(exc), message, text, len(excParts))), *excParts]
+    name = typeName or _typeName(exc)
+    return [dumpsSmall((name, message, text, len(excParts))), *excParts]
 
 
 def loadsError(parts: list[Any]) -> RemoteError:

@@ -1,0 +1,271 @@
+"""
+Remote workers benchmark: a `RemoteQueue` over loopback TCP to an
+``asynqueue serve`` process running 2 process workers (and, to show the
+network path alone, to one running 2 threads).
+
+- **dispatch**: N trivial calls submitted at once, until the last result;
+  calls per second. ``ProcessQueue(2)`` in the client's own process is the
+  reference row (no network hop).
+- **latency**: sequential round trips of a trivial call; p50 and p99, µs.
+- **10 MB result** / **10 MB argument**: MB/s of a call returning (taking)
+  10 MB of bytes, next to the same 10 MB over a bare loopback TCP socket
+  (one ``sendall`` from a thread, ``recv_into`` here): ``vs_floor`` is our
+  rate over the bare socket's.
+- **streaming**: a generator of small ints iterated here as a Deferator,
+  items/s.
+
+Figures are printed, never asserted. Standalone::
+
+    python benchmarks/bench_remote.py [--quick] [--json]
+
+``run(quick)`` measures in a fresh subprocess (the reactor cannot be
+restarted) and returns the rows as dicts with ``workload, contender, value,
+unit`` (plus ``p99`` for latency and ``vs_floor`` where there is a floor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_WORKERS = 2
+KEY = "bench-remote-key"
+
+
+def sizes(quick: bool) -> dict[str, int]:
+    if quick:
+        return {"dispatch": 10_000, "latency": 500, "bytes": 10_000_000, "items": 50_000,
+                "reps": 3, "warm": 200}  # fmt: skip
+    return {"dispatch": 20_000, "latency": 2_000, "bytes": 10_000_000, "items": 100_000,
+            "reps": 5, "warm": 500}  # fmt: skip
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """Measure in a subprocess; the rows."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--json"]
+    if quick:
+        command.append("--quick")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    )
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench_remote failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+    return json.loads(lines[-1]) if lines else []
+
+
+def row(workload: str, contender: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
+    return {"workload": workload, "contender": contender, "value": value, "unit": unit, **extra}
+
+
+# ---------------------------------------------------------------- the server
+
+
+class Server:
+    """``python -m asynqueue serve`` on an ephemeral loopback port."""
+
+    def __init__(self, *extra: str) -> None:
+        self.dir = tempfile.TemporaryDirectory()
+        keyFile = Path(self.dir.name) / "key"
+        keyFile.write_text(KEY)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "asynqueue", "serve", "tcp:0:interface=127.0.0.1",
+             "--workers", str(SERVER_WORKERS), "--key-file", str(keyFile), "--quiet", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.close()
+            raise RuntimeError(f"the server did not start: {line!r}")
+        port = line.split("listening on ", 1)[1].split(":")[1]
+        self.client = f"tcp:127.0.0.1:{port}"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.dir.cleanup()
+
+
+# ---------------------------------------------------------------- floor
+
+
+def bareSocketSeconds(nbytes: int) -> float:
+    """Seconds to move *nbytes* over a loopback TCP socket (request, then the data)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    payload = b"\xab" * nbytes
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while conn.recv(1):
+                conn.sendall(payload)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    sock = socket.create_connection(listener.getsockname())
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray(nbytes)
+    view = memoryview(buf)
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        sock.sendall(b"x")
+        got = 0
+        while got < nbytes:
+            got += sock.recv_into(view[got:])
+        times.append(time.perf_counter() - start)
+    sock.close()
+    listener.close()
+    return min(times)
+
+
+# ---------------------------------------------------------------- ours
+
+
+def measure(quick: bool) -> list[dict[str, Any]]:
+    from twisted.internet import defer, reactor
+
+    sys.path.insert(0, str(ROOT))
+    from asynqueue.process import ProcessQueue
+    from asynqueue.wire import RemoteQueue
+    from benchmarks import payloads
+
+    n = sizes(quick)
+    rows: list[dict[str, Any]] = []
+    server = Server()
+    threadServer = Server("--threads")
+    floor = bareSocketSeconds(n["bytes"])
+    blob = b"\xab" * n["bytes"]
+    mb = n["bytes"] / 1e6
+
+    @defer.inlineCallbacks
+    def main() -> Any:
+        for label, makeQueue in (
+            ("ProcessQueue(2), local", lambda: ProcessQueue(2, returnFailure=True)),
+            (
+                "RemoteQueue(N=2) -> serve --workers 2",
+                lambda: RemoteQueue(server.client, N=2, key=KEY, returnFailure=True),
+            ),
+            (
+                "RemoteQueue(N=2) -> serve --threads",
+                lambda: RemoteQueue(threadServer.client, N=2, key=KEY, returnFailure=True),
+            ),
+        ):
+            q = makeQueue()
+            if isinstance(q, RemoteQueue):
+                yield q.whenConnected()
+            yield defer.gatherResults([q.call(payloads.noop) for _ in range(n["warm"])])
+            rates = []
+            for _ in range(n["reps"]):
+                start = time.perf_counter()
+                yield defer.gatherResults([q.call(payloads.noop) for _ in range(n["dispatch"])])
+                rates.append(n["dispatch"] / (time.perf_counter() - start))
+            rows.append(row("dispatch", label, statistics.median(rates), "calls/s"))
+            samples = []
+            for _ in range(n["latency"]):
+                start = time.perf_counter()
+                yield q.call(payloads.noop)
+                samples.append(time.perf_counter() - start)
+            samples.sort()
+            rows.append(
+                row("latency p50", label, statistics.median(samples) * 1e6, "µs",
+                    p99=samples[min(len(samples) - 1, round(0.99 * (len(samples) - 1)))] * 1e6)
+            )  # fmt: skip
+            for workload, call in (
+                ("10 MB result", lambda q=q: q.call(payloads.bigBytes, n["bytes"])),
+                ("10 MB argument", lambda q=q: q.call(len, blob)),
+            ):
+                yield call()
+                best = None
+                for _ in range(n["reps"]):
+                    start = time.perf_counter()
+                    yield call()
+                    elapsed = time.perf_counter() - start
+                    best = elapsed if best is None else min(best, elapsed)
+                    yield defer.gatherResults([q.call(payloads.noop) for _ in range(20)])
+                rows.append(
+                    row(workload, label, mb / best, "MB/s", vs_floor=round(floor / best, 3))
+                )
+            rates = []
+            for _ in range(n["reps"]):
+                start = time.perf_counter()
+                dr = yield q.call(payloads.items, n["items"])
+                count = 0
+                for d in dr:
+                    yield d
+                    count += 1
+                rates.append(count / (time.perf_counter() - start))
+            rows.append(row("streaming", label, statistics.median(rates), "items/s"))
+            yield q.shutdown()
+        rows.append(row("10 MB, bare socket", "loopback TCP floor", mb / floor, "MB/s"))
+
+    failures: list[Any] = []
+
+    def start() -> None:
+        d = main()
+        d.addErrback(failures.append)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    try:
+        reactor.run()
+    finally:
+        server.close()
+        threadServer.close()
+    if failures:
+        failures[0].raiseException()
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"Remote workers over loopback TCP; servers: asynqueue serve --workers {SERVER_WORKERS}"
+        " (processes) or --threads",
+        "",
+        "| workload | contender | value | unit | p99 µs | vs bare socket |",
+        "| --- | --- | ---: | --- | ---: | ---: |",
+    ]
+    for r in rows:
+        p99 = f"{r['p99']:,.0f}" if "p99" in r else ""
+        floor = f"{r['vs_floor']:.0%}" if "vs_floor" in r else ""
+        lines.append(
+            f"| {r['workload']} | {r['contender']} | {r['value']:,.0f} | {r['unit']}"
+            f" | {p99} | {floor} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes")
+    parser.add_argument("--json", action="store_true", help="print the rows as one JSON line")
+    args = parser.parse_args(argv)
+    rows = measure(args.quick)
+    print(json.dumps(rows) if args.json else markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

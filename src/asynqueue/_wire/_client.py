@@ -1,0 +1,419 @@
+"""
+The asking side of the wire protocol, for one connection: `WireClient`.
+
+A process worker talks to its child, and a remote worker to its server, with
+the same messages (`asynqueue._wire._codec`): CALLS out, RESULTS back;
+NEXT out, ITEMS back for iterator results; CLOSE for iterators given up on.
+`WireClient` is that conversation, without the transport or the life cycle
+of what is at the other end:
+
+- `submit` queues a call. A call after a pause goes out at once; calls
+  that follow it closely (a burst) wait for the end of the reactor turn and
+  go out together as one CALLS message (`flush`).
+- RESULTS report each task (``task.callback``) with the result unpickled, or
+  relayed as it is for a `PickledCall` (a server running a call it
+  received); an iterator result waits for its first ITEMS batch and becomes
+  a `Deferator` over a `_RemoteSource`, which asks for more with NEXT.
+- A Deferator dropped unfinished has its iterator closed on the other side
+  (a finalizer sends CLOSE).
+
+A subclass provides the channel (an object with ``send(buffers)`` and
+``connected``) and these hooks: ``settle()`` (after results or items were
+handled), ``retireRequested()`` (the other side asked to be retired), and
+``location()`` (text for reprs). Its worker (``self.worker``) provides
+``_taskIDs``, ``batchItems``, ``_noteRun(dt, roundTrip)`` and
+``_checkReady()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import weakref
+from collections import deque
+from time import perf_counter
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.python.failure import Failure
+
+from .. import errors
+from .._iteration import Deferator
+from .._task import Task
+from ._codec import (
+    CALLS,
+    CLOSE,
+    ITEMS,
+    NEXT,
+    RESULTS,
+    STARTED,
+    dumpsSmall,
+    loads,
+    loadsError,
+)
+from ._framing import Message, encode
+from ._relay import PickledCall, PickledError, PickledResult
+
+__all__ = ["BURST_GAP", "WireClient", "remoteFailure", "statusResult"]
+
+log = logging.getLogger("asynqueue")
+
+#: Seconds: a message sent less than this long after the previous one waits
+#: for the end of the reactor turn, to go out with the others of its burst.
+BURST_GAP = 50e-6
+
+
+def remoteFailure(
+    payload: list[Any], errorType: type[errors.WorkerError] = errors.WorkerError
+) -> Failure:
+    """A Failure of the exception the other side reported (see ``dumpsError``)."""
+    try:
+        error = loadsError(payload)
+    except Exception as e:
+        return Failure(errorType(f"the error report was unreadable: {e!r}"))
+    exc = error.exception
+    if exc is not None:
+        try:
+            exc.remoteTraceback = error.traceback  # type: ignore[union-attr]
+        except Exception:
+            exc = None
+    if exc is None:
+        exc = errorType(
+            f"{error.typeName}: {error.message}",
+            remoteTraceback=error.traceback,
+            typeName=error.typeName,
+        )
+    return Failure(exc)
+
+
+def statusResult(
+    status: str,
+    payload: list[Any],
+    errorType: type[errors.WorkerError] = errors.WorkerError,
+    relay: bool = False,
+) -> tuple[str, Any]:
+    """
+    ``(status, result)`` for a task, from a RESULTS entry. With *relay*, a
+    result or error stays pickled (`PickledResult`, `PickledError`).
+    """
+    if status == "r":
+        if relay:
+            return "r", PickledResult(payload)
+        try:
+            return "r", loads(payload)
+        except Exception as e:
+            return "e", Failure(
+                errorType(f"could not unpickle the result: {type(e).__name__}: {e}")
+            )
+    if status == "n":
+        return "n", None
+    if status == "e":
+        if relay:
+            return "e", Failure(PickledError(payload))
+        return "e", remoteFailure(payload, errorType)
+    return "e", Failure(errorType(f"unknown status {status!r} from the other side"))
+
+
+class _Attempt:
+    """A task sent to the other side (``task`` is None for a replayed update)."""
+
+    __slots__ = ("sentAt", "started", "task", "taskID")
+
+    def __init__(self, task: Task | None, taskID: int, sentAt: float) -> None:
+        self.task = task
+        self.taskID = taskID
+        self.sentAt = sentAt
+        self.started = False
+
+    def markStarted(self) -> None:
+        if not self.started:
+            self.started = True
+            task = self.task
+            if task is not None:
+                task.started()
+                f = task.callTuple[0]
+                if type(f) is PickledCall and f.onStart is not None:
+                    f.onStart(task)
+
+
+class _RemoteSource:
+    """A `Deferator` source over an iterator that the other side holds."""
+
+    def __init__(self, client: WireClient, iterID: int, maxItems: int) -> None:
+        self.client = client
+        self.iterID = iterID
+        self.maxItems = maxItems
+        # Ask for the next batch while one is still in hand: double buffering.
+        self.lowWater = maxItems
+        self.closed = False
+
+    def fetch(self) -> Deferred[Any]:
+        return self.client.requestItems(self.iterID, self.maxItems)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.client.closeIterator(self.iterID)
+
+
+def _forgetIterator(clientRef: weakref.ref[WireClient], iterID: int) -> None:
+    """Finalizer of an abandoned Deferator: have the other side drop the iterator."""
+    client = clientRef()
+    if client is not None:
+        client.closingIDs.append(iterID)  # an append is safe from a finalizer
+        try:
+            client.reactor.callFromThread(client.processClosing)
+        except Exception:
+            pass
+
+
+class WireClient:
+    """
+    One connection's calls and iterators in flight (see the module docstring).
+
+    Attributes:
+        errorType: the exception for errors of this side's own making (an
+            unreadable result, a lost iterator), and for remote exceptions
+            that cannot be rebuilt.
+        orderedStart: the other side runs calls one at a time, in order, so
+            the oldest call in flight is the one running (a child process).
+            Otherwise a call counts as started when a STARTED message says so.
+    """
+
+    errorType: type[errors.WorkerError] = errors.WorkerError
+    orderedStart = False
+
+    def __init__(self, worker: Any, reactor: Any) -> None:
+        self.worker = worker
+        self.reactor = reactor
+        # Tasks sent and not yet answered, in the order they were sent.
+        self.inflight: dict[int, _Attempt] = {}
+        self.outbox: list[tuple[int, list[Any], int]] = []
+        # Iterator results waiting for their first batch.
+        self.firstBatch: dict[int, tuple[_Attempt, _RemoteSource]] = {}
+        self.sources: dict[int, _RemoteSource] = {}
+        self.itemWaiters: dict[int, deque[Deferred[Any]]] = {}
+        self.closingIDs: list[int] = []
+        self.sent = 0
+        self.helloed = False
+        self.channel: Any = None
+        self._flushCall: Any = None
+        self._lastSent = 0.0
+
+    # ------------------------------------------------------------ hooks
+
+    def settle(self) -> None:
+        """Results or items were handled: the worker may have room, or be done."""
+        self.worker._checkReady()
+
+    def retireRequested(self) -> None:
+        """The other side asked to be replaced (a child over its memory limit)."""
+
+    def location(self) -> str:
+        """Where the calls run, for reprs: ``"in process 123"``."""
+        return ""
+
+    # ------------------------------------------------------------ messages
+
+    def handleMessage(self, message: Message) -> bool:
+        """Handle RESULTS, ITEMS and STARTED; False for any other kind."""
+        kind = message.kind
+        if kind == RESULTS:
+            self._results(message.parts)
+        elif kind == ITEMS:
+            self._items(message.parts)
+        elif kind == STARTED:
+            for taskID in pickle.loads(message.parts[0]):
+                attempt = self.inflight.get(taskID)
+                if attempt is not None:
+                    attempt.markStarted()
+        else:
+            return False
+        return True
+
+    # ------------------------------------------------------------ tasks
+
+    def submit(self, task: Task | None, parts: list[Any], flags: int) -> _Attempt:
+        """Send a call (batched with others until the end of this reactor turn)."""
+        attempt = _Attempt(task, next(self.worker._taskIDs), self.reactor.seconds())
+        idle = not self.inflight
+        self.inflight[attempt.taskID] = attempt
+        if task is not None:
+            self.sent += 1
+        if idle and self.helloed and self.orderedStart:
+            attempt.markStarted()
+        self.outbox.append((attempt.taskID, parts, flags))
+        if self._flushCall is None:
+            now = perf_counter()
+            if now - self._lastSent > BURST_GAP:
+                # The first call after a pause goes at once...
+                self._lastSent = now
+                self.flush()
+            else:
+                # ...the others of a burst together, at the end of the reactor turn.
+                self._flushCall = self.reactor.callLater(0, self.flush)
+        return attempt
+
+    def flush(self) -> None:
+        """Send the calls submitted so far, as one CALLS message."""
+        if self._flushCall is not None and self._flushCall.active():
+            self._flushCall.cancel()
+        self._flushCall = None
+        if not self.outbox or self.channel is None or not self.channel.connected:
+            return  # (what was not sent stays in the outbox: see `abandon`)
+        outbox, self.outbox = self.outbox, []
+        envelope = [(taskID, len(parts), flags) for taskID, parts, flags in outbox]
+        allParts = [dumpsSmall(envelope)]
+        for _, parts, _ in outbox:
+            allParts.extend(parts)
+        self.channel.send(encode(CALLS, allParts))
+
+    def cancelFlush(self) -> None:
+        if self._flushCall is not None and self._flushCall.active():
+            self._flushCall.cancel()
+        self._flushCall = None
+
+    def _startHead(self) -> None:
+        if self.helloed:
+            for attempt in self.inflight.values():
+                attempt.markStarted()
+                break
+
+    def _results(self, parts: list[Any]) -> None:
+        worker = self.worker
+        entries, retire = pickle.loads(parts[0])
+        if retire:
+            # Before the results' callbacks, which may send new tasks.
+            self.retireRequested()
+        pos = 1
+        now = self.reactor.seconds()
+        ordered = self.orderedStart
+        errorType = self.errorType
+        for taskID, status, n, dt, extra in entries:
+            payload = parts[pos : pos + n]
+            pos += n
+            attempt = self.inflight.pop(taskID, None)
+            if attempt is None:
+                continue  # given up on (crash, kill or timeout)
+            if ordered:
+                self._startHead()
+            task = attempt.task
+            if task is None:
+                if status == "e":
+                    failure = remoteFailure(payload, errorType)
+                    log.error("Replaying an update in %r failed: %s", self, failure.value)
+                continue
+            worker._noteRun(dt, now - attempt.sentAt)
+            if status == "i":
+                source = _RemoteSource(self, extra, worker.batchItems)
+                self.sources[extra] = source
+                self.firstBatch[extra] = (attempt, source)
+                continue
+            worker._checkReady()  # room for the next task before this result's callbacks
+            relay = type(task.callTuple[0]) is PickledCall
+            task.callback(statusResult(status, payload, errorType, relay))
+        self.settle()
+
+    def forget(self, taskID: int) -> _Attempt | None:
+        """Stop waiting for one task (e.g. it timed out); returns its attempt."""
+        attempt = self.inflight.pop(taskID, None)
+        if attempt is not None:
+            return attempt
+        for iterID, (attempt, _) in list(self.firstBatch.items()):
+            if attempt.taskID == taskID:
+                del self.firstBatch[iterID]
+                self.closeIterator(iterID)
+                return attempt
+        return None
+
+    def abandon(self) -> list[_Attempt]:
+        """Give up on every task in hand; returns them, first-sent first."""
+        attempts = [attempt for attempt, _ in self.firstBatch.values()]
+        attempts.extend(self.inflight.values())
+        self.inflight.clear()
+        self.firstBatch.clear()
+        self.outbox = []
+        return attempts
+
+    # ------------------------------------------------------------ iterators
+
+    def requestItems(self, iterID: int, maxItems: int) -> Deferred[Any]:
+        if self.channel is None or not self.channel.connected or iterID not in self.sources:
+            return fail(self.errorType(f"iterator {iterID} of {self!r} is gone"))
+        d: Deferred[Any] = Deferred()
+        self.itemWaiters.setdefault(iterID, deque()).append(d)
+        self.processClosing(settle=False)
+        self.channel.send(encode(NEXT, [dumpsSmall((iterID, maxItems))]))
+        return d
+
+    def closeIterator(self, iterID: int) -> None:
+        self.closingIDs.append(iterID)
+        self.processClosing()
+
+    def processClosing(self, settle: bool = True) -> None:
+        """Send CLOSE for the iterators given up on (`closeIterator`, finalizers)."""
+        ids, self.closingIDs = self.closingIDs, []
+        ids = [i for i in ids if self.sources.pop(i, None) is not None]
+        if ids and self.channel is not None and self.channel.connected:
+            self.channel.send(encode(CLOSE, [dumpsSmall(ids)]))
+        if ids and settle:
+            self.settle()
+
+    def _items(self, parts: list[Any]) -> None:
+        iterID, nItems, more, nError = pickle.loads(parts[0])
+        errorType = self.errorType
+        failure = (
+            remoteFailure(parts[1 + nItems : 1 + nItems + nError], errorType) if nError else None
+        )
+        try:
+            items = loads(parts[1 : 1 + nItems])
+        except Exception as e:
+            if more:
+                self.closeIterator(iterID)
+            items, more = [], False
+            failure = Failure(errorType(f"could not unpickle items of an iterator: {e!r}"))
+        if not more:
+            source = self.sources.pop(iterID, None)
+            if source is not None:
+                source.closed = True
+        batch = (items, more, failure)
+        first = self.firstBatch.pop(iterID, None)
+        if first is not None:
+            attempt, source = first
+            self._deliverIterator(attempt, source, batch)
+        else:
+            waiters = self.itemWaiters.get(iterID)
+            if waiters:
+                d = waiters.popleft()
+                if not waiters:
+                    del self.itemWaiters[iterID]
+                d.callback(batch)
+        self.settle()
+
+    def _deliverIterator(self, attempt: _Attempt, source: _RemoteSource, batch: Any) -> None:
+        task = attempt.task
+        assert task is not None
+        items, more, failure = batch
+        if not items and not more and failure is None:
+            task.callback(("i", []))
+            return
+        f = task.callTuple[0]
+        name = getattr(f, "__qualname__", None) or repr(f)
+        dr = Deferator._fromSource(source, batch, f"{name}(...) {self.location()}".rstrip())
+        if more:
+            weakref.finalize(dr, _forgetIterator, weakref.ref(self), source.iterID).atexit = False
+        task.callback(("i", dr))
+
+    def failIterators(self, why: str) -> None:
+        """Fail every pending item request and forget every iterator."""
+        ids = list(self.sources)
+        for source in self.sources.values():
+            source.closed = True
+        self.sources.clear()
+        if ids and self.channel is not None and self.channel.connected:
+            self.channel.send(encode(CLOSE, [dumpsSmall(ids)]))
+        waiters, self.itemWaiters = self.itemWaiters, {}
+        errorType = self.errorType
+        for queue in waiters.values():
+            for d in queue:
+                d.errback(Failure(errorType(why)))
