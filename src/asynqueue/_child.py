@@ -47,7 +47,6 @@ from ._wire._codec import (
     FLAG_RAW,
     HELLO,
     INIT,
-    ITEMS,
     NEXT,
     RESULTS,
     dumps,
@@ -56,7 +55,7 @@ from ._wire._codec import (
     loads,
 )
 from ._wire._framing import FrameDecoder, Message, SendQueue, encode
-from ._wire._streams import IteratorTable, isIterator
+from ._wire._streams import IteratorTable, encodeItems, isIterator
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the child must not pay for importing typing
@@ -290,28 +289,11 @@ class ChildLoop:
     def _items(self, iterID: int, maxItems: int) -> list[Any]:
         """An encoded ITEMS message with the next batch of iterator *iterID*."""
         items, more, error = self.iterators.batch(iterID, maxItems, self.batchSeconds)
-        try:
-            itemParts = dumps(items)
-        except Exception:
-            # Send the items before the first that does not pickle, then the error.
-            good: list[Any] = []
-            for item in items:
-                try:
-                    dumps(item)
-                except Exception as e:
-                    error = pickle.PicklingError(
-                        f"cannot pickle an item of the iterator ({type(item).__qualname__}):"
-                        f" {type(e).__name__}: {e}"
-                    )
-                    break
-                good.append(item)
-            itemParts = dumps(good)
-            more = False
+        message, more = encodeItems(iterID, items, more, error)
+        if not more:
             self.iterators.close(iterID)
-        errorParts = dumpsError(error) if error is not None else []
-        envelope = dumpsSmall((iterID, len(itemParts), more, len(errorParts)))
         self._flushStdio()
-        return encode(ITEMS, [envelope, *itemParts, *errorParts])
+        return message
 
     @staticmethod
     def _flushStdio() -> None:

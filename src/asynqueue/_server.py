@@ -88,7 +88,6 @@ from ._wire._codec import (
     FLAG_UNIVERSE,
     FLAG_UPDATE,
     HELLO,
-    ITEMS,
     NEXT,
     RESULTS,
     STARTED,
@@ -100,6 +99,7 @@ from ._wire._codec import (
 from ._wire._framed import FrameProtocol, FrameReceiver
 from ._wire._framing import Message, encode
 from ._wire._relay import CancelledCall, PickledCall, PickledError, PickledResult
+from ._wire._streams import encodeItems as _encodeItems
 
 __all__ = [
     "DEFAULT_DESCRIPTION",
@@ -275,25 +275,7 @@ def errorParts(failure: Failure | BaseException, note: str = "") -> list[Any]:
 
 def encodeItems(iterID: int, items: list[Any], more: bool, error: Any) -> tuple[list[Any], bool]:
     """An ITEMS message; items that do not pickle end the iteration with an error."""
-    try:
-        itemParts = dumps(items)
-    except Exception:
-        good: list[Any] = []
-        for item in items:
-            try:
-                dumps(item)
-            except Exception as e:
-                error = pickle.PicklingError(
-                    f"cannot pickle an item of the iterator ({type(item).__qualname__}):"
-                    f" {type(e).__name__}: {e}"
-                )
-                break
-            good.append(item)
-        itemParts = dumps(good)
-        more = False
-    errParts = errorParts(error) if error is not None else []
-    envelope = dumpsSmall((iterID, len(itemParts), more, len(errParts)))
-    return encode(ITEMS, [envelope, *itemParts, *errParts]), more
+    return _encodeItems(iterID, items, more, error, errorParts)
 
 
 class _Served:

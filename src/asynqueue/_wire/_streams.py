@@ -19,11 +19,15 @@ from __future__ import annotations
 import itertools
 from time import perf_counter
 
+from ._codec import ITEMS, dumps, dumpsError, dumpsSmall
+from ._framing import encode
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the child must not pay for importing typing
+    from collections.abc import Callable
     from typing import Any
 
-__all__ = ["IteratorTable", "isIterator"]
+__all__ = ["IteratorTable", "encodeItems", "isIterator"]
 
 _NOT_ITERATORS = (
     str,
@@ -117,3 +121,38 @@ class IteratorTable:
             del self._iterators[iterID]
             return items, False, e
         return items, True, None
+
+
+def encodeItems(
+    iterID: int,
+    items: list[Any],
+    more: bool,
+    error: BaseException | None,
+    errorParts: Callable[[BaseException], list[Any]] = dumpsError,
+) -> tuple[list[Any], bool]:
+    """
+    An encoded ITEMS message with a batch of iterator *iterID*, and whether
+    more items follow. Items that do not pickle end the iteration there, with
+    a ``pickle.PicklingError`` after the items before them.
+    """
+    try:
+        itemParts = dumps(items)
+    except Exception:
+        import pickle
+
+        good: list[Any] = []
+        for item in items:
+            try:
+                dumps(item)
+            except Exception as e:
+                error = pickle.PicklingError(
+                    f"cannot pickle an item of the iterator ({type(item).__qualname__}):"
+                    f" {type(e).__name__}: {e}"
+                )
+                break
+            good.append(item)
+        itemParts = dumps(good)
+        more = False
+    errParts = errorParts(error) if error is not None else []
+    envelope = dumpsSmall((iterID, len(itemParts), more, len(errParts)))
+    return encode(ITEMS, [envelope, *itemParts, *errParts]), more
