@@ -598,3 +598,96 @@ class RefusingWorkerTests(TestCase):
         q.detachWorker(w, crash=True)
         q.attachWorker(AsyncWorker())
         self.assertEqual(self.successResultOf(d), 1)
+
+
+class PipeliningWorker(ManualWorker):
+    """A ManualWorker that takes up to *window* tasks at once, like ThreadWorker."""
+
+    def __init__(self, window: int, name: str = "w") -> None:
+        super().__init__(name=name)
+        self.window = window
+        self.waiter: Deferred[None] | None = None
+
+    def run(self, task: Any) -> Deferred[None] | None:  # type: ignore[override]
+        self.log.append(task)
+        self.current.append((task, None))
+        if len(self.current) < self.window:
+            return None
+        self.waiter = Deferred()
+        return self.waiter
+
+    def finishAll(self) -> None:
+        batch, self.current = self.current, []
+        for task, _ in batch:
+            task.callback(("r", task.callTuple[1][0]))
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            waiter.callback(None)
+
+
+class PipelineDispatchTests(TestCase):
+    """Workers that take several tasks at once: who gets which queued call."""
+
+    timeout = 10
+
+    def test_fills_least_loaded_first_then_the_one_ready_worker_in_order(self) -> None:
+        w1, w2 = PipeliningWorker(3, "w1"), PipeliningWorker(3, "w2")
+        q = TaskQueue(w1, w2, returnFailure=True, reactor=Clock())
+        ds = [q.call(lambda x: x, i) for i in range(10)]
+
+        def got(w: PipeliningWorker) -> list[int]:
+            return [t.callTuple[1][0] for t in w.log]
+
+        # Taken as submitted, alternately (the least loaded first), until full.
+        self.assertEqual(got(w1), [0, 2, 4])
+        self.assertEqual(got(w2), [1, 3, 5])
+        self.assertEqual(q.counts()["queued"], 4)
+        # One worker comes free: it alone takes the next calls, in order.
+        w1.finishAll()
+        self.assertEqual(got(w1), [0, 2, 4, 6, 7, 8])
+        self.assertEqual(q.counts()["queued"], 1)
+        w2.finishAll()
+        self.assertEqual(got(w2), [1, 3, 5, 9])
+        w1.finishAll()
+        w2.finishAll()
+        self.assertEqual([self.successResultOf(d) for d in ds], list(range(10)))
+        self.successResultOf(q.shutdown())
+
+    def test_both_ready_workers_share_a_backlog(self) -> None:
+        w1, w2 = PipeliningWorker(2, "w1"), PipeliningWorker(2, "w2")
+        q = TaskQueue(w1, w2, returnFailure=True, reactor=Clock())
+        ds = [q.call(lambda x: x, i) for i in range(12)]
+        # Both free up in one reactor turn: they share what is queued.
+        w1.current, w2.current, batch = [], [], w1.current + w2.current
+        waiters = [w1.waiter, w2.waiter]
+        w1.waiter = w2.waiter = None
+        for task, _ in batch:
+            task.callback(("r", task.callTuple[1][0]))
+        for waiter in waiters:
+            assert waiter is not None
+            waiter.callback(None)
+        self.assertEqual(len(w1.current), 2)
+        self.assertEqual(len(w2.current), 2)
+        while w1.current or w2.current:
+            w1.finishAll()
+            w2.finishAll()
+        self.assertEqual([self.successResultOf(d) for d in ds], list(range(12)))
+        self.successResultOf(q.shutdown())
+
+
+class CancelledCallTests(TestCase):
+    timeout = 10
+
+    def test_a_cancelled_call_neither_breaks_nor_wedges_the_queue(self) -> None:
+        w = ManualWorker()
+        q = TaskQueue(w, returnFailure=True, reactor=Clock())
+        d = q.call(abs, -1)
+        self.assertIsInstance(d, Deferred)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        w.finish("r", 1)  # the late result is dropped quietly
+        self.assertEqual(q.counts()["pending"], 0)
+        d2 = q.call(abs, -2)
+        w.finish("r", 2)
+        self.assertEqual(self.successResultOf(d2), 2)
+        self.successResultOf(q.shutdown())

@@ -302,3 +302,43 @@ def popAll_ex(s: Scheduler, exclude) -> list:
     while (item := s.pop(None, exclude)) is not None:
         out.append(item)
     return out
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["push", "push", "push", "next", "last", "front", "pop", "remove"]),
+            st.sampled_from(["a", "b", None, None]),
+            niceness,
+            st.sets(st.sampled_from(["a", "b"])),
+        ),
+        max_size=150,
+    ),
+    st.sets(st.sampled_from(["a", "b"])),
+)
+def test_pop_takes_exactly_what_peek_shows(ops, restricted):
+    # pop has a shortcut for the usual case; peek always takes the long way.
+    s = Scheduler()
+    s.setRestricted(restricted)
+    counter = itertools.count()
+    entries = []
+    for op, series, nice, qualifiedOrExcluded in ops:
+        i = next(counter)
+        if op in ("push", "next", "last"):
+            entries.append(
+                s.push(i, series=series, niceness=nice, doNext=op == "next", doLast=op == "last")
+            )
+        elif op == "front":
+            entries.append(s.pushFront(i, series=series))
+        elif op == "remove" and entries:
+            s.remove(entries[len(entries) // 2])
+        else:
+            for qualified, exclude in (
+                (None, ()),
+                ({None, *qualifiedOrExcluded}, ()),
+                (None, qualifiedOrExcluded),
+            ):
+                expected = s.peek(qualified, exclude)
+                assert s.pop(qualified, exclude) == expected
+    left = len(s)
+    assert len(s.drain()) == left

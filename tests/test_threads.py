@@ -271,3 +271,109 @@ def deferToThreadWait(event: threading.Event) -> defer.Deferred[Any]:
     from twisted.internet import threads
 
     return threads.deferToThread(event.wait, 10)
+
+
+class ThreadWakeUpTests(TestCase):
+    """
+    The thread sleeps only when it has nothing to do and is woken by a
+    doorbell token per task: no task may be left waiting with the thread
+    asleep, whatever the timing.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_sequential_calls_with_random_pauses_all_complete(self) -> Any:
+        import random
+
+        rng = random.Random(42)
+        q = ThreadQueue(2, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        for i in range(400):
+            work = rng.choice([0, 0, 0, 0.0001, 0.0005])
+            result = yield q.call(lambda w=work, i=i: (time.sleep(w), i)[1])
+            self.assertEqual(result, i)
+            pause = rng.choice([0, 0, 0, 0.0002, 0.001, 0.003])
+            if pause:
+                # Long enough for the thread to go back to sleep (or not).
+                yield _sleep(pause)
+
+    @inlineCallbacks
+    def test_bursts_after_idle_spells(self) -> Any:
+        q = ThreadQueue(2, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        for size in (1, 2, 3, 50, 700, 5, 2000, 1):
+            results = yield defer.gatherResults([q.call(abs, -i) for i in range(size)])
+            self.assertEqual(results, list(range(size)))
+            yield _sleep(0.005)  # both threads fall asleep
+
+    @inlineCallbacks
+    def test_calls_submitted_as_results_arrive(self) -> Any:
+        # Each call is made from the callback of the previous result, that is
+        # while the thread is posting that result and about to sleep.
+        q = ThreadQueue(returnFailure=True)
+        self.addCleanup(q.shutdown)
+        done: defer.Deferred[int] = defer.Deferred()
+
+        def chain(n: int) -> None:
+            if n == 2000:
+                done.callback(n)
+            else:
+                q.call(abs, n + 1).addCallback(chain)
+
+        chain(0)
+        self.assertEqual((yield done), 2000)
+
+    @inlineCallbacks
+    def test_defer_to_thread_interleaved_with_calls(self) -> Any:
+        q = ThreadQueue(returnFailure=True)
+        self.addCleanup(q.shutdown)
+        for round in range(50):
+            ds = [q.call(abs, -i) for i in range(round)]
+            vip = q.deferToThread(lambda r=round: r * 2)
+            self.assertEqual((yield vip), round * 2)
+            self.assertEqual((yield defer.gatherResults(ds)), list(range(round)))
+            if round % 10 == 0:
+                yield _sleep(0.002)
+
+    @inlineCallbacks
+    def test_a_withdrawn_task_leaves_the_thread_responsive(self) -> Any:
+        # A task withdrawn from the inbox (timed out before it started)
+        # leaves its doorbell token behind: the thread must shrug it off and
+        # still wake up for the next task.
+        from asynqueue.tasks import Task
+
+        w = ThreadWorker(window=10)
+        release = threading.Event()
+        self.addCleanup(release.set)
+        blocker = Task(release.wait, (10,))
+        queued = Task(abs, (-1,))
+        w.run(blocker)
+        w.run(queued)
+        w.timedOut(queued)
+        release.set()
+        self.assertEqual((yield blocker.d), ("r", True))
+        yield _sleep(0.01)  # the thread takes the stale token, then sleeps
+        self.assertFalse(queued.reported)
+        later = Task(abs, (-2,))
+        w.run(later)
+        self.assertEqual((yield later.d), ("r", 2))
+        yield w.stop()
+
+    @inlineCallbacks
+    def test_stop_while_idle_ends_the_thread(self) -> Any:
+        before = {t.ident for t in threading.enumerate()}
+        w = ThreadWorker()
+        from asynqueue.tasks import Task
+
+        task = Task(threading.get_ident)
+        w.run(task)
+        _, ident = yield task.d
+        self.assertNotIn(ident, before)
+        yield _sleep(0.01)  # asleep in the doorbell
+        yield w.stop()
+        for _ in range(100):
+            if ident not in {t.ident for t in threading.enumerate()}:
+                break
+            yield _sleep(0.01)
+        self.assertNotIn(ident, {t.ident for t in threading.enumerate()})

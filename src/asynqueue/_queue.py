@@ -9,7 +9,10 @@ Data flow::
         ▼                   └── retry (t, d) ◄── _attemptDone ◄── task.callback((status, result))
     caller's Deferred ◄────────────── taskDone (policy) ◄──┘
 
-- A `_Call` is what the caller asked for; it lives until its Deferred fires.
+- A `_Call` is what the caller asked for; it lives until it fires: it *is*
+  the Deferred that ``call`` returns (one object per waiting call, not two:
+  thousands of queued calls are that many fewer objects for the garbage
+  collector to scan again and again).
 - Each time the dispatcher hands the call to a worker it makes a fresh `Task`
   (one *attempt*). Results of an attempt the queue has given up on (after a
   timeout, or a detach) are ignored, so a late result never wins over a retry.
@@ -34,7 +37,7 @@ from twisted.python.failure import Failure
 
 from . import errors
 from ._scheduler import Scheduler, checkNiceness
-from ._task import DO_LAST_PRIORITY, DO_NEXT_PRIORITY, Task, nextCallID
+from ._task import DO_LAST_PRIORITY, DO_NEXT_PRIORITY, Task, nextCallID, plainTask
 from ._util import whenFired
 from .interfaces import IWorker
 
@@ -105,8 +108,11 @@ def toFailure(result: Any, errorType: type[errors.WorkerError] = errors.WorkerEr
     return Failure(errorType(text, remoteTraceback=text))
 
 
-class _Call:
-    """One ``call`` from its submission until its Deferred has fired."""
+class _Call(Deferred[Any]):
+    """
+    One ``call`` from its submission until it has fired: the caller's
+    Deferred, carrying the record of the call.
+    """
 
     # Class-level defaults: most calls set none of the options, and an
     # instance only stores what differs (cheaper than setting every field).
@@ -127,12 +133,14 @@ class _Call:
     consumer: Any = None
     returnFailure = False
     raw: bool | None = None
+    # False once any queue keyword was given: its attempts need the full Task.
+    plain = True
 
     def __init__(self, f: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
+        Deferred.__init__(self)
         self.f = f
         self.args = args
         self.kw = kw
-        self.d: Deferred[Any] = Deferred()
 
     def describe(self) -> str:
         return describeCall(self.f, self.args, self.kw)
@@ -215,6 +223,7 @@ class TaskQueue:
         self.returnFailure = returnFailure
         self._scheduler = Scheduler()
         self._slots: dict[int, _Slot] = {}
+        self._slotList: list[_Slot] = []  # the same slots, for quick scans
         self._nextID = 1
         self._pending: set[_Call] = set()
         self._updates: list[tuple[Any, tuple[Any, ...], dict[str, Any], Hashable]] = []
@@ -226,6 +235,10 @@ class TaskQueue:
         self._stoppingReactor = False
         # series -> {worker ID: tasks of that series in flight on it}
         self._seriesRunning: dict[Hashable, dict[int, int]] = {}
+        # A subclass's taskDone sees every result; ours is inlined for plain ones.
+        self._ownTaskDone = type(self).taskDone is TaskQueue.taskDone
+        # Every attempt reports here: one bound method, not one per task.
+        self._reporter = self._onReport
         if spew:
             _ensureLogOutput()
         for worker in workers:
@@ -282,6 +295,7 @@ class TaskQueue:
         slot = _Slot(worker, ID)
         slot.refreshQualifications()
         self._slots[ID] = slot
+        self._slotList.append(slot)
         worker.ID = ID
         worker.hired = True
         worker.setResignator(lambda *_: self._resigned(ID))
@@ -317,6 +331,7 @@ class TaskQueue:
         if ID is None:
             return succeed([])
         slot = self._slots.pop(ID)
+        self._slotList.remove(slot)
         slot.attached = False
         slot.ready = False
         if slot.rest is not None and slot.rest.active():
@@ -433,14 +448,17 @@ class TaskQueue:
         call = _Call(func, tuple(args), kw)
         if self.returnFailure:
             call.returnFailure = True
-        if kw and not QUEUE_KEYWORDS.isdisjoint(kw):
-            self._queueOptions(call, dict(kw))
-        else:
+        if not kw:
+            call.kw = {}
+        elif QUEUE_KEYWORDS.isdisjoint(kw):
             call.kw = dict(kw)
+        else:
+            self._queueOptions(call, dict(kw))
         return call
 
     def _queueOptions(self, call: _Call, kw: dict[str, Any]) -> None:
         """Take the queue's keywords out of *kw*, validating each."""
+        call.plain = False
         call.niceness = checkNiceness(kw.pop("niceness", 0))
         call.series = kw.pop("series", None)
         if call.series is not None:
@@ -492,10 +510,12 @@ class TaskQueue:
         call = self.newTask(func, args, kw)
         call.callID = nextCallID()
         self._pending.add(call)
+        scheduler = self._scheduler
         if (
             call.series is None
+            and not scheduler.count
             and not self._dispatching
-            and self._scheduler.vacant()
+            and scheduler.vacant()
             and not (call.doNext or call.doLast)
         ):
             # Fast path: nothing is queued, so this call is what the scheduler
@@ -503,22 +523,25 @@ class TaskQueue:
             # a push, a pop and a dispatch pass (~9 µs of reactor time per call).
             slot = self._leastLoadedReady()
             if slot is not None:
-                call.seq = self._scheduler.ticket()
+                call.seq = scheduler.ticket()
                 self._dispatching = True
                 try:
                     self._runOn(slot, call)
                 finally:
                     self._dispatching = False
-                if self._redispatch and self._scheduler:
-                    self._dispatch()
-                return call.d
-        self._enqueue(call)
+                if self._redispatch and scheduler.count:
+                    self._dispatch()  # something was queued meanwhile (a retry)
+                return call
+        call.entry = entry = scheduler.push(
+            call, call.series, call.niceness, call.doNext, call.doLast
+        )
+        call.seq = entry.seq
         self._dispatch()
-        return call.d
+        return call
 
     def _leastLoadedReady(self) -> _Slot | None:
         best = None
-        for slot in self._slots.values():
+        for slot in self._slotList:
             if (
                 slot.ready
                 and slot.attached
@@ -547,12 +570,6 @@ class TaskQueue:
         started = next(iter(slot.inflight)).startedAt
         return started is not None and now - started > PIPELINE_PATIENCE
 
-    def _enqueue(self, call: _Call) -> None:
-        call.entry = self._scheduler.push(
-            call, call.series, call.niceness, call.doNext, call.doLast
-        )
-        call.seq = call.entry.seq
-
     def _requeue(self, call: _Call) -> None:
         """Put *call* back at the front, in its original place among retries."""
         call.entry = self._scheduler.pushFront(call, call.series, call.seq)
@@ -564,30 +581,71 @@ class TaskQueue:
         if self._dispatching:
             self._redispatch = True
             return
+        scheduler = self._scheduler
+        if not scheduler.count:
+            return
+        for slot in self._slotList:
+            if slot.ready:
+                break
+        else:
+            return  # no worker can take anything now
         self._dispatching = True
         try:
-            while True:
+            # Passes: each ready worker, least loaded first, gets one task;
+            # again while a worker stays ready after taking one (pipelining)
+            # or something asked for a dispatch meanwhile (_redispatch).
+            while scheduler.count:
                 self._redispatch = False
-                scheduler = self._scheduler
-                if scheduler:
-                    ready = [s for s in self._slots.values() if s.ready]
-                    if len(ready) > 1:
-                        ready.sort(key=lambda s: len(s.inflight))
-                    now = None
-                    for slot in ready:
-                        if not slot.ready or not slot.attached:
-                            continue
-                        if slot.inflight and slot.reportsStart:
-                            now = self._reactor.seconds() if now is None else now
-                            if self._stalled(slot, now):
-                                continue
-                        call = scheduler.pop(slot.qualified, self._busySeries(slot))
-                        if call is not None:
-                            self._runOn(slot, call)
-                if not self._redispatch:
+                ready = [s for s in self._slotList if s.ready]
+                if not ready:
+                    break
+                again = False
+                if len(ready) > 1:
+                    ready.sort(key=_load)
+                for slot in ready:
+                    if self._offer(slot):
+                        if len(ready) == 1:
+                            self._feed(slot)
+                        again = again or slot.ready
+                if not (again or self._redispatch):
                     break
         finally:
             self._dispatching = False
+
+    def _offer(self, slot: _Slot) -> bool:
+        """Give *slot* the best task it may run now, if any; True if it got one."""
+        if not slot.ready or not slot.attached:
+            return False
+        if slot.inflight and slot.reportsStart and self._stalled(slot, self._reactor.seconds()):
+            return False
+        call = self._scheduler.pop(slot.qualified, self._busySeries(slot))
+        if call is None:
+            return False
+        self._runOn(slot, call)
+        return True
+
+    def _feed(self, slot: _Slot) -> None:
+        """
+        The express path of `_dispatch` when *slot* is the only ready worker:
+        the passes would each give it one task until it is full, it stalls or
+        nothing is left for it; this loop does the same without rebuilding
+        the list of ready workers each time. Anything else that happens
+        meanwhile (another worker ready, a retry) sets ``_redispatch`` and
+        hands back to the passes.
+        """
+        scheduler = self._scheduler
+        seconds = self._reactor.seconds
+        while slot.ready and scheduler.count and not self._redispatch and slot.attached:
+            inflight = slot.inflight
+            if inflight and slot.reportsStart:
+                started = next(iter(inflight)).startedAt
+                if started is not None and seconds() - started > PIPELINE_PATIENCE:
+                    return  # stalled (see _stalled)
+            busy = self._busySeries(slot) if self._seriesRunning else ()
+            call = scheduler.pop(slot.qualified, busy)
+            if call is None:
+                return
+            self._runOn(slot, call)
 
     def _busySeries(self, slot: _Slot) -> Collection[Hashable]:
         """
@@ -628,31 +686,42 @@ class TaskQueue:
         return unfinished
 
     def _runOn(self, slot: _Slot, call: _Call) -> None:
+        """
+        Hand *call* to *slot*'s worker as a new attempt. Leaves ``slot.ready``
+        True if the worker can take another task at once.
+        """
         slot.ready = False
         call.entry = None
-        task = Task(
-            call.f,
-            call.args,
-            call.kw,
-            DO_NEXT_PRIORITY if call.doNext else DO_LAST_PRIORITY if call.doLast else call.niceness,
-            call.series,
-            call.timeout,
-            niceness=call.niceness,
-            doNext=call.doNext,
-            doLast=call.doLast,
-            raw=call.raw,
-            consumer=call.consumer,
-            callID=call.callID,
-            attempt=call.timeouts + call.losses + 1,
-            clock=self._reactor.seconds,
-        )
+        if call.plain and not (call.timeouts or call.losses):
+            task = plainTask((call.f, call.args, call.kw), call.callID, self._reactor.seconds)
+        else:
+            task = Task(
+                call.f,
+                call.args,
+                call.kw,
+                DO_NEXT_PRIORITY
+                if call.doNext
+                else DO_LAST_PRIORITY
+                if call.doLast
+                else call.niceness,
+                call.series,
+                call.timeout,
+                niceness=call.niceness,
+                doNext=call.doNext,
+                doLast=call.doLast,
+                raw=call.raw,
+                consumer=call.consumer,
+                callID=call.callID,
+                attempt=call.timeouts + call.losses + 1,
+                clock=self._reactor.seconds,
+            )
         call.attempt = task
         call.slot = slot
         task.owner = call
         slot.inflight[task] = call
         if call.series is not None:
             self._track(slot, call)
-        task.onReport = self._onReport
+        task.onReport = self._reporter
         if call.timeout is not None:
             if not getattr(slot.worker, "reportsStart", False):
                 task.startedAt = self._reactor.seconds()
@@ -676,7 +745,6 @@ class TaskQueue:
             # Ready at once (a pipelining worker with room): no callback round.
             if slot.attached and not slot.stopping:
                 slot.ready = True
-                self._redispatch = True
             return
         readyD.addCallbacks(self._onReady, self._onReadyFailed, (slot,), None, (slot,))
 
@@ -716,6 +784,40 @@ class TaskQueue:
 
     def _onReport(self, task: Task, statusResult: Any) -> None:
         call = task.owner
+        if (
+            statusResult.__class__ is tuple
+            and len(statusResult) == 2
+            and statusResult[0] == "r"
+            and self._ownTaskDone
+            and not self.spew
+        ):
+            # The hot path: what _attemptDone, taskDone and _finish do with a
+            # plain result of the current attempt, inlined.
+            if call.attempt is not task or call.done:
+                return  # a late result of an attempt the queue gave up on
+            slot = call.slot
+            if call.timer is None and call.series is None and slot is not None:
+                call.attempt = call.slot = None
+                slot.inflight.pop(task, None)
+            else:
+                self._closeAttempt(call)
+            call.done = True
+            self._pending.discard(call)
+            if call.entry is not None:
+                self._scheduler.remove(call.entry)
+                call.entry = None
+            result = statusResult[1]
+            # isinstance(result, Deferred) by the MRO: Deferred is an ABC
+            # (Awaitable), whose isinstance costs a Python-level call.
+            if Deferred in result.__class__.__mro__:
+                result.chainDeferred(call)
+            else:
+                call.callback(result)
+            if self._scheduler.count:
+                self._dispatch()
+            if self._drainWaiters:
+                self._checkDrained()
+            return
         self._attemptDone(statusResult, task, call)
 
     def _attemptDone(self, statusResult: Any, task: Task, call: _Call) -> None:
@@ -888,9 +990,9 @@ class TaskQueue:
             call.entry = None
         if isinstance(outcome, Deferred):
             # Chunked results and consumer runs finish later.
-            outcome.chainDeferred(call.d)
+            outcome.chainDeferred(call)
         else:
-            call.d.callback(outcome)
+            call.callback(outcome)
 
     # ------------------------------------------------------------ update
 
@@ -1047,6 +1149,11 @@ class TaskQueue:
                 )
 
         return steps()
+
+
+def _load(slot: _Slot) -> int:
+    """How many attempts *slot* has in flight (the dispatcher's sort key)."""
+    return len(slot.inflight)
 
 
 def _unpackStatus(statusResult: Any) -> tuple[str, Any]:

@@ -105,6 +105,10 @@ def stride(niceness: int) -> int:
     return _STRIDE_BASE[r] << shift
 
 
+# stride(n) is _STRIDES[n - MIN_NICENESS]: a lookup instead of a call per push.
+_STRIDES: Final = tuple(stride(n) for n in range(MIN_NICENESS, MAX_NICENESS + 1))
+
+
 class Entry:
     """One queued item and its place in the scheduler. Identity-compared."""
 
@@ -164,7 +168,10 @@ class Scheduler:
         self._special: dict[int, deque[Entry]] = {NEXT: deque(), LAST: deque()}
         # Retried items, ahead of everything, in the order first submitted.
         self._retry: list[tuple[int, int, Entry]] = []
-        self._count = 0
+        # How many items are queued (read-only outside; ``len`` says the same,
+        # but the dispatcher checks it on every call, and an attribute costs
+        # no Python frame).
+        self.count = 0
         # Empty flows whose last finish tag is still ahead of the virtual time.
         self._idle: set[Hashable] = set()
         self._sweepAt = _IDLE_SWEEP
@@ -172,10 +179,10 @@ class Scheduler:
     # ---------------------------------------------------------------- state
 
     def __len__(self) -> int:
-        return self._count
+        return self.count
 
     def __bool__(self) -> bool:
-        return self._count > 0
+        return self.count > 0
 
     @property
     def virtualTime(self) -> int:
@@ -183,7 +190,7 @@ class Scheduler:
 
     def vacant(self) -> bool:
         """Nothing queued and no flow remembered: a pushed item would be popped next."""
-        return not self._count and not self._flows
+        return not self.count and not self._flows
 
     def ticket(self) -> int:
         """A submission number, as `push` would give (for items that skip the queue)."""
@@ -219,19 +226,25 @@ class Scheduler:
             entry = Entry(item, series, None, klass, seq)
             self._special[klass].append(entry)
         else:
-            key = ("", niceness) if series is None else ("s", series)
+            # Flow keys: the niceness (an int) for plain calls, ("s", series)
+            # for a series; they never compare equal to each other.
+            key = niceness if series is None else ("s", series)
             entry = Entry(item, series, key, NORMAL, seq)
             flow = self._flows.get(key)
             if flow is None:
                 flow = self._flows[key] = _Flow(key, series)
-            else:
+            elif self._idle:
                 self._idle.discard(key)
-            entry.start = max(self._vtime, flow.lastFinish)
-            entry.finish = flow.lastFinish = entry.start + stride(niceness)
-            flow.entries.append(entry)
-            if len(flow.entries) == 1:
-                self._headChanged(flow)
-        self._count += 1
+            start = flow.lastFinish
+            if start < self._vtime:
+                start = self._vtime
+            entry.start = start
+            entry.finish = flow.lastFinish = start + _STRIDES[niceness - MIN_NICENESS]
+            entries = flow.entries
+            entries.append(entry)
+            if len(entries) == 1:
+                self._index(flow)
+        self.count += 1
         return entry
 
     def pushFront(self, item: Any, series: Hashable = None, seq: int | None = None) -> Entry:
@@ -245,7 +258,7 @@ class Scheduler:
         mine = next(self._seq)
         entry = Entry(item, series, None, RETRY, mine)
         bisect.insort(self._retry, (mine if seq is None else seq, mine, entry), key=_retryKey)
-        self._count += 1
+        self.count += 1
         return entry
 
     def remove(self, entry: Entry) -> bool:
@@ -253,7 +266,7 @@ class Scheduler:
         if not entry.live:
             return False
         entry.live = False
-        self._count -= 1
+        self.count -= 1
         if entry.klass == NORMAL:
             flow = self._flows[entry.flow]
             wasHead = flow.entries[0] is entry
@@ -317,6 +330,17 @@ class Scheduler:
         in *qualified* (None: a worker that may run anything), skipping the
         series in *exclude*; None if there is none.
         """
+        heads = self._heads
+        if heads and not (self._retry or self._special[NEXT] or exclude or self._restrictedFlows):
+            # The usual case (no retries, doNext items, exclusions or
+            # restricted series): the best is the flow head on top of the
+            # heap, if that row is current. What _best would find, sooner.
+            row = heads[0]
+            flow = self._flows.get(row[2])
+            if flow is not None and flow.entries and flow.entries[0].seq == row[1]:
+                entry = flow.entries[0]
+                self._take(entry)
+                return entry.item
         entry = self._best(qualified, exclude)
         if entry is None:
             return None
@@ -340,16 +364,19 @@ class Scheduler:
     def _best(
         self, qualified: Collection[Hashable] | None, exclude: Collection[Hashable]
     ) -> Entry | None:
-        for _, _, e in self._retry:
-            if self._eligible(e.series, qualified, exclude):
-                return e
-        for e in self._special[NEXT]:
-            if self._eligible(e.series, qualified, exclude):
-                return e
+        if self._retry:
+            for _, _, e in self._retry:
+                if self._eligible(e.series, qualified, exclude):
+                    return e
+        special = self._special
+        if special[NEXT]:
+            for e in special[NEXT]:
+                if self._eligible(e.series, qualified, exclude):
+                    return e
         best = self._bestNormal(qualified, exclude)
         if best is not None:
             return best
-        for e in self._special[LAST]:
+        for e in special[LAST]:
             if self._eligible(e.series, qualified, exclude):
                 return e
         return None
@@ -358,21 +385,25 @@ class Scheduler:
         self, qualified: Collection[Hashable] | None, exclude: Collection[Hashable]
     ) -> Entry | None:
         heads = self._heads
+        flows = self._flows
         best: Entry | None = None
-        skipped: list[tuple[int, int, Hashable]] = []
+        skipped: list[tuple[int, int, Hashable]] | None = None
         while heads:
             row = heads[0]
-            flow = self._flows.get(row[2])
+            flow = flows.get(row[2])
             if flow is None or not flow.entries or flow.entries[0].seq != row[1]:
                 heapq.heappop(heads)  # stale row
                 continue
             if exclude and flow.series is not None and flow.series in exclude:
+                if skipped is None:
+                    skipped = []
                 skipped.append(heapq.heappop(heads))
                 continue
             best = flow.entries[0]
             break
-        for row in skipped:
-            heapq.heappush(heads, row)
+        if skipped is not None:
+            for row in skipped:
+                heapq.heappush(heads, row)
         if self._restrictedFlows:
             if qualified is None:
                 candidates: Collection[Hashable] = list(self._restrictedFlows)
@@ -388,14 +419,29 @@ class Scheduler:
 
     def _take(self, entry: Entry) -> None:
         entry.live = False
-        self._count -= 1
+        self.count -= 1
         if entry.klass == NORMAL:
             flow = self._flows[entry.flow]
-            flow.entries.popleft()
+            entries = flow.entries
+            entries.popleft()
             if entry.start > self._vtime:
                 self._vtime = entry.start
-            self._headChanged(flow)
-            if len(self._idle) > self._sweepAt or len(self._idle) == len(self._flows):
+            heads = self._heads
+            if (
+                entries
+                and heads
+                and heads[0][1] == entry.seq
+                and (flow.series is None or flow.series not in self._restricted)
+            ):
+                # The usual case: the row of the entry just taken is on top of
+                # the heap; replace it with the flow's new head in one step
+                # (instead of a push now and a stale-row pop later).
+                head = entries[0]
+                heapq.heapreplace(heads, (head.finish, head.seq, flow.key))
+            else:
+                self._headChanged(flow)
+            idle = self._idle
+            if idle and (len(idle) > self._sweepAt or len(idle) == len(self._flows)):
                 self._sweepIdle()
         elif entry.klass == RETRY:
             self._removeRetry(entry)
