@@ -35,6 +35,16 @@ workers between clients.
 - A plain call travels as a `PickledCall`: a process worker sends its bytes
   to its child as they came, and its pickled result (or error) comes back
   and goes out as it is. The server's own process unpickles neither.
+- A large result goes out *as it comes in*: over plain TCP and UNIX
+  connections (whose `SocketChannel` can send parts still being filled) the
+  call is marked ``streamResult``, the process worker hands over the
+  `PickledResult` as soon as the head of the child's message is in, and
+  this connection's channel sends each chunk as it arrives from the child
+  (see `asynqueue._wire._framing`, "Early delivery"). So the child's socket
+  and the client's connection carry the 10 MB at the same time instead of
+  one after the other, through one pooled buffer and no copy but the
+  kernel's. (If the child dies in the middle, the frame cannot be finished:
+  the client's connection is closed, and its calls in flight count as lost.)
 - With an allow-list, the server unpickles the call first and refuses a
   callable not on the list (``PermissionError``) before it runs.
 - A call flagged as a universe call names a public method of the server's
@@ -505,6 +515,8 @@ class _Connection(FrameReceiver):
         if queue is None:
             raise errors.QueueRunError("the server is stopping")
         pc = PickledCall(parts, name, self._onStart(served), self.reactor)
+        # A large result from a worker process goes on to the client as it comes.
+        pc.streamResult = bool(getattr(self.link, "sendsPending", False))
         served.pc = pc
         if flags & FLAG_UPDATE:
             ephemeral = bool(flags & FLAG_EPHEMERAL) or not server._firstUpdate(parts)
@@ -548,7 +560,10 @@ class _Connection(FrameReceiver):
         dt = self.reactor.seconds() - (served.startedAt or served.receivedAt)
         taskID = served.taskID
         if isinstance(value, PickledResult):
-            self._entry(taskID, "r", value.parts, dt)
+            payload = value.sendable()
+            # Whoever keeps the task's result must not keep the receive buffer too.
+            value.parts, value.filling = [], None
+            self._entry(taskID, "r", payload, dt)
         elif value is None:
             self._entry(taskID, "n", [], dt)
         elif isinstance(value, Deferator) or (

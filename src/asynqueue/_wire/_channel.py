@@ -15,8 +15,17 @@ from ``dataReceived`` instead; the frames are the same.
 
 The receiver is any object with ``messageReceived(message)`` and
 ``channelLost(reason)`` methods, and optionally ``channelDrained()``, called
-when everything queued has been written. This module imports Twisted: parent
-side only.
+when everything queued has been written, and ``wantsEarly(message)``: a
+large message for which it returns True is handed over as soon as its head
+has arrived (see `FrameDecoder`), to be relayed as it comes. This module
+imports Twisted: parent side only.
+
+A channel can send the parts of such a message before they are complete
+(``sendsPending``): queued with `Filling.pending`, they go out as their bytes
+arrive. While the front of its queue waits for bytes that have not arrived,
+the channel is neither reading from the kernel's point of view nor waiting
+for writability: the source's progress wakes it up. If the source is lost,
+the frame being sent cannot be finished and the channel closes.
 """
 
 from __future__ import annotations
@@ -29,15 +38,19 @@ from twisted.internet.interfaces import IReadWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._framing import FrameDecoder, FramingError, SendQueue
+from ._framing import Filling, FrameDecoder, FramingError, SendQueue
 
-__all__ = ["READ_BUDGET", "SocketChannel"]
+__all__ = ["READ_BUDGET", "RelayCutShort", "SocketChannel"]
 
 # Most bytes read per reactor turn, so one huge message cannot starve the
 # reactor's other work.
 READ_BUDGET = 16 * 1024 * 1024
 
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
+
+
+class RelayCutShort(ConnectionLost):
+    """A message being relayed was cut short: its source connection was lost."""
 
 
 @implementer(IReadWriteDescriptor)
@@ -54,6 +67,9 @@ class SocketChannel:
         maxLength: the largest message accepted (None: no limit).
     """
 
+    #: `send` takes the placeholders of `Filling.pending`.
+    sendsPending = True
+
     def __init__(
         self,
         sock: socket.socket,
@@ -66,11 +82,13 @@ class SocketChannel:
         sock.setblocking(False)
         self.socket = sock
         self._fd = sock.fileno()
-        self._decoder = FrameDecoder(maxLength)
+        self._decoder = FrameDecoder(maxLength, early=getattr(receiver, "wantsEarly", None))
         self._out = SendQueue()
         self._receiver = receiver
         self._reactor = reactor
         self._writing = False
+        # The early message whose bytes the front of the send queue waits for.
+        self._stalled: Filling | None = None
         self._readingPaused = False
         self.connected = True
         reactor.addReader(self)
@@ -158,7 +176,7 @@ class SocketChannel:
         if not self.connected:
             return
         self._out.append(buffers)
-        if not self._writing:
+        if not self._writing and self._stalled is None:
             self._flush()
 
     def loseConnection(self, reason: Failure | None = None) -> None:
@@ -167,28 +185,54 @@ class SocketChannel:
 
     # ------------------------------------------------------------ internals
 
-    def _flush(self) -> None:
+    def _flush(self, waited: bool = False) -> None:
         out = self._out
         sendmsg = self.socket.sendmsg
+        waited = waited or self._writing
+        stalled = None
         while out:
+            buffers = out.peek()
+            if not buffers:
+                stalled = out.stalledOn()
+                break
             try:
-                n = sendmsg(out.peek(), (), _SEND_FLAGS)
+                n = sendmsg(buffers, (), _SEND_FLAGS)
             except BlockingIOError:
                 break
             except OSError as e:
                 self._close(Failure(ConnectionLost(str(e))))
                 return
             out.advance(n)
-        if out:
+        if stalled is not None:
+            # Waiting for a relayed message's bytes, not for the kernel.
+            if stalled.error is not None:
+                self._close(
+                    Failure(RelayCutShort(f"a relayed message was cut short: {stalled.error}"))
+                )
+                return
+            if self._writing:
+                self._writing = False
+                self._reactor.removeWriter(self)
+            if self._stalled is None:
+                self._stalled = stalled
+                stalled.notify(self._resume)
+        elif out:
             if not self._writing:
                 self._writing = True
                 self._reactor.addWriter(self)
-        elif self._writing:
-            self._writing = False
-            self._reactor.removeWriter(self)
+        elif self._writing or waited:
+            if self._writing:
+                self._writing = False
+                self._reactor.removeWriter(self)
             drained = getattr(self._receiver, "channelDrained", None)
             if drained is not None:
                 drained()
+
+    def _resume(self) -> None:
+        """More of the relayed message we wait for arrived (or it ended)."""
+        self._stalled = None
+        if self.connected and not self._writing:
+            self._flush(True)
 
     def _close(self, reason: Failure) -> None:
         if not self.connected:
@@ -200,6 +244,8 @@ class SocketChannel:
             self._reactor.removeWriter(self)
         self.connected = False
         self._out.clear()
+        self._stalled = None
+        self._decoder.close(ConnectionLost(str(reason.value)))
         try:
             self.socket.close()
         except OSError:

@@ -91,14 +91,16 @@ def statusResult(
     payload: list[Any],
     errorType: type[errors.WorkerError] = errors.WorkerError,
     relay: bool = False,
+    filling: Any = None,
 ) -> tuple[str, Any]:
     """
     ``(status, result)`` for a task, from a RESULTS entry. With *relay*, a
-    result or error stays pickled (`PickledResult`, `PickledError`).
+    result or error stays pickled (`PickledResult`, `PickledError`); a
+    relayed result may still be arriving (its *filling*).
     """
     if status == "r":
         if relay:
-            return "r", PickledResult(payload)
+            return "r", PickledResult(payload, filling)
         try:
             return "r", loads(payload)
         except Exception as e:
@@ -219,7 +221,7 @@ class WireClient:
         """Handle RESULTS, ITEMS and STARTED; False for any other kind."""
         kind = message.kind
         if kind == RESULTS:
-            self._results(message.parts)
+            self._results(message.parts, message.filling)
         elif kind == ITEMS:
             self._items(message.parts)
         elif kind == STARTED:
@@ -228,6 +230,28 @@ class WireClient:
                 if attempt is not None:
                     attempt.markStarted()
         else:
+            return False
+        return True
+
+    def wantsEarly(self, message: Message) -> bool:
+        """
+        A large RESULTS message whose head is in: take it now, before the
+        rest arrives, if every result in it is to be relayed as it comes
+        (see `PickledCall.streamResult`).
+        """
+        if message.kind != RESULTS:
+            return False
+        try:
+            entries, _ = pickle.loads(message.parts[0])
+            for taskID, status, n, _, _ in entries:
+                attempt = self.inflight.get(taskID)
+                if attempt is None:
+                    continue  # given up on: skipped either way
+                task = attempt.task
+                f = None if task is None else task.callTuple[0]
+                if type(f) is not PickledCall or not f.streamResult or (n and status != "r"):
+                    return False
+        except Exception:
             return False
         return True
 
@@ -279,7 +303,7 @@ class WireClient:
                 attempt.markStarted()
                 break
 
-    def _results(self, parts: list[Any]) -> None:
+    def _results(self, parts: list[Any], filling: Any = None) -> None:
         worker = self.worker
         entries, retire = pickle.loads(parts[0])
         if retire:
@@ -311,7 +335,7 @@ class WireClient:
                 continue
             worker._checkReady()  # room for the next task before this result's callbacks
             relay = type(task.callTuple[0]) is PickledCall
-            task.callback(statusResult(status, payload, errorType, relay))
+            task.callback(statusResult(status, payload, errorType, relay, filling))
         self.settle()
 
     def forget(self, taskID: int) -> _Attempt | None:

@@ -7,6 +7,14 @@ because child interpreters load this file without asynqueue or Twisted.
 Objects travel as pickle protocol 5 with out-of-band buffers: ``dumps``
 returns ``[pickle, buffer, ...]``, the buffers being the memory of objects
 that offer it (NumPy arrays, ``pickle.PickleBuffer``), sent without a copy.
+Plain pickle copies ``bytes`` objects into the pickle; those of `OOB_MIN`
+bytes or more are sent out of band too when they are the object itself, an
+item of a list or tuple (of at most `OOB_SCAN` items) that is, or an
+argument or keyword argument of a call. The receiver makes them again from
+the received buffer (``bytes(buffer)``, one copy): a large bytes result or
+argument is copied by the kernel and by that final ``bytes``, and never
+into a pickle. (Only immutable ``bytes``: a buffer is sent as it is when it
+is written, possibly later than `dumps` returned.)
 
 Plain ``pickle`` is tried first (fast, C). cloudpickle takes over for what
 plain pickle refuses, or would pickle by a reference the other side cannot
@@ -54,6 +62,11 @@ __all__ = [
 
 PROTOCOL = 5
 
+# bytes objects of at least this size travel out of band.
+OOB_MIN = 64 * 1024
+# Lists and tuples of at most this many items are searched for such objects.
+OOB_SCAN = 1024
+
 # Message kinds. Parent (or client) to child (or server):
 INIT = 1  # [config]: first message; sys.path, limits
 CALLS = 2  # [envelope, call parts...]: envelope = [(taskID, nparts, flags)]
@@ -100,6 +113,41 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
+class _OutOfBand:
+    """Pickles a bytes object as an out-of-band buffer (``bytes(buffer)`` unpickles it)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return bytes, (pickle.PickleBuffer(self.data),)
+
+
+def _outOfBand(obj: Any, wrapped: dict[int, Any] | None = None) -> Any:
+    """
+    *obj*, with large bytes objects (itself, or its items) made out of band.
+    *wrapped* maps the ``id`` of objects wrapped so far to their wrapper: the
+    same object twice is one buffer, and one object again when unpickled.
+    """
+    cls = type(obj)
+    if cls is bytes:
+        if len(obj) < OOB_MIN:
+            return obj
+        if wrapped is None:
+            return _OutOfBand(obj)
+        return wrapped.setdefault(id(obj), _OutOfBand(obj))
+    if (cls is tuple or cls is list) and 0 < len(obj) <= OOB_SCAN:
+        if bytes not in set(map(type, obj)):
+            return obj
+        if wrapped is None:
+            wrapped = {}
+        items = [_outOfBand(item, wrapped) if type(item) is bytes else item for item in obj]
+        return cls(items) if cls is tuple else items
+    return obj
+
+
 def _cloudpickle() -> Any:
     import cloudpickle
 
@@ -114,6 +162,7 @@ def dumps(obj: Any) -> list[Any]:
     ``AttributeError``, ...) if neither pickle nor cloudpickle can do it.
     """
     buffers: list[Any] = [None]
+    obj = _outOfBand(obj)
 
     def outOfBand(pb: pickle.PickleBuffer) -> bool:
         try:
@@ -148,6 +197,10 @@ def dumpsCall(f: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> list[Any]:
     `dumps` of ``(f, args, kw)``; on failure raises ``pickle.PicklingError``
     saying which of the callable, arguments or keywords could not be pickled.
     """
+    wrapped: dict[int, Any] = {}
+    args = _outOfBand(args, wrapped)
+    if kw:
+        kw = {k: _outOfBand(v, wrapped) if type(v) is bytes else v for k, v in kw.items()}
     try:
         return dumps((f, args, kw))
     except Exception as e:

@@ -11,6 +11,12 @@ the child, and never unpickled in the server's process. Other workers (a
 thread worker, say) just call the object, which unpickles the call and runs
 it.
 
+A large result need not even be complete: for a call marked
+``streamResult`` (the server's connection can send parts still being
+filled), a process worker hands over the `PickledResult` as soon as the
+head of the child's message is in, with the `Filling` of its parts, and the
+server sends it on as its bytes arrive.
+
 Standard library only.
 """
 
@@ -35,9 +41,11 @@ class PickledCall:
         cancelled: set True to have a worker that has not started the call
             yet report it failed instead of running it.
         name: a description of the callable, for reprs and logs.
+        streamResult: the result may be reported before all of it arrived
+            (a `PickledResult` with a `Filling`).
     """
 
-    __slots__ = ("cancelled", "name", "onStart", "parts", "reactor")
+    __slots__ = ("cancelled", "name", "onStart", "parts", "reactor", "streamResult")
 
     def __init__(
         self,
@@ -51,6 +59,7 @@ class PickledCall:
         self.onStart = onStart
         self.cancelled = False
         self.reactor = reactor
+        self.streamResult = False
 
     def __repr__(self) -> str:
         return f"<PickledCall {self.name}>"
@@ -74,12 +83,21 @@ class CancelledCall(Exception):
 
 
 class PickledResult:
-    """A result as the parts of its pickle, to be sent on as it is."""
+    """
+    A result as the parts of its pickle, to be sent on as it is; *filling*
+    is the `Filling` of parts still arriving, if they may be.
+    """
 
-    __slots__ = ("parts",)
+    __slots__ = ("filling", "parts")
 
-    def __init__(self, parts: list[Any]) -> None:
+    def __init__(self, parts: list[Any], filling: Any = None) -> None:
         self.parts = parts
+        self.filling = filling
+
+    def sendable(self) -> list[Any]:
+        """The parts, for `encode`: those still arriving as `Filling.pending` placeholders."""
+        filling = self.filling
+        return self.parts if filling is None else filling.pending(self.parts)
 
     def __repr__(self) -> str:
         size = sum(memoryview(p).nbytes for p in self.parts)

@@ -1,0 +1,44 @@
+"""
+Module-level callables for the large-payload tests.
+
+Child processes import this module to unpickle them: standard library only.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+
+class View:
+    """
+    Data that unpickles without a copy, as NumPy arrays do: it keeps a
+    memoryview of the buffer it was received in.
+    """
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return _rebuildView, (pickle.PickleBuffer(self.data),)
+
+
+def _rebuildView(buffer: Any) -> View:
+    return View(memoryview(buffer))
+
+
+def view(size: int, fill: int) -> View:
+    """A `View` of *size* bytes of *fill* (writable, so it travels out of band)."""
+    return View(bytearray([fill]) * size)
+
+
+def pattern(size: int, seed: int) -> bytes:
+    """*size* bytes that differ from one seed (and one position) to the next."""
+    block = bytes((i * 7 + seed) % 251 for i in range(251))
+    return (block * (size // 251 + 1))[:size]
+
+
+def blobs(size: int, seed: int) -> tuple[bytes, str, bytes]:
+    """Two large bytes objects (the same one twice) around a string."""
+    data = pattern(size, seed)
+    return data, "between", data

@@ -1,0 +1,340 @@
+"""
+Large payloads: pooled receive buffers, out-of-band bytes, and results
+relayed by a worker server as they arrive.
+"""
+
+from __future__ import annotations
+
+import gc
+import pickle
+import socket
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from asynqueue import ProcessQueue
+from asynqueue._wire import _codec, _framing
+from asynqueue._wire._channel import RelayCutShort, SocketChannel
+from asynqueue._wire._framing import (
+    POOL_GRAIN,
+    POOL_MIN,
+    BufferPool,
+    FrameDecoder,
+    SendQueue,
+    encode,
+    encodeBytes,
+)
+from asynqueue.wire import RemoteQueue, WireServer
+
+from . import helpers_large as hl
+
+BIG = 2 * POOL_MIN + 12345
+
+
+def _feed(decoder: FrameDecoder, data: bytes, step: int) -> list[Any]:
+    out = []
+    for pos in range(0, len(data), step):
+        out.extend(decoder.feed(data[pos : pos + step]))
+    return out
+
+
+# ------------------------------------------------------------------ buffer pool
+
+
+def test_pool_reuses_a_buffer_only_once_nothing_refers_to_it() -> None:
+    pool = BufferPool(keep=8 * POOL_GRAIN)
+    first = pool.get(BIG)
+    assert len(first) == BIG and not first.readonly
+    first[:3] = b"abc"
+    held = first[:3]  # a slice outlives the view it came from
+    del first
+    second = pool.get(BIG)
+    second[:3] = b"xyz"
+    assert bytes(held) == b"abc"  # a busy buffer is never handed out again
+    assert pool.size == 2 * POOL_GRAIN
+    del held, second
+    third = pool.get(BIG - 1000)  # any free buffer large enough will do
+    assert pool.size == 2 * POOL_GRAIN
+    del third
+
+
+def test_pool_keeps_at_most_keep_bytes() -> None:
+    pool = BufferPool(keep=2 * POOL_GRAIN)
+    views = [pool.get(POOL_GRAIN) for _ in range(3)]
+    assert pool.size == 2 * POOL_GRAIN  # the third buffer is not pooled
+    assert all(len(v) == POOL_GRAIN for v in views)
+    del views
+    # Free smaller buffers make room for a larger one.
+    big = pool.get(2 * POOL_GRAIN)
+    assert pool.size == 2 * POOL_GRAIN
+    assert len(big) == 2 * POOL_GRAIN
+    # Small sizes are not pooled at all.
+    assert len(pool.get(100)) == 100
+    assert pool.size == 2 * POOL_GRAIN
+
+
+def test_decoded_large_parts_are_never_overwritten_while_held() -> None:
+    pool = BufferPool()
+    decoder = FrameDecoder(pool=pool)
+    one = hl.pattern(BIG, 1)
+    (first,) = _feed(decoder, encodeBytes(7, [b"head", one]), 100_000)
+    part = first.parts[1]
+    del first
+    (second,) = _feed(decoder, encodeBytes(7, [b"head", hl.pattern(BIG, 2)]), 100_000)
+    assert bytes(part) == one
+    assert bytes(second.parts[1]) == hl.pattern(BIG, 2)
+    size = pool.size
+    del part, second
+    (third,) = _feed(decoder, encodeBytes(7, [b"head", hl.pattern(BIG, 3)]), 100_000)
+    assert bytes(third.parts[1]) == hl.pattern(BIG, 3)
+    assert pool.size == size  # a released buffer was used again
+
+
+def test_zero_copy_unpickled_objects_keep_their_buffer() -> None:
+    pool = BufferPool()
+    decoder = FrameDecoder(pool=pool)
+    results = []
+    for fill in (1, 2, 3):
+        parts = _codec.dumps(hl.view(BIG, fill))
+        (message,) = _feed(decoder, encodeBytes(17, parts), 65536)
+        results.append(_codec.loads(message.parts))
+        del message
+    for fill, result in enumerate(results, 1):
+        assert bytes(result.data) == bytes([fill]) * BIG
+
+
+# ------------------------------------------------------------------ out-of-band bytes
+
+
+def test_large_bytes_travel_out_of_band_and_come_back_as_bytes() -> None:
+    data = hl.pattern(_codec.OOB_MIN, 5)
+    parts = _codec.dumps(data)
+    assert len(parts) == 2 and memoryview(parts[1]).obj is data  # not copied
+    assert len(bytes(parts[0])) < 100
+    back = _codec.loads([bytes(p) for p in parts])
+    assert type(back) is bytes and back == data
+    # A bytes buffer comes back as itself.
+    assert _codec.loads([parts[0], data]) is data
+    # Small ones stay in the pickle.
+    assert len(_codec.dumps(b"x" * 100)) == 1
+
+
+def test_items_of_lists_tuples_and_call_arguments_go_out_of_band() -> None:
+    result = hl.blobs(_codec.OOB_MIN, 1)
+    parts = _codec.dumps(result)
+    assert len(parts) == 2  # the same object twice is one buffer
+    back = _codec.loads([bytes(p) for p in parts])
+    assert back == result and back[0] is back[2]
+    listed = _codec.loads(_codec.dumps([b"a", result[0]]))
+    assert listed == [b"a", result[0]]
+    data = hl.pattern(_codec.OOB_MIN, 2)
+    call = _codec.dumpsCall(hl.pattern, (data, 3), {"key": data, "small": b"s"})
+    assert len(call) == 2
+    f, args, kw = _codec.loads([bytes(p) for p in call])
+    assert f is hl.pattern and args == (data, 3) and kw == {"key": data, "small": b"s"}
+    assert args[0] is kw["key"]
+    # bytearrays are mutable: they stay in the pickle (a snapshot).
+    assert len(_codec.dumps(bytearray(_codec.OOB_MIN))) == 1
+
+
+# ------------------------------------------------------------------ early messages
+
+
+def test_early_message_is_handed_over_with_its_filling() -> None:
+    asked = []
+
+    def early(message: Any) -> bool:
+        asked.append(bytes(message.parts[0]))
+        return message.kind == 17
+
+    decoder = FrameDecoder(early=early)
+    body = hl.pattern(BIG, 4)
+    stream = encodeBytes(17, [b"envelope", body]) + encodeBytes(8, [b"after"])
+    out = decoder.feed(stream[:1000])
+    assert asked == [b"envelope"] and len(out) == 1
+    message = out[0]
+    filling = message.filling
+    assert filling is not None and not filling.done
+    assert filling.size == len(stream) - 16 - len(encodeBytes(8, [b"after"]))
+    assert bytes(message.parts[0]) == b"envelope"
+    woken = []
+    filling.notify(lambda: woken.append(filling.filled))
+    out = decoder.feed(stream[1000:5000])
+    assert out == [] and woken == [5000 - 16]
+    out = _feed(decoder, stream[5000:], 70_000)
+    assert filling.done and bytes(message.parts[1]) == body
+    assert len(out) == 1 and out[0].filling is None
+    assert (out[0].kind, [bytes(p) for p in out[0].parts]) == (8, [b"after"])
+    # Declined: the message comes whole, once.
+    decoder = FrameDecoder(early=lambda m: False)
+    out = _feed(decoder, encodeBytes(17, [b"envelope", body]), 1000)
+    assert len(out) == 1 and out[0].filling is None and bytes(out[0].parts[1]) == body
+
+
+def test_send_queue_sends_pending_parts_as_they_arrive() -> None:
+    decoder = FrameDecoder(early=lambda m: True)
+    body = hl.pattern(BIG, 6)
+    stream = encodeBytes(17, [b"env", body])
+    (message,) = decoder.feed(stream[:300_000])
+    filling = message.filling
+    queue = SendQueue()
+    queue.append(encode(18, [b"new envelope", *filling.pending(message.parts[1:])]))
+    queue.append([b"next message"])
+    sent = b""
+    for piece in range(300_000, len(stream) + 100_000, 100_000):
+        while True:
+            buffers = queue.peek()
+            if not buffers:
+                break
+            chunk = b"".join(bytes(b) for b in buffers)[:77_777]
+            queue.advance(len(chunk))
+            sent += chunk
+        assert queue.stalledOn() is (filling if piece < len(stream) else None)
+        decoder.feed(stream[piece : piece + 100_000])
+    while queue:
+        chunk = b"".join(bytes(b) for b in queue.peek())
+        queue.advance(len(chunk))
+        sent += chunk
+    assert sent == encodeBytes(18, [b"new envelope", body]) + b"next message"
+
+
+def test_a_lost_stream_fails_the_early_message() -> None:
+    decoder = FrameDecoder(early=lambda m: True)
+    (message,) = decoder.feed(encodeBytes(17, [b"env", hl.pattern(BIG, 7)])[:100_000])
+    woken = []
+    message.filling.notify(lambda: woken.append(message.filling.error))
+    decoder.close(ConnectionError("gone"))
+    assert isinstance(message.filling.error, ConnectionError) and woken == [message.filling.error]
+    # After a failure or the end, notify calls back at once.
+    message.filling.notify(lambda: woken.append("again"))
+    assert woken[-1] == "again"
+
+
+# ------------------------------------------------------------------ channels and workers
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.lost: list[Any] = []
+        self.done: Deferred[None] = Deferred()
+
+    def messageReceived(self, message: Any) -> None:
+        self.messages.append((message.kind, [bytes(p) for p in message.parts]))
+        if not self.done.called:
+            self.done.callback(None)
+
+    def channelLost(self, reason: Any) -> None:
+        self.lost.append(reason)
+        if not self.done.called:
+            self.done.callback(None)
+
+
+class _Relay(_Sink):
+    """Sends every message on to *dest* as it arrives (early)."""
+
+    dest: SocketChannel
+
+    def wantsEarly(self, message: Any) -> bool:
+        return True
+
+    def messageReceived(self, message: Any) -> None:
+        filling = message.filling
+        parts = message.parts if filling is None else filling.pending(message.parts)
+        self.dest.send(encode(message.kind, parts))
+
+
+class ChannelRelayTest(TestCase):
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.feeder, sourceSide = socket.socketpair()
+        destSide, sinkSide = socket.socketpair()
+        self.relay = _Relay()
+        self.source = SocketChannel(sourceSide, self.relay, reactor)
+        self.relay.dest = SocketChannel(destSide, _Sink(), reactor)
+        self.sink = _Sink()
+        self.sinkChannel = SocketChannel(sinkSide, self.sink, reactor, maxLength=None)
+        for channel in (self.source, self.relay.dest, self.sinkChannel):
+            self.addCleanup(channel.loseConnection)
+        self.addCleanup(self.feeder.close)
+        self.feeder.setblocking(False)
+
+    @inlineCallbacks
+    def feed(self, data: bytes, step: int = 100_000) -> Any:
+        for pos in range(0, len(data), step):
+            self.feeder.sendall(data[pos : pos + step])
+            yield deferLater(reactor, 0.002, lambda: None)
+
+    @inlineCallbacks
+    def test_a_message_goes_on_while_it_arrives(self) -> Any:
+        body = hl.pattern(4 * POOL_MIN, 8)
+        stream = encodeBytes(17, [b"env", body])
+        yield self.feed(stream[: len(stream) // 2])
+        # Half of it is through already.
+        self.assertGreater(self.sinkChannel._decoder.pending(), len(stream) // 3)
+        self.assertEqual(self.sink.messages, [])
+        yield self.feed(stream[len(stream) // 2 :] + encodeBytes(9, [b"small"]))
+        yield self.sink.done
+        yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(self.sink.messages, [(17, [b"env", body]), (9, [b"small"])])
+
+    @inlineCallbacks
+    def test_a_message_cut_short_closes_the_relaying_channel(self) -> Any:
+        stream = encodeBytes(17, [b"env", hl.pattern(4 * POOL_MIN, 9)])
+        yield self.feed(stream[: len(stream) // 2])
+        self.feeder.close()
+        yield self.sink.done
+        self.assertEqual(self.sink.messages, [])
+        self.assertEqual(len(self.sink.lost), 1)
+        self.assertIn("middle of a message", str(self.sink.lost[0].value))
+        self.assertFalse(self.relay.dest.connected)
+        self.assertTrue(self.relay.dest._receiver.lost[0].check(RelayCutShort))
+
+
+class WorkerTest(TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_results_held_by_the_caller_are_never_overwritten(self) -> Any:
+        q = ProcessQueue(1, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        size = 3 * POOL_MIN
+        held = []
+        for fill in range(1, 6):
+            held.append((yield q.call(hl.view, size, fill)))
+            data = yield q.call(hl.pattern, size, fill)  # and plain bytes in between
+            self.assertEqual(data, hl.pattern(size, fill))
+        for fill, result in enumerate(held, 1):
+            self.assertIsInstance(result.data, memoryview)  # no copy was made
+            self.assertEqual(bytes(result.data), bytes([fill]) * size)
+        del held, result
+        gc.collect()
+        pooled = _framing.POOL.size
+        for fill in range(3):
+            self.assertEqual((yield q.call(hl.pattern, size, fill)), hl.pattern(size, fill))
+        self.assertEqual(_framing.POOL.size, pooled)  # released buffers were used again
+
+    @inlineCallbacks
+    def test_a_server_relays_large_results_as_they_come(self) -> Any:
+        server = WireServer("tcp:0:interface=127.0.0.1", workers=2)
+        yield server.start()
+        self.addCleanup(server.stop)
+        q = RemoteQueue(f"tcp:127.0.0.1:{server.address.port}", N=2, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        yield q.whenConnected()
+        sizes = [3 * 2**20 + 17, 5 * POOL_MIN, 1000, 2 * 2**20]
+        calls = [q.call(hl.pattern, size, seed) for seed, size in enumerate(sizes)]
+        calls.append(q.call(hl.blobs, POOL_MIN, 9))
+        calls.append(q.call(hl.view, POOL_MIN, 7))
+        results = yield gatherResults(calls)
+        for seed, size in enumerate(sizes):
+            self.assertEqual(results[seed], hl.pattern(size, seed))
+        self.assertEqual(results[4], hl.blobs(POOL_MIN, 9))
+        self.assertEqual(bytes(results[5].data), bytes([7]) * POOL_MIN)
+        # The relayed calls' buffers are free again on the server (the same process here).
+        self.assertEqual(len(q.workers()), 2)
+        self.assertEqual((yield q.call(pickle.dumps, 1)), pickle.dumps(1))
