@@ -100,7 +100,7 @@ from ._iteration import BATCH_ITEMS, BATCH_SECONDS
 from ._queue import TaskQueue
 from ._task import Task
 from ._wire._channel import SocketChannel
-from ._wire._client import WireClient
+from ._wire._client import PipelineWindow, WireClient
 from ._wire._codec import (
     EXIT,
     FLAG_RAW,
@@ -121,8 +121,6 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # Most tasks a worker keeps in its child at once (the pipelining window).
 MAX_WINDOW = 32
-# The window holds about this many seconds of work (by the recent average).
-WINDOW_WORK = 0.002
 # Seconds between SIGTERM and SIGKILL when killing a child.
 KILL_GRACE = 1.0
 # Seconds a child has to exit after being told to, before SIGKILL.
@@ -377,7 +375,7 @@ def _isOpen(fd: int) -> bool:
 
 
 @implementer(IWorker)
-class ProcessWorker:
+class ProcessWorker(PipelineWindow):
     """
     A worker that runs tasks in a child interpreter of its own.
 
@@ -680,29 +678,12 @@ class ProcessWorker:
 
     def _noteRun(self, dt: float, roundTrip: float) -> None:
         self._fruitless = 0
-        avg = self._avgRun
-        self._avgRun = dt if avg is None else 0.7 * avg + 0.3 * dt
+        self._noteRunTime(dt)
         if self.callStats:
             self._callTimes.append((roundTrip, dt))
 
-    def _window(self) -> int:
-        avg = self._avgRun
-        if avg is None:
-            return min(2, self.maxWindow)
-        return max(1, min(self.maxWindow, int(WINDOW_WORK / max(avg, 1e-6))))
-
-    def _hasRoom(self) -> bool:
-        child = self._current
-        if child is None:
-            return True
-        return len(child.inflight) + len(child.firstBatch) < self._window()
-
-    def _checkReady(self) -> None:
-        # A stopped or broken worker stays "busy" for good (see `_refuse`).
-        if self._stopping or self._broken is not None:
-            return
-        while self._readyWaiters and self._hasRoom():
-            self._readyWaiters.popleft().callback(None)
+    def _activeClient(self) -> _Child | None:
+        return self._current
 
     def _checkStop(self) -> None:
         if not self._stopping:

@@ -49,7 +49,7 @@ from ._queue import TaskQueue
 from ._server import DEFAULT_MAX_FRAME
 from ._task import Task
 from ._wire import _auth
-from ._wire._client import WireClient
+from ._wire._client import PipelineWindow, WireClient
 from ._wire._codec import (
     ABANDON,
     AUTH,
@@ -73,8 +73,6 @@ log = logging.getLogger("asynqueue")
 
 #: Most tasks a worker keeps in flight on its server.
 MAX_WINDOW = 128
-#: The window holds about this many seconds of work per server worker.
-WINDOW_WORK = 0.002
 #: Seconds without a connection after which a worker resigns.
 GIVE_UP_AFTER = 60.0
 #: First and longest pause between connection attempts (seconds).
@@ -204,7 +202,7 @@ class _Connection(WireClient, FrameReceiver):
 
 
 @implementer(IWorker)
-class WireWorker:
+class WireWorker(PipelineWindow):
     """
     A worker that runs tasks on a remote `WireServer`.
 
@@ -566,27 +564,17 @@ class WireWorker:
         return d
 
     def _noteRun(self, dt: float, roundTrip: float) -> None:
-        avg = self._avgRun
-        self._avgRun = dt if avg is None else 0.7 * avg + 0.3 * dt
+        self._noteRunTime(dt)
 
-    def _window(self) -> int:
-        workers = max(1, int(self.serverInfo.get("workers", 1)))
-        avg = self._avgRun
-        if avg is None:
-            return min(2 * workers, self.maxWindow)
-        return max(1, min(self.maxWindow, int(WINDOW_WORK * workers / max(avg, 1e-6))))
+    # The pipelining window (PipelineWindow): no link, no room; a server
+    # runs as many tasks at once as it has workers.
+    _roomWithoutClient = False
 
-    def _hasRoom(self) -> bool:
-        conn = self._conn
-        if conn is None:
-            return False
-        return len(conn.inflight) + len(conn.firstBatch) < self._window()
+    def _activeClient(self) -> _Connection | None:
+        return self._conn
 
-    def _checkReady(self) -> None:
-        if self._stopping or self._broken is not None:
-            return
-        while self._readyWaiters and self._hasRoom():
-            self._readyWaiters.popleft().callback(None)
+    def _parallelism(self) -> int:
+        return max(1, int(self.serverInfo.get("workers", 1)))
 
     def _checkStop(self) -> None:
         stopD = self._stopD

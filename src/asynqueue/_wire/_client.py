@@ -441,3 +441,61 @@ class WireClient:
         for queue in waiters.values():
             for d in queue:
                 d.errback(Failure(errorType(why)))
+
+
+# A pipelining worker keeps about this much work (by the recent average
+# task time) in flight per worker at the other end.
+WINDOW_WORK = 0.002
+
+
+class PipelineWindow:
+    """
+    The adaptive pipelining window of a worker that talks over a `WireClient`
+    (`ProcessWorker`, `WireWorker`): as many tasks in flight as make about
+    `WINDOW_WORK` seconds of work per worker at the other end, at least one,
+    at most ``maxWindow``. The worker fills ``_readyWaiters`` with the
+    Deferreds its ``run`` returned while full.
+
+    A subclass provides ``_activeClient()`` (the WireClient taking new tasks,
+    or None), and may override ``_parallelism()`` and ``_roomWithoutClient``.
+    """
+
+    maxWindow: int
+    _avgRun: float | None
+    _readyWaiters: deque[Deferred[None]]
+    _stopping: bool
+    _broken: Any
+    # Whether a task may be accepted while no client is active (a process
+    # worker starts a child for it; a remote worker waits for its link).
+    _roomWithoutClient = True
+
+    def _activeClient(self) -> WireClient | None:
+        raise NotImplementedError
+
+    def _parallelism(self) -> int:
+        """How many workers at the other end run my tasks at once."""
+        return 1
+
+    def _noteRunTime(self, dt: float) -> None:
+        avg = self._avgRun
+        self._avgRun = dt if avg is None else 0.7 * avg + 0.3 * dt
+
+    def _window(self) -> int:
+        workers = self._parallelism()
+        avg = self._avgRun
+        if avg is None:
+            return min(2 * workers, self.maxWindow)
+        return max(1, min(self.maxWindow, int(WINDOW_WORK * workers / max(avg, 1e-6))))
+
+    def _hasRoom(self) -> bool:
+        client = self._activeClient()
+        if client is None:
+            return self._roomWithoutClient
+        return len(client.inflight) + len(client.firstBatch) < self._window()
+
+    def _checkReady(self) -> None:
+        # A stopped or broken worker stays "busy" for good.
+        if self._stopping or self._broken is not None:
+            return
+        while self._readyWaiters and self._hasRoom():
+            self._readyWaiters.popleft().callback(None)
