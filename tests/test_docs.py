@@ -100,7 +100,10 @@ def test_the_readme_opens_with_the_two_commands() -> None:
     first = next(b for b in blocks() if b.lang == "sh")
     commands = [line for line in first.text.splitlines() if line and not line.startswith("#")]
     assert len(commands) == 2
-    assert commands[1] == 'python -m pip install -e ".[test]" && python -m pytest'
+    assert commands[1] == (
+        "python3 -m venv .venv && . .venv/bin/activate"
+        ' && python -m pip install -e ".[test]" && python -m pytest'
+    )
 
 
 @pytest.mark.parametrize(
