@@ -76,11 +76,17 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "dask": ("dask", "distributed"),
     "bench": ("pebble",),
     "docs": ("pydoctor",),
+    "tls": ("OpenSSL", "service_identity"),
     "test": ("pytest", "pytest_timeout", "hypothesis"),
 }
 
 # Import name -> distribution name, where they differ (for version look-ups).
-_DISTRIBUTIONS = {"pytest_timeout": "pytest-timeout", "pebble": "Pebble"}
+_DISTRIBUTIONS = {
+    "pytest_timeout": "pytest-timeout",
+    "pebble": "Pebble",
+    "OpenSSL": "pyOpenSSL",
+    "service_identity": "service-identity",
+}
 
 
 class UsageError(Exception):
