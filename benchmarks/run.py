@@ -248,6 +248,11 @@ def runSubprocess(contenderKey: str, workloadKey: str, sizes: dict[str, Any]) ->
         json.dumps(sizes),
         "--json",
     ]
+    return runJSONChild(cmd, sizes["timeout"])
+
+
+def runJSONChild(cmd: list[str], timeout: float) -> dict[str, Any]:
+    """Run *cmd* in its own process group; its last JSON line, or what went wrong."""
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -258,11 +263,11 @@ def runSubprocess(contenderKey: str, workloadKey: str, sizes: dict[str, Any]) ->
         start_new_session=True,
     )
     try:
-        out, err = proc.communicate(timeout=sizes["timeout"])
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        return {"error": f"timed out after {sizes['timeout']} s"}
+        return {"error": f"timed out after {timeout} s"}
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # leftovers of the child's own group
@@ -308,26 +313,7 @@ def runDaskSubprocess(quick: bool, timeout: float) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "benchmarks.run", "--dask", "--json"]
     if quick:
         cmd.append("--quick")
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=childEnv(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return {"error": f"timed out after {timeout} s"}
-    lines = [line for line in out.splitlines() if line.startswith("{")]
-    if lines:
-        return json.loads(lines[-1])
-    tail = (err.strip().splitlines() or ["no output"])[-1]
-    return {"error": f"exit status {proc.returncode}: {tail[:300]}"}
+    return runJSONChild(cmd, timeout)
 
 
 def runRemote(quick: bool) -> dict[str, Any]:

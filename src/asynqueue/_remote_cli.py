@@ -19,6 +19,8 @@ import os
 import sys
 from typing import Any
 
+from ._cli import _positiveInt
+
 __all__ = ["registerServe", "runServe"]
 
 
@@ -99,16 +101,6 @@ def registerServe(subparsers: Any) -> None:
     )
     p.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
     p.set_defaults(run=runServe)
-
-
-def _positiveInt(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
 
 
 def _configureLogging(quiet: bool) -> None:
