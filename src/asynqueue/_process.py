@@ -99,6 +99,7 @@ from ._child import BOOTSTRAP, FIRST_BATCH, ProcessBase
 from ._iteration import BATCH_ITEMS, BATCH_SECONDS
 from ._queue import TaskQueue
 from ._task import Task
+from ._util import dropTrigger
 from ._wire._channel import SocketChannel
 from ._wire._client import PipelineWindow, WireClient
 from ._wire._codec import (
@@ -697,12 +698,7 @@ class ProcessWorker(PipelineWindow):
             self._stopD.callback(None)
 
     def _removeTrigger(self) -> None:
-        if self._trigger is not None:
-            try:
-                self._reactor.removeSystemEventTrigger(self._trigger)
-            except (ValueError, KeyError):
-                pass
-            self._trigger = None
+        self._trigger = dropTrigger(self._reactor, self._trigger)
 
     def _reactorShutdown(self) -> Deferred[None]:
         """The reactor is stopping: kill the children and wait (briefly) for them."""

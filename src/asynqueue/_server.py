@@ -84,6 +84,7 @@ from . import errors
 from ._child import FIRST_BATCH
 from ._iteration import Deferator, isIterator
 from ._queue import TaskQueue
+from ._util import dropTrigger
 from ._wire import _auth
 from ._wire._client import BURST_GAP
 from ._wire._codec import (
@@ -919,12 +920,7 @@ class WireServer:
 
     @defer.inlineCallbacks
     def _stop(self) -> Any:
-        if self._trigger is not None:
-            try:
-                self._reactor.removeSystemEventTrigger(self._trigger)
-            except (ValueError, KeyError):
-                pass
-            self._trigger = None
+        self._trigger = dropTrigger(self._reactor, self._trigger)
         if self.port is not None:
             port, self.port = self.port, None
             yield maybeDeferred(port.stopListening)

@@ -48,6 +48,17 @@ def _reactor(clock: Any) -> Any:
     return clock
 
 
+def dropTrigger(reactor: Any, trigger: Any) -> None:
+    """
+    Remove the system event *trigger* (an ID from ``addSystemEventTrigger``)
+    if it is still there; None does nothing. Returns None, for
+    ``self._trigger = dropTrigger(reactor, self._trigger)``.
+    """
+    if trigger is not None:
+        with contextlib.suppress(ValueError, KeyError):
+            reactor.removeSystemEventTrigger(trigger)
+
+
 def whenFired(d: Deferred[Any]) -> Deferred[None]:
     """
     A new Deferred that fires with None once *d* has fired either way.
