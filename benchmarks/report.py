@@ -53,6 +53,13 @@ class Metric:
 
 P, T = "aq-process", "aq-thread"
 
+# Unit, higher-is-better and goals of both streaming rows (Deferator and consumer).
+STREAMING = (
+    "items/s",
+    True,
+    (Goal(P, ">=", 100_000, "process ≥ 100,000/s"), Goal(T, ">=", 100_000, "thread ≥ 100,000/s")),
+)
+
 METRICS: list[Metric] = [
     Metric(
         "dispatch",
@@ -82,28 +89,8 @@ METRICS: list[Metric] = [
         (Goal(P, ">=floor", 0.9, "process ≥ 90 % of Pipe"),),
     ),
     Metric("large", "list", "large result: list of {ints:,} ints", "MB/s", True),
-    Metric(
-        "streaming",
-        "deferator",
-        "streaming: {items:,} items, Deferator",
-        "items/s",
-        True,
-        (
-            Goal(P, ">=", 100_000, "process ≥ 100,000/s"),
-            Goal(T, ">=", 100_000, "thread ≥ 100,000/s"),
-        ),
-    ),
-    Metric(
-        "streaming",
-        "consumer",
-        "streaming: {items:,} items, consumer",
-        "items/s",
-        True,
-        (
-            Goal(P, ">=", 100_000, "process ≥ 100,000/s"),
-            Goal(T, ">=", 100_000, "thread ≥ 100,000/s"),
-        ),
-    ),
+    Metric("streaming", "deferator", "streaming: {items:,} items, Deferator", *STREAMING),
+    Metric("streaming", "consumer", "streaming: {items:,} items, consumer", *STREAMING),
     Metric(
         "startup",
         "ms",

@@ -334,6 +334,41 @@ def asyncScheduling(ad: Any, sz: Sizes, rep: int) -> Any:
 
 # ====================================================================== sync
 
+# The timing loops of the sync workloads that the floors share (both block for a result).
+
+
+def timedRoundTrips(roundTrip: Callable[[], Any], sz: Sizes) -> Figures:
+    """Latency figures of ``sz["latency"]`` calls of *roundTrip*, each timed alone."""
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(sz["latency"]):
+        t0 = clock()
+        roundTrip()
+        samples.append(clock() - t0)
+    return latencyFigures(samples)
+
+
+def timedLarge(
+    fetch: Callable[[Callable[..., Any], Any], Any],
+    sz: Sizes,
+    settle: Callable[[], None] | None = None,
+) -> Figures:
+    """
+    Large-result figures: ``fetch(f, arg)`` calls ``f(arg)`` remotely and
+    returns its result, timed once for bytes and once for a list, with an
+    untimed *settle()* (if any) after each.
+    """
+    timings = []
+    for f, arg in ((payloads.bigBytes, sz["bytes"]), (payloads.bigList, sz["ints"])):
+        t0 = time.perf_counter()
+        result = fetch(f, arg)
+        timings.append(time.perf_counter() - t0)
+        assert len(result) == arg
+        del result
+        if settle is not None:
+            settle()
+    return largeFigures(*timings, sz)
+
 
 def syncDispatch(ad: Any, sz: Sizes, rep: int) -> Figures:
     n = sz["dispatch"]
@@ -345,14 +380,8 @@ def syncDispatch(ad: Any, sz: Sizes, rep: int) -> Figures:
 
 
 def syncLatency(ad: Any, sz: Sizes, rep: int) -> Figures:
-    samples = []
-    clock = time.perf_counter_ns
     noop = payloads.noop
-    for _ in range(sz["latency"]):
-        t0 = clock()
-        ad.submit(noop).result()
-        samples.append(clock() - t0)
-    return latencyFigures(samples)
+    return timedRoundTrips(lambda: ad.submit(noop).result(), sz)
 
 
 def syncCpu(ad: Any, sz: Sizes, rep: int) -> Figures:
@@ -369,19 +398,7 @@ def syncLarge(ad: Any, sz: Sizes, rep: int) -> Figures:
         for f in [ad.submit(payloads.noop) for _ in range(FLUSH_CALLS)]:
             f.result()
 
-    t0 = time.perf_counter()
-    result = ad.submit(payloads.bigBytes, sz["bytes"]).result()
-    tBytes = time.perf_counter() - t0
-    assert len(result) == sz["bytes"]
-    del result
-    flush()
-    t0 = time.perf_counter()
-    result = ad.submit(payloads.bigList, sz["ints"]).result()
-    tList = time.perf_counter() - t0
-    assert len(result) == sz["ints"]
-    del result
-    flush()
-    return largeFigures(tBytes, tList, sz)
+    return timedLarge(lambda f, arg: ad.submit(f, arg).result(), sz, flush)
 
 
 def syncStreaming(ad: Any, sz: Sizes, rep: int) -> Figures:
@@ -432,30 +449,21 @@ def floorDispatch(fl: Any, sz: Sizes, rep: int) -> Figures:
 
 def floorLatency(fl: Any, sz: Sizes, rep: int) -> Figures:
     """Ping-pong: one request, one reply."""
-    samples = []
-    clock = time.perf_counter_ns
     noop = payloads.noop
-    for _ in range(sz["latency"]):
-        t0 = clock()
+
+    def pingPong() -> None:
         fl.send(noop)
         fl.receive()
-        samples.append(clock() - t0)
-    return latencyFigures(samples)
+
+    return timedRoundTrips(pingPong, sz)
 
 
 def floorLarge(fl: Any, sz: Sizes, rep: int) -> Figures:
-    t0 = time.perf_counter()
-    fl.send(payloads.bigBytes, sz["bytes"])
-    result = fl.receive()
-    tBytes = time.perf_counter() - t0
-    assert len(result) == sz["bytes"]
-    del result
-    t0 = time.perf_counter()
-    fl.send(payloads.bigList, sz["ints"])
-    result = fl.receive()
-    tList = time.perf_counter() - t0
-    assert len(result) == sz["ints"]
-    return largeFigures(tBytes, tList, sz)
+    def fetch(f: Callable[..., Any], arg: Any) -> Any:
+        fl.send(f, arg)
+        return fl.receive()
+
+    return timedLarge(fetch, sz)
 
 
 def floorStreaming(fl: Any, sz: Sizes, rep: int) -> Figures:

@@ -1,11 +1,17 @@
-"""Shared test helpers: fake reactors and hand-driven workers."""
+"""
+Shared test helpers: fake reactors and hand-driven workers, and for tests
+with real processes and a real reactor, waiting, collecting and reaping.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import Clock
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.task import Clock, deferLater
 from zope.interface import implementer
 
 from asynqueue.interfaces import IWorker
@@ -68,3 +74,46 @@ class ManualWorker:
         tasks = [t for t, _ in self.current]
         self.current = []
         return tasks
+
+
+def isGone(pid: int) -> bool:
+    """True if *pid* no longer runs (gone, or a zombie)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@inlineCallbacks
+def waitUntil(predicate: Any, limit: float = 10.0) -> Any:
+    """Wait (without blocking the reactor) until *predicate()* is true; fires with None."""
+    from twisted.internet import reactor  # not at import: FakeReactor users need none
+
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting for {predicate}")
+        yield deferLater(reactor, 0.01, lambda: None)
+
+
+@inlineCallbacks
+def collect(dr: Any) -> Any:
+    """The items of a Deferator, as a list."""
+    items = []
+    for d in dr:
+        items.append((yield d))
+    return items
+
+
+def reap(proc: subprocess.Popen[Any]) -> None:
+    """Kill *proc* if it still runs, wait for it and close its stdout pipe (if any)."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+    if proc.stdout is not None:
+        proc.stdout.close()

@@ -114,11 +114,22 @@ def unpicklableItems() -> Iterator[Any]:
     yield threading.Lock()
 
 
+def _refuseRebuild(*args: Any) -> None:
+    raise TypeError("this exception cannot be rebuilt")
+
+
 class Unrebuildable(Exception):
-    """Pickles but does not unpickle (its __init__ wants two arguments)."""
+    """
+    Pickles but does not unpickle. (Its own reduction says so: an exception
+    whose ``__init__`` merely wants other arguments unpickles anyway once
+    ``distributed`` is imported, which teaches pickle to rebuild exceptions.)
+    """
 
     def __init__(self, a: int, b: int) -> None:
         super().__init__(f"{a} and {b}")
+
+    def __reduce__(self) -> Any:
+        return _refuseRebuild, self.args
 
 
 def raiseUnrebuildable() -> None:

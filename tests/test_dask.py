@@ -30,6 +30,8 @@ from asynqueue import TaskQueue, errors  # noqa: E402
 from asynqueue._scheduler import Scheduler  # noqa: E402
 from asynqueue.dask_worker import DaskQueue, DaskWorker  # noqa: E402
 
+from .helpers import collect, reap  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # ------------------------------------------------------------ task functions
@@ -135,6 +137,7 @@ class _ClusterTestCase(TestCase):
 
     timeout = 60
     clusterOptions: dict[str, Any] = {}
+    workerOptions = ("slots", "series", "raw", "restrictions", "iterChunk")
 
     @classmethod
     def setUpClass(cls) -> None:
@@ -147,7 +150,7 @@ class _ClusterTestCase(TestCase):
         cls.cluster.close()
 
     def queue(self, **kw: Any) -> TaskQueue:
-        workerKw = {k: kw.pop(k) for k in ("slots", "series", "raw", "restrictions") if k in kw}
+        workerKw = {k: kw.pop(k) for k in self.workerOptions if k in kw}
         worker = DaskWorker(self.client, **workerKw)
         q = TaskQueue(worker, returnFailure=True, **kw)
         self.addCleanup(q.shutdown)
@@ -213,28 +216,17 @@ class CallTests(_ClusterTestCase):
 
 class IteratorTests(_ClusterTestCase):
     @inlineCallbacks
-    def collect(self, dr: Any) -> Any:
-        items = []
-        for d in dr:
-            items.append((yield d))
-        return items
-
-    @inlineCallbacks
     def test_iterator_comes_back_as_deferator_in_chunks(self) -> Any:
         from asynqueue._iteration import Deferator
 
-        worker = DaskWorker(self.client, iterChunk=10)
-        q = TaskQueue(worker, returnFailure=True)
-        self.addCleanup(q.shutdown)
+        q = self.queue(iterChunk=10)
         dr = yield q.call(count, 95)
         self.assertIsInstance(dr, Deferator)
-        self.assertEqual((yield self.collect(dr)), list(range(95)))
+        self.assertEqual((yield collect(dr)), list(range(95)))
 
     @inlineCallbacks
     def test_iterator_error_arrives_after_items(self) -> Any:
-        worker = DaskWorker(self.client, iterChunk=4)
-        q = TaskQueue(worker, returnFailure=True)
-        self.addCleanup(q.shutdown)
+        q = self.queue(iterChunk=4)
         dr = yield q.call(count, 20, failAt=9)
         items = []
         with self.assertRaises(ValueError):
@@ -253,9 +245,7 @@ class IteratorTests(_ClusterTestCase):
     def test_stopped_iterator_is_closed_on_the_worker(self) -> Any:
         from asynqueue import _dask
 
-        worker = DaskWorker(self.client, iterChunk=5)
-        q = TaskQueue(worker, returnFailure=True)
-        self.addCleanup(q.shutdown)
+        q = self.queue(iterChunk=5)
         dr = yield q.call(count, 1000)
         self.assertEqual((yield next(dr)), 0)
         self.assertEqual(len(_dask._parked), 1)  # in-process cluster: same module
@@ -548,7 +538,7 @@ class SchedulerLossTests(TestCase):
             ],
             **quiet,
         )
-        self.addCleanup(_reap, scheduler)
+        self.addCleanup(reap, scheduler)
         worker = subprocess.Popen(
             [
                 *(sys.executable, "-m", "distributed.cli.dask_worker", address),
@@ -556,7 +546,7 @@ class SchedulerLossTests(TestCase):
             ],
             **quiet,
         )
-        self.addCleanup(_reap, worker)
+        self.addCleanup(reap, worker)
         q = DaskQueue(address, connectTimeout=20, returnFailure=True)
         self.addCleanup(q.shutdown)
         yield q.whenReady()
@@ -580,9 +570,3 @@ def _waitUntilProcessing(client: Any, seconds: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("the task never started")
         time.sleep(0.05)
-
-
-def _reap(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.kill()
-    process.wait(10)

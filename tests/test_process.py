@@ -24,6 +24,7 @@ from asynqueue._task import Task
 from asynqueue.process import ProcessBase, ProcessQueue, ProcessWorker
 
 from . import helpers_process as h
+from .helpers import collect, isGone, waitUntil
 
 BIG = 100 * 2**20  # large data both ways; big enough to need many reads and writes
 
@@ -42,29 +43,6 @@ class TrackingWorker(ProcessWorker):
         return child
 
 
-def isGone(pid: int) -> bool:
-    """True if *pid* no longer exists (or is a zombie that is not ours)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z" and os.getppid() != pid
-    except OSError:
-        return True
-
-
-@inlineCallbacks
-def waitUntil(predicate: Any, limit: float = 10.0) -> Any:
-    """Wait (without blocking the reactor) until *predicate()* is true."""
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still waiting for {predicate}")
-        yield deferLater(reactor, 0.01, lambda: None)
-
-
 class WorkerTestCase(TestCase):
     timeout = 20
 
@@ -72,6 +50,11 @@ class WorkerTestCase(TestCase):
         worker = TrackingWorker(**kw)
         self.addCleanup(self.stopAndCheck, worker)
         return worker
+
+    def makeQueue(self, workers: int) -> ProcessQueue:
+        q = ProcessQueue(workers, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        return q
 
     @inlineCallbacks
     def stopAndCheck(self, worker: TrackingWorker) -> Any:
@@ -232,19 +215,12 @@ class CallTests(WorkerTestCase):
 
 class IteratorTests(WorkerTestCase):
     @inlineCallbacks
-    def collect(self, dr: Any) -> Any:
-        items = []
-        for d in dr:
-            items.append((yield d))
-        return items
-
-    @inlineCallbacks
     def test_iterator_streams_in_batches(self) -> Any:
         w = self.makeWorker()
         w.batchItems = 500  # several batches
         status, dr = yield self.call(w, h.squares, 3000)
         self.assertEqual(status, "i")
-        self.assertEqual((yield self.collect(dr)), [i * i for i in range(3000)])
+        self.assertEqual((yield collect(dr)), [i * i for i in range(3000)])
         self.assertTrue((yield dr.d))
         # The worker is free for more.
         self.assertEqual((yield self.value(w, h.add, 1, 2)), 3)
@@ -315,8 +291,7 @@ class IteratorTests(WorkerTestCase):
 
     @inlineCallbacks
     def test_consumer_through_the_queue(self) -> Any:
-        q = ProcessQueue(1, returnFailure=True)
-        self.addCleanup(q.shutdown)
+        q = self.makeQueue(1)
         consumer = ListConsumer()
         result = yield q.call(h.squares, 5, consumer=consumer)
         self.assertIs(result, consumer)
@@ -377,8 +352,7 @@ class CrashTests(WorkerTestCase):
 
     @inlineCallbacks
     def test_queue_reruns_a_lost_task_once_then_fails_it(self) -> Any:
-        q = ProcessQueue(1, returnFailure=True)
-        self.addCleanup(q.shutdown)
+        q = self.makeQueue(1)
         [w] = q.workers()
         first = w.pid
         with self.assertRaises(errors.WorkerLost) as ctx:
@@ -399,8 +373,7 @@ class CrashTests(WorkerTestCase):
 
     @inlineCallbacks
     def test_queue_update_reaches_later_and_respawned_children(self) -> Any:
-        q = ProcessQueue(2, returnFailure=True)
-        self.addCleanup(q.shutdown)
+        q = self.makeQueue(2)
         yield q.update(h.setState, "u", "yes")
         yield q.call(h.exitWith, 1).addErrback(lambda _: None)
         values = yield defer.gatherResults([q.call(h.getState, "u") for _ in range(6)])
@@ -445,8 +418,7 @@ class TimeoutTests(WorkerTestCase):
 
     @inlineCallbacks
     def test_queue_timeout_retries_once_then_fails(self) -> Any:
-        q = ProcessQueue(1, returnFailure=True)
-        self.addCleanup(q.shutdown)
+        q = self.makeQueue(1)
         [w] = q.workers()
         first = w.pid
         slow = q.call(time.sleep, 30, timeout=0.3)

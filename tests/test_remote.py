@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import logging
 import operator
@@ -14,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,16 @@ from asynqueue._wire._codec import AUTH, CALLS
 from asynqueue._wire._framing import FrameDecoder, encodeBytes
 from asynqueue.wire import RemoteQueue, WireServer, WireWorker, WireWorkerUniverse
 
+from . import helpers
 from . import helpers_process as hp
 from . import helpers_remote as h
+from .helpers import collect, isGone, reap
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = b"a test key, not a secret"
+
+# Servers and their children take longer than in-process workers: a longer limit.
+waitUntil = functools.partial(helpers.waitUntil, limit=15.0)
 
 
 class Universe(WireWorkerUniverse):
@@ -57,38 +62,6 @@ class Universe(WireWorkerUniverse):
 
     def _secret(self) -> str:
         return "private"
-
-
-def isGone(pid: int) -> bool:
-    """True if *pid* no longer runs (gone, or a zombie)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-@inlineCallbacks
-def waitUntil(predicate: Any, limit: float = 15.0) -> Any:
-    """Wait (without blocking the reactor) until *predicate()* is true."""
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still waiting for {predicate}")
-        yield deferLater(reactor, 0.01, lambda: None)
-
-
-@inlineCallbacks
-def collect(dr: Any) -> Any:
-    """The items of a Deferator, as a list."""
-    items = []
-    for d in dr:
-        items.append((yield d))
-    return items
 
 
 class LogRecords(logging.Handler):
@@ -163,7 +136,7 @@ class RemoteTestCase(TestCase):
                  "--workers", "1", "--key-file", str(keyFile), *extra],
                 stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT, env=env,
             )  # fmt: skip
-        self.addCleanup(_reap, proc)
+        self.addCleanup(reap, proc)
         assert proc.stdout is not None
         line = yield threads.deferToThread(proc.stdout.readline)
         if "listening on" not in line:
@@ -172,14 +145,6 @@ class RemoteTestCase(TestCase):
         if listening.startswith("unix:"):
             return proc, listening
         return proc, f"tcp:127.0.0.1:{listening.split(':')[1]}"
-
-
-def _reap(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(10)
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 class CallsTest(RemoteTestCase):
