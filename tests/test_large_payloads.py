@@ -8,8 +8,10 @@ from __future__ import annotations
 import gc
 import pickle
 import socket
+import struct
 from typing import Any
 
+import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
@@ -19,10 +21,13 @@ from asynqueue import ProcessQueue
 from asynqueue._wire import _codec, _framing
 from asynqueue._wire._channel import RelayCutShort, SocketChannel
 from asynqueue._wire._framing import (
+    BYTES_MIN,
     POOL_GRAIN,
     POOL_MIN,
+    SMALL_MESSAGE,
     BufferPool,
     FrameDecoder,
+    FramingError,
     SendQueue,
     encode,
     encodeBytes,
@@ -138,6 +143,68 @@ def test_items_of_lists_tuples_and_call_arguments_go_out_of_band() -> None:
     assert args[0] is kw["key"]
     # bytearrays are mutable: they stay in the pickle (a snapshot).
     assert len(_codec.dumps(bytearray(_codec.OOB_MIN))) == 1
+
+
+# ------------------------------------------------------------------ immutable parts
+
+
+def test_large_immutable_parts_are_marked_and_arrive_as_bytes() -> None:
+    frozen = hl.pattern(BYTES_MIN, 1)
+    mutable = bytearray(hl.pattern(BYTES_MIN + 5, 2))
+    readonly = memoryview(hl.pattern(BYTES_MIN + 9, 3)).toreadonly()
+    parts = [b"envelope", frozen, mutable, b"small", readonly]
+    buffers = encode(17, parts)
+    _, flags, nparts, _ = _framing.HEADER.unpack_from(buffers[0])
+    assert flags == _framing.FLAG_BYTES
+    table = struct.unpack_from(f"!{nparts}Q", buffers[0], _framing.HEADER_SIZE)
+    assert [bool(size & _framing.BYTES_BIT) for size in table] == [False, True, False, False, True]
+    for step in (1000, 65536, 300_001):
+        (message,) = _feed(FrameDecoder(), encodeBytes(17, parts), step)
+        got = message.parts
+        assert [bytes(p) for p in got] == [bytes(p) for p in parts]
+        assert type(got[1]) is bytes and type(got[4]) is bytes
+        assert type(got[2]) is memoryview and not got[2].readonly  # still writable
+    # Small immutable parts and mutable ones leave the header flag clear.
+    assert _framing.HEADER.unpack_from(encode(17, [b"x" * 100, mutable])[0])[1] == 0
+
+
+def test_a_large_bytes_result_is_the_very_bytes_it_was_read_into() -> None:
+    data = hl.pattern(3 * BYTES_MIN, 4)
+    stream = encodeBytes(17, [b"envelope", *_codec.dumps(data)])
+    decoder = FrameDecoder(early=lambda m: False)  # asked, declined: read as bytes anyway
+    (message,) = _feed(decoder, stream, 77_777)
+    result = _codec.loads(message.parts[1:])
+    assert result == data and result is message.parts[2]  # no copy after the kernel's
+
+
+def test_relayed_immutable_parts_stay_marked() -> None:
+    data = hl.pattern(2 * BYTES_MIN + 7, 5)
+    stream = encodeBytes(17, [b"env", b"pickle", data])
+    decoder = FrameDecoder(early=lambda m: True)
+    (message,) = decoder.feed(stream[:100_000])
+    assert message.filling is not None and message.parts[2].readonly
+    queue = SendQueue()
+    queue.append(encode(17, message.filling.pending(message.parts)))
+    sent = b""
+    for pos in range(100_000, len(stream) + 50_000, 50_000):
+        decoder.feed(stream[pos : pos + 50_000])
+        while buffers := queue.peek():
+            chunk = b"".join(bytes(b) for b in buffers)
+            queue.advance(len(chunk))
+            sent += chunk
+    assert sent == stream  # the mark included: the next receiver reads it as bytes
+
+
+def test_a_bad_table_of_marked_parts_is_a_framing_error() -> None:
+    header = _framing.HEADER.pack(17, _framing.FLAG_BYTES, 2, 16 + SMALL_MESSAGE * 2)
+    table = struct.pack("!2Q", 5, (SMALL_MESSAGE * 3) | _framing.BYTES_BIT)  # sums too much
+    with pytest.raises(FramingError):
+        FrameDecoder().feed(header + table + b"x" * 1000)
+    # A marked empty part is just empty.
+    header = _framing.HEADER.pack(17, _framing.FLAG_BYTES, 2, 16 + SMALL_MESSAGE * 2)
+    table = struct.pack("!2Q", _framing.BYTES_BIT, SMALL_MESSAGE * 2)
+    (message,) = FrameDecoder().feed(header + table + b"y" * SMALL_MESSAGE * 2)
+    assert [bytes(p) for p in message.parts] == [b"", b"y" * SMALL_MESSAGE * 2]
 
 
 # ------------------------------------------------------------------ early messages
@@ -310,6 +377,7 @@ class WorkerTest(TestCase):
             self.assertEqual(data, hl.pattern(size, fill))
         for fill, result in enumerate(held, 1):
             self.assertIsInstance(result.data, memoryview)  # no copy was made
+            self.assertFalse(result.data.readonly)  # sent writable, received writable
             self.assertEqual(bytes(result.data), bytes([fill]) * size)
         del held, result
         gc.collect()
@@ -333,8 +401,10 @@ class WorkerTest(TestCase):
         results = yield gatherResults(calls)
         for seed, size in enumerate(sizes):
             self.assertEqual(results[seed], hl.pattern(size, seed))
+            self.assertIs(type(results[seed]), bytes)
         self.assertEqual(results[4], hl.blobs(POOL_MIN, 9))
         self.assertEqual(bytes(results[5].data), bytes([7]) * POOL_MIN)
+        self.assertFalse(results[5].data.readonly)
         # The relayed calls' buffers are free again on the server (the same process here).
         self.assertEqual(len(q.workers()), 2)
         self.assertEqual((yield q.call(pickle.dumps, 1)), pickle.dumps(1))

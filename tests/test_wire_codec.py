@@ -71,7 +71,7 @@ def test_reading_into_the_decoder_buffer_gives_back_the_messages(
 
 
 def test_large_message_is_read_into_its_own_buffer() -> None:
-    big = bytes(range(256)) * (SMALL_MESSAGE // 64)  # 4 x SMALL_MESSAGE
+    big = bytearray(range(256)) * (SMALL_MESSAGE // 64)  # 4 x SMALL_MESSAGE, mutable
     stream = encodeBytes(7, [b"head", big]) + encodeBytes(8, [b"after"])
     decoder = FrameDecoder()
     out = decoder.feed(stream[:1000])

@@ -26,16 +26,18 @@ conversation itself (calls in flight, results, iterator batches) is a
 
 Large payloads
 --------------
-A 10 MB ``bytes`` result is copied twice on its way: by the kernel, from the
+A 10 MB ``bytes`` result is copied once on its way, by the kernel: from the
 result's own memory (it travels out of band, not copied into the pickle:
-`asynqueue._wire._codec`) into a pooled receive buffer here that is already
-faulted in, and once more into the new ``bytes`` object that the caller
-gets. The socketpair gets 4 MiB buffers, so such a result goes in a few
-large writes. Fresh memory is what costs: on the development VM a page
-fault costs about 3 µs per 4 KiB, 7 ms per 10 MB, against about 1.5 ms for
-the whole transfer; before these measures a child faulted in a new 10 MB
-pickle buffer for every such result, and this process a new receive buffer
-and (malloc having given the pair back to the system) a new result, for
+`asynqueue._wire._codec`) straight into the memory of the new ``bytes``
+object that the caller gets (the framing marks it immutable:
+`asynqueue._wire._framing`). Other large parts (a NumPy array's buffer, a
+pickle) go into a pooled receive buffer that is already faulted in. The
+socketpair gets 4 MiB buffers, so such a result goes in a few large writes.
+Fresh memory is what costs: on the development VM a page fault costs about
+3 µs per 4 KiB, 7 ms per 10 MB, against about 1.5 ms for the whole
+transfer; before these measures a child faulted in a new 10 MB pickle
+buffer for every such result, and this process a new receive buffer and
+(malloc having given the pair back to the system) a new result, for
 600-700 MB/s in all. A ``bytes`` argument goes the same way the other
 direction.
 

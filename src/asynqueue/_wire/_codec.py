@@ -10,11 +10,13 @@ that offer it (NumPy arrays, ``pickle.PickleBuffer``), sent without a copy.
 Plain pickle copies ``bytes`` objects into the pickle; those of `OOB_MIN`
 bytes or more are sent out of band too when they are the object itself, an
 item of a list or tuple (of at most `OOB_SCAN` items) that is, or an
-argument or keyword argument of a call. The receiver makes them again from
-the received buffer (``bytes(buffer)``, one copy): a large bytes result or
-argument is copied by the kernel and by that final ``bytes``, and never
-into a pickle. (Only immutable ``bytes``: a buffer is sent as it is when it
-is written, possibly later than `dumps` returned.)
+argument or keyword argument of a call. The receiver makes them again with
+``bytes(buffer)``; the framing marks such a buffer immutable, and a receiver
+reads one of `_framing.BYTES_MIN` bytes or more straight into a ``bytes``
+object, which ``bytes()`` returns as it is: a large bytes result or argument
+is copied by the kernel only, never into a pickle nor out of a receive
+buffer. (Only immutable ``bytes``: a buffer is sent as it is when it is
+written, possibly later than `dumps` returned.)
 
 Plain ``pickle`` is tried first (fast, C). cloudpickle takes over for what
 plain pickle refuses, or would pickle by a reference the other side cannot

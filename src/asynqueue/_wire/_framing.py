@@ -14,7 +14,8 @@ One message is one frame::
 
 All integers are big-endian. ``length`` counts the table and the parts, i.e.
 everything after the header. ``kind`` says what the message is (see
-`asynqueue._wire._codec`); ``flags`` is reserved and zero.
+`asynqueue._wire._codec`); ``flags`` has one bit, `FLAG_BYTES` (see
+"Immutable parts"); the others are zero.
 
 A message is a list of *parts*, byte strings that are never copied into one
 another. A batch of separately pickled calls, or a pickle and its
@@ -52,6 +53,19 @@ a send queue, a NumPy array unpickled over an out-of-band buffer) is left.
 A buffer still referred to is never written again: a result that a caller
 holds is never overwritten by a later message.
 
+Immutable parts
+---------------
+A part of `BYTES_MIN` bytes or more that cannot change on the sender's side
+(a ``bytes`` object, a read-only buffer: a large ``bytes`` result or
+argument sent out of band) has `BYTES_BIT` set in its length, and the
+header has `FLAG_BYTES`. The receiver reads such a part straight into the
+memory of a new ``bytes`` object (a ``BytesIO``'s, taken with ``getvalue()``
+once full: no copy) and hands it over as that ``bytes``: unpickling takes
+it as it is, where a writable buffer would have to be copied into a
+``bytes`` once more. The unpickled object cannot tell: it asked for an
+immutable buffer either way. A message handed over early (to be relayed,
+below) gets read-only views instead, which stay marked when sent on.
+
 Early delivery and relaying
 ---------------------------
 A process that relays a large message (a worker server passing a child's
@@ -74,6 +88,7 @@ longer message raises `OversizeMessage` before anything is allocated.
 
 from __future__ import annotations
 
+import io
 import struct
 from _thread import allocate_lock
 from collections import deque, namedtuple
@@ -114,6 +129,13 @@ POOL_MIN = 256 * 1024
 POOL_GRAIN = 1024 * 1024
 # A process keeps at most this many bytes of pooled buffers.
 POOL_KEEP = 64 * 1024 * 1024
+
+# Header flag: the part table marks immutable parts (see "Immutable parts").
+FLAG_BYTES = 0x01
+# The mark, in a part's length.
+BYTES_BIT = 1 << 63
+# Immutable parts of at least this many bytes are marked.
+BYTES_MIN = POOL_MIN
 
 
 class FramingError(ValueError):
@@ -239,14 +261,37 @@ def encode(kind: int, parts: list[Any] | tuple[Any, ...] = (), flags: int = 0) -
     Encode a message of *kind* made of *parts* (bytes-like objects).
 
     Returns ``[header, part0, part1, ...]``, to be written in that order;
-    the parts are not copied. Empty parts are left out of the list.
+    the parts are not copied. Empty parts are left out of the list. Parts of
+    `BYTES_MIN` bytes or more that cannot change (``bytes``, read-only
+    buffers) are marked as such (see "Immutable parts").
     """
     lengths = [_nbytes(p) for p in parts]
     n = len(lengths)
+    table = lengths
+    if n and max(lengths) >= BYTES_MIN:
+        table = [
+            size | BYTES_BIT if size >= BYTES_MIN and _isImmutable(p) else size
+            for p, size in zip(parts, lengths, strict=True)
+        ]
+        if table != lengths:
+            flags |= FLAG_BYTES
     head = HEADER.pack(kind, flags, n, 8 * n + sum(lengths))
     if n:
-        head += struct.pack(f"!{n}Q", *lengths)
+        head += struct.pack(f"!{n}Q", *table)
     return [head, *(p for p, size in zip(parts, lengths, strict=True) if size)]
+
+
+def _isImmutable(part: Any) -> bool:
+    """A part whose bytes cannot change: ``bytes``, or a read-only buffer."""
+    cls = type(part)
+    if cls is bytes:
+        return True
+    if cls is _Pending:
+        return part.view.readonly  # type: ignore[no-any-return]
+    try:
+        return memoryview(part).readonly
+    except TypeError:
+        return False
 
 
 def encodeBytes(kind: int, parts: list[Any] | tuple[Any, ...] = (), flags: int = 0) -> bytes:
@@ -332,6 +377,56 @@ class BufferPool:
 POOL = BufferPool()
 
 
+class _Large:
+    """A large message being read, one segment (writable buffer) at a time."""
+
+    __slots__ = (
+        "ask",
+        "body",
+        "filled",
+        "filling",
+        "flags",
+        "kind",
+        "length",
+        "marks",
+        "nparts",
+        "parts",
+        "segFilled",
+        "segment",
+        "segments",
+        "sizes",
+        "stage",
+        "streams",
+    )
+
+    def __init__(self, kind: int, flags: int, nparts: int, length: int) -> None:
+        self.kind = kind
+        self.flags = flags
+        self.nparts = nparts
+        self.length = length
+        self.filled = 0  # bytes of the body (part table included) arrived
+        self.segment: memoryview = _EMPTY  # being filled
+        self.segFilled = 0
+        self.segments: deque[memoryview] = deque()  # to fill after it
+        self.stage = _BODY
+        self.body: memoryview | None = None  # the whole body, when read in one piece
+        self.sizes: tuple[int, ...] = ()
+        self.marks: tuple[bool, ...] = ()
+        self.parts: list[Any] = []
+        self.streams: dict[int, Any] = {}  # part index -> BytesIO it is read into
+        self.ask = False  # ask `early` once the table and the first part are in
+        self.filling: Filling | None = None
+
+
+# _Large.stage: what completes with the current segment.
+_BODY = 0  # the whole body (one buffer): the message
+_TABLE = 1  # the part table of a message with immutable parts
+_HEAD = 2  # its first part, before `early` is asked
+_PARTS = 3  # the last of its parts: the message
+
+_EMPTY = memoryview(b"")
+
+
 class FrameDecoder:
     """
     Incremental decoder: bytes in, `Message` objects out.
@@ -354,30 +449,25 @@ class FrameDecoder:
         self.pool = POOL if pool is None else pool
         # early(message) -> bool: hand this large message over before it is complete?
         self.early = early
-        # The early message being filled, and whether to ask `early` when its head is in.
-        self._filling: Filling | None = None
-        self._ask = False
         self._scratch = bytearray(scratchSize)
         self._view = memoryview(self._scratch)
         self._start = 0
         self._end = 0
-        # The large message being read into its own buffer, if any.
-        self._bodyView: memoryview | None = None
-        self._filled = 0
-        self._kind = 0
-        self._flags = 0
-        self._nparts = 0
+        # The large message being read into buffers of its own, if any.
+        self._large: _Large | None = None
 
     def pending(self) -> int:
         """How many bytes of an unfinished message are held (0 between messages)."""
-        if self._bodyView is not None:
-            return HEADER_SIZE + self._filled
+        large = self._large
+        if large is not None:
+            return HEADER_SIZE + large.filled
         return self._end - self._start
 
     def getBuffer(self) -> memoryview:
         """A non-empty writable buffer for the next bytes; then call `bufferUpdated`."""
-        if self._bodyView is not None:
-            return self._bodyView[self._filled :]
+        large = self._large
+        if large is not None:
+            return large.segment[large.segFilled :]
         if self._end == len(self._scratch):
             self._compact()
         return self._view[self._end :]
@@ -393,22 +483,16 @@ class FrameDecoder:
         """*n* bytes were written into the last `getBuffer`; returns complete messages."""
         if n <= 0:
             return []
-        body = self._bodyView
-        if body is not None:
-            filled = self._filled = self._filled + n
-            filling = self._filling
-            if filled < len(body):
-                if filling is not None:
-                    filling._progress(filled)
+        large = self._large
+        if large is not None:
+            large.filled += n
+            large.segFilled += n
+            if large.segFilled < len(large.segment):
+                if large.filling is not None:
+                    large.filling._progress(large.filled)
                     return []
-                return self._early() if self._ask else []
-            self._bodyView = None
-            if filling is not None:
-                self._filling = None
-                filling._complete()
-                return []
-            self._ask = False
-            return [self._message(self._kind, self._flags, self._nparts, body)]
+                return self._askEarly(large) if large.ask else []
+            return self._segmentDone(large)
         self._end += n
         return self._parse()
 
@@ -422,6 +506,7 @@ class FrameDecoder:
             buf = self.getBuffer()
             k = min(len(buf), size - pos)
             buf[:k] = view[pos : pos + k]
+            del buf  # a view of a part read into a bytes object must not outlive the write
             pos += k
             out.extend(self.bufferUpdated(k))
         return out
@@ -440,53 +525,152 @@ class FrameDecoder:
                 out.append(self._message(kind, flags, nparts, body))
                 continue
             if total > SMALL_MESSAGE:
-                # Read the rest straight into a buffer of its own.
-                bodyView = self.pool.get(length)
-                have = end - start - HEADER_SIZE
-                bodyView[:have] = view[start + HEADER_SIZE : end]
-                self._bodyView = bodyView
-                self._filled = have
-                self._kind, self._flags, self._nparts = kind, flags, nparts
-                self._ask = self.early is not None and nparts > 0
+                # Read the rest into buffers of its own; what is here goes first.
+                have = view[start + HEADER_SIZE : end]
                 start = end = 0
-                if self._ask:
-                    out.extend(self._early())
+                self._startLarge(kind, flags, nparts, length)
+                out.extend(self.feed(have))  # (less than the message: it stays large)
             break
         if start == end:
             start = end = 0
         self._start, self._end = start, end
         return out
 
-    def _early(self) -> list[Message]:
+    # ------------------------------------------------------------ large messages
+
+    def _startLarge(self, kind: int, flags: int, nparts: int, length: int) -> None:
+        large = self._large = _Large(kind, flags, nparts, length)
+        if flags & FLAG_BYTES and nparts:
+            # Immutable parts are read into bytes objects of their own: first
+            # the table, to learn which parts they are.
+            large.stage = _TABLE
+            large.segment = memoryview(bytearray(8 * nparts))
+        else:
+            large.body = large.segment = self.pool.get(length)
+            large.ask = self.early is not None and nparts > 0
+
+    def _segmentDone(self, large: _Large) -> list[Message]:
+        """The current segment is full: go on to the next, or finish the message."""
+        if large.segments:
+            large.segment = large.segments.popleft()
+            large.segFilled = 0
+            if large.filling is not None:
+                large.filling._progress(large.filled)
+            return []
+        stage = large.stage
+        if stage == _TABLE:
+            self._readTable(large)
+            if self.early is None:
+                large.stage = _PARTS
+                self._plan(large, 0, False)
+            else:
+                large.stage = _HEAD
+                self._plan(large, 0, False, upTo=1)
+            return self._nextSegment(large)
+        if stage == _HEAD:
+            out = self._askEarly(large)
+            if not out:
+                self._plan(large, 1, False)
+            large.stage = _PARTS
+            return out + self._nextSegment(large)
+        # The whole message is in.
+        self._large = None
+        if large.filling is not None:
+            large.filling._complete()
+            return []
+        if stage == _BODY:
+            return [self._message(large.kind, large.flags, large.nparts, large.segment)]
+        parts = large.parts
+        for index, stream in large.streams.items():
+            parts[index].release()
+            parts[index] = stream.getvalue()  # the bytes object read into: no copy
+        return [Message(large.kind, parts, large.flags)]
+
+    def _nextSegment(self, large: _Large) -> list[Message]:
+        """Go on to the first planned segment (or finish, if there is nothing left to read)."""
+        large.segment = _EMPTY
+        large.segFilled = 0
+        return self._segmentDone(large)
+
+    def _readTable(self, large: _Large) -> None:
+        raw = struct.unpack_from(f"!{large.nparts}Q", large.segment, 0)
+        large.sizes = sizes = tuple(size & ~BYTES_BIT for size in raw)
+        large.marks = tuple(
+            size != mark and size > 0 for size, mark in zip(sizes, raw, strict=True)
+        )
+        if 8 * large.nparts + sum(sizes) != large.length:
+            raise FramingError(f"parts of {sum(sizes)} bytes in a frame of {large.length}")
+        large.parts = [_EMPTY] * large.nparts
+
+    def _plan(self, large: _Large, first: int, early: bool, upTo: int | None = None) -> None:
+        """
+        Buffers for parts *first* to *upTo*: runs of parts share a pooled
+        buffer; an immutable part gets a bytes object of its own, unless the
+        message is handed over *early* (to be relayed: it is never unpickled
+        here), where it is a read-only view.
+        """
+        sizes, marks, parts = large.sizes, large.marks, large.parts
+        last = len(sizes) if upTo is None else upTo
+        i = first
+        while i < last:
+            if marks[i] and not early:
+                stream = io.BytesIO()
+                stream.seek(sizes[i] - 1)
+                stream.write(b"\0")
+                view = stream.getbuffer()
+                large.streams[i] = stream
+                parts[i] = view
+                large.segments.append(view)
+                i += 1
+                continue
+            j = i
+            total = 0
+            while j < last and not (marks[j] and not early):
+                total += sizes[j]
+                j += 1
+            if total:
+                buf = self.pool.get(total)
+                large.segments.append(buf)
+                pos = 0
+                for k in range(i, j):
+                    view = buf[pos : pos + sizes[k]]
+                    parts[k] = view.toreadonly() if marks[k] else view
+                    pos += sizes[k]
+            i = j
+
+    def _askEarly(self, large: _Large) -> list[Message]:
         """The message being read, handed over early if its head is in and `early` wants it."""
-        body, nparts, filled = self._bodyView, self._nparts, self._filled
-        assert body is not None
-        table = 8 * nparts
-        if filled < table:
-            return []
-        sizes = struct.unpack_from(f"!{nparts}Q", body, 0)
-        if filled < table + sizes[0]:
-            return []
-        self._ask = False
-        message = self._message(self._kind, self._flags, nparts, body)
+        if large.stage == _BODY:
+            body, nparts, filled = large.segment, large.nparts, large.filled
+            table = 8 * nparts
+            if filled < table:
+                return []
+            size0 = struct.unpack_from("!Q", body, 0)[0]
+            if filled < table + size0:
+                return []
+            large.ask = False
+            if not self.early(Message(large.kind, [body[table : table + size0]], large.flags)):
+                return []
+            message = self._message(large.kind, large.flags, nparts, body)
+        else:  # _HEAD: the first part is in; the rest is planned as one relayable piece
+            if not self.early(Message(large.kind, [large.parts[0]], large.flags)):
+                return []
+            self._plan(large, 1, True)
+            message = Message(large.kind, list(large.parts), large.flags)
         starts: dict[int, tuple[memoryview, int]] = {}
-        pos = table
-        for part, size in zip(message.parts, sizes, strict=True):
+        pos = 8 * large.nparts
+        for part in message.parts:
             starts[id(part)] = (part, pos)
-            pos += size
-        filling = Filling(len(body), filled, starts)
-        message = message._replace(filling=filling)
-        if not self.early(message):
-            return []
-        self._filling = filling
-        return [message]
+            pos += part.nbytes
+        filling = large.filling = Filling(large.length, large.filled, starts)
+        return [message._replace(filling=filling)]
 
     def close(self, error: BaseException | None = None) -> None:
         """The stream ended: an early message still filling fails with *error*."""
-        filling, self._filling = self._filling, None
-        self._bodyView = None
-        if filling is not None:
-            filling._fail(error or FramingError("the connection was lost in the middle of it"))
+        large, self._large = self._large, None
+        if large is not None and large.filling is not None:
+            lost = error or FramingError("the connection was lost in the middle of it")
+            large.filling._fail(lost)
 
     def _check(self, nparts: int, length: int) -> None:
         if length < 8 * nparts:
@@ -503,7 +687,11 @@ class FrameDecoder:
         if nparts:
             pos = 8 * nparts
             for size in struct.unpack_from(f"!{nparts}Q", body, 0):
-                parts.append(view[pos : pos + size])
+                if flags & FLAG_BYTES and size & BYTES_BIT:
+                    size &= ~BYTES_BIT
+                    parts.append(view[pos : pos + size].toreadonly())
+                else:
+                    parts.append(view[pos : pos + size])
                 pos += size
             if pos != len(body):
                 raise FramingError(f"parts of {pos} bytes in a frame of {len(body)}")
