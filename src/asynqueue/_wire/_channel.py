@@ -110,13 +110,16 @@ class SocketChannel:
         receiver = self._receiver
         budget = READ_BUDGET
         while self.connected and not self._readingPaused and budget > 0:
+            buf = decoder.getBuffer()
+            want = len(buf)
             try:
-                n = recvInto(decoder.getBuffer())
+                n = recvInto(buf)
             except BlockingIOError:
                 return None
             except OSError as e:
                 self._close(Failure(ConnectionLost(str(e))))
                 return None
+            del buf  # (it may be a view of a bytes object being read into)
             if not n:
                 if decoder.pending():
                     reason = ConnectionLost("end of file in the middle of a message")
@@ -134,6 +137,10 @@ class SocketChannel:
                 receiver.messageReceived(message)
                 if not self.connected:
                     return None
+            if n < want:
+                # The kernel had no more: asking again would only cost a
+                # system call to learn so (the reactor says when there is more).
+                return None
         return None
 
     def doWrite(self) -> None:
