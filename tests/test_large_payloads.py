@@ -6,6 +6,8 @@ relayed by a worker server as they arrive.
 from __future__ import annotations
 
 import gc
+import mmap
+import os
 import pickle
 import socket
 import struct
@@ -19,6 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from asynqueue import ProcessQueue
 from asynqueue._wire import _codec, _framing
+from asynqueue._wire._arena import ARENA_MIN, Arena
 from asynqueue._wire._channel import RelayCutShort, SocketChannel
 from asynqueue._wire._framing import (
     BYTES_MIN,
@@ -34,6 +37,7 @@ from asynqueue._wire._framing import (
 )
 from asynqueue.wire import RemoteQueue, WireServer
 
+from . import helpers
 from . import helpers_large as hl
 
 BIG = 2 * POOL_MIN + 12345
@@ -205,6 +209,69 @@ def test_a_bad_table_of_marked_parts_is_a_framing_error() -> None:
     table = struct.pack("!2Q", _framing.BYTES_BIT, SMALL_MESSAGE * 2)
     (message,) = FrameDecoder().feed(header + table + b"y" * SMALL_MESSAGE * 2)
     assert [bytes(p) for p in message.parts] == [b"", b"y" * SMALL_MESSAGE * 2]
+
+
+# ------------------------------------------------------------------ the arena
+
+
+def _arenaPair(size: int = 8 * ARENA_MIN) -> tuple[Arena, Arena]:
+    """A parent's arena and the child's view of it (in this one process)."""
+    parent = Arena.create(size)
+    if parent is None:
+        pytest.skip("no memfd_create here: process workers run without an arena")
+    child = Arena(os.dup(parent.fd), size)
+    parent.close()
+    return parent, child
+
+
+def test_an_arena_result_goes_out_as_it_is_written_and_frees_the_arena() -> None:
+    parent, child = _arenaPair()
+    frozen = hl.pattern(3 * ARENA_MIN + 5, 1)
+    mutable = bytearray(hl.pattern(ARENA_MIN, 2))
+    parts = [b"pickle", frozen, b"small", mutable]
+    placed = child.reserve(parts)
+    assert placed is not None
+    out, where = placed
+    assert [bytes(p) for p in out] == [b"pickle", b"", b"small", b""]  # sent by the socket
+    assert child.reserve(parts) is None  # taken: one result at a time
+    views, filling = parent.take(out, where)
+    assert views[1].readonly and not views[3].readonly
+    queue = SendQueue()
+    queue.append(encode(17, filling.pending(views)))
+    sent = b""
+    for progress in child.fill(parts, where):
+        while buffers := queue.peek():
+            chunk = b"".join(bytes(b) for b in buffers)
+            queue.advance(len(chunk))
+            sent += chunk
+        assert queue  # the rest waits for the child
+        if progress < filling.size:
+            filling._progress(progress)
+        else:
+            filling._complete()
+    while buffers := queue.peek():
+        chunk = b"".join(bytes(b) for b in buffers)
+        queue.advance(len(chunk))
+        sent += chunk
+    assert sent == encodeBytes(17, parts)  # marks included
+    assert parent.taken()
+    del views, out, filling, buffers, queue
+    gc.collect()
+    assert not parent.taken()  # the last view is gone: free again
+    assert child.reserve(parts) is not None
+
+
+def test_the_arena_takes_only_what_fits_and_checks_what_it_is_told() -> None:
+    parent, child = _arenaPair(4 * ARENA_MIN)
+    assert child.reserve([b"pickle", b"x" * 1000]) is None  # nothing large
+    assert child.reserve([b"p", hl.pattern(5 * ARENA_MIN, 3)]) is None  # too large
+    assert not parent.taken()
+    with pytest.raises(ValueError):
+        parent.take([b"p", b""], [(1, 0, 10, True)])  # over the flag page
+    with pytest.raises(ValueError):
+        parent.take([b"p", b""], [(1, 4096, 8 * ARENA_MIN, True)])  # past the end
+    with pytest.raises(ValueError):
+        parent.take([b"p"], [(3, 4096, 10, True)])  # no such part
 
 
 # ------------------------------------------------------------------ early messages
@@ -387,13 +454,39 @@ class WorkerTest(TestCase):
         self.assertEqual(_framing.POOL.size, pooled)  # released buffers were used again
 
     @inlineCallbacks
-    def test_a_server_relays_large_results_as_they_come(self) -> Any:
-        server = WireServer("tcp:0:interface=127.0.0.1", workers=2)
+    def remoteQueue(self, n: int) -> Any:
+        """A process server of *n* workers here, and a queue of *n* connections to it."""
+        server = WireServer("tcp:0:interface=127.0.0.1", workers=n)
         yield server.start()
         self.addCleanup(server.stop)
-        q = RemoteQueue(f"tcp:127.0.0.1:{server.address.port}", N=2, returnFailure=True)
+        q = RemoteQueue(f"tcp:127.0.0.1:{server.address.port}", N=n, returnFailure=True)
         self.addCleanup(q.shutdown)
         yield q.whenConnected()
+        return server, q
+
+    @inlineCallbacks
+    def test_a_process_server_relays_large_results_through_the_arena(self) -> Any:
+        server, q = yield self.remoteQueue(1)
+        size = 3 * ARENA_MIN + 17
+        # One child: while one result holds the arena, the next go by the socket.
+        results = yield gatherResults([q.call(hl.pattern, size, seed) for seed in range(4)])
+        for seed, result in enumerate(results):
+            self.assertEqual(result, hl.pattern(size, seed))
+            self.assertIs(type(result), bytes)
+        (worker,) = server.queue.workers()
+        (child,) = [c for c in worker._children if c.arena is not None]
+        arena = child.arena
+        yield helpers.waitUntil(lambda: not arena.taken())  # sent: free again
+        result = yield q.call(hl.pattern, size, 9)
+        self.assertEqual(result, hl.pattern(size, 9))
+        # It came through the arena: its bytes are still there.
+        start = mmap.PAGESIZE
+        self.assertEqual(arena.map[start : start + size], result)
+        yield helpers.waitUntil(lambda: not arena.taken())
+
+    @inlineCallbacks
+    def test_a_server_relays_large_results_as_they_come(self) -> Any:
+        _, q = yield self.remoteQueue(2)
         sizes = [3 * 2**20 + 17, 5 * POOL_MIN, 1000, 2 * 2**20]
         calls = [q.call(hl.pattern, size, seed) for seed, size in enumerate(sizes)]
         calls.append(q.call(hl.blobs, POOL_MIN, 9))

@@ -40,14 +40,17 @@ from collections import deque
 from itertools import count
 from time import perf_counter
 
+from ._wire._arena import Arena
 from ._wire._codec import (
     CALLS,
     CLOSE,
     EXIT,
+    FLAG_ARENA,
     FLAG_RAW,
     HELLO,
     INIT,
     NEXT,
+    PLACED,
     RESULTS,
     dumps,
     dumpsError,
@@ -68,6 +71,7 @@ __all__ = ["BOOTSTRAP", "LEAN_MODULES", "ProcessBase", "main"]
 # modules before it.
 LEAN_MODULES = (
     ("asynqueue._wire._framing", "_wire/_framing.py"),
+    ("asynqueue._wire._arena", "_wire/_arena.py"),
     ("asynqueue._wire._codec", "_wire/_codec.py"),
     ("asynqueue._wire._streams", "_wire/_streams.py"),
     ("asynqueue._child", "_child.py"),
@@ -176,6 +180,7 @@ class ChildLoop:
         self.batchSeconds = BATCH_SECONDS
         self.exiting = False
         self.ids = count(1)
+        self.arena: Arena | None = None
 
     # ---------------------------------------------------------- I/O
 
@@ -229,6 +234,14 @@ class ChildLoop:
             self.maxRSS = config.get("maxRSS")
             self.firstBatch = config.get("firstBatch", FIRST_BATCH)
             self.batchSeconds = config.get("batchSeconds", BATCH_SECONDS)
+            arena = config.get("arena")
+            if arena is not None:
+                fd, size = arena
+                try:
+                    self.arena = Arena(fd, size)
+                except (OSError, ValueError):
+                    self.arena = None
+                os.close(fd)
             self._write(encode(HELLO, [dumpsSmall({"pid": os.getpid()})]))
         else:
             self.controls.append(message)
@@ -264,11 +277,27 @@ class ChildLoop:
                 status, payload = "e", dumpsError(e)
             else:
                 status, payload, extra, following = self._classify(f, result, flags)
+        placed = None
+        if status == "r" and flags & FLAG_ARENA and self.arena is not None:
+            placed = self.arena.reserve(payload)
+        if placed is not None:
+            parts, extra = placed
+        else:
+            parts = payload
         dt = perf_counter() - t0
         self._flushStdio()
-        retire = self.maxRSS is not None and _rssBytes() > self.maxRSS
-        envelope = dumpsSmall(([(taskID, status, len(payload), dt, extra)], retire))
-        self._write(encode(RESULTS, [envelope, *payload]) + following)
+        retire = self.maxRSS is not None and self._memory() > self.maxRSS
+        envelope = dumpsSmall(([(taskID, status, len(parts), dt, extra)], retire))
+        self._write(encode(RESULTS, [envelope, *parts]) + following)
+        if placed is not None:
+            # The parent sends on what is in the arena while the rest goes in.
+            for filled in self.arena.fill(payload, extra):  # type: ignore[union-attr]
+                self._write(encode(PLACED, [dumpsSmall(filled)]))
+
+    def _memory(self) -> int:
+        """Resident memory, not counting the arena's pages (the parent's as much as mine)."""
+        arena = self.arena
+        return _rssBytes() - (arena.highWater if arena is not None else 0)
 
     def _classify(self, f: Any, result: Any, flags: int) -> tuple[str, list[Any], Any, list[Any]]:
         if result is None:

@@ -91,7 +91,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
-from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.error import ConnectionLost, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -102,17 +102,19 @@ from ._iteration import BATCH_ITEMS, BATCH_SECONDS
 from ._queue import TaskQueue
 from ._task import Task
 from ._util import dropTrigger
+from ._wire._arena import Arena
 from ._wire._channel import SocketChannel
 from ._wire._client import PipelineWindow, WireClient
 from ._wire._codec import (
     EXIT,
+    FLAG_ARENA,
     FLAG_RAW,
     HELLO,
     INIT,
     dumpsCall,
     dumpsSmall,
 )
-from ._wire._framing import Message, encode
+from ._wire._framing import Filling, Message, encode
 from ._wire._relay import PickledCall
 from .interfaces import IWorker
 
@@ -199,6 +201,10 @@ class _Child(WireClient, ProcessProtocol):
         self.process: Any = None
         self.channel: SocketChannel | None = None
         self._timers: list[Any] = []
+        # Shared memory for large relayed results (see `asynqueue._wire._arena`),
+        # and the Filling of the result being written there.
+        self.arena: Arena | None = None
+        self._placing: Filling | None = None
 
     def __repr__(self) -> str:
         return f"<_Child pid={self.pid} {self.state} inflight={len(self.inflight)}>"
@@ -210,6 +216,7 @@ class _Child(WireClient, ProcessProtocol):
         for sock in (parentSock, childSock):
             _bigBuffers(sock)
         devnull = os.open(os.devnull, os.O_RDWR)
+        arena = self.arena = Arena.create()
         try:
             childFDs = {
                 0: devnull,
@@ -217,6 +224,9 @@ class _Child(WireClient, ProcessProtocol):
                 2: 2 if _isOpen(2) else devnull,
                 3: childSock.fileno(),
             }
+            if arena is not None:
+                childFDs[4] = arena.fd
+                config = {**config, "arena": (4, arena.size)}
             args = [sys.executable, "-c", BOOTSTRAP, PACKAGE_DIR, "3", str(os.getpid())]
             self.process = self.reactor.spawnProcess(
                 self, sys.executable, args, env=dict(os.environ), childFDs=childFDs
@@ -227,6 +237,8 @@ class _Child(WireClient, ProcessProtocol):
         finally:
             os.close(devnull)
             childSock.close()
+            if arena is not None:
+                arena.close()  # the child has its copy; the mapping stays
         self.pid = self.process.pid
         self.channel = SocketChannel(parentSock, self, self.reactor)
         self.channel.send(encode(INIT, [dumpsSmall(config)]))
@@ -297,6 +309,9 @@ class _Child(WireClient, ProcessProtocol):
     # ------------------------------------------------------------ channel
 
     def channelLost(self, reason: Failure) -> None:
+        placing, self._placing = self._placing, None
+        if placing is not None:
+            placing._fail(ConnectionLost(f"child process {self.pid} was lost"))
         if self.ended or self.expected:
             return
         # End of file: the child is exiting or dead. It is reported once
@@ -339,6 +354,23 @@ class _Child(WireClient, ProcessProtocol):
     def retireRequested(self) -> None:
         if self.state in ("starting", "ready"):
             self.worker._retire(self, "its memory use exceeded maxRSS")
+
+    def placedParts(self, payload: list[Any], where: Any) -> tuple[list[Any], Any]:
+        if self.arena is None:
+            return WireClient.placedParts(self, payload, where)
+        parts, filling = self.arena.take(payload, where)
+        self._placing = filling
+        return parts, filling
+
+    def placedProgress(self, filled: int) -> None:
+        filling = self._placing
+        if filling is None:
+            return
+        if filled >= filling.size:
+            self._placing = None
+            filling._complete()
+        else:
+            filling._progress(filled)
 
     def location(self) -> str:
         return f"in process {self.pid}"
@@ -477,6 +509,9 @@ class ProcessWorker(PipelineWindow):
         child = self._childForTask()
         if child is None:
             return self._refuse(task, self._broken or "the process worker has no child process")
+        if child.arena is not None and type(f) is PickledCall and f.streamResult:
+            # Relayed to a socket as it is: large parts may come through shared memory.
+            flags |= FLAG_ARENA
         child.submit(task, parts, flags)
         if task.update == "persistent":
             # Replayed to every later child (not to this one: it has it now).

@@ -45,6 +45,11 @@ workers between clients.
   one after the other, through one pooled buffer and no copy but the
   kernel's. (If the child dies in the middle, the frame cannot be finished:
   the client's connection is closed, and its calls in flight count as lost.)
+  Better still, the large parts of a result (1 MiB or more) come through
+  shared memory when the child's arena is free (`asynqueue._wire._arena`):
+  the child copies them there in growing pieces and says how far it got,
+  and this connection's channel sends them from there as they are written,
+  so the server's process copies nothing but into the client's socket.
 - With an allow-list, the server unpickles the call first and refuses a
   callable not on the list (``PermissionError``) before it runs.
 - A call flagged as a universe call names a public method of the server's

@@ -45,8 +45,10 @@ from ._codec import (
     CLOSE,
     ITEMS,
     NEXT,
+    PLACED,
     RESULTS,
     STARTED,
+    dumpsError,
     dumpsSmall,
     loads,
     loadsError,
@@ -215,6 +217,16 @@ class WireClient:
         """Where the calls run, for reprs: ``"in process 123"``."""
         return ""
 
+    def placedParts(self, payload: list[Any], where: Any) -> tuple[list[Any], Any]:
+        """
+        A result's parts with those that the other side places in shared
+        memory filled in, and their `Filling` (PLACED messages advance it).
+        """
+        raise errors.WireError("the other side placed a result where this side cannot read it")
+
+    def placedProgress(self, filled: int) -> None:
+        """A PLACED message: the shared memory is written up to *filled*."""
+
     # ------------------------------------------------------------ messages
 
     def handleMessage(self, message: Message) -> bool:
@@ -224,6 +236,8 @@ class WireClient:
             self._results(message.parts, message.filling)
         elif kind == ITEMS:
             self._items(message.parts)
+        elif kind == PLACED:
+            self.placedProgress(pickle.loads(message.parts[0]))
         elif kind == STARTED:
             for taskID in pickle.loads(message.parts[0]):
                 attempt = self.inflight.get(taskID)
@@ -316,6 +330,15 @@ class WireClient:
         for taskID, status, n, dt, extra in entries:
             payload = parts[pos : pos + n]
             pos += n
+            placed = None
+            if status == "r" and extra is not None:
+                # Parts placed in shared memory, still being written (given up
+                # on or not: dropping them frees the memory).
+                try:
+                    payload, placed = self.placedParts(payload, extra)
+                except Exception as e:
+                    status = "e"
+                    payload = dumpsError(errorType(f"a result could not be read: {e}"))
             attempt = self.inflight.pop(taskID, None)
             if attempt is None:
                 continue  # given up on (crash, kill or timeout)
@@ -335,6 +358,12 @@ class WireClient:
                 continue
             worker._checkReady()  # room for the next task before this result's callbacks
             relay = type(task.callTuple[0]) is PickledCall
+            if placed is not None:
+                if not relay:
+                    error = errorType("a result came in shared memory for a call not relayed")
+                    task.callback(("e", Failure(error)))
+                    continue
+                filling = placed
             task.callback(statusResult(status, payload, errorType, relay, filling))
         self.settle()
 

@@ -50,6 +50,7 @@ __all__ = [
     "INIT",
     "ITEMS",
     "NEXT",
+    "PLACED",
     "PROTOCOL",
     "RESULTS",
     "STARTED",
@@ -85,16 +86,19 @@ RESULTS = 17
 #   envelope = (iterID, nItemParts, more, nErrorParts)
 ITEMS = 18
 STARTED = 19  # [envelope]: [taskID, ...] that started (remote only, FLAG_STARTED calls)
+# PLACED: [envelope]: the arena is written up to this offset (child only; see _arena)
+PLACED = 20
 # The shared-secret handshake of remote connections (raw bytes, never pickles):
 # see `asynqueue._wire._auth`.
 AUTH = 32
 
-# CALLS flags. A child looks at FLAG_RAW only; the others are for a remote server.
+# CALLS flags. A child looks at FLAG_RAW and FLAG_ARENA; the others are for a remote server.
 FLAG_RAW = 1
 FLAG_STARTED = 2  # send STARTED when the call starts
 FLAG_UPDATE = 4  # an update: run it on every worker, and on later ones
 FLAG_EPHEMERAL = 8  # (with FLAG_UPDATE) an update not to remember
 FLAG_UNIVERSE = 16  # the callable is the name of a method of the server's universe
+FLAG_ARENA = 32  # (to a child) large parts of the result may go through the arena
 
 
 class _ByValue(Exception):

@@ -1,0 +1,184 @@
+"""
+A shared-memory arena between a process worker and its child, for large
+results that a worker server relays.
+
+A worker server passes a child's result on to its client without
+unpickling it. Through the socketpair, a 10 MB result costs the child a
+copy into the kernel and the server one out of it, before the server's
+copy into the client's socket: the server, which also runs the reactor,
+does twice the work of its client. With an arena, the child copies the
+large parts of its result into memory that both processes map (one
+``memcpy``) and sends only where they are; the server sends them from
+there, straight into the client's socket. It need not wait for the whole
+copy: the child says where the parts will be first, then copies them in
+growing pieces and reports after each how far it got (PLACED messages),
+and the server sends on what is there (a `Filling`, as for a message
+relayed as it arrives).
+
+One result at a time: the first byte of the arena says whether it is
+taken. The child takes it (if it is free and the parts fit) and the
+server frees it once nothing refers to the parts any more: the views it
+hands out all export one ``ctypes`` array over the arena (which can be
+weakly referred to), and a finalizer frees the arena when that object
+dies: when the last byte was sent, or the result dropped, whichever way. A child that
+finds the arena taken sends its result through the socket as before.
+
+The memory is a ``memfd`` (Linux): where there is none, there is no arena.
+Pages are allocated the first time they are written and kept for the
+child's life: an arena of `ARENA_SIZE` bytes costs as much memory as the
+largest result it carried.
+
+Standard library only: the child loads this file on its own.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import weakref
+
+from ._framing import Filling
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the child must not pay for importing typing
+    from collections.abc import Iterator
+    from typing import Any
+
+__all__ = ["ARENA_MIN", "ARENA_SIZE", "Arena"]
+
+#: Bytes of an arena (address space; memory only as far as it is used).
+ARENA_SIZE = 32 * 1024 * 1024
+#: Parts of a result at least this large go through the arena.
+ARENA_MIN = 1024 * 1024
+
+# The first page holds the flag; parts start page-aligned after it.
+_DATA = mmap.PAGESIZE
+_FREE, _TAKEN = 0, 1
+
+
+class Arena:
+    """One arena, as either process maps it (see the module docstring)."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.map = mmap.mmap(fd, size)
+        # The most bytes ever written (the child's memory that it costs).
+        self.highWater = 0
+
+    @classmethod
+    def create(cls, size: int = ARENA_SIZE) -> Arena | None:
+        """A new arena (the parent's side), or None where there can be none."""
+        memfdCreate = getattr(os, "memfd_create", None)
+        if memfdCreate is None or size <= _DATA:
+            return None
+        try:
+            import ctypes  # noqa: F401  (`take` needs it)
+        except ImportError:
+            return None
+        try:
+            fd = memfdCreate("asynqueue-arena", os.MFD_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            os.ftruncate(fd, size)
+            return cls(fd, size)
+        except OSError:
+            os.close(fd)
+            return None
+
+    def close(self) -> None:
+        """Close the file descriptor; the mapping lasts while anything uses it."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    # ------------------------------------------------------------ the child
+
+    def reserve(self, parts: list[Any], minSize: int = ARENA_MIN) -> tuple[list[Any], Any] | None:
+        """
+        Take the arena for the parts of *minSize* bytes or more, if it is
+        free and they fit: returns the parts with those left empty, and the
+        description of where they go (for `fill` and `take`). None if not.
+        """
+        where = []
+        out = list(parts)
+        pos = _DATA
+        for index, part in enumerate(parts):
+            view = memoryview(part)
+            size = view.nbytes
+            if size >= minSize:
+                where.append((index, pos, size, view.readonly))
+                out[index] = b""
+                pos += -(-size // 64) * 64
+        if not where or pos > self.size or self.map[0] != _FREE:
+            return None
+        self.map[0] = _TAKEN
+        self.highWater = max(self.highWater, pos)
+        return out, where
+
+    def fill(self, parts: list[Any], where: Any, first: int = ARENA_MIN) -> Iterator[int]:
+        """
+        Copy the reserved parts in, in growing pieces (*first* bytes, then
+        twice as many each time): yields how far the arena is written after
+        each piece, so that the other side can start on what is there.
+        """
+        region = self.map
+        piece = first
+        for index, pos, size, _ in where:
+            view = memoryview(parts[index])
+            if view.format != "B" or view.ndim != 1:
+                view = view.cast("B")
+            done = 0
+            while done < size:
+                n = min(piece, size - done)
+                region[pos + done : pos + done + n] = view[done : done + n]
+                done += n
+                if done < size:
+                    yield pos + done
+                    piece *= 2
+        yield where[-1][1] + where[-1][2]
+
+    # ------------------------------------------------------------ the parent
+
+    def take(self, parts: list[Any], where: Any) -> tuple[list[Any], Filling]:
+        """
+        *parts* with the ones reserved in the arena (as `reserve` described
+        them) filled in: views of the arena, read-only where the child's part
+        was; and the `Filling` of those views, which the child's progress
+        reports advance (see `fill`). The arena is free again once no view
+        of it is left.
+        """
+        for index, pos, size, _ in where:
+            if not (0 <= index < len(parts) and pos >= _DATA and pos + size <= self.size):
+                raise ValueError(f"no such part in the arena: {(index, pos, size)}")
+        import ctypes
+
+        end = where[-1][1] + where[-1][2]
+        # An object of our own over the memory, which every view refers to
+        # (a view of a view refers to the first exporter): when it dies, no
+        # view is left, and its finalizer frees the arena.
+        holder = (ctypes.c_char * (end - _DATA)).from_buffer(self.map, _DATA)
+        weakref.finalize(holder, _free, self.map)
+        whole = memoryview(holder).cast("B")
+        del holder  # the views keep it alive, and nothing else does
+        out = list(parts)
+        starts: dict[int, tuple[memoryview, int]] = {}
+        for index, pos, size, readonly in where:
+            view = whole[pos - _DATA : pos - _DATA + size]
+            if readonly:
+                view = view.toreadonly()
+            out[index] = view
+            starts[id(view)] = (view, pos)
+        return out, Filling(end, _DATA, starts)
+
+    def taken(self) -> bool:
+        """Whether a result holds the arena."""
+        return self.map[0] != _FREE
+
+
+def _free(region: mmap.mmap) -> None:
+    try:
+        region[0] = _FREE
+    except ValueError:  # the mapping was closed
+        pass
