@@ -11,12 +11,15 @@ network path alone, to one running 2 threads).
   10 MB of bytes, next to the same 10 MB over a bare loopback TCP socket
   between two processes: ``vs_floor`` is our rate over the bare socket's.
   The floor's sender is another process that answers each one-byte request
-  with one ``sendall`` of a ready-made 10 MB bytes object; the receiver (here)
-  sends the request and receives a new ``bytes`` object of 10 MB with one
-  blocking ``recv(n, MSG_WAITALL)``, which the kernel fills straight from
-  the socket. That is what our client must do at the least (a result
-  arrives as a new bytes object), without pickling, framing, a reactor, a
-  server or a worker process. Both figures are medians of `BIG_REPS`
+  with one ``sendall`` of a ready-made 10 MB bytes object; the floor's
+  receiver sends the request and receives a new ``bytes`` object of 10 MB
+  with one blocking ``recv(n, MSG_WAITALL)``, which the kernel fills
+  straight from the socket. That is what our client must do at the least
+  (a result arrives as a new bytes object), without pickling, framing, a
+  reactor, a server or a worker process. The receiver is a third process,
+  not this one: here, its 10 MB allocations would change which memory
+  malloc hands our client (fresh pages, about 7 ms of page faults per
+  10 MB, instead of reused ones). Both figures are medians of `BIG_REPS`
   transfers after `BIG_WARM` untimed ones: on the 2-core development VM a
   loopback transfer of 10 MB takes either about 3 ms or, now and then, half
   that (the scheduler's luck), so a best-of figure measures the luck. A bare
@@ -40,7 +43,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -141,37 +143,67 @@ with conn:
 """
 
 
+# The floor's receiver: a third process (argv: port, payload size) that, for
+# each line on its stdin, sends a request byte and receives the payload into
+# a new bytes object, then prints the seconds that took. (A process of its
+# own, so that its 10 MB allocations do not change what malloc hands ours.)
+_FLOOR_RECEIVER = """
+import socket, sys, time
+nbytes = int(sys.argv[2])
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+for _ in sys.stdin:
+    start = time.perf_counter()
+    sock.sendall(b"x")
+    data = sock.recv(nbytes, socket.MSG_WAITALL)
+    elapsed = time.perf_counter() - start
+    if len(data) != nbytes:
+        sys.exit(f"the floor's sender sent {len(data)} bytes, not {nbytes}")
+    del data
+    print(elapsed, flush=True)
+"""
+
+
 class Floor:
     """
-    The floor's sender in another process, and this end of its socket:
-    `transfer` moves *nbytes* from there into a new bytes object here (a
-    request byte, then the data) and returns the seconds it took.
+    The floor's sender and receiver, two other processes: `transfer` has the
+    receiver move *nbytes* from the sender into a new bytes object and
+    returns the seconds it took.
     """
 
     def __init__(self, nbytes: int) -> None:
-        self.nbytes = nbytes
         self.sender = subprocess.Popen(
             [sys.executable, "-c", _FLOOR_SENDER, str(nbytes)], stdout=subprocess.PIPE, text=True
         )
         assert self.sender.stdout is not None
-        port = int(self.sender.stdout.readline())
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        port = self.sender.stdout.readline().strip()
+        self.receiver = subprocess.Popen(
+            [sys.executable, "-c", _FLOOR_RECEIVER, port, str(nbytes)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
         for _ in range(BIG_WARM):
             self.transfer()
 
     def transfer(self) -> float:
-        start = time.perf_counter()
-        self.sock.sendall(b"x")
-        data = self.sock.recv(self.nbytes, socket.MSG_WAITALL)
-        elapsed = time.perf_counter() - start
-        if len(data) != self.nbytes:
-            raise RuntimeError(f"the floor's sender sent {len(data)} bytes, not {self.nbytes}")
-        return elapsed
+        receiver = self.receiver
+        assert receiver.stdin is not None and receiver.stdout is not None
+        receiver.stdin.write("go\n")
+        receiver.stdin.flush()
+        line = receiver.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the floor's receiver failed (exit code {receiver.wait()})")
+        return float(line)
 
     def close(self) -> None:
-        self.sock.close()
-        self.sender.wait(10)
+        for proc in (self.receiver, self.sender):
+            if proc.stdin is not None:
+                proc.stdin.close()
+        for proc in (self.receiver, self.sender):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 # ---------------------------------------------------------------- ours
