@@ -12,6 +12,7 @@ import pickle
 import random
 import shutil
 import socket
+import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,7 +26,14 @@ from twisted.trial.unittest import TestCase
 
 from asynqueue._wire import _auth
 from asynqueue._wire._codec import ABANDON, AUTH, CALLS, CLOSE, EXIT, NEXT
-from asynqueue._wire._framing import HEADER, FrameDecoder, encodeBytes
+from asynqueue._wire._framing import (
+    BYTES_BIT,
+    FLAG_BYTES,
+    HEADER,
+    SMALL_MESSAGE,
+    FrameDecoder,
+    encodeBytes,
+)
 from asynqueue.wire import RemoteQueue, WireServer
 
 from . import helpers_remote as h
@@ -33,7 +41,7 @@ from . import helpers_remote as h
 KEY = b"fuzzing key"
 SEED = 20240611
 CASES = 240
-MAX_FRAME = 64 * 1024
+MAX_FRAME = 256 * 1024  # above SMALL_MESSAGE: large frames are read in pieces
 KINDS = [AUTH, CALLS, NEXT, CLOSE, EXIT, ABANDON, 0, 16, 17, 18, 19, 255]
 
 
@@ -46,6 +54,16 @@ def _frame(rng: random.Random, kind: int, parts: list[bytes]) -> bytes:
         nparts = rng.choice([0, 1, len(parts), 2**32 - 1])
         length = rng.choice([0, 7, MAX_FRAME + 1, 2**40, 2**64 - 1, len(data) - 16])
         return HEADER.pack(kind, rng.randrange(256), nparts, max(0, length)) + data[16:]
+    if roll < 0.4:  # parts marked immutable, honestly or not, some of them large
+        parts = parts + [os.urandom(SMALL_MESSAGE + rng.randrange(1000))] * rng.randrange(2)
+        marked = [len(p) | (BYTES_BIT if rng.random() < 0.5 else 0) for p in parts]
+        if marked and rng.random() < 0.3:
+            marked[rng.randrange(len(marked))] += rng.choice([-1, 1, 2**40])  # wrong sum
+        table = struct.pack(f"!{len(parts)}Q", *[m % 2**64 for m in marked])
+        body = table + b"".join(parts)
+        return (
+            HEADER.pack(kind, FLAG_BYTES, len(parts), 8 * len(parts) + sum(map(len, parts))) + body
+        )
     return data
 
 
