@@ -17,6 +17,15 @@ import pytest
 from asynqueue import _cli
 
 CLI = [sys.executable, "-m", "asynqueue"]
+# The CLI as a terminal's foreground job starts it: with SIGINT at its default.
+# (A shell starts background jobs with SIGINT ignored, and children inherit
+# that: run from such a job, the Ctrl-C tests would test nothing.)
+INTERRUPTIBLE_CLI = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL);"
+    " os.execv(sys.executable, [sys.executable, '-m', 'asynqueue', *sys.argv[1:]])",
+]
 needsProc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 
 # A module the tests import from the current directory, as users would.
@@ -306,7 +315,7 @@ def _alive(pid: int) -> bool:
 
 def _interruptWhileBusy(toGroup: bool) -> tuple[subprocess.Popen[str], set[int], str, str]:
     proc = subprocess.Popen(
-        [*CLI, "map", "-w", "2", "asynqueue.examples.demo:nap", *["30"] * 5],
+        [*INTERRUPTIBLE_CLI, "map", "-w", "2", "asynqueue.examples.demo:nap", *["30"] * 5],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -356,8 +365,9 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_child_processes(toGroup: bool) -> No
 
 
 def test_ctrl_c_with_thread_workers() -> None:
+    naps = ["0", "30", "30", "30"]
     proc = subprocess.Popen(
-        [*CLI, "map", "--threads", "-w", "2", "asynqueue.examples.demo:nap", "0", "30", "30", "30"],
+        [*INTERRUPTIBLE_CLI, "map", "--threads", "-w", "2", "asynqueue.examples.demo:nap", *naps],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
