@@ -295,14 +295,10 @@ class _Child(WireClient, ProcessProtocol):
             if timer.active():
                 timer.cancel()
         self._timers = []
-        if self._flushCall is not None and self._flushCall.active():
-            self._flushCall.cancel()
-        self._flushCall = None
+        self.unscheduleSend()
 
     def _closeChannel(self) -> None:
-        if self._flushCall is not None and self._flushCall.active():
-            self._flushCall.cancel()
-        self._flushCall = None
+        self.unscheduleSend()
         if self.channel is not None and self.channel.connected:
             self.channel.loseConnection()
 

@@ -15,7 +15,6 @@ import logging
 import os
 import pickle
 from collections.abc import Callable
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -25,7 +24,7 @@ from . import errors
 from ._child import FIRST_BATCH
 from ._iteration import Deferator, isIterator
 from ._wire import _auth
-from ._wire._client import BURST_GAP
+from ._wire._client import BurstSender
 from ._wire._codec import (
     ABANDON,
     AUTH,
@@ -133,7 +132,7 @@ class _ServedIterator:
         self.closed = False
 
 
-class _Connection(FrameReceiver):
+class _Connection(BurstSender, FrameReceiver):
     """One client of a `WireServer`."""
 
     def __init__(self, server: WireServer, connID: int) -> None:
@@ -149,8 +148,6 @@ class _Connection(FrameReceiver):
         self.entries: list[tuple[int, str, list[Any], float, Any]] = []
         self.following: list[list[Any]] = []
         self.startedIDs: list[int] = []
-        self._flushCall: Any = None
-        self._lastSent = 0.0
         self._timer: Any = None
         self._paused = False
         self._counted = False  # in the server's count of unauthenticated connections
@@ -196,9 +193,7 @@ class _Connection(FrameReceiver):
         wasOpen = self.state == "open"
         self.state = "closed"
         self.server._connections.discard(self)
-        if self._flushCall is not None and self._flushCall.active():
-            self._flushCall.cancel()
-        self._flushCall = None
+        self.unscheduleSend()
         for served in list(self.calls.values()):
             self._abandon(served, "the client disconnected")
         self.calls.clear()
@@ -498,18 +493,11 @@ class _Connection(FrameReceiver):
 
     def _scheduleFlush(self) -> None:
         """Send at once after a pause; in a burst, at the end of the reactor turn."""
-        if self._flushCall is None and self.connected:
-            now = perf_counter()
-            if now - self._lastSent > BURST_GAP:
-                self._lastSent = now
-                self._flush()
-            else:
-                self._flushCall = self.reactor.callLater(0, self._flush)
+        if self.connected:
+            self.sendSoon(self._flush)
 
     def _flush(self) -> None:
-        if self._flushCall is not None and self._flushCall.active():
-            self._flushCall.cancel()
-        self._flushCall = None
+        self.unscheduleSend()
         if not self.connected:
             return
         if self.startedIDs:

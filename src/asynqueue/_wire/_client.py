@@ -31,6 +31,7 @@ import logging
 import pickle
 import weakref
 from collections import deque
+from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
@@ -56,7 +57,7 @@ from ._codec import (
 from ._framing import Message, encode
 from ._relay import PickledCall, PickledError, PickledResult
 
-__all__ = ["BURST_GAP", "WireClient", "remoteFailure", "statusResult"]
+__all__ = ["BURST_GAP", "BurstSender", "WireClient", "remoteFailure", "statusResult"]
 
 log = logging.getLogger("asynqueue")
 
@@ -171,7 +172,35 @@ def _forgetIterator(clientRef: weakref.ref[WireClient], iterID: int) -> None:
             pass
 
 
-class WireClient:
+class BurstSender:
+    """
+    Mixin: what is queued goes out at once after a pause, and the rest of a
+    burst (what comes within `BURST_GAP` of the last send) together at the
+    end of the reactor turn, as one message. The class provides ``reactor``.
+    """
+
+    reactor: Any
+    _sendCall: Any = None
+    _lastSent = 0.0
+
+    def sendSoon(self, send: Callable[[], None]) -> None:
+        """Call *send()* now after a pause, else once at the end of this reactor turn."""
+        if self._sendCall is None:
+            now = perf_counter()
+            if now - self._lastSent > BURST_GAP:
+                self._lastSent = now
+                send()
+            else:
+                self._sendCall = self.reactor.callLater(0, send)
+
+    def unscheduleSend(self) -> None:
+        """Forget a send scheduled by `sendSoon` (it is being done now, or not at all)."""
+        call, self._sendCall = self._sendCall, None
+        if call is not None and call.active():
+            call.cancel()
+
+
+class WireClient(BurstSender):
     """
     One connection's calls and iterators in flight (see the module docstring).
 
@@ -201,8 +230,6 @@ class WireClient:
         self.sent = 0
         self.helloed = False
         self.channel: Any = None
-        self._flushCall: Any = None
-        self._lastSent = 0.0
 
     # ------------------------------------------------------------ hooks
 
@@ -281,22 +308,12 @@ class WireClient:
         if idle and self.helloed and self.orderedStart:
             attempt.markStarted()
         self.outbox.append((attempt.taskID, parts, flags))
-        if self._flushCall is None:
-            now = perf_counter()
-            if now - self._lastSent > BURST_GAP:
-                # The first call after a pause goes at once...
-                self._lastSent = now
-                self.flush()
-            else:
-                # ...the others of a burst together, at the end of the reactor turn.
-                self._flushCall = self.reactor.callLater(0, self.flush)
+        self.sendSoon(self.flush)
         return attempt
 
     def flush(self) -> None:
         """Send the calls submitted so far, as one CALLS message."""
-        if self._flushCall is not None and self._flushCall.active():
-            self._flushCall.cancel()
-        self._flushCall = None
+        self.unscheduleSend()
         if not self.outbox or self.channel is None or not self.channel.connected:
             return  # (what was not sent stays in the outbox: see `abandon`)
         outbox, self.outbox = self.outbox, []
@@ -307,9 +324,7 @@ class WireClient:
         self.channel.send(encode(CALLS, allParts))
 
     def cancelFlush(self) -> None:
-        if self._flushCall is not None and self._flushCall.active():
-            self._flushCall.cancel()
-        self._flushCall = None
+        self.unscheduleSend()
 
     def _startHead(self) -> None:
         if self.helloed:
