@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asynqueue._scheduler import Scheduler, checkNiceness, weight
+from asynqueue._scheduler import Entry, Scheduler, checkNiceness, weight
 
 niceness = st.integers(min_value=-20, max_value=20)
 
@@ -274,6 +274,43 @@ def test_requeued_items_keep_their_relative_places():
         s.pushFront(i, series="s", seq=entries[i].seq)
     s.push("new", doNext=True)
     assert popAll(s) == [0, 1, 2, 3, "new"]
+
+
+class SelfEntry(Entry):
+    """An item that is its own scheduler entry, as the queue's calls are."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def test_an_entry_item_is_its_own_entry():
+    s = Scheduler()
+    a, b, c, d = (SelfEntry(name) for name in "abcd")
+    assert s.push(a) is a
+    assert s.push(b, niceness=10) is b
+    assert s.push(c, series="s") is c
+    assert s.push(d, doLast=True) is d
+    assert [x.seq for x in (a, b, c, d)] == sorted(x.seq for x in (a, b, c, d))
+    assert set(s) == {a, b, c, d}
+    assert s.remove(c) and not s.remove(c)
+    assert s.peek() is a
+    assert popAll(s) == [a, b, d]
+
+
+def test_a_requeued_entry_item_keeps_its_first_place():
+    s = Scheduler()
+    items = [SelfEntry(str(i)) for i in range(3)]
+    for item in items:
+        s.push(item, series="s")
+    assert popAll(s) == items
+    seqs = [item.seq for item in items]
+    for item in reversed(items):
+        entry = s.pushFront(item, series="s", seq=item.seq)
+        assert entry is not item  # boxed: the item's own fields stay as they were
+    assert [item.seq for item in items] == seqs
+    assert popAll(s) == items
 
 
 @given(

@@ -36,7 +36,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.python.failure import Failure
 
 from . import errors
-from ._scheduler import Scheduler, checkNiceness
+from ._scheduler import Entry, Scheduler, checkNiceness
 from ._task import DO_LAST_PRIORITY, DO_NEXT_PRIORITY, Task, nextCallID, plainTask
 from ._util import whenFired
 from .interfaces import IWorker
@@ -108,10 +108,11 @@ def toFailure(result: Any, errorType: type[errors.WorkerError] = errors.WorkerEr
     return Failure(errorType(text, remoteTraceback=text))
 
 
-class _Call(Deferred[Any]):
+class _Call(Deferred[Any], Entry):
     """
     One ``call`` from its submission until it has fired: the caller's
-    Deferred, carrying the record of the call.
+    Deferred, carrying the record of the call, and its own scheduler `Entry`
+    while it is queued (``series`` and ``seq`` are the entry's fields).
     """
 
     # Class-level defaults: most calls set none of the options, and an
@@ -124,9 +125,7 @@ class _Call(Deferred[Any]):
     timeouts = 0
     losses = 0
     callID = 0
-    seq = 0
     niceness = 0
-    series: Hashable = None
     doNext = False
     doLast = False
     timeout: float | None = None
@@ -136,11 +135,19 @@ class _Call(Deferred[Any]):
     # False once any queue keyword was given: its attempts need the full Task.
     plain = True
 
-    def __init__(self, f: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> None:
+    def __init__(self, f: Any, args: tuple[Any, ...], kw: dict[str, Any] | None) -> None:
         Deferred.__init__(self)
+        self.series: Hashable = None
         self.f = f
         self.args = args
-        self.kw = kw
+        # None for no keywords: a waiting call then holds no empty dict (one
+        # object fewer per queued call for the garbage collector to count).
+        self._kw = kw
+
+    @property
+    def kw(self) -> dict[str, Any]:
+        """The keywords for *f*; a fresh empty dict when there are none."""
+        return {} if self._kw is None else self._kw
 
     def describe(self) -> str:
         return describeCall(self.f, self.args, self.kw)
@@ -445,19 +452,16 @@ class TaskQueue:
         """Make the record of a queued call from a func-args-kw combo."""
         if not callable(func):
             raise TypeError(f"{func!r} is not callable")
-        call = _Call(func, tuple(args), kw)
+        own = dict(kw) if kw else None
+        call = _Call(func, tuple(args), own)
         if self.returnFailure:
             call.returnFailure = True
-        if not kw:
-            call.kw = {}
-        elif QUEUE_KEYWORDS.isdisjoint(kw):
-            call.kw = dict(kw)
-        else:
-            self._queueOptions(call, dict(kw))
+        if own and not QUEUE_KEYWORDS.isdisjoint(own):
+            self._queueOptions(call, own)
         return call
 
     def _queueOptions(self, call: _Call, kw: dict[str, Any]) -> None:
-        """Take the queue's keywords out of *kw*, validating each."""
+        """Take the queue's keywords out of *kw* (the call's own), validating each."""
         call.plain = False
         call.niceness = checkNiceness(kw.pop("niceness", 0))
         call.series = kw.pop("series", None)
@@ -478,7 +482,6 @@ class TaskQueue:
         call.returnFailure = bool(kw.pop("returnFailure", self.returnFailure))
         raw = kw.pop("raw", None)
         call.raw = None if raw is None else bool(raw)
-        call.kw = kw
 
     def call(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
         """
@@ -532,10 +535,8 @@ class TaskQueue:
                 if self._redispatch and scheduler.count:
                     self._dispatch()  # something was queued meanwhile (a retry)
                 return call
-        call.entry = entry = scheduler.push(
-            call, call.series, call.niceness, call.doNext, call.doLast
-        )
-        call.seq = entry.seq
+        # The call is its own entry (push sets its seq).
+        call.entry = scheduler.push(call, call.series, call.niceness, call.doNext, call.doLast)
         self._dispatch()
         return call
 
@@ -693,7 +694,8 @@ class TaskQueue:
         slot.ready = False
         call.entry = None
         if call.plain and not (call.timeouts or call.losses):
-            task = plainTask((call.f, call.args, call.kw), call.callID, self._reactor.seconds)
+            callTuple = (call.f, call.args, call._kw or {})  # (call.kw, minus a Python call)
+            task = plainTask(callTuple, call.callID, self._reactor.seconds)
         else:
             task = Task(
                 call.f,

@@ -110,19 +110,38 @@ _STRIDES: Final = tuple(stride(n) for n in range(MIN_NICENESS, MAX_NICENESS + 1)
 
 
 class Entry:
-    """One queued item and its place in the scheduler. Identity-compared."""
+    """
+    A queued item's place in the scheduler. Identity-compared.
 
-    __slots__ = ("finish", "flow", "item", "klass", "live", "seq", "series", "start")
+    An item that is itself an Entry (an instance of a subclass) is pushed as
+    its own entry: one object fewer per queued item for the garbage collector
+    to count and scan (a burst of queued calls triggers full collections).
+    Any other item is boxed in a `_Boxed` entry.
+    """
 
-    def __init__(self, item: Any, series: Hashable, flow: Hashable, klass: int, seq: int) -> None:
+    __slots__ = ("finish", "flow", "klass", "live", "seq", "series", "start")
+
+    # Set by push / pushFront.
+    series: Hashable
+    flow: Hashable  # the key of its flow (normal entries only)
+    klass: int  # RETRY, NEXT, NORMAL or LAST
+    seq: int  # submission number: ties go to the lower
+    start: int  # virtual start and finish tags (normal entries only)
+    finish: int
+    live: bool  # still queued
+
+    @property
+    def item(self) -> Any:
+        return self
+
+
+class _Boxed(Entry):
+    """The entry of an item that is not an `Entry` itself."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: Any) -> None:
         self.item = item
-        self.series = series
-        self.flow = flow
-        self.klass = klass
-        self.seq = seq
-        self.start = 0
-        self.finish = 0
-        self.live = True
 
     def __repr__(self) -> str:
         return (
@@ -219,17 +238,24 @@ class Scheduler:
         doNext: bool = False,
         doLast: bool = False,
     ) -> Entry:
-        """Queue *item*; returns its `Entry`."""
-        seq = next(self._seq)
+        """
+        Queue *item*; returns its `Entry`: *item* itself if it is one (it must
+        not be queued already), else a new box.
+        """
+        entry = item if isinstance(item, Entry) else _Boxed(item)
+        entry.seq = next(self._seq)
+        entry.series = series
+        entry.live = True
         if doNext or doLast:
-            klass = NEXT if doNext else LAST
-            entry = Entry(item, series, None, klass, seq)
+            klass = entry.klass = NEXT if doNext else LAST
+            entry.flow = None
+            entry.start = entry.finish = 0
             self._special[klass].append(entry)
         else:
             # Flow keys: the niceness (an int) for plain calls, ("s", series)
             # for a series; they never compare equal to each other.
-            key = niceness if series is None else ("s", series)
-            entry = Entry(item, series, key, NORMAL, seq)
+            key = entry.flow = niceness if series is None else ("s", series)
+            entry.klass = NORMAL
             flow = self._flows.get(key)
             if flow is None:
                 flow = self._flows[key] = _Flow(key, series)
@@ -255,8 +281,15 @@ class Scheduler:
         first `Entry` (so re-queued tasks keep their relative places), or last
         if *seq* is None.
         """
+        # Always boxed, even an Entry: its own fields keep its first place.
         mine = next(self._seq)
-        entry = Entry(item, series, None, RETRY, mine)
+        entry = _Boxed(item)
+        entry.series = series
+        entry.flow = None
+        entry.klass = RETRY
+        entry.seq = mine
+        entry.start = entry.finish = 0
+        entry.live = True
         bisect.insort(self._retry, (mine if seq is None else seq, mine, entry), key=_retryKey)
         self.count += 1
         return entry
