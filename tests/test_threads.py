@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from typing import Any
 
 from twisted.internet import defer
@@ -12,6 +13,8 @@ from twisted.trial.unittest import TestCase
 
 from asynqueue import ThreadQueue, ThreadWorker, deferToThread, errors
 
+from . import helpers
+
 
 def threadName(*_: Any) -> str:
     return threading.current_thread().name
@@ -19,6 +22,10 @@ def threadName(*_: Any) -> str:
 
 def boom() -> None:
     raise KeyError("thread boom")
+
+
+class Payload:
+    """A result that can be weakly referred to."""
 
 
 class ThreadQueueTests(TestCase):
@@ -34,6 +41,15 @@ class ThreadQueueTests(TestCase):
         self.assertIn("ThreadWorker", name)
         self.assertNotEqual(name, threading.current_thread().name)
         self.assertEqual(len(self.q), 2)
+
+    @inlineCallbacks
+    def test_an_idle_worker_keeps_no_result_alive(self) -> Any:
+        # A big result held by an idle worker would hold its memory, and be
+        # freed inside that worker's next call, delaying it.
+        result = yield self.q.call(Payload)
+        ref = weakref.ref(result)
+        del result
+        yield helpers.waitUntil(lambda: ref() is None, limit=5.0)
 
     @inlineCallbacks
     def test_many_calls_all_arrive_in_order(self) -> Any:

@@ -318,9 +318,10 @@ class ThreadWorker:
                     outbox = self._outbox
                     outbox.append(item)
                     wake = len(outbox) == 1
-                # Drop the task and its result now: held until the next task,
-                # a big result would be freed then, delaying that task.
-                item = payload = f = args = kw = None
+                # Drop the task and its result now (the outbox too, which the
+                # reactor empties and drops): held until the next task, a big
+                # result would be freed then, delaying that task.
+                item = payload = f = args = kw = outbox = None
             else:
                 f, args, kw, d = payload
                 try:
@@ -333,7 +334,7 @@ class ThreadWorker:
                     outbox = self._outbox
                     outbox.append(item)
                     wake = len(outbox) == 1
-                item = payload = None
+                item = payload = outbox = None
             if wake:
                 self._reactor.callFromThread(self._flush)
 
