@@ -181,17 +181,23 @@ class ChildLoop:
         self.exiting = False
         self.ids = count(1)
         self.arena: Arena | None = None
+        self.drained = False  # the last read emptied the socket
 
     # ---------------------------------------------------------- I/O
 
     def _read(self) -> bool:
         """Read once (blocking) and dispatch messages; False at end of file."""
+        buf = self.decoder.getBuffer()
+        want = len(buf)
         try:
-            n = os.readv(self.fd, [self.decoder.getBuffer()])
+            n = os.readv(self.fd, [buf])
         except OSError:
             return False
+        del buf  # (it may be a view of a bytes object being read into)
         if not n:
             return False
+        # A short read took all there was: no need to ask (poll) before the next call.
+        self.drained = n < want
         for message in self.decoder.bufferUpdated(n):
             self._dispatch(message)
         return True
@@ -212,10 +218,11 @@ class ChildLoop:
             if self.controls:
                 self._control(self.controls.popleft())
             elif self.calls:
-                if self._readable() and not self._read():
+                if not self.drained and self._readable() and not self._read():
                     return 0
                 if not self.controls:
                     self._runCall(*self.calls.popleft())
+                    self.drained = False  # more may have come meanwhile
             elif not self._read():
                 return 0
         return 0

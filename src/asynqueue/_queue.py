@@ -923,8 +923,8 @@ class TaskQueue:
         """
         call: _Call | None = kw.get("call")
         status, result = _unpackStatus(statusResult)
-        if status == "r" and not self.spew:
-            return result  # the hot path
+        if not self.spew and (status == "r" or status == "n"):
+            return result if status == "r" else None  # the hot paths
         description = call.describe() if call is not None else repr(task)
         if self.spew:
             log.info("%s -> %r", description, result)
