@@ -35,6 +35,7 @@ from asynqueue._wire._framing import (
     encode,
     encodeBytes,
 )
+from asynqueue._wire._relay import PickledCall
 from asynqueue.wire import RemoteQueue, WireServer
 
 from . import helpers
@@ -483,6 +484,21 @@ class WorkerTest(TestCase):
         start = mmap.PAGESIZE
         self.assertEqual(arena.map[start : start + size], result)
         yield helpers.waitUntil(lambda: not arena.taken())
+
+    @inlineCallbacks
+    def test_a_server_lets_go_of_a_finished_calls_arguments(self) -> Any:
+        # Without the garbage collector: what a finished call still holds
+        # through reference cycles stays held (and a large argument would
+        # keep its receive buffer busy).
+        _, q = yield self.remoteQueue(1)
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        blob = hl.pattern(3 * ARENA_MIN, 3)
+        for _ in range(2):
+            self.assertEqual((yield q.call(len, blob)), len(blob))
+        held = [o for o in gc.get_objects() if type(o) is PickledCall and o.parts]
+        self.assertEqual(held, [])
 
     @inlineCallbacks
     def test_a_server_relays_large_results_as_they_come(self) -> Any:

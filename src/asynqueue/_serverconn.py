@@ -117,6 +117,20 @@ class _Served:
         self.d: Deferred[Any] | None = None  # a universe method's Deferred
         self.abandoned = False
 
+    def finished(self) -> None:
+        """
+        The call is over: let go of its parts and its local task now. (The
+        call, its start hook and this record refer to each other: left to
+        the garbage collector, a large argument would keep its receive
+        buffer busy, and the next one would need fresh memory.)
+        """
+        pc = self.pc
+        if pc is not None:
+            pc.parts = []
+            pc.onStart = None
+            self.pc = None
+        self.serverTask = None
+
 
 class _ServedIterator:
     """An iterator result kept for a client, served in batches."""
@@ -354,6 +368,7 @@ class _Connection(BurstSender, FrameReceiver):
         d.addCallbacks(self._done, self._failed, (served,), None, (served,))
 
     def _done(self, value: Any, served: _Served) -> None:
+        served.finished()
         if served.abandoned or self.calls.pop(served.taskID, None) is None:
             if isinstance(value, Deferator):
                 value.stop()
@@ -389,6 +404,7 @@ class _Connection(BurstSender, FrameReceiver):
                 self._entry(taskID, "r", payload, dt)
 
     def _failed(self, failure: Failure, served: _Served) -> None:
+        served.finished()
         if served.abandoned or self.calls.pop(served.taskID, None) is None:
             return
         dt = self.reactor.seconds() - (served.startedAt or served.receivedAt)
