@@ -42,3 +42,20 @@ def blobs(size: int, seed: int) -> tuple[bytes, str, bytes]:
     """Two large bytes objects (the same one twice) around a string."""
     data = pattern(size, seed)
     return data, "between", data
+
+
+def bigThenDie(size: int, delay: float) -> bytes:
+    """A large result; the process kills itself *delay* seconds later, as it sends it."""
+    import os
+    import signal
+    import threading
+    import time
+
+    data = pattern(size, 1)
+
+    def die() -> None:
+        time.sleep(delay)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=die, daemon=True).start()
+    return data

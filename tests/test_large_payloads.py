@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from asynqueue import ProcessQueue
+from asynqueue import ProcessQueue, errors
 from asynqueue._wire import _codec, _framing
 from asynqueue._wire._arena import ARENA_MIN, Arena
 from asynqueue._wire._channel import RelayCutShort, SocketChannel
@@ -484,6 +484,22 @@ class WorkerTest(TestCase):
         start = mmap.PAGESIZE
         self.assertEqual(arena.map[start : start + size], result)
         yield helpers.waitUntil(lambda: not arena.taken())
+
+    @inlineCallbacks
+    def test_a_child_dying_as_it_returns_a_large_result_never_hangs(self) -> Any:
+        # Wherever the kill lands (before the result, while the arena is being
+        # written, after it was sent), the call ends: with the whole, right
+        # result or with a worker error; and the server lives on.
+        _, q = yield self.remoteQueue(1)
+        size = 20 * ARENA_MIN
+        for delay in (0.0, 0.001, 0.002, 0.004):
+            try:
+                outcome = yield q.call(hl.bigThenDie, size, delay)
+            except errors.WorkerError:
+                pass  # lost, twice: the server's child died each time
+            else:
+                self.assertTrue(outcome == hl.pattern(size, 1), "a wrong result")
+            self.assertEqual((yield q.call(len, b"abc")), 3)
 
     @inlineCallbacks
     def test_a_server_lets_go_of_a_finished_calls_arguments(self) -> Any:
