@@ -264,6 +264,18 @@ class SecurityTest(RemoteTestCase):
         self.assertEqual((yield q.call(h.add, 1, 1)), 2)
 
     @inlineCallbacks
+    def test_a_server_of_another_wire_version_is_refused_clearly(self) -> Any:
+        from asynqueue import _serverconn
+
+        self.patch(_serverconn, "PROTOCOL_VERSION", 1)
+        server = yield self.startServer()
+        worker = WireWorker(self.clientDescription(server), key=KEY)
+        self.addCleanup(worker.crash)
+        failure = yield self.assertFailure(worker.whenConnected(), errors.WorkerError)
+        self.assertIn("wire protocol 1", str(failure))
+        self.assertIn("same asynqueue version", str(failure))
+
+    @inlineCallbacks
     def test_nothing_is_unpickled_before_authentication(self) -> Any:
         server = yield self.startServer()
         marker = self.tmpdir() / "marker"

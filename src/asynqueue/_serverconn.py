@@ -40,6 +40,7 @@ from ._wire._codec import (
     NEXT,
     RESULTS,
     STARTED,
+    WIRE_VERSION,
     dumps,
     dumpsError,
     dumpsSmall,
@@ -58,7 +59,7 @@ __all__ = ["HIGH_WATER", "PROTOCOL_VERSION", "encodeItems", "errorParts"]
 log = logging.getLogger("asynqueue")
 
 #: Version of the wire conversation after the handshake.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = WIRE_VERSION
 #: Bytes waiting to be written to a client above which its input is paused.
 HIGH_WATER = 8 * 1024 * 1024
 

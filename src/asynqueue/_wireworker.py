@@ -60,6 +60,7 @@ from ._wire._codec import (
     FLAG_UNIVERSE,
     FLAG_UPDATE,
     HELLO,
+    WIRE_VERSION,
     dumpsCall,
     dumpsSmall,
 )
@@ -171,6 +172,12 @@ class _Connection(WireClient, FrameReceiver):
             if message.kind != HELLO:
                 raise errors.WireError(f"expected HELLO, got a frame of kind {message.kind}")
             self.info = pickle.loads(message.parts[0])
+            version = self.info.get("version") if isinstance(self.info, dict) else None
+            if version != WIRE_VERSION:
+                raise errors.WireError(
+                    f"the server speaks wire protocol {version!r}, this client"
+                    f" {WIRE_VERSION}: install the same asynqueue version on both sides"
+                )
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()
             self._timer = None

@@ -54,6 +54,7 @@ __all__ = [
     "PROTOCOL",
     "RESULTS",
     "STARTED",
+    "WIRE_VERSION",
     "RemoteError",
     "dumps",
     "dumpsCall",
@@ -64,6 +65,11 @@ __all__ = [
 ]
 
 PROTOCOL = 5
+
+# The wire protocol (framing and messages) a worker server announces in its
+# HELLO; a client refuses another. 2: immutable parts marked in the part
+# table (`_framing.FLAG_BYTES`).
+WIRE_VERSION = 2
 
 # bytes objects of at least this size travel out of band.
 OOB_MIN = 64 * 1024
