@@ -1,5 +1,5 @@
 """
-`TaskQueue`: the queue, its dispatcher and its result policy.
+`TaskQueue`: the queue, its workers, updates, shutdown and result policy.
 
 Data flow::
 
@@ -16,28 +16,36 @@ Data flow::
 - Each time the dispatcher hands the call to a worker it makes a fresh `Task`
   (one *attempt*). Results of an attempt the queue has given up on (after a
   timeout, or a detach) are ignored, so a late result never wins over a retry.
-- Workers are *ready* when the Deferred from their last ``run`` has fired. The
-  dispatcher gives each ready worker the best task it is qualified for, the
-  least loaded worker first.
-- A timeout counts from when a worker takes the task (or, for workers that
-  report it, from when it really starts). A task is retried once after a
-  timeout and re-run once after its worker was lost (status ``d``); the second
-  time it fails with `errors.TimeoutError` or `errors.WorkerLost`.
+
+The pieces live in their own modules: `_calls` holds the call record and the
+helpers that describe calls and read results; `_dispatch` holds the
+dispatcher (`_Dispatcher`, which `TaskQueue` inherits): worker readiness,
+pipelining, timeouts and retries.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.python.failure import Failure
 
 from . import errors
-from ._scheduler import Entry, Scheduler, checkNiceness
-from ._task import DO_LAST_PRIORITY, DO_NEXT_PRIORITY, Task, nextCallID, plainTask
+from ._calls import (
+    QUEUE_KEYWORDS,
+    _Call,
+    _unpackStatus,
+    describeCall,
+    takeQueueOptions,
+    toFailure,
+    tracebackText,
+)
+from ._dispatch import _Dispatcher, _Slot
+from ._scheduler import Scheduler
+from ._task import DO_NEXT_PRIORITY, Task, nextCallID
 from ._util import whenFired
 from .interfaces import IWorker
 
@@ -45,147 +53,8 @@ __all__ = ["TaskQueue"]
 
 log = logging.getLogger("asynqueue")
 
-# Keywords that TaskQueue.call consumes; they never reach the callable.
-QUEUE_KEYWORDS = frozenset(
-    {
-        "niceness",
-        "series",
-        "doNext",
-        "doLast",
-        "timeout",
-        "consumer",
-        "returnFailure",
-        "raw",
-    }
-)
 
-# How long a worker that refused a task on the spot (status d from within
-# ``run``) rests before it is offered another: long enough not to spin.
-REFUSAL_PAUSE = 0.005
-
-# A pipelining worker whose running task started longer ago than this gets
-# no more tasks until that one is done (see TaskQueue._stalled).
-PIPELINE_PATIENCE = 0.005
-
-# How many times a call may be charged with a timeout / a lost worker.
-MAX_TIMEOUTS = 2
-MAX_LOSSES = 2
-
-
-def describeCall(f: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> str:
-    """A one-line ``name(arg, k=v)`` description of a call, for messages and logs."""
-    name = getattr(f, "__qualname__", None) or getattr(f, "__name__", None) or repr(f)
-    module = getattr(f, "__module__", None)
-    if module and module not in ("builtins", "__main__"):
-        name = f"{module}.{name}"
-    parts = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kw.items()]
-    return f"{name}({', '.join(parts)})"
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def tracebackText(failure: Failure) -> str:
-    """The traceback text of *failure*, including a worker's remote traceback."""
-    remote = getattr(failure.value, "remoteTraceback", "")
-    if remote:
-        return str(remote)
-    try:
-        return failure.getTraceback()
-    except Exception:  # a Failure rebuilt from a remote report may lack frames
-        return f"{failure.type.__name__}: {failure.value}"
-
-
-def toFailure(result: Any, errorType: type[errors.WorkerError] = errors.WorkerError) -> Failure:
-    """Turn what a worker reported with status ``e`` into a Failure."""
-    if isinstance(result, Failure):
-        return result
-    if isinstance(result, BaseException):
-        return Failure(result)
-    text = result.decode("utf-8", "replace") if isinstance(result, bytes) else str(result)
-    return Failure(errorType(text, remoteTraceback=text))
-
-
-class _Call(Deferred[Any], Entry):
-    """
-    One ``call`` from its submission until it has fired: the caller's
-    Deferred, carrying the record of the call, and its own scheduler `Entry`
-    while it is queued (``series`` and ``seq`` are the entry's fields).
-    """
-
-    # Class-level defaults: most calls set none of the options, and an
-    # instance only stores what differs (cheaper than setting every field).
-    attempt: Task | None = None
-    slot: _Slot | None = None
-    entry: Any = None
-    timer: Any = None
-    done = False
-    timeouts = 0
-    losses = 0
-    callID = 0
-    niceness = 0
-    doNext = False
-    doLast = False
-    timeout: float | None = None
-    consumer: Any = None
-    returnFailure = False
-    raw: bool | None = None
-    # False once any queue keyword was given: its attempts need the full Task.
-    plain = True
-
-    def __init__(self, f: Any, args: tuple[Any, ...], kw: dict[str, Any] | None) -> None:
-        Deferred.__init__(self)
-        self.series: Hashable = None
-        self.f = f
-        self.args = args
-        # None for no keywords: a waiting call then holds no empty dict (one
-        # object fewer per queued call for the garbage collector to count).
-        self._kw = kw
-
-    @property
-    def kw(self) -> dict[str, Any]:
-        """The keywords for *f*; a fresh empty dict when there are none."""
-        return {} if self._kw is None else self._kw
-
-    def describe(self) -> str:
-        return describeCall(self.f, self.args, self.kw)
-
-
-class _Slot:
-    """An attached worker, as the dispatcher sees it."""
-
-    __slots__ = (
-        "ID",
-        "attached",
-        "bounced",
-        "inflight",
-        "qualified",
-        "ready",
-        "reportsStart",
-        "rest",
-        "stopping",
-        "worker",
-    )
-
-    def __init__(self, worker: Any, ID: int) -> None:
-        self.worker = worker
-        self.ID = ID
-        self.qualified: frozenset[Hashable] = frozenset()
-        self.inflight: dict[Task, _Call] = {}
-        self.ready = False
-        self.attached = True
-        self.stopping = False
-        self.bounced = False
-        self.rest: Any = None  # the delayed call that ends a refusal pause
-        self.reportsStart = bool(getattr(worker, "reportsStart", False))
-
-    def refreshQualifications(self) -> None:
-        self.qualified = frozenset([None, *self.worker.cQualified, *self.worker.iQualified])
-
-
-class TaskQueue:
+class TaskQueue(_Dispatcher):
     """
     A task queue for dispatching arbitrary callables to one or more workers.
 
@@ -457,31 +326,8 @@ class TaskQueue:
         if self.returnFailure:
             call.returnFailure = True
         if own and not QUEUE_KEYWORDS.isdisjoint(own):
-            self._queueOptions(call, own)
+            takeQueueOptions(call, own, self.returnFailure)
         return call
-
-    def _queueOptions(self, call: _Call, kw: dict[str, Any]) -> None:
-        """Take the queue's keywords out of *kw* (the call's own), validating each."""
-        call.plain = False
-        call.niceness = checkNiceness(kw.pop("niceness", 0))
-        call.series = kw.pop("series", None)
-        if call.series is not None:
-            hash(call.series)  # TypeError at the call site for an unhashable series
-        call.doNext = bool(kw.pop("doNext", False))
-        call.doLast = bool(kw.pop("doLast", False))
-        timeout = kw.pop("timeout", None)
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
-            if timeout <= 0:
-                raise ValueError(f"timeout must be positive, not {timeout!r}")
-        call.timeout = timeout
-        call.consumer = kw.pop("consumer", None)
-        if call.consumer is not None and not callable(getattr(call.consumer, "write", None)):
-            raise TypeError(f"consumer {call.consumer!r} does not provide IConsumer")
-        call.returnFailure = bool(kw.pop("returnFailure", self.returnFailure))
-        raw = kw.pop("raw", None)
-        call.raw = None if raw is None else bool(raw)
 
     def call(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
         """
@@ -539,374 +385,6 @@ class TaskQueue:
         call.entry = scheduler.push(call, call.series, call.niceness, call.doNext, call.doLast)
         self._dispatch()
         return call
-
-    def _leastLoadedReady(self) -> _Slot | None:
-        best = None
-        for slot in self._slotList:
-            if (
-                slot.ready
-                and slot.attached
-                and (best is None or len(slot.inflight) < len(best.inflight))
-            ):
-                best = slot
-        if (
-            best is not None
-            and best.inflight
-            and best.reportsStart
-            and self._stalled(best, self._reactor.seconds())
-        ):
-            return None  # every ready worker is stuck in a long task: queue it
-        return best
-
-    @staticmethod
-    def _stalled(slot: _Slot, now: float) -> bool:
-        """
-        True if *slot*'s running task has taken longer than `PIPELINE_PATIENCE`.
-
-        A pipelining worker gets more tasks while it works, to hide the
-        hand-off. Behind a long task that only delays them, and commits them
-        to that worker before the scheduler's later choices (niceness, new
-        series) can apply: so such a worker gets no more until it is done.
-        """
-        started = next(iter(slot.inflight)).startedAt
-        return started is not None and now - started > PIPELINE_PATIENCE
-
-    def _requeue(self, call: _Call) -> None:
-        """Put *call* back at the front, in its original place among retries."""
-        call.entry = self._scheduler.pushFront(call, call.series, call.seq)
-
-    # ------------------------------------------------------------ dispatch
-
-    def _dispatch(self) -> None:
-        """Give every ready worker the best task it may run."""
-        if self._dispatching:
-            self._redispatch = True
-            return
-        scheduler = self._scheduler
-        if not scheduler.count:
-            return
-        for slot in self._slotList:
-            if slot.ready:
-                break
-        else:
-            return  # no worker can take anything now
-        self._dispatching = True
-        try:
-            # Passes: each ready worker, least loaded first, gets one task;
-            # again while a worker stays ready after taking one (pipelining)
-            # or something asked for a dispatch meanwhile (_redispatch).
-            while scheduler.count:
-                self._redispatch = False
-                ready = [s for s in self._slotList if s.ready]
-                if not ready:
-                    break
-                again = False
-                if len(ready) > 1:
-                    ready.sort(key=_load)
-                for slot in ready:
-                    if self._offer(slot):
-                        if len(ready) == 1:
-                            self._feed(slot)
-                        again = again or slot.ready
-                if not (again or self._redispatch):
-                    break
-        finally:
-            self._dispatching = False
-
-    def _offer(self, slot: _Slot) -> bool:
-        """Give *slot* the best task it may run now, if any; True if it got one."""
-        if not slot.ready or not slot.attached:
-            return False
-        if slot.inflight and slot.reportsStart and self._stalled(slot, self._reactor.seconds()):
-            return False
-        call = self._scheduler.pop(slot.qualified, self._busySeries(slot))
-        if call is None:
-            return False
-        self._runOn(slot, call)
-        return True
-
-    def _feed(self, slot: _Slot) -> None:
-        """
-        The express path of `_dispatch` when *slot* is the only ready worker:
-        the passes would each give it one task until it is full, it stalls or
-        nothing is left for it; this loop does the same without rebuilding
-        the list of ready workers each time. Anything else that happens
-        meanwhile (another worker ready, a retry) sets ``_redispatch`` and
-        hands back to the passes.
-        """
-        scheduler = self._scheduler
-        seconds = self._reactor.seconds
-        while slot.ready and scheduler.count and not self._redispatch and slot.attached:
-            inflight = slot.inflight
-            if inflight and slot.reportsStart:
-                started = next(iter(inflight)).startedAt
-                if started is not None and seconds() - started > PIPELINE_PATIENCE:
-                    return  # stalled (see _stalled)
-            busy = self._busySeries(slot) if self._seriesRunning else ()
-            call = scheduler.pop(slot.qualified, busy)
-            if call is None:
-                return
-            self._runOn(slot, call)
-
-    def _busySeries(self, slot: _Slot) -> Collection[Hashable]:
-        """
-        Series that *slot* may not take now: a task of series S goes to a
-        worker that already holds other tasks only if no *other* worker holds
-        S tasks. The worker runs its tasks in order, so S tasks still start
-        in submission order, even when workers pipeline several tasks.
-        """
-        if not slot.inflight or not self._seriesRunning:
-            return ()
-        return [
-            series
-            for series, holders in self._seriesRunning.items()
-            if len(holders) > 1 or slot.ID not in holders
-        ]
-
-    def _track(self, slot: _Slot, call: _Call) -> None:
-        holders = self._seriesRunning.setdefault(call.series, {})
-        holders[slot.ID] = holders.get(slot.ID, 0) + 1
-
-    def _untrack(self, slot: _Slot, call: _Call) -> None:
-        holders = self._seriesRunning.get(call.series)
-        if holders is None or slot.ID not in holders:
-            return
-        holders[slot.ID] -= 1
-        if not holders[slot.ID]:
-            del holders[slot.ID]
-            if not holders:
-                del self._seriesRunning[call.series]
-
-    def _clearInflight(self, slot: _Slot) -> list[Task]:
-        """Forget every attempt in flight on *slot*; returns them."""
-        for call in slot.inflight.values():
-            if call.series is not None:
-                self._untrack(slot, call)
-        unfinished = list(slot.inflight)
-        slot.inflight.clear()
-        return unfinished
-
-    def _runOn(self, slot: _Slot, call: _Call) -> None:
-        """
-        Hand *call* to *slot*'s worker as a new attempt. Leaves ``slot.ready``
-        True if the worker can take another task at once.
-        """
-        slot.ready = False
-        call.entry = None
-        if call.plain and not (call.timeouts or call.losses):
-            callTuple = (call.f, call.args, call._kw or {})  # (call.kw, minus a Python call)
-            task = plainTask(callTuple, call.callID, self._reactor.seconds)
-        else:
-            task = Task(
-                call.f,
-                call.args,
-                call.kw,
-                DO_NEXT_PRIORITY
-                if call.doNext
-                else DO_LAST_PRIORITY
-                if call.doLast
-                else call.niceness,
-                call.series,
-                call.timeout,
-                niceness=call.niceness,
-                doNext=call.doNext,
-                doLast=call.doLast,
-                raw=call.raw,
-                consumer=call.consumer,
-                callID=call.callID,
-                attempt=call.timeouts + call.losses + 1,
-                clock=self._reactor.seconds,
-            )
-        call.attempt = task
-        call.slot = slot
-        task.owner = call
-        slot.inflight[task] = call
-        if call.series is not None:
-            self._track(slot, call)
-        task.onReport = self._reporter
-        if call.timeout is not None:
-            if not getattr(slot.worker, "reportsStart", False):
-                task.startedAt = self._reactor.seconds()
-            call.timer = self._reactor.callLater(call.timeout, self._timerFired, task, call)
-        slot.bounced = False
-        try:
-            readyD = slot.worker.run(task)
-        except Exception:
-            task.callback(("e", Failure()))
-            readyD = succeed(None)
-        if slot.bounced and (readyD is None or readyD.called):
-            # The worker refused the task on the spot (status d): rest a moment
-            # before offering it more, or a worker that refuses everything
-            # would spin this loop forever.
-            if readyD is not None:
-                readyD.addErrback(lambda _: None)
-            if slot.attached:  # (the report may have led to its detachment)
-                slot.rest = self._reactor.callLater(REFUSAL_PAUSE, self._rested, slot)
-            return
-        if readyD is None or (readyD.called and not isinstance(readyD.result, Failure)):
-            # Ready at once (a pipelining worker with room): no callback round.
-            if slot.attached and not slot.stopping:
-                slot.ready = True
-            return
-        readyD.addCallbacks(self._onReady, self._onReadyFailed, (slot,), None, (slot,))
-
-    def _rested(self, slot: _Slot) -> None:
-        slot.rest = None
-        self._workerReady(slot)
-
-    def _onReady(self, _: Any, slot: _Slot) -> None:
-        self._workerReady(slot)
-
-    def _onReadyFailed(self, failure: Failure, slot: _Slot) -> None:
-        log.error("Worker %r failed while running a task: %s", slot.worker, failure.value)
-        if slot.attached:
-            self.detachWorker(slot.ID, reassign=True, crash=True)
-
-    def _workerReady(self, slot: _Slot) -> None:
-        if slot.attached and not slot.stopping:
-            slot.ready = True
-            self._dispatch()
-
-    # ------------------------------------------------------------ results
-
-    def _closeAttempt(self, call: _Call) -> Task | None:
-        """Stop waiting for the current attempt of *call*; returns it."""
-        task = call.attempt
-        call.attempt = None
-        if call.timer is not None:
-            if call.timer.active():
-                call.timer.cancel()
-            call.timer = None
-        slot = call.slot
-        if slot is not None:
-            call.slot = None
-            if slot.inflight.pop(task, None) is not None and call.series is not None:  # type: ignore[arg-type]
-                self._untrack(slot, call)
-        return task
-
-    def _onReport(self, task: Task, statusResult: Any) -> None:
-        call = task.owner
-        if (
-            statusResult.__class__ is tuple
-            and len(statusResult) == 2
-            and statusResult[0] == "r"
-            and self._ownTaskDone
-            and not self.spew
-        ):
-            # The hot path: what _attemptDone, taskDone and _finish do with a
-            # plain result of the current attempt, inlined.
-            if call.attempt is not task or call.done:
-                return  # a late result of an attempt the queue gave up on
-            slot = call.slot
-            if call.timer is None and call.series is None and slot is not None:
-                call.attempt = call.slot = None
-                slot.inflight.pop(task, None)
-            else:
-                self._closeAttempt(call)
-            call.done = True
-            self._pending.discard(call)
-            if call.entry is not None:
-                self._scheduler.remove(call.entry)
-                call.entry = None
-            result = statusResult[1]
-            # isinstance(result, Deferred) by the MRO: Deferred is an ABC
-            # (Awaitable), whose isinstance costs a Python-level call.
-            if Deferred in result.__class__.__mro__:
-                result.chainDeferred(call)
-            else:
-                call.callback(result)
-            if self._scheduler.count:
-                self._dispatch()
-            if self._drainWaiters:
-                self._checkDrained()
-            return
-        self._attemptDone(statusResult, task, call)
-
-    def _attemptDone(self, statusResult: Any, task: Task, call: _Call) -> None:
-        if call.attempt is not task or call.done:
-            return  # a late result of an attempt the queue gave up on
-        slot = call.slot
-        self._closeAttempt(call)
-        status, result = _unpackStatus(statusResult)
-        if status == "t":
-            self._timedOut(call, task, slot, notifyWorker=False)
-        elif status == "d":
-            if slot is not None:
-                slot.bounced = True
-            if task.innocent:
-                self._requeue(call)
-            else:
-                self._lost(call, result)
-        else:
-            try:
-                outcome = self.taskDone((status, result), task, call=call)
-            except Exception:
-                outcome = Failure()
-            self._finish(call, outcome)
-            if not self._drainWaiters and not self._scheduler:
-                return  # nothing queued, nobody waiting for the drain
-        self._dispatch()
-        self._checkDrained()
-
-    def _timerFired(self, task: Task, call: _Call) -> None:
-        call.timer = None
-        if call.attempt is not task or call.done:
-            return
-        now = self._reactor.seconds()
-        assert call.timeout is not None
-        started = task.startedAt
-        if started is None:
-            # Still waiting in the worker's own pipeline: not started yet.
-            call.timer = self._reactor.callLater(call.timeout, self._timerFired, task, call)
-            return
-        remaining = started + call.timeout - now
-        if remaining > 1e-6:
-            call.timer = self._reactor.callLater(remaining, self._timerFired, task, call)
-            return
-        slot = call.slot
-        self._closeAttempt(call)
-        self._timedOut(call, task, slot, notifyWorker=True)
-        self._dispatch()
-        self._checkDrained()
-
-    def _timedOut(self, call: _Call, task: Task, slot: _Slot | None, notifyWorker: bool) -> None:
-        call.timeouts += 1
-        if notifyWorker and slot is not None:
-            hook = getattr(slot.worker, "timedOut", None)
-            if hook is not None:
-                try:
-                    hook(task)
-                except Exception:
-                    log.exception("Worker %r failed to handle a timeout", slot.worker)
-        if call.timeouts >= MAX_TIMEOUTS:
-            self._finish(
-                call,
-                Failure(
-                    errors.TimeoutError(
-                        f"{call.describe()} timed out after {call.timeout} seconds,"
-                        f" {call.timeouts} times"
-                    )
-                ),
-            )
-        else:
-            self._requeue(call)
-
-    def _lost(self, call: _Call, reason: Any) -> None:
-        call.losses += 1
-        if call.losses >= MAX_LOSSES:
-            text = str(reason.value if isinstance(reason, Failure) else reason or "")
-            self._finish(
-                call,
-                Failure(
-                    errors.WorkerLost(
-                        f"{call.describe()}: its worker was lost {call.losses} times"
-                        + (f" ({text})" if text else ""),
-                        reason=text,
-                    )
-                ),
-            )
-        else:
-            self._requeue(call)
 
     def taskDone(self, statusResult: Any, task: Task, **kw: Any) -> Any:
         """
@@ -980,21 +458,6 @@ class TaskQueue:
                 self._reactor.stop()
 
         self._reactor.callLater(0, lambda: self.shutdown().addBoth(stopReactor))
-
-    def _finish(self, call: _Call, outcome: Any) -> None:
-        """Fire the caller's Deferred, exactly once."""
-        if call.done:
-            return
-        call.done = True
-        self._pending.discard(call)
-        if call.entry is not None:
-            self._scheduler.remove(call.entry)
-            call.entry = None
-        if isinstance(outcome, Deferred):
-            # Chunked results and consumer runs finish later.
-            outcome.chainDeferred(call)
-        else:
-            call.callback(outcome)
 
     # ------------------------------------------------------------ update
 
@@ -1151,21 +614,6 @@ class TaskQueue:
                 )
 
         return steps()
-
-
-def _load(slot: _Slot) -> int:
-    """How many attempts *slot* has in flight (the dispatcher's sort key)."""
-    return len(slot.inflight)
-
-
-def _unpackStatus(statusResult: Any) -> tuple[str, Any]:
-    try:
-        status, result = statusResult
-    except (TypeError, ValueError):
-        return "?", statusResult
-    if isinstance(status, bytes):
-        status = status.decode("ascii", "replace")
-    return status, result
 
 
 def _ensureLogOutput() -> None:
