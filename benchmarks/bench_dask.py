@@ -4,9 +4,11 @@ both on the same in-process ``LocalCluster`` (2 workers x 2 threads).
 
 - **dispatch**: N trivial calls submitted at once, then all results
   gathered; calls per second. Raw ``client.submit`` hands Dask the whole
-  backlog; the DaskWorker keeps only ``slots`` calls (the cluster's 4 threads)
-  in flight, so that our scheduler picks what runs next. A second DaskWorker
-  row with a large ``slots`` shows what that rule costs.
+  backlog; the DaskWorker keeps only ``slots`` calls in flight, so that our
+  scheduler picks what runs next: by default, enough per cluster thread to
+  cover about one Dask round trip of work (1 to 16 per thread; trivial calls
+  get the 16). A second DaskWorker row with a fixed large ``slots`` shows
+  what a deeper Dask-side queue would add.
 - **latency**: sequential trivial calls, each waiting for its result; p50 and
   p99 in microseconds.
 

@@ -27,6 +27,7 @@ from twisted.internet.threads import deferToThread  # noqa: E402
 from twisted.trial.unittest import TestCase  # noqa: E402
 
 from asynqueue import TaskQueue, errors  # noqa: E402
+from asynqueue._daskq._worker import PER_THREAD_MAX  # noqa: E402
 from asynqueue._scheduler import Scheduler  # noqa: E402
 from asynqueue.dask_worker import DaskQueue, DaskWorker  # noqa: E402
 
@@ -115,6 +116,27 @@ def waitFor(predicate: Any, seconds: float = 20.0) -> Any:
         yield sleep(0.05)
 
 
+def mostAtOnce(spans: list[tuple[float, float]]) -> int:
+    """How many of the *spans* ``(start, end)`` overlapped at most."""
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def trivialCalls(q: TaskQueue, n: int, inflight: list[int]) -> Deferred[list[int]]:
+    """*n* calls of ``abs``, noting the worker's tasks in flight at each result."""
+    worker = q.workers()[0]
+
+    def note(result: int) -> int:
+        inflight.append(worker._inflight)
+        return result
+
+    return defer.gatherResults([q.call(abs, -i).addCallback(note) for i in range(n)])
+
+
 def freePort() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -164,10 +186,12 @@ class CallTests(_ClusterTestCase):
     @inlineCallbacks
     def test_call_result_and_default_slots(self) -> Any:
         q = self.queue()
+        worker = q.workers()[0]
+        yield worker.whenReady()
+        self.assertEqual(worker.slots, 4)  # 2 workers x 2 threads, nothing measured yet
         self.assertEqual((yield q.call(sum, [1, 2, 3])), 6)
         self.assertEqual((yield q.call(divmod, 7, 2)), (3, 1))
-        worker = q.workers()[0]
-        self.assertEqual(worker.slots, 4)  # 2 workers x 2 threads
+        self.assertEqual(worker._threads, 4)
         self.assertIn("dask", worker.cQualified)
 
     @inlineCallbacks
@@ -288,12 +312,49 @@ class SchedulingTests(_ClusterTestCase):
     def test_slots_bound_what_runs_on_the_cluster(self) -> Any:
         q = self.queue(slots=2)
         spans = yield defer.gatherResults([q.call(span, 0.05) for _ in range(12)])
-        events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-        running = peak = 0
-        for _, delta in events:
-            running += delta
-            peak = max(peak, running)
-        self.assertLessEqual(peak, 2)  # the cluster has 4 threads
+        self.assertLessEqual(mostAtOnce(spans), 2)  # the cluster has 4 threads
+
+    @inlineCallbacks
+    def test_automatic_slots_grow_for_trivial_calls(self) -> Any:
+        q = self.queue()
+        worker = q.workers()[0]
+        seen: list[int] = []
+        results = yield trivialCalls(q, 300, seen)
+        self.assertEqual(results, list(range(300)))
+        # A trivial call is far shorter than a round trip: many per thread.
+        self.assertGreater(worker.slots, 4)
+        self.assertLessEqual(worker.slots, 4 * PER_THREAD_MAX)
+        self.assertGreater(max(seen), 4)
+        self.assertLessEqual(max(seen), 4 * PER_THREAD_MAX)
+
+    @inlineCallbacks
+    def test_automatic_slots_stay_at_threads_for_long_calls(self) -> Any:
+        q = self.queue()
+        worker = q.workers()[0]
+        spans = yield defer.gatherResults([q.call(span, 0.2) for _ in range(12)])
+        self.assertEqual(worker.slots, 4)  # a call outlasts a round trip: one per thread
+        self.assertIsNotNone(worker._avgRun)
+        self.assertIsNotNone(worker._avgTrip)
+        self.assertLessEqual(mostAtOnce(spans), 4)
+
+    @inlineCallbacks
+    def test_automatic_slots_shrink_when_calls_get_long(self) -> Any:
+        q = self.queue()
+        worker = q.workers()[0]
+        yield defer.gatherResults([q.call(abs, -i) for i in range(100)])
+        self.assertGreater(worker.slots, 4)
+        yield defer.gatherResults([q.call(span, 0.2) for _ in range(8)])
+        self.assertEqual(worker.slots, 4)
+
+    @inlineCallbacks
+    def test_explicit_slots_are_never_changed(self) -> Any:
+        q = self.queue(slots=3)
+        worker = q.workers()[0]
+        seen: list[int] = []
+        yield trivialCalls(q, 200, seen)
+        self.assertEqual(worker.slots, 3)
+        self.assertLessEqual(max(seen), 3)
+        self.assertIsNone(worker._avgRun)  # not even measured
 
     @inlineCallbacks
     def test_restrictions_map_a_series_to_dask_workers(self) -> Any:
@@ -348,7 +409,8 @@ class UpdateTests(TestCase):
         self.assertEqual(updated.count("once"), 2)
         self.assertEqual((yield q.call(abs, -1)), 1)
         # Automatic slots follow the cluster's growth.
-        yield waitFor(lambda: worker.slots == 3)
+        yield waitFor(lambda: worker._threads == 3)
+        self.assertGreaterEqual(worker.slots, 3)
 
     @inlineCallbacks
     def test_failing_update_errs(self) -> Any:

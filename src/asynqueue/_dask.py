@@ -4,11 +4,13 @@
 Who decides what
 ----------------
 Our queue keeps scheduling: niceness, series order and fairness, doNext and
-doLast, qualifications. A DaskWorker only takes as many tasks as the cluster
-has *slots* (by default its total worker threads): its ``run`` Deferred fires
-again only while fewer than that many tasks are in flight. So Dask never holds
-a backlog of ours, and what starts next on the cluster is what our scheduler
-picked. Dask's own ``priority=`` gets ``-niceness`` as a hint, nothing more.
+doLast, qualifications. A DaskWorker only takes as many tasks as it has
+*slots* (by default, per cluster thread, enough to cover about one Dask round
+trip of work: one for long tasks, up to 16 for trivial ones): its ``run``
+Deferred fires again only while fewer than that many tasks are in flight. So
+Dask never holds more than about a round trip of work of ours, and what starts
+next on the cluster is what our scheduler picked. Dask's own ``priority=``
+gets ``-niceness`` as a hint, nothing more.
 
 Data flow
 ---------

@@ -31,7 +31,7 @@ def _portable(exc: BaseException) -> BaseException:
     otherwise a `errors.WorkerError` carrying its type name, message and text.
     """
     tb = exc.__traceback__
-    if tb is not None and tb.tb_frame.f_code is _Submitted.__call__.__code__:
+    if tb is not None and tb.tb_frame.f_code is _Submitted._run.__code__:
         tb = tb.tb_next  # our own frame says nothing
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     typeName = f"{type(exc).__module__}.{type(exc).__qualname__}"
@@ -131,7 +131,9 @@ def _funcName(f: Any) -> str:
 class _Submitted:
     """
     The callable we submit for each task: the user's call, opaque to Dask's
-    graph parsing (arguments are never taken for tasks or keys).
+    graph parsing (arguments are never taken for tasks or keys). Its result
+    is ``(value, seconds)``: the call's result (or first chunk) and how long
+    this Dask thread was busy with it, for `DaskWorker`'s automatic slots.
     """
 
     __slots__ = ("args", "chunk", "f", "kw", "seconds")
@@ -156,7 +158,12 @@ class _Submitted:
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         self.f, self.args, self.kw, self.chunk, self.seconds = state
 
-    def __call__(self) -> Any:
+    def __call__(self) -> tuple[Any, float]:
+        start = time.perf_counter()
+        value = self._run()
+        return value, time.perf_counter() - start
+
+    def _run(self) -> Any:
         try:
             result = self.f(*self.args, **self.kw)
             if not isIterator(result):

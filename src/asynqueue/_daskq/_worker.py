@@ -1,6 +1,6 @@
 """
-`DaskWorker`: submits the tasks it is given to a Dask cluster, as many at a
-time as the cluster has slots, and reports their outcomes in the reactor.
+`DaskWorker`: submits the tasks it is given to a Dask cluster, at most
+``slots`` at a time, and reports their outcomes in the reactor.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -45,16 +46,26 @@ RESTRICTION_KEYS = frozenset({"workers", "resources", "allow_other_workers"})
 # the cluster's thread count.
 REFRESH_INTERVAL = 1.0
 
+# Automatic slots: tasks in flight per cluster thread, at most (see
+# `DaskWorker.slots`)...
+PER_THREAD_MAX = 16
+# ... and the weight of each new sample in the averages of run time and round
+# trip it follows.
+SMOOTHING = 0.2
+
 
 class _Pending:
     """A future we wait for: a task's, or a chunk fetch's (then ``d``)."""
 
-    __slots__ = ("d", "future", "task")
+    __slots__ = ("d", "future", "submitted", "task")
 
     def __init__(self, task: Task | None = None, d: Deferred[Any] | None = None) -> None:
         self.task = task
         self.d = d
         self.future: Any = None
+        # When a task was submitted while a cluster thread was free for it
+        # (then its wait for the outcome is a round-trip sample), else None.
+        self.submitted: float | None = None
 
 
 @implementer(IWorker)
@@ -69,8 +80,10 @@ class DaskWorker:
             object (anything with ``scheduler_address``), or None to start an
             embedded ``LocalCluster`` on this machine (closed on ``stop``).
         slots: how many tasks to have in flight on the cluster at most.
-            None (default) follows the cluster's total worker threads, checked
-            every second, so an adaptive cluster's growth is used.
+            None (default): automatic, per cluster thread as many as make
+            about one Dask round trip of work, at least one, at most
+            `PER_THREAD_MAX` (see the ``slots`` property). The thread count
+            is checked every second, so an adaptive cluster's growth is used.
         series: series this worker is qualified for, besides ``cQualified``.
         raw: give iterator results as plain (local) iterators instead of
             Deferators. The iterator is materialised on the cluster first.
@@ -81,8 +94,8 @@ class DaskWorker:
             those series, so the queue sends them only to DaskWorkers that
             know the mapping.
         priorities: pass ``-niceness`` (doNext: first, doLast: last) to
-            Dask as ``priority=``. Best effort: we never give Dask a backlog
-            to reorder anyway.
+            Dask as ``priority=``. Best effort: Dask only ever holds a small
+            backlog of ours (about one round trip of work per thread).
         allowedFailures: set the scheduler's ``allowed_failures`` (how many
             times Dask itself re-runs a task whose worker died). An embedded
             cluster gets 0, so a lost worker is reported to the queue, which
@@ -140,7 +153,11 @@ class DaskWorker:
         self.iterChunk = iterChunk
         self.closeTimeout = closeTimeout
         self._fixedSlots = slots
-        self._autoSlots = 1
+        self._threads = 1  # the cluster's worker threads, as last checked
+        # Exponential averages (seconds) of how long a task keeps a Dask
+        # thread busy, and of the rest of a round trip (submit to outcome).
+        self._avgRun: float | None = None
+        self._avgTrip: float | None = None
 
         self.client: Client | None = None
         self.cluster: Any = None
@@ -195,8 +212,25 @@ class DaskWorker:
 
     @property
     def slots(self) -> int:
-        """How many tasks may be in flight on the cluster now."""
-        return self._fixedSlots if self._fixedSlots is not None else self._autoSlots
+        """
+        How many tasks may be in flight on the cluster now.
+
+        Automatic (``slots=None``): ``threads * trip / run``, at least
+        ``threads``, at most ``threads * PER_THREAD_MAX``, where *threads* is
+        the cluster's worker threads, *run* the average time a task keeps a
+        Dask thread busy (timed on the Dask side) and *trip* the average
+        rest of a round trip (submit to outcome, less the run, of tasks
+        submitted while a thread was free). So every thread has about one
+        round trip of work queued: long tasks go one per thread, trivial ones
+        many. Before anything is measured: one per thread.
+        """
+        if self._fixedSlots is not None:
+            return self._fixedSlots
+        threads, run, trip = self._threads, self._avgRun, self._avgTrip
+        if run is None or trip is None:
+            return threads
+        perThread = trip / max(run, 1e-6)
+        return max(threads, min(threads * PER_THREAD_MAX, int(threads * perThread)))
 
     def whenReady(self) -> Deferred[DaskWorker]:
         """A Deferred firing with me once connected (or failing if that failed)."""
@@ -211,7 +245,7 @@ class DaskWorker:
     def _connected(self, result: tuple[Any, Any, bool, int]) -> None:
         client, cluster, own, threads = result
         self.client, self.cluster, self._ownClient = client, cluster, own
-        self._autoSlots = max(1, threads)
+        self._threads = max(1, threads)
         if own or cluster is not None:
             # Close what we opened even if nobody stops us.
             self._trigger = self._reactor.addSystemEventTrigger("before", "shutdown", self._close)
@@ -333,8 +367,10 @@ class DaskWorker:
         if self.priorities:
             options["priority"] = -task.priority
         key = f"{_funcName(f)}-{self._keyPrefix}{next(self._keyCount)}"
-        self._keyOf[task] = key
         pending = _Pending(task)
+        if self._fixedSlots is None and len(self._keyOf) < self._threads:
+            pending.submitted = time.perf_counter()
+        self._keyOf[task] = key
         self._running[key] = pending
         self._submit(key, pending, call, (), options)
 
@@ -386,6 +422,7 @@ class DaskWorker:
     def _deliver(self, outcomes: list[tuple[str, str, Any]]) -> None:
         """In the reactor: report a batch of outcomes."""
         lost = []
+        now = time.perf_counter()
         for key, status, value in outcomes:
             pending = self._running.pop(key, None)
             if pending is None:
@@ -393,6 +430,10 @@ class DaskWorker:
             if status == "d" and pending.future is not None:
                 lost.append(pending.future)  # keep Dask from re-running it
             if pending.task is not None:
+                if status == "r":
+                    value, seconds = value  # see _Submitted
+                    if self._fixedSlots is None:
+                        self._noteRun(seconds, pending.submitted, now)
                 self._keyOf.pop(pending.task, None)
                 self._inflight -= 1
                 pending.task.callback(self._statusResult(status, value))
@@ -405,6 +446,15 @@ class DaskWorker:
             self._cancel(lost, "lost")
         self._maybeReady()
         self._checkStopped()
+
+    def _noteRun(self, seconds: float, submitted: float | None, now: float) -> None:
+        """Average in a task's run time and, if it had a free thread, its round trip."""
+        avg = self._avgRun
+        self._avgRun = seconds if avg is None else avg + SMOOTHING * (seconds - avg)
+        if submitted is not None:
+            trip = max(0.0, now - submitted - seconds)
+            avg = self._avgTrip
+            self._avgTrip = trip if avg is None else avg + SMOOTHING * (trip - avg)
 
     def _statusResult(self, status: str, value: Any) -> tuple[str, Any]:
         if status == "r":
@@ -563,7 +613,7 @@ class DaskWorker:
     def _refreshed(self, result: Any) -> None:
         self._refreshing = False
         if isinstance(result, int) and result > 0:
-            self._autoSlots = result
+            self._threads = result
             self._maybeReady()
 
     def _checkStopped(self) -> None:
