@@ -9,12 +9,13 @@ import sys
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from asynqueue._child import BOOTSTRAP, ProcessBase
 from asynqueue._wire import _codec, _framing
 from asynqueue._wire._framing import (
+    BYTES_MIN,
     HEADER,
     SMALL_MESSAGE,
     FrameDecoder,
@@ -51,6 +52,58 @@ def test_feed_in_any_pieces_gives_back_the_messages(
         i += 1
     assert _asTuples(out) == messages
     assert decoder.pending() == 0
+
+
+_BLOCK = bytes(range(256)) * 2048  # 512 KiB to cut parts from
+_SIZES = [0, 1, 1000, SMALL_MESSAGE - 17, BYTES_MIN - 1, BYTES_MIN, BYTES_MIN + 5, 2 * BYTES_MIN]
+largePartsStrategy = st.lists(
+    st.tuples(st.sampled_from(_SIZES), st.booleans(), st.integers(0, 255)), min_size=1, max_size=4
+)
+
+
+def _makePart(size: int, immutable: bool, offset: int) -> Any:
+    data = (_BLOCK[offset:] + _BLOCK)[:size] if size <= 2 * BYTES_MIN else bytes(size)
+    return data if immutable else bytearray(data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(largePartsStrategy, min_size=1, max_size=3),
+    st.integers(1, 300_000),
+    st.sampled_from(["none", "declined", "accepted"]),
+)
+@example([[(0, False, 0)], [(BYTES_MIN, True, 0)]], 1, "accepted")  # a marked first part, relayed
+def test_large_and_immutable_parts_come_back_whole_in_any_reads(
+    specs: list[list[tuple[int, bool, int]]], readSize: int, early: str
+) -> None:
+    messages = [[_makePart(*spec) for spec in parts] for parts in specs]
+    stream = memoryview(b"".join(encodeBytes(17, parts) for parts in messages))
+    asked = {"none": None, "declined": lambda m: False, "accepted": lambda m: True}[early]
+    decoder = FrameDecoder(early=asked)
+    out = []
+    pos = 0
+    while pos < len(stream):
+        buf = decoder.getBuffer()
+        # Tiny reads through the heads (headers, tables, first parts), then larger ones.
+        step = readSize if pos < 20_000 or readSize > 4096 else 65_536
+        n = min(len(buf), step, len(stream) - pos)
+        buf[:n] = stream[pos : pos + n]
+        del buf
+        pos += n
+        out.extend(decoder.bufferUpdated(n))
+    assert decoder.pending() == 0
+    assert [[bytes(p) for p in m.parts] for m in out] == [[bytes(p) for p in m] for m in messages]
+    for message, parts in zip(out, messages, strict=True):
+        handedEarly = message.filling is not None
+        assert not handedEarly or message.filling.done
+        for got, sent in zip(message.parts, parts, strict=True):
+            marked = type(sent) is bytes and len(sent) >= BYTES_MIN
+            if marked and not handedEarly:
+                assert type(got) is bytes  # read straight into a bytes object
+            elif marked:
+                assert got.readonly  # relayed: stays marked when sent on
+            elif len(sent):
+                assert type(got) is memoryview and not got.readonly
 
 
 @given(messagesStrategy, st.integers(1, 5000))

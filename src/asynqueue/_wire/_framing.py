@@ -656,7 +656,11 @@ class FrameDecoder:
             if not self.early(Message(large.kind, [large.parts[0]], large.flags)):
                 return []
             self._plan(large, 1, True)
-            message = Message(large.kind, list(large.parts), large.flags)
+            # A first part read into a bytes object's memory is relayed as a
+            # read-only view of it, so that it stays marked.
+            streams = large.streams
+            parts = [p.toreadonly() if i in streams else p for i, p in enumerate(large.parts)]
+            message = Message(large.kind, parts, large.flags)
         starts: dict[int, tuple[memoryview, int]] = {}
         pos = 8 * large.nparts
         for part in message.parts:
