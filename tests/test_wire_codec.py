@@ -12,7 +12,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from asynqueue._child import BOOTSTRAP, ProcessBase
+from asynqueue._child import BOOTSTRAP, ProcessBase, leanCode
 from asynqueue._wire import _codec, _framing
 from asynqueue._wire._framing import (
     BYTES_MIN,
@@ -319,19 +319,23 @@ def test_is_iterator() -> None:
 class _ChildOverSocket:
     """A child interpreter driven by hand over a blocking socketpair."""
 
-    def __init__(self) -> None:
+    def __init__(self, packageDir: str | None = None) -> None:
+        """With *packageDir*, the lean modules of that directory are sent compiled first."""
         import os
         import socket
 
         import asynqueue._child as child
 
         self.sock, theirs = socket.socketpair()
+        extra = ["code"] if packageDir else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", BOOTSTRAP, os.path.dirname(child.__file__),
-             str(theirs.fileno()), str(os.getpid())],
+            [sys.executable, "-c", BOOTSTRAP, packageDir or os.path.dirname(child.__file__),
+             str(theirs.fileno()), str(os.getpid()), *extra],
             pass_fds=[theirs.fileno()],
         )  # fmt: skip
         theirs.close()
+        if packageDir:
+            self.sock.sendall(leanCode(os.path.dirname(child.__file__)))
         self.decoder = FrameDecoder()
         self.inbox: list[Any] = []
         self.send(_codec.INIT, [_codec.dumpsSmall({"path": sys.path})])
@@ -398,6 +402,17 @@ def test_child_speaks_the_protocol_and_imports_no_twisted() -> None:
         assert _codec.loads(items.parts[1 : 1 + nItems]) == [0, 1, 2, 3, 4]
     finally:
         # End of file on its socket: the child exits by itself.
+        assert child.close() == 0
+
+
+def test_a_child_runs_on_the_compiled_modules_its_parent_sends(tmp_path: Any) -> None:
+    # Its package directory holds no sources: what runs came from the parent.
+    child = _ChildOverSocket(packageDir=str(tmp_path))
+    try:
+        assert child.call((pow, 2, 10), (len, "abcd")) == [("r", 1024, None), ("r", 4, None)]
+        [(status, _, extra)] = child.call((_modules,))
+        assert status == "r" and extra is None
+    finally:
         assert child.close() == 0
 
 

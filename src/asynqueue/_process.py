@@ -97,7 +97,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import errors
-from ._child import BOOTSTRAP, FIRST_BATCH, ProcessBase
+from ._child import BOOTSTRAP, FIRST_BATCH, ProcessBase, leanCode
 from ._iteration import BATCH_ITEMS, BATCH_SECONDS
 from ._queue import TaskQueue
 from ._task import Task
@@ -227,7 +227,7 @@ class _Child(WireClient, ProcessProtocol):
             if arena is not None:
                 childFDs[4] = arena.fd
                 config = {**config, "arena": (4, arena.size)}
-            args = [sys.executable, "-c", BOOTSTRAP, PACKAGE_DIR, "3", str(os.getpid())]
+            args = [sys.executable, "-c", BOOTSTRAP, PACKAGE_DIR, "3", str(os.getpid()), "code"]
             self.process = self.reactor.spawnProcess(
                 self, sys.executable, args, env=dict(os.environ), childFDs=childFDs
             )
@@ -241,6 +241,7 @@ class _Child(WireClient, ProcessProtocol):
                 arena.close()  # the child has its copy; the mapping stays
         self.pid = self.process.pid
         self.channel = SocketChannel(parentSock, self, self.reactor)
+        self.channel.send([leanCode(PACKAGE_DIR)])  # read by BOOTSTRAP, before any frame
         self.channel.send(encode(INIT, [dumpsSmall(config)]))
 
     def processEnded(self, reason: Failure) -> None:
