@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import os
 import pickle
@@ -298,15 +299,7 @@ def runDask(quick: bool) -> dict[str, Any]:
         import distributed  # noqa: F401
     except ImportError:
         return {"na": 'dask is not installed: pip install -e ".[dask]"'}
-    try:
-        from . import bench_dask  # type: ignore[attr-defined]
-    except ImportError as e:
-        return {"na": f"benchmarks/bench_dask.py is not available ({_describe(e)})"}
-    try:
-        return {"rows": bench_dask.run(quick)}
-    except Exception as e:
-        traceback.print_exc()
-        return {"error": _describe(e)}
+    return _rowsOf("bench_dask", quick)
 
 
 def runDaskSubprocess(quick: bool, timeout: float) -> dict[str, Any]:
@@ -318,12 +311,17 @@ def runDaskSubprocess(quick: bool, timeout: float) -> dict[str, Any]:
 
 def runRemote(quick: bool) -> dict[str, Any]:
     """The rows of ``benchmarks/bench_remote.py`` (it measures in its own subprocess)."""
+    return _rowsOf("bench_remote", quick)
+
+
+def _rowsOf(name: str, quick: bool) -> dict[str, Any]:
+    """``run(quick)`` of the module ``benchmarks/<name>.py``: its rows, or why there are none."""
     try:
-        from . import bench_remote
+        module = importlib.import_module(f".{name}", __package__)
     except ImportError as e:
-        return {"na": f"benchmarks/bench_remote.py is not available ({_describe(e)})"}
+        return {"na": f"benchmarks/{name}.py is not available ({_describe(e)})"}
     try:
-        return {"rows": bench_remote.run(quick)}
+        return {"rows": module.run(quick)}
     except Exception as e:
         traceback.print_exc()
         return {"error": _describe(e)}
