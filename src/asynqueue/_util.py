@@ -31,6 +31,7 @@ __all__ = [
     "DeferredLock",
     "DeferredTracker",
     "callAfterDeferred",
+    "dropTrigger",
     "killProcess",
     "o2p",
     "p2o",

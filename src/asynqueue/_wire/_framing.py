@@ -690,8 +690,9 @@ class FrameDecoder:
         parts: list[memoryview] = []
         if nparts:
             pos = 8 * nparts
+            marked = flags & FLAG_BYTES
             for size in struct.unpack_from(f"!{nparts}Q", body, 0):
-                if flags & FLAG_BYTES and size & BYTES_BIT:
+                if marked and size & BYTES_BIT:
                     size &= ~BYTES_BIT
                     parts.append(view[pos : pos + size].toreadonly())
                 else:
