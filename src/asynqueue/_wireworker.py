@@ -149,7 +149,7 @@ class _Connection(WireClient, FrameReceiver):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        self.cancelFlush()
+        self.unscheduleSend()
         self.worker._lost(self, self.closeReason or reason.value)
 
     # ------------------------------------------------------------ messages

@@ -323,9 +323,6 @@ class WireClient(BurstSender):
             allParts.extend(parts)
         self.channel.send(encode(CALLS, allParts))
 
-    def cancelFlush(self) -> None:
-        self.unscheduleSend()
-
     def _startHead(self) -> None:
         if self.helloed:
             for attempt in self.inflight.values():
