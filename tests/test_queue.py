@@ -674,6 +674,43 @@ class PipelineDispatchTests(TestCase):
         self.assertEqual([self.successResultOf(d) for d in ds], list(range(12)))
         self.successResultOf(q.shutdown())
 
+    def test_series_call_on_an_empty_queue_respects_busy_series(self) -> None:
+        # Nothing queued: each series call is handed over at once, but not to a
+        # worker that holds other tasks while another worker holds S tasks.
+        w1, w2 = PipeliningWorker(5, "w1"), PipeliningWorker(5, "w2")
+        q = TaskQueue(w1, w2, returnFailure=True, reactor=Clock())
+        d1 = q.call(lambda x: x, "s1", series="S")
+        d2 = q.call(lambda x: x, "s2", series="S")
+        self.assertEqual([t.callTuple[1][0] for t in w1.log], ["s1"])
+        self.assertEqual([t.callTuple[1][0] for t in w2.log], ["s2"])
+        # S is now on both workers, and both hold a task: s3 must wait.
+        d3 = q.call(lambda x: x, "s3", series="S")
+        self.assertEqual(q.counts()["queued"], 1)
+        self.assertEqual(len(w1.log) + len(w2.log), 2)
+        # A plain call is not held back by it.
+        d4 = q.call(lambda x: x, "plain")
+        self.assertEqual(len(w1.log) + len(w2.log), 3)
+        w2.finishAll()  # S is left on w1 alone, so w1 may take s3
+        self.assertEqual(q.counts()["queued"], 0)
+        self.assertIn("s3", [t.callTuple[1][0] for t in w1.log + w2.log])
+        w1.finishAll()
+        w2.finishAll()
+        self.assertEqual(
+            [self.successResultOf(d) for d in (d1, d2, d3, d4)], ["s1", "s2", "s3", "plain"]
+        )
+        self.successResultOf(q.shutdown())
+
+    def test_series_call_on_an_empty_queue_goes_to_a_qualified_worker(self) -> None:
+        plain, gpu = PipeliningWorker(5, "plain"), PipeliningWorker(5, "gpu")
+        gpu.iQualified = ["gpu"]
+        q = TaskQueue(plain, gpu, returnFailure=True, reactor=Clock())
+        ds = [q.call(lambda x: x, i, series="gpu") for i in range(3)]
+        self.assertEqual([t.callTuple[1][0] for t in gpu.log], [0, 1, 2])
+        self.assertEqual(plain.log, [])
+        gpu.finishAll()
+        self.assertEqual([self.successResultOf(d) for d in ds], [0, 1, 2])
+        self.successResultOf(q.shutdown())
+
 
 class CancelledCallTests(TestCase):
     timeout = 10

@@ -207,6 +207,12 @@ def test_pop_respects_qualifications(pushes, restricted, qualified):
     left = list(s)
     for series, _ in left:
         assert series is not None and series in restricted and series not in quals
+    # mayRun (the queue's test for a call that skips the queue) agrees with pop.
+    for series in ["a", "b", "c", None]:
+        s2 = Scheduler()
+        s2.setRestricted(restricted)
+        s2.push("x", series=series)
+        assert s2.mayRun(series, quals) == (s2.pop(quals) == "x")
 
 
 # ------------------------------------------------------------------ model-based

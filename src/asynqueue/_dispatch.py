@@ -347,12 +347,12 @@ class _Dispatcher:
         if (
             statusResult.__class__ is tuple
             and len(statusResult) == 2
-            and statusResult[0] == "r"
+            and (statusResult[0] == "r" or statusResult[0] == "n")
             and self._ownTaskDone
             and not self.spew
         ):
             # The hot path: what _attemptDone, taskDone and _finish do with a
-            # plain result of the current attempt, inlined.
+            # plain result (or None) of the current attempt, inlined.
             if call.attempt is not task or call.done:
                 return  # a late result of an attempt the queue gave up on
             slot = call.slot
@@ -366,7 +366,7 @@ class _Dispatcher:
             if call.entry is not None:
                 self._scheduler.remove(call.entry)
                 call.entry = None
-            result = statusResult[1]
+            result = statusResult[1] if statusResult[0] == "r" else None
             # isinstance(result, Deferred) by the MRO: Deferred is an ABC
             # (Awaitable), whose isinstance costs a Python-level call.
             if Deferred in result.__class__.__mro__:

@@ -361,8 +361,7 @@ class TaskQueue(_Dispatcher):
         self._pending.add(call)
         scheduler = self._scheduler
         if (
-            call.series is None
-            and not scheduler.count
+            not scheduler.count
             and not self._dispatching
             and scheduler.vacant()
             and not (call.doNext or call.doLast)
@@ -370,8 +369,17 @@ class TaskQueue(_Dispatcher):
             # Fast path: nothing is queued, so this call is what the scheduler
             # would pop next; hand it to the least loaded ready worker without
             # a push, a pop and a dispatch pass (~9 µs of reactor time per call).
+            # A series call takes it only if that worker may run it now (else
+            # the dispatcher finds one that may).
             slot = self._leastLoadedReady()
-            if slot is not None:
+            series = call.series
+            if slot is not None and (
+                series is None
+                or (
+                    scheduler.mayRun(series, slot.qualified)
+                    and not (slot.inflight and series in self._busySeries(slot))
+                )
+            ):
                 call.seq = scheduler.ticket()
                 self._dispatching = True
                 try:

@@ -211,6 +211,10 @@ class Scheduler:
         """Nothing queued and no flow remembered: a pushed item would be popped next."""
         return not self.count and not self._flows
 
+    def mayRun(self, series: Hashable, qualified: Collection[Hashable]) -> bool:
+        """True if a worker qualified for *qualified* may run a task of *series*."""
+        return series is None or series not in self._restricted or series in qualified
+
     def ticket(self) -> int:
         """A submission number, as `push` would give (for items that skip the queue)."""
         return next(self._seq)
