@@ -58,7 +58,7 @@ from ._wire._codec import (
     dumpsSmall,
     loads,
 )
-from ._wire._framing import FrameDecoder, Message, SendQueue, encode
+from ._wire._framing import MAX_IOVECS, FrameDecoder, Message, SendQueue, encode, nbytes
 from ._wire._streams import IteratorTable, encodeItems, isIterator
 
 TYPE_CHECKING = False
@@ -248,7 +248,17 @@ class ChildLoop:
         return bool(self.poller.poll(0))
 
     def _write(self, buffers: list[Any]) -> None:
-        queue = SendQueue()
+        """Write encoded messages (a header first): at once, or in pieces if the kernel wants."""
+        if len(buffers) <= MAX_IOVECS:
+            n = os.writev(self.fd, buffers)
+            if n == sum(map(nbytes, buffers)):
+                return  # (the usual case: no queue needed)
+            queue = SendQueue()
+            queue.append(buffers)
+            queue.advance(n)
+        else:
+            queue = SendQueue()
+            queue.append(buffers)
         queue.append(buffers)
         while queue:
             queue.advance(os.writev(self.fd, queue.peek()))

@@ -241,7 +241,7 @@ class _Child(WireClient, ProcessProtocol):
                 arena.close()  # the child has its copy; the mapping stays
         self.pid = self.process.pid
         self.channel = SocketChannel(parentSock, self, self.reactor)
-        self.channel.send([leanCode(PACKAGE_DIR)])  # read by BOOTSTRAP, before any frame
+        self.channel.sendPreamble(leanCode(PACKAGE_DIR))  # read by BOOTSTRAP, before any frame
         self.channel.send(encode(INIT, [dumpsSmall(config)]))
 
     def processEnded(self, reason: Failure) -> None:

@@ -38,7 +38,15 @@ from twisted.internet.interfaces import IReadWriteDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._framing import Filling, FrameDecoder, FramingError, SendQueue
+from ._framing import (
+    HEADER,
+    HEADER_SIZE,
+    MAX_IOVECS,
+    Filling,
+    FrameDecoder,
+    FramingError,
+    SendQueue,
+)
 
 __all__ = ["READ_BUDGET", "RelayCutShort", "SocketChannel"]
 
@@ -182,9 +190,35 @@ class SocketChannel:
         """Queue an encoded message (see `encode`) and write what can be written now."""
         if not self.connected:
             return
-        self._out.append(buffers)
+        out = self._out
+        if not out and not self._writing and len(buffers) <= MAX_IOVECS:
+            # Nothing queued: write straight from the message's own buffers,
+            # and queue only what the kernel did not take (most messages go
+            # out whole, without passing through the queue).
+            try:
+                n = self.socket.sendmsg(buffers, (), _SEND_FLAGS)
+            except BlockingIOError:
+                n = 0
+            except TypeError:
+                n = 0  # placeholders of parts still arriving: nothing was sent
+            except OSError as e:
+                self._close(Failure(ConnectionLost(str(e))))
+                return
+            if n == HEADER_SIZE + HEADER.unpack_from(buffers[0])[3]:
+                return
+            out.append(buffers)
+            out.advance(n)
+        else:
+            out.append(buffers)
         if not self._writing and self._stalled is None:
             self._flush()
+
+    def sendPreamble(self, data: bytes) -> None:
+        """Queue bytes that are not a frame (read by the peer before its first frame)."""
+        if self.connected:
+            self._out.append([data])
+            if not self._writing and self._stalled is None:
+                self._flush()
 
     def loseConnection(self, reason: Failure | None = None) -> None:
         """Close now; unwritten data is dropped. The receiver gets ``channelLost``."""

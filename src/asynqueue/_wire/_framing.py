@@ -109,6 +109,7 @@ __all__ = [
     "SendQueue",
     "encode",
     "encodeBytes",
+    "nbytes",
 ]
 
 HEADER = struct.Struct("!BBxxIQ")
@@ -151,7 +152,8 @@ Message.__doc__ = """A decoded message: its kind, its parts (writable memoryview
 and for a message handed over before all of it arrived, its `Filling` (else None)."""
 
 
-def _nbytes(part: Any) -> int:
+def nbytes(part: Any) -> int:
+    """The size in bytes of a part (a bytes-like object, or a `Filling.pending` placeholder)."""
     cls = type(part)
     if cls is bytes:
         return len(part)
@@ -265,7 +267,7 @@ def encode(kind: int, parts: list[Any] | tuple[Any, ...] = (), flags: int = 0) -
     `BYTES_MIN` bytes or more that cannot change (``bytes``, read-only
     buffers) are marked as such (see "Immutable parts").
     """
-    lengths = [_nbytes(p) for p in parts]
+    lengths = [nbytes(p) for p in parts]
     n = len(lengths)
     table = lengths
     if n and max(lengths) >= BYTES_MIN:
