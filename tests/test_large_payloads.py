@@ -430,6 +430,34 @@ class ChannelRelayTest(TestCase):
         self.assertTrue(self.relay.dest._receiver.lost[0].check(RelayCutShort))
 
 
+class ChannelSendTest(TestCase):
+    """A message the kernel takes only in part is finished from the send queue, in order."""
+
+    timeout = 20
+
+    @inlineCallbacks
+    def test_partial_writes_are_finished_in_order(self) -> Any:
+        senderSide, sinkSide = socket.socketpair()
+        senderSide.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sink = _Sink()
+        sender = SocketChannel(senderSide, _Sink(), reactor)
+        receiver = SocketChannel(sinkSide, sink, reactor, maxLength=None)
+        self.addCleanup(sender.loseConnection)
+        self.addCleanup(receiver.loseConnection)
+        big = hl.pattern(3 * POOL_MIN, 5)
+        sender.send(encode(21, [b"first", big]))
+        self.assertGreater(sender.bufferedBytes, 0)  # the kernel took only part of it
+        sender.send(encode(22, [b"second"]))  # queued behind the rest
+        yield helpers.waitUntil(lambda: len(sink.messages) == 2)
+        self.assertEqual(sender.bufferedBytes, 0)
+        sender.send(encode(23, [b"third"]))  # nothing queued: written at once
+        self.assertEqual(sender.bufferedBytes, 0)
+        yield helpers.waitUntil(lambda: len(sink.messages) == 3)
+        self.assertEqual(
+            sink.messages, [(21, [b"first", big]), (22, [b"second"]), (23, [b"third"])]
+        )
+
+
 class WorkerTest(TestCase):
     timeout = 60
 
