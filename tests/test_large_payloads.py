@@ -438,6 +438,21 @@ class ChannelSendTest(TestCase):
     @inlineCallbacks
     def test_partial_writes_are_finished_in_order(self) -> Any:
         senderSide, sinkSide = socket.socketpair()
+        yield self.checkPartialWrites(senderSide, sinkSide)
+
+    @inlineCallbacks
+    def test_partial_writes_over_tcp(self) -> Any:
+        # Over TCP the receiver also asks the kernel to wake it only once a
+        # good piece of a large message is in (SO_RCVLOWAT), and must drop
+        # that again for the small messages that follow.
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        senderSide = socket.create_connection(listener.getsockname())
+        sinkSide, _ = listener.accept()
+        yield self.checkPartialWrites(senderSide, sinkSide)
+
+    @inlineCallbacks
+    def checkPartialWrites(self, senderSide: socket.socket, sinkSide: socket.socket) -> Any:
         senderSide.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         sink = _Sink()
         sender = SocketChannel(senderSide, _Sink(), reactor)
@@ -456,6 +471,13 @@ class ChannelSendTest(TestCase):
         self.assertEqual(
             sink.messages, [(21, [b"first", big]), (22, [b"second"]), (23, [b"third"])]
         )
+        # Again, with the small message a moment after the large one.
+        sender.send(encode(24, [big]))
+        yield helpers.waitUntil(lambda: len(sink.messages) == 4)
+        yield deferLater(reactor, 0.01, lambda: None)
+        sender.send(encode(25, [b"fifth"]))
+        yield helpers.waitUntil(lambda: len(sink.messages) == 5, limit=5)
+        self.assertEqual(sink.messages[3:], [(24, [big]), (25, [b"fifth"])])
 
 
 class WorkerTest(TestCase):

@@ -8,7 +8,9 @@ works the same. Unlike a Twisted transport, it reads straight into the
 ``sendmsg`` (scatter/gather), so a payload of any size is copied only by the
 kernel. It never polls and never blocks the reactor: a read takes what is
 there (at most `READ_BUDGET` bytes per turn), a write sends what the kernel
-takes and waits for writability for the rest.
+takes and waits for writability for the rest. While a large message arrives
+over TCP, the reactor is woken for big pieces of it, not for every few
+hundred kilobytes (`LOW_WATER_MAX`).
 
 Over TLS, where bytes come through a transport, use `FrameDecoder.feed`
 from ``dataReceived`` instead; the frames are the same.
@@ -53,6 +55,12 @@ __all__ = ["READ_BUDGET", "RelayCutShort", "SocketChannel"]
 # Most bytes read per reactor turn, so one huge message cannot starve the
 # reactor's other work.
 READ_BUDGET = 16 * 1024 * 1024
+
+# While a large message comes in, the kernel is asked (SO_RCVLOWAT) to wake
+# the reactor only once this much of it, or all the rest, is there: a 10 MB
+# result then takes a handful of reads instead of one per window's worth
+# (~256 KiB over loopback TCP), each with its own wake-up.
+LOW_WATER_MAX = 1 << 20
 
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
 
@@ -123,7 +131,7 @@ class SocketChannel:
             try:
                 n = recvInto(buf)
             except BlockingIOError:
-                return None
+                break
             except OSError as e:
                 self._close(Failure(ConnectionLost(str(e))))
                 return None
@@ -148,8 +156,23 @@ class SocketChannel:
             if n < want:
                 # The kernel had no more: asking again would only cost a
                 # system call to learn so (the reactor says when there is more).
-                return None
+                break
+        remaining = decoder.remaining()
+        if remaining or self._lowWater != 1:
+            self._setLowWater(remaining)
         return None
+
+    _lowWater = 1  # the socket's SO_RCVLOWAT, as last set
+
+    def _setLowWater(self, remaining: int) -> None:
+        """Wake for *remaining* bytes of a large message (up to `LOW_WATER_MAX`), else any."""
+        want = min(remaining, LOW_WATER_MAX) if remaining else 1
+        if want != self._lowWater and self.connected:
+            self._lowWater = want
+            try:
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+            except OSError:
+                pass
 
     def doWrite(self) -> None:
         self._flush()

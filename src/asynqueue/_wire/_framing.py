@@ -465,6 +465,11 @@ class FrameDecoder:
             return HEADER_SIZE + large.filled
         return self._end - self._start
 
+    def remaining(self) -> int:
+        """Bytes still to come of a large message being read (0 when none is)."""
+        large = self._large
+        return 0 if large is None else large.length - large.filled
+
     def getBuffer(self) -> memoryview:
         """A non-empty writable buffer for the next bytes; then call `bufferUpdated`."""
         large = self._large
