@@ -267,20 +267,35 @@ def encode(kind: int, parts: list[Any] | tuple[Any, ...] = (), flags: int = 0) -
     `BYTES_MIN` bytes or more that cannot change (``bytes``, read-only
     buffers) are marked as such (see "Immutable parts").
     """
-    lengths = [nbytes(p) for p in parts]
+    lengths = [len(p) if type(p) is bytes else nbytes(p) for p in parts]
     n = len(lengths)
+    if not n:
+        return [HEADER.pack(kind, flags, 0, 0)]
     table = lengths
-    if n and max(lengths) >= BYTES_MIN:
+    if max(lengths) >= BYTES_MIN:
         table = [
             size | BYTES_BIT if size >= BYTES_MIN and _isImmutable(p) else size
             for p, size in zip(parts, lengths, strict=True)
         ]
         if table != lengths:
             flags |= FLAG_BYTES
-    head = HEADER.pack(kind, flags, n, 8 * n + sum(lengths))
-    if n:
-        head += struct.pack(f"!{n}Q", *table)
-    return [head, *(p for p, size in zip(parts, lengths, strict=True) if size)]
+    head = HEADER.pack(kind, flags, n, 8 * n + sum(lengths)) + partTable(n).pack(*table)
+    if 0 in lengths:
+        return [head, *(p for p, size in zip(parts, lengths, strict=True) if size)]
+    return [head, *parts]
+
+
+_partTables: dict[int, struct.Struct] = {}
+
+
+def partTable(n: int) -> struct.Struct:
+    """The ``struct.Struct`` of a table of *n* part lengths (made once per size)."""
+    table = _partTables.get(n)
+    if table is None:
+        table = struct.Struct(f"!{n}Q")
+        if len(_partTables) < 1024:
+            _partTables[n] = table
+    return table
 
 
 def _isImmutable(part: Any) -> bool:
@@ -600,7 +615,7 @@ class FrameDecoder:
         return self._segmentDone(large)
 
     def _readTable(self, large: _Large) -> None:
-        raw = struct.unpack_from(f"!{large.nparts}Q", large.segment, 0)
+        raw = partTable(large.nparts).unpack_from(large.segment, 0)
         large.sizes = sizes = tuple(size & ~BYTES_BIT for size in raw)
         large.marks = tuple(
             size != mark and size > 0 for size, mark in zip(sizes, raw, strict=True)
@@ -698,7 +713,7 @@ class FrameDecoder:
         if nparts:
             pos = 8 * nparts
             marked = flags & FLAG_BYTES
-            for size in struct.unpack_from(f"!{nparts}Q", body, 0):
+            for size in partTable(nparts).unpack_from(body, 0):
                 if marked and size & BYTES_BIT:
                     size &= ~BYTES_BIT
                     parts.append(view[pos : pos + size].toreadonly())
