@@ -17,7 +17,7 @@ import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from asynqueue import ProcessQueue, errors
 from asynqueue._wire import _codec, _framing
@@ -503,6 +503,50 @@ class WorkerTest(TestCase):
         for fill in range(3):
             self.assertEqual((yield q.call(hl.pattern, size, fill)), hl.pattern(size, fill))
         self.assertEqual(_framing.POOL.size, pooled)  # released buffers were used again
+
+    @inlineCallbacks
+    def test_large_arguments_go_through_the_inbox_and_are_never_overwritten(self) -> Any:
+        q = ProcessQueue(1, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        self.assertEqual((yield q.call(len, b"up")), 2)
+        (worker,) = q.workers()
+        (child,) = worker._children
+        if child.inbox is None:
+            raise SkipTest("no memfd_create here: process workers run without an inbox")
+        inbox = child.inbox
+        size = 2 * ARENA_MIN + 5
+        start = mmap.PAGESIZE
+        data = hl.pattern(size, 3)
+        self.assertEqual((yield q.call(len, data)), size)
+        self.assertEqual(inbox.map[start : start + size], data)  # it came this way
+        yield helpers.waitUntil(lambda: not inbox.taken())  # and the child let go of it
+        # A View unpickles without a copy: kept, it keeps the inbox taken...
+        self.assertEqual((yield q.call(hl.keep, hl.view(size, 1))), 1)
+        self.assertTrue(inbox.taken())
+        # ...so the next large argument goes by the socket, and the first stays intact.
+        self.assertEqual((yield q.call(hl.keep, hl.view(size, 2))), 2)
+        self.assertEqual((yield q.call(hl.kept)), [b"\x01" * size, b"\x02" * size])
+        yield q.call(hl.release)
+        yield helpers.waitUntil(lambda: not inbox.taken())
+        self.assertEqual((yield q.call(len, hl.pattern(size, 4))), size)
+        self.assertEqual(inbox.map[start : start + size], hl.pattern(size, 4))
+
+    @inlineCallbacks
+    def test_a_process_server_hands_large_arguments_to_its_child_through_the_inbox(
+        self,
+    ) -> Any:
+        server, q = yield self.remoteQueue(1)
+        self.assertEqual((yield q.call(len, b"up")), 2)
+        (worker,) = server.queue.workers()
+        (child,) = worker._children
+        if child.inbox is None:
+            raise SkipTest("no memfd_create here: process workers run without an inbox")
+        size = 3 * ARENA_MIN + 1
+        for seed in range(3):
+            data = hl.pattern(size, seed)
+            self.assertEqual((yield q.call(hl.checksum, data)), hl.checksum(data))
+            start = mmap.PAGESIZE
+            self.assertEqual(child.inbox.map[start : start + size], data)
 
     @inlineCallbacks
     def remoteQueue(self, n: int) -> Any:

@@ -15,10 +15,13 @@ Loop
 The child reads frames from the socket on file descriptor *fd* (blocking),
 and:
 
-- INIT: takes the parent's ``sys.path`` and limits; answers HELLO.
+- INIT: takes the parent's ``sys.path`` and limits, maps the shared-memory
+  arenas it passed (`asynqueue._wire._arena`); answers HELLO, saying whether
+  its inbox can be used.
 - CALLS: queues the calls; runs them one at a time, first in first out, and
   answers each with a RESULTS message as soon as it is done (so the parent
-  learns at once that the next queued call has started).
+  learns at once that the next queued call has started). A call flagged
+  ``FLAG_INBOX`` has its large parts in the inbox.
 - NEXT: answers with the next batch of an iterator result (ITEMS), before
   the next queued call. CLOSE forgets iterators.
 - EXIT, or end of file on the socket (the parent is gone): exits.
@@ -47,6 +50,7 @@ from ._wire._codec import (
     CLOSE,
     EXIT,
     FLAG_ARENA,
+    FLAG_INBOX,
     FLAG_RAW,
     HELLO,
     INIT,
@@ -192,6 +196,19 @@ def _rssBytes() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
+def _mapArena(setting: Any) -> Arena | None:
+    """The arena the parent passed as ``(fd, size)``, mapped (None if none, or if it fails)."""
+    if setting is None:
+        return None
+    fd, size = setting
+    try:
+        return Arena(fd, size)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
 def _dieWithParent(parentPid: int) -> None:
     """Linux: have the kernel SIGKILL us when the parent dies."""
     if sys.platform.startswith("linux"):
@@ -223,6 +240,7 @@ class ChildLoop:
         self.exiting = False
         self.ids = count(1)
         self.arena: Arena | None = None
+        self.inbox: Arena | None = None
         self.drained = False  # the last read emptied the socket
 
     # ---------------------------------------------------------- I/O
@@ -293,15 +311,10 @@ class ChildLoop:
             self.maxRSS = config.get("maxRSS")
             self.firstBatch = config.get("firstBatch", FIRST_BATCH)
             self.batchSeconds = config.get("batchSeconds", BATCH_SECONDS)
-            arena = config.get("arena")
-            if arena is not None:
-                fd, size = arena
-                try:
-                    self.arena = Arena(fd, size)
-                except (OSError, ValueError):
-                    self.arena = None
-                os.close(fd)
-            self._write(encode(HELLO, [dumpsSmall({"pid": os.getpid()})]))
+            self.arena = _mapArena(config.get("arena"))
+            self.inbox = _mapArena(config.get("inbox"))
+            hello = {"pid": os.getpid(), "inbox": self.inbox is not None}
+            self._write(encode(HELLO, [dumpsSmall(hello)]))
         else:
             self.controls.append(message)
 
@@ -325,6 +338,10 @@ class ChildLoop:
         extra: Any = None
         following: list[Any] = []
         try:
+            if flags & FLAG_INBOX:
+                # Large parts are in the inbox: unpickling copies them out (or
+                # keeps views, which keep the inbox taken while they live).
+                parts = self.inbox.lend(parts[1:], pickle.loads(parts[0]))  # type: ignore[union-attr]
             f, args, kw = loads(parts)
         except BaseException as e:
             status, payload = "e", dumpsError(e, "The call could not be unpickled in the child:")
@@ -354,9 +371,9 @@ class ChildLoop:
                 self._write(encode(PLACED, [dumpsSmall(filled)]))
 
     def _memory(self) -> int:
-        """Resident memory, not counting the arena's pages (the parent's as much as mine)."""
-        arena = self.arena
-        return _rssBytes() - (arena.highWater if arena is not None else 0)
+        """Resident memory, not counting the arenas' pages (the parent's as much as mine)."""
+        shared = sum(a.highWater for a in (self.arena, self.inbox) if a is not None)
+        return _rssBytes() - shared
 
     def _classify(self, f: Any, result: Any, flags: int) -> tuple[str, list[Any], Any, list[Any]]:
         if result is None:

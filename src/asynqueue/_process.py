@@ -38,8 +38,11 @@ Fresh memory is what costs: on the development VM a page fault costs about
 transfer; before these measures a child faulted in a new 10 MB pickle
 buffer for every such result, and this process a new receive buffer and
 (malloc having given the pair back to the system) a new result, for
-600-700 MB/s in all. A ``bytes`` argument goes the same way the other
-direction.
+600-700 MB/s in all. The large parts of a call's arguments (1 MiB or
+more) go through shared memory when the child's *inbox* is free: copied in
+here, read there (`asynqueue._wire._arena`), two ``memcpy`` instead of the
+kernel's copy into the socket and out of it; otherwise through the socket,
+like a result the other way.
 
 Pipelining: a worker keeps up to a *window* of tasks in its child, so that
 the child never waits a round trip for its next task. The window adapts to
@@ -82,6 +85,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import pickle
 import re
 import signal
 import socket
@@ -102,19 +106,20 @@ from ._iteration import BATCH_ITEMS, BATCH_SECONDS
 from ._queue import TaskQueue
 from ._task import Task
 from ._util import dropTrigger
-from ._wire._arena import Arena
+from ._wire._arena import ARENA_MIN, Arena
 from ._wire._channel import SocketChannel
 from ._wire._client import PipelineWindow, WireClient
 from ._wire._codec import (
     EXIT,
     FLAG_ARENA,
+    FLAG_INBOX,
     FLAG_RAW,
     HELLO,
     INIT,
     dumpsCall,
     dumpsSmall,
 )
-from ._wire._framing import Filling, Message, encode
+from ._wire._framing import Filling, Message, encode, nbytes
 from ._wire._relay import PickledCall
 from .interfaces import IWorker
 
@@ -205,6 +210,10 @@ class _Child(WireClient, ProcessProtocol):
         # and the Filling of the result being written there.
         self.arena: Arena | None = None
         self._placing: Filling | None = None
+        # Shared memory for the large arguments of its calls (the arena the
+        # other way round), once the child said it mapped it.
+        self.inbox: Arena | None = None
+        self._inboxOffered: Arena | None = None
 
     def __repr__(self) -> str:
         return f"<_Child pid={self.pid} {self.state} inflight={len(self.inflight)}>"
@@ -217,6 +226,7 @@ class _Child(WireClient, ProcessProtocol):
             _bigBuffers(sock)
         devnull = os.open(os.devnull, os.O_RDWR)
         arena = self.arena = Arena.create()
+        inbox = self._inboxOffered = Arena.create()
         try:
             childFDs = {
                 0: devnull,
@@ -227,6 +237,9 @@ class _Child(WireClient, ProcessProtocol):
             if arena is not None:
                 childFDs[4] = arena.fd
                 config = {**config, "arena": (4, arena.size)}
+            if inbox is not None:
+                childFDs[5] = inbox.fd
+                config = {**config, "inbox": (5, inbox.size)}
             args = [sys.executable, "-c", BOOTSTRAP, PACKAGE_DIR, "3", str(os.getpid()), "code"]
             self.process = self.reactor.spawnProcess(
                 self, sys.executable, args, env=dict(os.environ), childFDs=childFDs
@@ -237,8 +250,9 @@ class _Child(WireClient, ProcessProtocol):
         finally:
             os.close(devnull)
             childSock.close()
-            if arena is not None:
-                arena.close()  # the child has its copy; the mapping stays
+            for shared in (arena, inbox):
+                if shared is not None:
+                    shared.close()  # the child has its copy; the mapping stays
         self.pid = self.process.pid
         self.channel = SocketChannel(parentSock, self, self.reactor)
         self.channel.sendPreamble(leanCode(PACKAGE_DIR))  # read by BOOTSTRAP, before any frame
@@ -335,6 +349,9 @@ class _Child(WireClient, ProcessProtocol):
             return
         if message.kind == HELLO:
             self.helloed = True
+            if pickle.loads(message.parts[0]).get("inbox"):
+                self.inbox = self._inboxOffered
+            self._inboxOffered = None
             if self.state == "starting":
                 self.state = "ready"
             self._startHead()
@@ -382,6 +399,26 @@ class _Child(WireClient, ProcessProtocol):
         ):
             self.failIterators("the process worker stopped")
             self.exit()
+
+
+def _placeInInbox(inbox: Arena, parts: list[Any], flags: int) -> tuple[list[Any], int]:
+    """
+    A call's parts, with its large ones copied into the child's inbox if it
+    is free (one ``memcpy`` instead of a trip through the socket: the
+    kernel's copy in and the child's copy out); else as they are.
+    """
+    for part in parts:
+        if nbytes(part) >= ARENA_MIN:
+            break
+    else:
+        return parts, flags  # (the usual case: nothing large)
+    placed = inbox.reserve(parts)
+    if placed is None:
+        return parts, flags
+    sent, where = placed
+    for _ in inbox.fill(parts, where, first=1 << 62):
+        pass  # all at once: the child reads the parts when the call comes
+    return [dumpsSmall(where), *sent], flags | FLAG_INBOX
 
 
 def _bigBuffers(sock: socket.socket) -> None:
@@ -509,10 +546,12 @@ class ProcessWorker(PipelineWindow):
         if child.arena is not None and type(f) is PickledCall and f.streamResult:
             # Relayed to a socket as it is: large parts may come through shared memory.
             flags |= FLAG_ARENA
-        child.submit(task, parts, flags)
         if task.update == "persistent":
             # Replayed to every later child (not to this one: it has it now).
             self._updates.append((parts, flags))
+        if child.inbox is not None:
+            parts, flags = _placeInInbox(child.inbox, parts, flags)
+        child.submit(task, parts, flags)
         if self._hasRoom():
             return succeed(None)
         d: Deferred[None] = Deferred()

@@ -1,6 +1,7 @@
 """
-A shared-memory arena between a process worker and its child, for large
-results that a worker server relays.
+Shared-memory arenas between a process worker and its child: one for the
+large results that a worker server relays, one (the *inbox*) for the large
+arguments of any call.
 
 A worker server passes a child's result on to its client without
 unpickling it. Through the socketpair, a 10 MB result costs the child a
@@ -22,6 +23,16 @@ hands out all export one ``ctypes`` array over the arena (which can be
 weakly referred to), and a finalizer frees the arena when that object
 dies: when the last byte was sent, or the result dropped, whichever way. A child that
 finds the arena taken sends its result through the socket as before.
+
+The inbox works the same way round: the parent takes it (`reserve`) for
+the parts of 1 MiB or more of a call when it is free, copies them in at
+once (`fill`) and sends the call with where they are; the child reads them
+from there (`lend`: the views, which unpickling copies from, or keeps, as a
+NumPy array would), and the inbox is free again once the child holds no
+view of it. That spares a large argument the trip through the socket (the
+kernel's copy in and the child's copy out): one ``memcpy`` on each side. A
+call that finds the inbox taken (a call before it not run yet, or an object
+the child keeps) goes by the socket.
 
 The memory is a ``memfd`` (Linux): where there is none, there is no arena.
 Pages are allocated the first time they are written and kept for the
@@ -93,7 +104,7 @@ class Arena:
             os.close(self.fd)
             self.fd = -1
 
-    # ------------------------------------------------------------ the child
+    # ------------------------------------------------------------ the writer
 
     def reserve(self, parts: list[Any], minSize: int = ARENA_MIN) -> tuple[list[Any], Any] | None:
         """
@@ -139,7 +150,7 @@ class Arena:
                     piece *= 2
         yield where[-1][1] + where[-1][2]
 
-    # ------------------------------------------------------------ the parent
+    # ------------------------------------------------------------ the reader
 
     def take(self, parts: list[Any], where: Any) -> tuple[list[Any], Filling]:
         """
@@ -149,12 +160,25 @@ class Arena:
         reports advance (see `fill`). The arena is free again once no view
         of it is left.
         """
+        out, starts, end = self._views(parts, where)
+        return out, Filling(end, _DATA, starts)
+
+    def lend(self, parts: list[Any], where: Any) -> list[Any]:
+        """
+        *parts* with the reserved ones filled in, for a side that reads them
+        once they are all written (a child reading its call's arguments): the
+        arena is free again once no view of it is left.
+        """
+        return self._views(parts, where)[0]
+
+    def _views(self, parts: list[Any], where: Any) -> tuple[list[Any], dict[int, Any], int]:
         for index, pos, size, _ in where:
             if not (0 <= index < len(parts) and pos >= _DATA and pos + size <= self.size):
                 raise ValueError(f"no such part in the arena: {(index, pos, size)}")
         import ctypes
 
         end = where[-1][1] + where[-1][2]
+        self.highWater = max(self.highWater, end)
         # An object of our own over the memory, which every view refers to
         # (a view of a view refers to the first exporter): when it dies, no
         # view is left, and its finalizer frees the arena.
@@ -170,10 +194,10 @@ class Arena:
                 view = view.toreadonly()
             out[index] = view
             starts[id(view)] = (view, pos)
-        return out, Filling(end, _DATA, starts)
+        return out, starts, end
 
     def taken(self) -> bool:
-        """Whether a result holds the arena."""
+        """Whether a result (or a call's arguments) holds the arena."""
         return self.map[0] != _FREE
 
 
