@@ -59,6 +59,20 @@ class CallTests(TestCase):
         self.successResultOf(d)
         self.assertEqual(seen, [{"other": 1}])
 
+    def test_the_task_carries_the_calls_options(self) -> None:
+        w = ManualWorker()
+        q = TaskQueue(w, returnFailure=True, reactor=self.clock)
+        q.call(abs, -1, series="s")
+        q.call(abs, -2, raw=True)
+        q.call(abs, -3, series="t", raw=False, niceness=5)
+        while w.current:
+            w.finish()
+        fields = [(t.callTuple[1], t.series, t.raw, t.niceness) for t in w.log]
+        self.assertEqual(
+            fields, [((-1,), "s", None, 0), ((-2,), None, True, 0), ((-3,), "t", False, 5)]
+        )
+        self.successResultOf(q.shutdown())
+
     def test_bad_input_raises_at_the_call_site(self) -> None:
         self.assertRaises(TypeError, self.q.call, 42)
         for bad in (21, -21, 0.5, "1"):

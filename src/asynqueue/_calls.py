@@ -99,7 +99,8 @@ class _Call(Deferred[Any], Entry):
     consumer: Any = None
     returnFailure = False
     raw: bool | None = None
-    # False once any queue keyword was given: its attempts need the full Task.
+    # False once a queue keyword other than series, raw or returnFailure was
+    # given: its attempts need the full Task.
     plain = True
 
     def __init__(self, f: Any, args: tuple[Any, ...], kw: dict[str, Any] | None) -> None:
@@ -126,7 +127,6 @@ def takeQueueOptions(call: _Call, kw: dict[str, Any], returnFailure: bool) -> No
 
     *returnFailure* is the queue's setting, for a call that gives none.
     """
-    call.plain = False
     call.niceness = checkNiceness(kw.pop("niceness", 0))
     call.series = kw.pop("series", None)
     if call.series is not None:
@@ -146,6 +146,13 @@ def takeQueueOptions(call: _Call, kw: dict[str, Any], returnFailure: bool) -> No
     call.returnFailure = bool(kw.pop("returnFailure", returnFailure))
     raw = kw.pop("raw", None)
     call.raw = None if raw is None else bool(raw)
+    call.plain = not (
+        call.niceness
+        or call.doNext
+        or call.doLast
+        or call.timeout is not None
+        or call.consumer is not None
+    )
 
 
 def _unpackStatus(statusResult: Any) -> tuple[str, Any]:

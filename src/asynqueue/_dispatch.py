@@ -254,6 +254,10 @@ class _Dispatcher:
         if call.plain and not (call.timeouts or call.losses):
             callTuple = (call.f, call.args, call._kw or {})  # (call.kw, minus a Python call)
             task = plainTask(callTuple, call.callID, self._reactor.seconds)
+            if call.series is not None:
+                task.series = call.series
+            if call.raw is not None:
+                task.raw = call.raw
         else:
             task = Task(
                 call.f,

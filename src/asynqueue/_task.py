@@ -185,7 +185,8 @@ def plainTask(
     clock: Callable[[], float],
 ) -> Task:
     """
-    A first attempt at a call without queue options: the same as
+    A first attempt at a call without queue options (the dispatcher sets
+    ``series`` and ``raw`` on it, the only ones it may have): the same as
     ``Task(f, args, kw, callID=callID, clock=clock)`` for a tuple *args* and a
     dict *kw*, minus the checks and the defaults that the class provides
     (a third of the cost, on the queue's hot path).
