@@ -37,7 +37,8 @@ the child keeps) goes by the socket.
 The memory is a ``memfd`` (Linux): where there is none, there is no arena.
 Pages are allocated the first time they are written and kept for the
 child's life: an arena of `ARENA_SIZE` bytes costs as much memory as the
-largest result it carried.
+largest result (or arguments) it carried, shared by both processes; a
+child's memory limit (``maxRSS``) does not count them.
 
 Standard library only: the child loads this file on its own.
 """
