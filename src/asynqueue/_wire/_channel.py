@@ -33,6 +33,7 @@ the frame being sent cannot be finished and the channel closes.
 from __future__ import annotations
 
 import socket
+import sys
 from typing import Any
 
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -59,8 +60,12 @@ READ_BUDGET = 16 * 1024 * 1024
 # While a large message comes in, the kernel is asked (SO_RCVLOWAT) to wake
 # the reactor only once this much of it, or all the rest, is there: a 10 MB
 # result then takes a handful of reads instead of one per window's worth
-# (~256 KiB over loopback TCP), each with its own wake-up.
+# (~256 KiB over loopback TCP), each with its own wake-up. TCP on Linux
+# only: Linux caps the mark at half the receive buffer, so the wait always
+# ends; other systems may not (a mark the buffer cannot hold would never be
+# reached), and UNIX sockets ignore it.
 LOW_WATER_MAX = 1 << 20
+_LOW_WATER_FAMILIES = (socket.AF_INET, socket.AF_INET6) if sys.platform.startswith("linux") else ()
 
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
 
@@ -103,6 +108,7 @@ class SocketChannel:
         self._receiver = receiver
         self._reactor = reactor
         self._writing = False
+        self._tunesLowWater = sock.family in _LOW_WATER_FAMILIES
         # The early message whose bytes the front of the send queue waits for.
         self._stalled: Filling | None = None
         self._readingPaused = False
@@ -157,9 +163,10 @@ class SocketChannel:
                 # The kernel had no more: asking again would only cost a
                 # system call to learn so (the reactor says when there is more).
                 break
-        remaining = decoder.remaining()
-        if remaining or self._lowWater != 1:
-            self._setLowWater(remaining)
+        if self._tunesLowWater:
+            remaining = decoder.remaining()
+            if remaining or self._lowWater != 1:
+                self._setLowWater(remaining)
         return None
 
     _lowWater = 1  # the socket's SO_RCVLOWAT, as last set
