@@ -85,3 +85,14 @@ def checksum(data: Any) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+def manyViews(count: int, size: int) -> list[View]:
+    """*count* small `View` objects: each travels as an out-of-band buffer of its own."""
+    return [View(bytearray([i % 251]) * size) for i in range(count)]
+
+
+def viewTriples(count: int, size: int) -> Any:
+    """A generator of *count* tuples of three small `View` objects (three buffers an item)."""
+    for i in range(count):
+        yield tuple(View(bytearray([(i + k) % 251]) * size) for k in range(3))

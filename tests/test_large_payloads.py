@@ -484,6 +484,26 @@ class WorkerTest(TestCase):
     timeout = 60
 
     @inlineCallbacks
+    def test_messages_of_more_buffers_than_one_write_takes(self) -> Any:
+        # Each View is an out-of-band buffer of its own: 700 of them make
+        # messages of more parts than one scatter/gather write may carry.
+        q = ProcessQueue(1, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        count = _framing.MAX_IOVECS + 188
+        views = yield q.call(hl.manyViews, count, 100)
+        self.assertEqual(
+            [bytes(v.data) for v in views], [bytes(v.data) for v in hl.manyViews(count, 100)]
+        )
+        self.assertEqual((yield q.call(len, hl.manyViews(count, 100))), count)
+        self.assertEqual((yield q.call(len, b"abc")), 3)  # the stream is still in step
+        # An iterator's first batch: 256 items of three buffers each, in one write.
+        items = yield helpers.collect((yield q.call(hl.viewTriples, 300, 10)))
+        self.assertEqual(
+            [[bytes(v.data) for v in item] for item in items],
+            [[bytes(v.data) for v in item] for item in hl.viewTriples(300, 10)],
+        )
+
+    @inlineCallbacks
     def test_results_held_by_the_caller_are_never_overwritten(self) -> Any:
         q = ProcessQueue(1, returnFailure=True)
         self.addCleanup(q.shutdown)

@@ -267,17 +267,15 @@ class ChildLoop:
 
     def _write(self, buffers: list[Any]) -> None:
         """Write encoded messages (a header first): at once, or in pieces if the kernel wants."""
+        queue = SendQueue()
         if len(buffers) <= MAX_IOVECS:
             n = os.writev(self.fd, buffers)
             if n == sum(map(nbytes, buffers)):
                 return  # (the usual case: no queue needed)
-            queue = SendQueue()
             queue.append(buffers)
             queue.advance(n)
         else:
-            queue = SendQueue()
             queue.append(buffers)
-        queue.append(buffers)
         while queue:
             queue.advance(os.writev(self.fd, queue.peek()))
 
