@@ -267,15 +267,14 @@ class ChildLoop:
 
     def _write(self, buffers: list[Any]) -> None:
         """Write encoded messages (a header first): at once, or in pieces if the kernel wants."""
-        queue = SendQueue()
+        n = 0
         if len(buffers) <= MAX_IOVECS:
             n = os.writev(self.fd, buffers)
             if n == sum(map(nbytes, buffers)):
                 return  # (the usual case: no queue needed)
-            queue.append(buffers)
-            queue.advance(n)
-        else:
-            queue.append(buffers)
+        queue = SendQueue()
+        queue.append(buffers)
+        queue.advance(n)
         while queue:
             queue.advance(os.writev(self.fd, queue.peek()))
 
