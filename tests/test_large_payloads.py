@@ -452,6 +452,30 @@ class ChannelSendTest(TestCase):
         yield self.checkPartialWrites(senderSide, sinkSide)
 
     @inlineCallbacks
+    def test_a_low_water_mark_never_reached_only_stalls(self) -> Any:
+        # A sender that stops short of the mark (as a kernel that fails to
+        # wake us would look): the watchdog reads what is there, and the
+        # socket goes on without a mark.
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        sender = socket.create_connection(listener.getsockname())
+        self.addCleanup(sender.close)
+        sinkSide, _ = listener.accept()
+        sink = _Sink()
+        receiver = SocketChannel(sinkSide, sink, reactor, maxLength=None)
+        self.addCleanup(receiver.loseConnection)
+        body = hl.pattern(3 * POOL_MIN, 6)
+        stream = encodeBytes(31, [body])
+        first, second = 100_000, 400_000
+        sender.sendall(stream[:first])
+        yield helpers.waitUntil(lambda: receiver._decoder.pending() >= first)
+        sender.sendall(stream[first:second])  # less than the mark asks for
+        yield helpers.waitUntil(lambda: receiver._decoder.pending() >= second, limit=2)
+        sender.sendall(stream[second:] + encodeBytes(32, [b"after"]))
+        yield helpers.waitUntil(lambda: len(sink.messages) == 2)
+        self.assertEqual(sink.messages, [(31, [body]), (32, [b"after"])])
+
+    @inlineCallbacks
     def checkPartialWrites(self, senderSide: socket.socket, sinkSide: socket.socket) -> Any:
         senderSide.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         sink = _Sink()
@@ -550,6 +574,11 @@ class WorkerTest(TestCase):
         yield helpers.waitUntil(lambda: not inbox.taken())
         self.assertEqual((yield q.call(len, hl.pattern(size, 4))), size)
         self.assertEqual(inbox.map[start : start + size], hl.pattern(size, 4))
+        # Once the child is gone, its shared memory goes too (not at the next
+        # garbage collection).
+        yield q.shutdown()
+        self.assertTrue(inbox.map.closed)
+        self.assertIsNone(child.inbox)
 
     @inlineCallbacks
     def test_a_process_server_hands_large_arguments_to_its_child_through_the_inbox(

@@ -267,6 +267,12 @@ class _Child(WireClient, ProcessProtocol):
         text = _describeEnd(self.pid, reason)
         if self.channel is not None and self.channel.connected:
             self.channel.loseConnection()
+        # The shared memory, now (this object may wait for the garbage
+        # collector, and each arena holds up to ARENA_SIZE bytes).
+        for shared in (self.arena, self.inbox, self._inboxOffered):
+            if shared is not None:
+                shared.unmap()
+        self.arena = self.inbox = self._inboxOffered = None
         self.worker._childEnded(self, text)
 
     def sendSignal(self, name: str) -> None:

@@ -105,6 +105,16 @@ class Arena:
             os.close(self.fd)
             self.fd = -1
 
+    def unmap(self) -> None:
+        """
+        Let go of the memory now (its other side is gone), unless views of
+        it are still out: then when the last one goes.
+        """
+        try:
+            self.map.close()
+        except BufferError:
+            pass  # views are out: their holder's finalizer keeps the map until they go
+
     # ------------------------------------------------------------ the writer
 
     def reserve(self, parts: list[Any], minSize: int = ARENA_MIN) -> tuple[list[Any], Any] | None:

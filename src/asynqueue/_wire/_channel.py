@@ -61,10 +61,13 @@ READ_BUDGET = 16 * 1024 * 1024
 # the reactor only once this much of it, or all the rest, is there: a 10 MB
 # result then takes a handful of reads instead of one per window's worth
 # (~256 KiB over loopback TCP), each with its own wake-up. TCP on Linux
-# only: Linux caps the mark at half the receive buffer, so the wait always
-# ends; other systems may not (a mark the buffer cannot hold would never be
-# reached), and UNIX sockets ignore it.
+# only: recent Linux kernels cap the mark at what the receive buffer can
+# hold; other systems may not (a mark the buffer cannot hold would never be
+# reached), and UNIX sockets ignore it. In case a kernel still fails to wake
+# us, a watchdog reads after `LOW_WATER_PATIENCE` seconds without a wake-up
+# and gives up the mark on that socket for good: a stall, never a hang.
 LOW_WATER_MAX = 1 << 20
+LOW_WATER_PATIENCE = 0.05
 _LOW_WATER_FAMILIES = (socket.AF_INET, socket.AF_INET6) if sys.platform.startswith("linux") else ()
 
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
@@ -170,16 +173,41 @@ class SocketChannel:
         return None
 
     _lowWater = 1  # the socket's SO_RCVLOWAT, as last set
+    _lowWaterWatch: Any = None  # the watchdog's delayed call while the mark is up
 
     def _setLowWater(self, remaining: int) -> None:
         """Wake for *remaining* bytes of a large message (up to `LOW_WATER_MAX`), else any."""
+        if not self.connected:
+            return
         want = min(remaining, LOW_WATER_MAX) if remaining else 1
-        if want != self._lowWater and self.connected:
+        if want != self._lowWater:
             self._lowWater = want
             try:
                 self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
             except OSError:
                 pass
+        if want > 1:
+            self._watchLowWater()
+        else:
+            watch, self._lowWaterWatch = self._lowWaterWatch, None
+            if watch is not None:
+                watch.cancel()
+
+    def _watchLowWater(self) -> None:
+        """(Re)start the watchdog of the low-water mark (see `LOW_WATER_PATIENCE`)."""
+        watch = self._lowWaterWatch
+        if watch is None:
+            self._lowWaterWatch = self._reactor.callLater(LOW_WATER_PATIENCE, self._lowWaterStalled)
+        else:
+            watch.reset(LOW_WATER_PATIENCE)
+
+    def _lowWaterStalled(self) -> None:
+        """No wake-up for a while with the mark up: drop it on this socket and read."""
+        self._lowWaterWatch = None
+        self._tunesLowWater = False
+        self._setLowWater(0)
+        if self.connected and not self._readingPaused:
+            self.doRead()
 
     def doWrite(self) -> None:
         self._flush()
@@ -210,11 +238,16 @@ class SocketChannel:
         if self.connected and not self._readingPaused:
             self._readingPaused = True
             self._reactor.removeReader(self)
+            watch, self._lowWaterWatch = self._lowWaterWatch, None
+            if watch is not None:
+                watch.cancel()  # no wake-up is due while we do not read
 
     def resumeReading(self) -> None:
         if self.connected and self._readingPaused:
             self._readingPaused = False
             self._reactor.addReader(self)
+            if self._lowWater > 1:
+                self._watchLowWater()
 
     def send(self, buffers: list[Any]) -> None:
         """Queue an encoded message (see `encode`) and write what can be written now."""
@@ -314,6 +347,9 @@ class SocketChannel:
             self._writing = False
             self._reactor.removeWriter(self)
         self.connected = False
+        watch, self._lowWaterWatch = self._lowWaterWatch, None
+        if watch is not None:
+            watch.cancel()
         self._out.clear()
         self._stalled = None
         self._decoder.close(ConnectionLost(str(reason.value)))
