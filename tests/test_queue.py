@@ -8,6 +8,8 @@ import sys
 from io import StringIO
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
@@ -714,6 +716,24 @@ class PipelineDispatchTests(TestCase):
         )
         self.successResultOf(q.shutdown())
 
+    def test_a_series_task_never_overtakes_one_waiting_behind_other_work(self) -> None:
+        w1, w2 = PipeliningWorker(5, "w1"), PipeliningWorker(5, "w2")
+        q = TaskQueue(w1, w2, returnFailure=True, reactor=Clock())
+        q.call(lambda x: x, "X")
+        q.call(lambda x: x, "Y")
+        q.call(lambda x: x, "S1", series="S")  # behind X on w1
+        self.assertEqual([t.callTuple[1][0] for t in w1.log], ["X", "S1"])
+        w2.finishAll()  # w2 is idle now; S1 still waits behind X
+        q.call(lambda x: x, "S2", series="S")
+        self.assertNotIn("S2", [t.callTuple[1][0] for t in w2.log])  # it would start first
+        q.call(lambda x: x, "plain")  # other work still flows to w2
+        self.assertIn("plain", [t.callTuple[1][0] for t in w2.log])
+        while w1.current or w2.current:
+            w1.finishAll()
+            w2.finishAll()
+        self.assertEqual(q.counts()["queued"], 0)
+        self.successResultOf(q.shutdown())
+
     def test_series_call_on_an_empty_queue_goes_to_a_qualified_worker(self) -> None:
         plain, gpu = PipeliningWorker(5, "plain"), PipeliningWorker(5, "gpu")
         gpu.iQualified = ["gpu"]
@@ -724,6 +744,65 @@ class PipelineDispatchTests(TestCase):
         gpu.finishAll()
         self.assertEqual([self.successResultOf(d) for d in ds], [0, 1, 2])
         self.successResultOf(q.shutdown())
+
+
+class _OneAtATimeWorker(PipeliningWorker):
+    """A pipelining worker whose tasks finish one at a time, oldest first."""
+
+    def finishOne(self) -> None:
+        task, _ = self.current.pop(0)
+        task.callback(("r", task.callTuple[1][0]))
+        waiter = self.waiter
+        if waiter is not None and len(self.current) < self.window:
+            self.waiter = None
+            waiter.callback(None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("call"), st.sampled_from(["A", "B", None])),
+            st.tuples(st.just("finish"), st.sampled_from([0, 1])),
+        ),
+        max_size=60,
+    )
+)
+def test_series_tasks_start_in_submission_order_on_pipelining_workers(ops: list[Any]) -> None:
+    """Whatever the interleaving of calls and finishes, each series starts in order."""
+    workers = [_OneAtATimeWorker(3, "w1"), _OneAtATimeWorker(3, "w2")]
+    q = TaskQueue(*workers, returnFailure=True, reactor=Clock())
+    started: list[tuple[Any, int]] = []  # (series, submission number), in start order
+    seen: set[int] = set()
+    results: list[Any] = []
+
+    def noteStarts() -> None:
+        # A worker runs its tasks in order: its oldest task is the one running.
+        for w in workers:
+            if w.current:
+                series, number = w.current[0][0].callTuple[1][0]
+                if number not in seen:
+                    seen.add(number)
+                    started.append((series, number))
+
+    submitted = 0
+    for op, arg in ops:
+        if op == "call":
+            d = q.call(lambda x: x, (arg, submitted), series=arg)
+            d.addBoth(results.append)
+            submitted += 1
+        elif workers[arg].current:
+            workers[arg].finishOne()
+        noteStarts()
+    while any(w.current for w in workers):
+        for w in workers:
+            if w.current:
+                w.finishOne()
+                noteStarts()
+    for series in ("A", "B"):
+        numbers = [n for s, n in started if s == series]
+        assert numbers == sorted(numbers), (series, started)
+    assert sorted(n for _, n in results) == list(range(submitted))
 
 
 class CancelledCallTests(TestCase):

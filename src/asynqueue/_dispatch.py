@@ -79,10 +79,11 @@ class _Dispatcher:
     keeps no state of its own: it expects the queue to provide
 
     - ``_reactor``, ``_scheduler``, ``spew``;
-    - ``_slotList`` (attached `_Slot` objects), ``_pending`` (unfinished
-      `_Call` objects), ``_drainWaiters``, ``_dispatching``, ``_redispatch``,
-      ``_seriesRunning``, ``_reporter`` (the bound ``_onReport``) and
-      ``_ownTaskDone``, all set by ``TaskQueue.__init__``;
+    - ``_slots`` (`_Slot` objects by ID), ``_slotList`` (the attached ones),
+      ``_pending`` (unfinished `_Call` objects), ``_drainWaiters``,
+      ``_dispatching``, ``_redispatch``, ``_seriesRunning``, ``_reporter``
+      (the bound ``_onReport``) and ``_ownTaskDone``, all set by
+      ``TaskQueue.__init__``;
     - the methods ``taskDone``, ``detachWorker`` and ``_checkDrained``.
     """
 
@@ -95,6 +96,7 @@ class _Dispatcher:
     _dispatching: bool
     _redispatch: bool
     _seriesRunning: dict[Hashable, dict[int, int]]
+    _slots: dict[int, _Slot]
     _reporter: Any
     _ownTaskDone: bool
 
@@ -208,18 +210,30 @@ class _Dispatcher:
 
     def _busySeries(self, slot: _Slot) -> Collection[Hashable]:
         """
-        Series that *slot* may not take now: a task of series S goes to a
-        worker that already holds other tasks only if no *other* worker holds
-        S tasks. The worker runs its tasks in order, so S tasks still start
-        in submission order, even when workers pipeline several tasks.
+        Series that *slot* may not take now, so that the tasks of a series
+        start in submission order even when workers pipeline several tasks
+        (each runs its tasks in order):
+
+        - a worker that already holds other tasks takes a task of series S
+          only if no *other* worker holds S tasks;
+        - no worker takes a task of S while another worker holds an S task
+          that waits behind other work there (not the oldest it holds): the
+          new one could start first.
         """
-        if not slot.inflight or not self._seriesRunning:
+        if not self._seriesRunning:
             return ()
-        return [
-            series
-            for series, holders in self._seriesRunning.items()
-            if len(holders) > 1 or slot.ID not in holders
-        ]
+        busy = []
+        slots = self._slots
+        for series, holders in self._seriesRunning.items():
+            if slot.inflight and (len(holders) > 1 or slot.ID not in holders):
+                busy.append(series)
+                continue
+            for holderID in holders:
+                holder = slots.get(holderID)
+                if holder is not None and holder is not slot and _waitsBehindOthers(holder, series):
+                    busy.append(series)
+                    break
+        return busy
 
     def _track(self, slot: _Slot, call: _Call) -> None:
         holders = self._seriesRunning.setdefault(call.series, {})
@@ -484,6 +498,16 @@ class _Dispatcher:
             outcome.chainDeferred(call)
         else:
             call.callback(outcome)
+
+
+def _waitsBehindOthers(slot: _Slot, series: Hashable) -> bool:
+    """True if *slot* holds a task of *series* that is not the oldest it holds."""
+    inflight = slot.inflight
+    if len(inflight) < 2:
+        return False
+    calls = iter(inflight.values())
+    next(calls)  # the oldest: running, or next to run
+    return any(call.series == series for call in calls)
 
 
 def _load(slot: _Slot) -> int:

@@ -377,7 +377,7 @@ class TaskQueue(_Dispatcher):
                 series is None
                 or (
                     scheduler.mayRun(series, slot.qualified)
-                    and not (slot.inflight and series in self._busySeries(slot))
+                    and series not in self._busySeries(slot)
                 )
             ):
                 call.seq = scheduler.ticket()
