@@ -50,6 +50,8 @@ workers between clients.
   the child copies them there in growing pieces and says how far it got,
   and this connection's channel sends them from there as they are written,
   so the server's process copies nothing but into the client's socket.
+  Large arguments go the other way through the child's inbox, another
+  arena: the server copies them in, the child reads them from there.
 - With an allow-list, the server unpickles the call first and refuses a
   callable not on the list (``PermissionError``) before it runs.
 - A call flagged as a universe call names a public method of the server's
