@@ -194,7 +194,7 @@ def dumps(obj: Any) -> list[Any]:
         del buffers[1:]
         buffers[0] = _cloudpickle().dumps(obj, PROTOCOL, buffer_callback=outOfBand)
     else:
-        buffers[0] = stream.getbuffer()
+        buffers[0] = stream.getvalue()  # (no copy: the BytesIO gives up its bytes)
     return buffers
 
 
