@@ -778,12 +778,15 @@ def test_series_tasks_start_in_submission_order_on_pipelining_workers(ops: list[
 
     def noteStarts() -> None:
         # A worker runs its tasks in order: its oldest task is the one running.
+        # Tasks that become the oldest in the same step start together.
+        new = []
         for w in workers:
             if w.current:
                 series, number = w.current[0][0].callTuple[1][0]
                 if number not in seen:
                     seen.add(number)
-                    started.append((series, number))
+                    new.append((number, series))
+        started.extend((series, number) for number, series in sorted(new))
 
     submitted = 0
     for op, arg in ops:

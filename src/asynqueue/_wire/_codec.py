@@ -36,6 +36,8 @@ import pickle
 from collections import namedtuple
 from types import FunctionType
 
+from ._framing import BYTES_MIN
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the child must not pay for importing typing
     from typing import Any
@@ -194,7 +196,15 @@ def dumps(obj: Any) -> list[Any]:
         del buffers[1:]
         buffers[0] = _cloudpickle().dumps(obj, PROTOCOL, buffer_callback=outOfBand)
     else:
-        buffers[0] = stream.getvalue()  # (no copy: the BytesIO gives up its bytes)
+        # A small pickle as the BytesIO's own bytes (no copy, and no view of it
+        # left to be caught in a reference cycle, which the garbage collector
+        # then reports); a large one as a writable view, so that the receiver
+        # reads it into a pooled buffer (a bytes part would be marked immutable
+        # and read into fresh memory: see `_framing`).
+        if stream.tell() < BYTES_MIN:
+            buffers[0] = stream.getvalue()
+        else:
+            buffers[0] = stream.getbuffer()
     return buffers
 
 
