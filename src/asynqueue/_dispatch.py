@@ -222,18 +222,27 @@ class _Dispatcher:
         """
         if not self._seriesRunning:
             return ()
-        busy = []
+        return [
+            series
+            for series, holders in self._seriesRunning.items()
+            if self._heldBack(slot, series, holders)
+        ]
+
+    def _seriesBusy(self, slot: _Slot, series: Hashable) -> bool:
+        """Whether *series* is among `_busySeries` (slot), asked for that one series."""
+        holders = self._seriesRunning.get(series)
+        return holders is not None and self._heldBack(slot, series, holders)
+
+    def _heldBack(self, slot: _Slot, series: Hashable, holders: dict[int, int]) -> bool:
+        """The rules of `_busySeries`, for one series held by *holders*."""
+        if slot.inflight and (len(holders) > 1 or slot.ID not in holders):
+            return True
         slots = self._slots
-        for series, holders in self._seriesRunning.items():
-            if slot.inflight and (len(holders) > 1 or slot.ID not in holders):
-                busy.append(series)
-                continue
-            for holderID in holders:
-                holder = slots.get(holderID)
-                if holder is not None and holder is not slot and _waitsBehindOthers(holder, series):
-                    busy.append(series)
-                    break
-        return busy
+        for holderID in holders:
+            holder = slots.get(holderID)
+            if holder is not None and holder is not slot and _waitsBehindOthers(holder, series):
+                return True
+        return False
 
     def _track(self, slot: _Slot, call: _Call) -> None:
         holders = self._seriesRunning.setdefault(call.series, {})

@@ -106,7 +106,7 @@ from ._iteration import BATCH_ITEMS, BATCH_SECONDS
 from ._queue import TaskQueue
 from ._task import Task
 from ._util import dropTrigger
-from ._wire._arena import ARENA_MIN, Arena
+from ._wire._arena import Arena
 from ._wire._channel import SocketChannel
 from ._wire._client import PipelineWindow, WireClient
 from ._wire._codec import (
@@ -119,7 +119,7 @@ from ._wire._codec import (
     dumpsCall,
     dumpsSmall,
 )
-from ._wire._framing import Filling, Message, encode, nbytes
+from ._wire._framing import Filling, Message, encode
 from ._wire._relay import PickledCall
 from .interfaces import IWorker
 
@@ -413,11 +413,6 @@ def _placeInInbox(inbox: Arena, parts: list[Any], flags: int) -> tuple[list[Any]
     is free (one ``memcpy`` instead of a trip through the socket: the
     kernel's copy in and the child's copy out); else as they are.
     """
-    for part in parts:
-        if nbytes(part) >= ARENA_MIN:
-            break
-    else:
-        return parts, flags  # (the usual case: nothing large)
     placed = inbox.reserve(parts)
     if placed is None:
         return parts, flags

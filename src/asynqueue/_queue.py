@@ -375,10 +375,7 @@ class TaskQueue(_Dispatcher):
             series = call.series
             if slot is not None and (
                 series is None
-                or (
-                    scheduler.mayRun(series, slot.qualified)
-                    and series not in self._busySeries(slot)
-                )
+                or (scheduler.mayRun(series, slot.qualified) and not self._seriesBusy(slot, series))
             ):
                 call.seq = scheduler.ticket()
                 self._dispatching = True

@@ -49,7 +49,7 @@ import mmap
 import os
 import weakref
 
-from ._framing import Filling
+from ._framing import Filling, nbytes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the child must not pay for importing typing
@@ -124,19 +124,19 @@ class Arena:
         description of where they go (for `fill` and `take`). None if not.
         """
         where = []
-        out = list(parts)
         pos = _DATA
         for index, part in enumerate(parts):
-            view = memoryview(part)
-            size = view.nbytes
+            size = nbytes(part)
             if size >= minSize:
-                where.append((index, pos, size, view.readonly))
-                out[index] = b""
+                where.append((index, pos, size, memoryview(part).readonly))
                 pos += -(-size // 64) * 64
         if not where or pos > self.size or self.map[0] != _FREE:
-            return None
+            return None  # (the usual case, for most calls: no part that large)
         self.map[0] = _TAKEN
         self.highWater = max(self.highWater, pos)
+        out = list(parts)
+        for index, _, _, _ in where:
+            out[index] = b""
         return out, where
 
     def fill(self, parts: list[Any], where: Any, first: int = ARENA_MIN) -> Iterator[int]:

@@ -189,9 +189,7 @@ class SocketChannel:
         if want > 1:
             self._watchLowWater()
         else:
-            watch, self._lowWaterWatch = self._lowWaterWatch, None
-            if watch is not None:
-                watch.cancel()
+            self._unwatchLowWater()
 
     def _watchLowWater(self) -> None:
         """(Re)start the watchdog of the low-water mark (see `LOW_WATER_PATIENCE`)."""
@@ -200,6 +198,11 @@ class SocketChannel:
             self._lowWaterWatch = self._reactor.callLater(LOW_WATER_PATIENCE, self._lowWaterStalled)
         else:
             watch.reset(LOW_WATER_PATIENCE)
+
+    def _unwatchLowWater(self) -> None:
+        watch, self._lowWaterWatch = self._lowWaterWatch, None
+        if watch is not None:
+            watch.cancel()
 
     def _lowWaterStalled(self) -> None:
         """No wake-up for a while with the mark up: drop it on this socket and read."""
@@ -238,9 +241,7 @@ class SocketChannel:
         if self.connected and not self._readingPaused:
             self._readingPaused = True
             self._reactor.removeReader(self)
-            watch, self._lowWaterWatch = self._lowWaterWatch, None
-            if watch is not None:
-                watch.cancel()  # no wake-up is due while we do not read
+            self._unwatchLowWater()  # no wake-up is due while we do not read
 
     def resumeReading(self) -> None:
         if self.connected and self._readingPaused:
@@ -347,9 +348,7 @@ class SocketChannel:
             self._writing = False
             self._reactor.removeWriter(self)
         self.connected = False
-        watch, self._lowWaterWatch = self._lowWaterWatch, None
-        if watch is not None:
-            watch.cancel()
+        self._unwatchLowWater()
         self._out.clear()
         self._stalled = None
         self._decoder.close(ConnectionLost(str(reason.value)))
