@@ -435,6 +435,14 @@ class ChannelSendTest(TestCase):
 
     timeout = 20
 
+    def tcpPair(self) -> tuple[socket.socket, socket.socket]:
+        """Both ends of a loopback TCP connection."""
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        return client, server
+
     @inlineCallbacks
     def test_partial_writes_are_finished_in_order(self) -> Any:
         senderSide, sinkSide = socket.socketpair()
@@ -445,10 +453,7 @@ class ChannelSendTest(TestCase):
         # Over TCP the receiver also asks the kernel to wake it only once a
         # good piece of a large message is in (SO_RCVLOWAT), and must drop
         # that again for the small messages that follow.
-        listener = socket.create_server(("127.0.0.1", 0))
-        self.addCleanup(listener.close)
-        senderSide = socket.create_connection(listener.getsockname())
-        sinkSide, _ = listener.accept()
+        senderSide, sinkSide = self.tcpPair()
         yield self.checkPartialWrites(senderSide, sinkSide)
 
     @inlineCallbacks
@@ -456,11 +461,8 @@ class ChannelSendTest(TestCase):
         # A sender that stops short of the mark (as a kernel that fails to
         # wake us would look): the watchdog reads what is there, and the
         # socket goes on without a mark.
-        listener = socket.create_server(("127.0.0.1", 0))
-        self.addCleanup(listener.close)
-        sender = socket.create_connection(listener.getsockname())
+        sender, sinkSide = self.tcpPair()
         self.addCleanup(sender.close)
-        sinkSide, _ = listener.accept()
         sink = _Sink()
         receiver = SocketChannel(sinkSide, sink, reactor, maxLength=None)
         self.addCleanup(receiver.loseConnection)
