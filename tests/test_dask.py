@@ -241,7 +241,7 @@ class CallTests(_ClusterTestCase):
 class IteratorTests(_ClusterTestCase):
     @inlineCallbacks
     def test_iterator_comes_back_as_deferator_in_chunks(self) -> Any:
-        from asynqueue._iteration import Deferator
+        from asynqueue._iter._deferator import Deferator
 
         q = self.queue(iterChunk=10)
         dr = yield q.call(count, 95)

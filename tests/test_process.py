@@ -19,7 +19,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from asynqueue import errors
-from asynqueue._producers import ListConsumer
+from asynqueue._iter._producers import ListConsumer
 from asynqueue._task import Task
 from asynqueue.process import ProcessBase, ProcessQueue, ProcessWorker
 

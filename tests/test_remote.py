@@ -24,7 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
 from asynqueue import TaskQueue, errors
-from asynqueue._producers import ListConsumer
+from asynqueue._iter._producers import ListConsumer
 from asynqueue._server import needsKey, resolveName
 from asynqueue._wire import _auth
 from asynqueue._wire._codec import AUTH, CALLS

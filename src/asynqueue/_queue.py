@@ -421,7 +421,7 @@ class TaskQueue(_Dispatcher):
             consumer = call.consumer if call is not None else kw.get("consumer")
             if consumer is None:
                 return result
-            from ._producers import consumeInto
+            from ._iter._producers import consumeInto
 
             return consumeInto(result, consumer)
         if status == "e":

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from . import errors
 from ._child import FIRST_BATCH
-from ._iteration import Deferator, isIterator
+from ._iter._deferator import Deferator, isIterator
 from ._wire import _auth
 from ._wire._client import BurstSender
 from ._wire._codec import (

@@ -46,7 +46,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import errors
-from ._iteration import isIterator
+from ._iter._deferator import isIterator
 from ._queue import TaskQueue
 from ._task import Task
 from ._util import whenFired
@@ -173,7 +173,7 @@ class ThreadWorker:
             if kind == _TASK:
                 self._inflight -= 1
                 if ok == "i":
-                    from ._iteration import threadDeferator
+                    from ._iter._deferator import threadDeferator
 
                     value = threadDeferator(value, self.deferToThread)
                 target.callback((ok, value))

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._iteration import isIterator
+from ._iter._deferator import isIterator
 from ._task import Task
 from .interfaces import IWorker
 
@@ -27,7 +27,7 @@ __all__ = ["AsyncWorker", "resultStatus"]
 def resultStatus(result: Any, raw: bool) -> tuple[str, Any]:
     """``('i', Deferator)`` for an iterator (unless *raw*), else ``('r', result)``."""
     if not raw and isIterator(result):
-        from ._iteration import Deferator
+        from ._iter._deferator import Deferator
 
         return "i", Deferator(result)
     return "r", result

@@ -6,8 +6,8 @@ caller a `Deferator`, or, with ``consumer=...``, writes its items to that
 IConsumer through an `IterationProducer`.
 """
 
-from ._iteration import Deferator, Delay, deferToDelay, isIterator, threadDeferator
-from ._producers import (
+from ._iter._deferator import Deferator, Delay, deferToDelay, isIterator, threadDeferator
+from ._iter._producers import (
     IterationProducer,
     ListConsumer,
     Prefetcherator,

@@ -469,7 +469,7 @@ class DaskWorker:
     def _iterResult(self, chunk: _Chunk) -> tuple[str, Any]:
         if not chunk.items and not chunk.more and chunk.error is None:
             return "i", []
-        from .._iteration import Deferator
+        from .._iter._deferator import Deferator
 
         remote = _RemoteIterator(self, chunk)
         return "i", Deferator("iterator on Dask", remote.getNext)

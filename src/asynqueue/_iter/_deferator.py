@@ -1,7 +1,7 @@
 """
 Iterators that cross the reactor/worker boundary: `Deferator` and its sources.
 
-Producers and consumers built on it live in `asynqueue._producers`.
+Producers and consumers built on it live in `asynqueue._iter._producers`.
 
 When a task returns an iterator (anything `isIterator` accepts), the caller
 does not get the iterator itself but a `Deferator`: an iterator of Deferreds,
@@ -57,7 +57,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
-from .errors import ImplementationError, NotReadyError
+from ..errors import ImplementationError, NotReadyError
 
 __all__ = [
     "BATCH_ITEMS",

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IConsumer, IPullProducer, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._iteration import (
+from ._deferator import (
     _NOTHING,
     SYNC_BATCH_ITEMS,
     TURN_ITEMS,
@@ -29,7 +29,7 @@ from ._iteration import (
     isIterator,
     log,
 )
-from .errors import ImplementationError
+from ..errors import ImplementationError
 
 __all__ = [
     "IterationProducer",
