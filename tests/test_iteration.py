@@ -11,7 +11,7 @@ from twisted.internet.interfaces import IConsumer, IPullProducer, IPushProducer
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from asynqueue._iter._deferator import SYNC_BATCH_ITEMS, TURN_ITEMS
+from asynqueue._iter._base import SYNC_BATCH_ITEMS, TURN_ITEMS
 from asynqueue.errors import ImplementationError, NotReadyError
 from asynqueue.iteration import (
     Deferator,

@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from zope.interface import implementer
 
 from asynqueue import ThreadQueue
-from asynqueue._iter._deferator import BATCH_ITEMS
+from asynqueue._iter._base import BATCH_ITEMS
 from asynqueue.errors import AsynQueueError
 from asynqueue.iteration import Deferator, ListConsumer, consumeInto, threadDeferator
 

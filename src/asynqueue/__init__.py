@@ -107,10 +107,10 @@ if TYPE_CHECKING:
     from ._info import showResult as showResult
     from ._iter._deferator import Deferator as Deferator
     from ._iter._deferator import deferToDelay as deferToDelay
-    from ._process import ProcessQueue as ProcessQueue
-    from ._process import ProcessWorker as ProcessWorker
     from ._iter._producers import IterationProducer as IterationProducer
     from ._iter._producers import ListConsumer as ListConsumer
+    from ._process import ProcessQueue as ProcessQueue
+    from ._process import ProcessWorker as ProcessWorker
     from ._queue import TaskQueue as TaskQueue
     from ._task import Task as Task
     from ._threads import ThreadQueue as ThreadQueue

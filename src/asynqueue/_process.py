@@ -102,7 +102,7 @@ from zope.interface import implementer
 
 from . import errors
 from ._child import BOOTSTRAP, FIRST_BATCH, ProcessBase, leanCode
-from ._iter._deferator import BATCH_ITEMS, BATCH_SECONDS
+from ._iter._base import BATCH_ITEMS, BATCH_SECONDS
 from ._queue import TaskQueue
 from ._task import Task
 from ._util import dropTrigger

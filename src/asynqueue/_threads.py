@@ -46,7 +46,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import errors
-from ._iter._deferator import isIterator
+from ._iter._base import isIterator
 from ._queue import TaskQueue
 from ._task import Task
 from ._util import whenFired

@@ -44,7 +44,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import errors
-from ._iter._deferator import BATCH_ITEMS
+from ._iter._base import BATCH_ITEMS
 from ._queue import TaskQueue
 from ._server import DEFAULT_MAX_FRAME
 from ._task import Task

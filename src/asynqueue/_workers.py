@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._iter._deferator import isIterator
+from ._iter._base import isIterator
 from ._task import Task
 from .interfaces import IWorker
 

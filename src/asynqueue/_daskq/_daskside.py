@@ -22,7 +22,7 @@ import distributed
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from .. import errors
-from .._iter._deferator import isIterator
+from .._iter._base import isIterator
 
 
 def _portable(exc: BaseException) -> BaseException:

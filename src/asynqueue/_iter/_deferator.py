@@ -58,48 +58,17 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
 from ..errors import ImplementationError, NotReadyError
+from ._base import _NOTHING, BATCH_ITEMS, BATCH_SECONDS, Batch
+from ._prefetch import Prefetcherator
 
 __all__ = [
-    "BATCH_ITEMS",
-    "BATCH_SECONDS",
     "Deferator",
     "Delay",
     "deferToDelay",
-    "isIterator",
     "threadDeferator",
 ]
 
 log = logging.getLogger("asynqueue")
-
-# Most items one thread round trip fetches. Large enough that the hand-off
-# cost (a thread wake-up plus a reactor wake-up, tens of microseconds) is
-# negligible per item; small enough that two batches in memory are cheap.
-BATCH_ITEMS = 2048
-
-# A batch stops filling after this long, so a slow generator still delivers
-# its first items promptly instead of after BATCH_ITEMS of them.
-BATCH_SECONDS = 0.01
-
-# Items a producer fed from a synchronous source pulls per request, and
-# writes per reactor turn before letting the reactor run other work.
-SYNC_BATCH_ITEMS = 256
-TURN_ITEMS = 2048
-
-_NOTHING: Any = object()
-
-# (items, more, failure): see the module docstring.
-Batch = tuple[list[Any], bool, Failure | None]
-
-
-def isIterator(obj: Any) -> bool:
-    """True for iterators other than plain containers and Deferreds."""
-    if isinstance(
-        obj,
-        (Deferred, str, bytes, bytearray, list, tuple, dict, set, frozenset,
-         memoryview, range),
-    ):  # fmt: skip
-        return False
-    return callable(getattr(obj, "__iter__", None)) and callable(getattr(obj, "__next__", None))
 
 
 def deferToDelay(delay: float, clock: Any = None) -> Deferred[None]:
@@ -374,7 +343,7 @@ class Deferator:
             self.representation = str(objOrRep)
             self._source = _TripleSource(args[0], args[1:], kw)
             self._more = True
-        elif _isPrefetcherator(objOrRep):
+        elif isinstance(objOrRep, Prefetcherator):
             self.representation = repr(objOrRep)
             self._source = _TripleSource(objOrRep.getNext, (), {})
             self._more = objOrRep.moreLeft
@@ -611,12 +580,6 @@ def threadDeferator(
     """
     source = _ThreadSource(_Puller(iterator), deferToThread, maxItems, maxSeconds)
     return _primed(source, _describe(iterator)).addCallback(lambda dr: [] if dr is None else dr)
-
-
-def _isPrefetcherator(obj: Any) -> bool:
-    from ._producers import Prefetcherator  # (it builds on Deferator)
-
-    return isinstance(obj, Prefetcherator)
 
 
 def _describe(obj: Any) -> str:
