@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-import asynqueue._info as infoModule
+import asynqueue._support._info as infoModule
 from asynqueue.info import Info, InfoHolder, showResult, whichThread
 
 

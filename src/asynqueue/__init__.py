@@ -103,8 +103,6 @@ if TYPE_CHECKING:
     from ._child import ProcessBase as ProcessBase
     from ._dask import DaskQueue as DaskQueue
     from ._dask import DaskWorker as DaskWorker
-    from ._info import Info as Info
-    from ._info import showResult as showResult
     from ._iter._deferator import Deferator as Deferator
     from ._iter._deferator import deferToDelay as deferToDelay
     from ._iter._producers import IterationProducer as IterationProducer
@@ -112,12 +110,14 @@ if TYPE_CHECKING:
     from ._process import ProcessQueue as ProcessQueue
     from ._process import ProcessWorker as ProcessWorker
     from ._queue import TaskQueue as TaskQueue
+    from ._support._info import Info as Info
+    from ._support._info import showResult as showResult
+    from ._support._util import DeferredLock as DeferredLock
+    from ._support._util import DeferredTracker as DeferredTracker
     from ._task import Task as Task
     from ._threads import ThreadQueue as ThreadQueue
     from ._threads import ThreadWorker as ThreadWorker
     from ._threads import deferToThread as deferToThread
-    from ._util import DeferredLock as DeferredLock
-    from ._util import DeferredTracker as DeferredTracker
     from ._workers import AsyncWorker as AsyncWorker
     from .interfaces import IWorker as IWorker
     from .null import NullQueue as NullQueue

@@ -45,8 +45,8 @@ from ._calls import (
 )
 from ._dispatch import _Dispatcher, _Slot
 from ._scheduler import Scheduler
+from ._support._util import whenFired
 from ._task import DO_NEXT_PRIORITY, Task, nextCallID
-from ._util import whenFired
 from .interfaces import IWorker
 
 __all__ = ["TaskQueue"]

@@ -85,8 +85,8 @@ from twisted.internet.protocol import Factory
 
 from ._queue import TaskQueue
 from ._serverconn import _Connection
+from ._support._util import dropTrigger
 from ._universe import WireWorkerUniverse, resolveName
-from ._util import dropTrigger
 from ._wire import _auth
 from ._wire._framed import FrameProtocol
 

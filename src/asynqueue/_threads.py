@@ -48,8 +48,8 @@ from zope.interface import implementer
 from . import errors
 from ._iter._base import isIterator
 from ._queue import TaskQueue
+from ._support._util import whenFired
 from ._task import Task
-from ._util import whenFired
 from .interfaces import IWorker
 
 __all__ = ["ThreadQueue", "ThreadWorker", "deferToThread"]

@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._iter._base import isIterator
+from .._iter._base import isIterator
 
 __all__ = [
     "CallRunner",
