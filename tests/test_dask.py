@@ -27,8 +27,8 @@ from twisted.internet.threads import deferToThread  # noqa: E402
 from twisted.trial.unittest import TestCase  # noqa: E402
 
 from asynqueue import TaskQueue, errors  # noqa: E402
+from asynqueue._core._scheduler import Scheduler  # noqa: E402
 from asynqueue._daskq._worker import PER_THREAD_MAX  # noqa: E402
-from asynqueue._scheduler import Scheduler  # noqa: E402
 from asynqueue.dask_worker import DaskQueue, DaskWorker  # noqa: E402
 
 from .helpers import collect, reap  # noqa: E402

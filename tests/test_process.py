@@ -19,8 +19,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from asynqueue import errors
+from asynqueue._core._task import Task
 from asynqueue._iter._producers import ListConsumer
-from asynqueue._task import Task
 from asynqueue.process import ProcessBase, ProcessQueue, ProcessWorker
 
 from . import helpers_process as h

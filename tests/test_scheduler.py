@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asynqueue._scheduler import Entry, Scheduler, checkNiceness, weight
+from asynqueue._core._scheduler import Entry, Scheduler, checkNiceness, weight
 
 niceness = st.integers(min_value=-20, max_value=20)
 

@@ -101,6 +101,9 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from . import errors as errors
     from ._child import ProcessBase as ProcessBase
+    from ._core._asyncworker import AsyncWorker as AsyncWorker
+    from ._core._queue import TaskQueue as TaskQueue
+    from ._core._task import Task as Task
     from ._dask import DaskQueue as DaskQueue
     from ._dask import DaskWorker as DaskWorker
     from ._iter._deferator import Deferator as Deferator
@@ -109,16 +112,13 @@ if TYPE_CHECKING:
     from ._iter._producers import ListConsumer as ListConsumer
     from ._process import ProcessQueue as ProcessQueue
     from ._process import ProcessWorker as ProcessWorker
-    from ._queue import TaskQueue as TaskQueue
     from ._support._info import Info as Info
     from ._support._info import showResult as showResult
     from ._support._util import DeferredLock as DeferredLock
     from ._support._util import DeferredTracker as DeferredTracker
-    from ._task import Task as Task
     from ._threads import ThreadQueue as ThreadQueue
     from ._threads import ThreadWorker as ThreadWorker
     from ._threads import deferToThread as deferToThread
-    from ._workers import AsyncWorker as AsyncWorker
     from .interfaces import IWorker as IWorker
     from .null import NullQueue as NullQueue
     from .wire import RemoteQueue as RemoteQueue

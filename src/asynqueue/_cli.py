@@ -328,8 +328,8 @@ def _makeQueue(kind: str, workers: int | None) -> Any:
         from ._threads import ThreadQueue
 
         return ThreadQueue(n)
-    from ._queue import TaskQueue
-    from ._workers import AsyncWorker
+    from ._core._asyncworker import AsyncWorker
+    from ._core._queue import TaskQueue
 
     return TaskQueue(*[AsyncWorker() for _ in range(n)])
 

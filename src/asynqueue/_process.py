@@ -102,10 +102,10 @@ from zope.interface import implementer
 
 from . import errors
 from ._child import BOOTSTRAP, FIRST_BATCH, ProcessBase, leanCode
+from ._core._queue import TaskQueue
+from ._core._task import Task
 from ._iter._base import BATCH_ITEMS, BATCH_SECONDS
-from ._queue import TaskQueue
 from ._support._util import dropTrigger
-from ._task import Task
 from ._wire._arena import Arena
 from ._wire._channel import SocketChannel
 from ._wire._client import PipelineWindow, WireClient

@@ -83,7 +83,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.protocol import Factory
 
-from ._queue import TaskQueue
+from ._core._queue import TaskQueue
 from ._serverconn import _Connection
 from ._support._util import dropTrigger
 from ._universe import WireWorkerUniverse, resolveName

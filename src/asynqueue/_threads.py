@@ -46,10 +46,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import errors
+from ._core._queue import TaskQueue
+from ._core._task import Task
 from ._iter._base import isIterator
-from ._queue import TaskQueue
 from ._support._util import whenFired
-from ._task import Task
 from .interfaces import IWorker
 
 __all__ = ["ThreadQueue", "ThreadWorker", "deferToThread"]

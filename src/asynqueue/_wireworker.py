@@ -44,10 +44,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import errors
+from ._core._queue import TaskQueue
+from ._core._task import Task
 from ._iter._base import BATCH_ITEMS
-from ._queue import TaskQueue
 from ._server import DEFAULT_MAX_FRAME
-from ._task import Task
 from ._wire import _auth
 from ._wire._client import PipelineWindow, WireClient
 from ._wire._codec import (

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._workers import AsyncWorker
+from ._core._asyncworker import AsyncWorker
 from .interfaces import IWorker
 
 __all__ = ["AsyncWorker", "IWorker", "ProcessWorker", "ThreadWorker"]

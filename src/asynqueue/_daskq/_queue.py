@@ -9,7 +9,7 @@ from typing import Any
 from distributed import Client
 from twisted.internet.defer import Deferred
 
-from .._queue import TaskQueue
+from .._core._queue import TaskQueue
 from ._worker import DaskWorker
 
 

@@ -23,8 +23,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .. import errors
+from .._core._task import Task
 from .._support._util import dropTrigger, whenFired
-from .._task import Task
 from ..interfaces import IWorker
 from ._cluster import _applyUpdate, _closeAll, _connect, _onLoop, _totalThreads
 from ._daskside import _Chunk, _closeParked, _funcName, _nextChunk, _Submitted

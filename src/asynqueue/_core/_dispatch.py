@@ -19,8 +19,8 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
-from . import errors
-from ._calls import _Call, _unpackStatus
+from .. import errors
+from ._calls import _Call, _Slot, _unpackStatus
 from ._scheduler import Scheduler
 from ._task import DO_LAST_PRIORITY, DO_NEXT_PRIORITY, Task, plainTask
 
@@ -37,38 +37,6 @@ PIPELINE_PATIENCE = 0.005
 # How many times a call may be charged with a timeout / a lost worker.
 MAX_TIMEOUTS = 2
 MAX_LOSSES = 2
-
-
-class _Slot:
-    """An attached worker, as the dispatcher sees it."""
-
-    __slots__ = (
-        "ID",
-        "attached",
-        "bounced",
-        "inflight",
-        "qualified",
-        "ready",
-        "reportsStart",
-        "rest",
-        "stopping",
-        "worker",
-    )
-
-    def __init__(self, worker: Any, ID: int) -> None:
-        self.worker = worker
-        self.ID = ID
-        self.qualified: frozenset[Hashable] = frozenset()
-        self.inflight: dict[Task, _Call] = {}
-        self.ready = False
-        self.attached = True
-        self.stopping = False
-        self.bounced = False
-        self.rest: Any = None  # the delayed call that ends a refusal pause
-        self.reportsStart = bool(getattr(worker, "reportsStart", False))
-
-    def refreshQualifications(self) -> None:
-        self.qualified = frozenset([None, *self.worker.cQualified, *self.worker.iQualified])
 
 
 class _Dispatcher:

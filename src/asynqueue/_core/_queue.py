@@ -33,21 +33,22 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.python.failure import Failure
 
-from . import errors
+from .. import errors
+from .._support._util import whenFired
+from ..interfaces import IWorker
 from ._calls import (
     QUEUE_KEYWORDS,
     _Call,
+    _Slot,
     _unpackStatus,
     describeCall,
     takeQueueOptions,
     toFailure,
     tracebackText,
 )
-from ._dispatch import _Dispatcher, _Slot
+from ._dispatch import _Dispatcher
 from ._scheduler import Scheduler
-from ._support._util import whenFired
 from ._task import DO_NEXT_PRIORITY, Task, nextCallID
-from .interfaces import IWorker
 
 __all__ = ["TaskQueue"]
 
@@ -421,7 +422,7 @@ class TaskQueue(_Dispatcher):
             consumer = call.consumer if call is not None else kw.get("consumer")
             if consumer is None:
                 return result
-            from ._iter._producers import consumeInto
+            from .._iter._producers import consumeInto
 
             return consumeInto(result, consumer)
         if status == "e":

@@ -3,6 +3,7 @@ The record of a call, and helpers that describe calls and read results.
 
 - `_Call`: one ``TaskQueue.call`` from its submission until it has fired (it
   *is* the caller's Deferred).
+- `_Slot`: an attached worker, as the dispatcher sees it.
 - `QUEUE_KEYWORDS` and `takeQueueOptions`: the keywords that the queue takes
   out of a call's own, validated.
 - `describeCall`, `tracebackText`, `toFailure`, `_unpackStatus`: text for
@@ -17,11 +18,10 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from . import errors
+from .. import errors
 from ._scheduler import Entry, checkNiceness
 
 if TYPE_CHECKING:
-    from ._dispatch import _Slot
     from ._task import Task
 
 # Keywords that TaskQueue.call consumes; they never reach the callable.
@@ -163,3 +163,35 @@ def _unpackStatus(statusResult: Any) -> tuple[str, Any]:
     if isinstance(status, bytes):
         status = status.decode("ascii", "replace")
     return status, result
+
+
+class _Slot:
+    """An attached worker, as the dispatcher sees it."""
+
+    __slots__ = (
+        "ID",
+        "attached",
+        "bounced",
+        "inflight",
+        "qualified",
+        "ready",
+        "reportsStart",
+        "rest",
+        "stopping",
+        "worker",
+    )
+
+    def __init__(self, worker: Any, ID: int) -> None:
+        self.worker = worker
+        self.ID = ID
+        self.qualified: frozenset[Hashable] = frozenset()
+        self.inflight: dict[Task, _Call] = {}
+        self.ready = False
+        self.attached = True
+        self.stopping = False
+        self.bounced = False
+        self.rest: Any = None  # the delayed call that ends a refusal pause
+        self.reportsStart = bool(getattr(worker, "reportsStart", False))
+
+    def refreshQualifications(self) -> None:
+        self.qualified = frozenset([None, *self.worker.cQualified, *self.worker.iQualified])

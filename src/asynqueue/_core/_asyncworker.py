@@ -17,9 +17,9 @@ from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._iter._base import isIterator
+from .._iter._base import isIterator
+from ..interfaces import IWorker
 from ._task import Task
-from .interfaces import IWorker
 
 __all__ = ["AsyncWorker", "resultStatus"]
 
@@ -27,7 +27,7 @@ __all__ = ["AsyncWorker", "resultStatus"]
 def resultStatus(result: Any, raw: bool) -> tuple[str, Any]:
     """``('i', Deferator)`` for an iterator (unless *raw*), else ``('r', result)``."""
     if not raw and isIterator(result):
-        from ._iter._deferator import Deferator
+        from .._iter._deferator import Deferator
 
         return "i", Deferator(result)
     return "r", result
