@@ -116,9 +116,9 @@ if TYPE_CHECKING:
     from ._support._info import showResult as showResult
     from ._support._util import DeferredLock as DeferredLock
     from ._support._util import DeferredTracker as DeferredTracker
-    from ._threads import ThreadQueue as ThreadQueue
-    from ._threads import ThreadWorker as ThreadWorker
-    from ._threads import deferToThread as deferToThread
+    from ._threads._worker import ThreadQueue as ThreadQueue
+    from ._threads._worker import ThreadWorker as ThreadWorker
+    from ._threads._worker import deferToThread as deferToThread
     from .interfaces import IWorker as IWorker
     from .null import NullQueue as NullQueue
     from .wire import RemoteQueue as RemoteQueue

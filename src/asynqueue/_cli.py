@@ -325,7 +325,7 @@ def _makeQueue(kind: str, workers: int | None) -> Any:
         return ProcessQueue() if workers is None else ProcessQueue(workers)
     n = workers or _usableCores()
     if kind == "threads":
-        from ._threads import ThreadQueue
+        from ._threads._worker import ThreadQueue
 
         return ThreadQueue(n)
     from ._core._asyncworker import AsyncWorker

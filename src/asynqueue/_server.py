@@ -363,7 +363,7 @@ class WireServer:
 
     def _makeQueue(self) -> TaskQueue:
         if self.threads:
-            from ._threads import ThreadQueue
+            from ._threads._worker import ThreadQueue
 
             return ThreadQueue(self.workers or _cores(), returnFailure=True)
         from ._process import ProcessQueue

@@ -15,7 +15,7 @@ __all__ = ["AsyncWorker", "IWorker", "ProcessWorker", "ThreadWorker"]
 
 def __getattr__(name: str) -> Any:
     if name == "ThreadWorker":
-        from ._threads import ThreadWorker
+        from ._threads._worker import ThreadWorker
 
         return ThreadWorker
     if name == "ProcessWorker":

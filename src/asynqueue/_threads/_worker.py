@@ -45,12 +45,12 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import errors
-from ._core._queue import TaskQueue
-from ._core._task import Task
-from ._iter._base import isIterator
-from ._support._util import whenFired
-from .interfaces import IWorker
+from .. import errors
+from .._core._queue import TaskQueue
+from .._core._task import Task
+from .._iter._base import isIterator
+from .._support._util import whenFired
+from ..interfaces import IWorker
 
 __all__ = ["ThreadQueue", "ThreadWorker", "deferToThread"]
 
@@ -173,7 +173,7 @@ class ThreadWorker:
             if kind == _TASK:
                 self._inflight -= 1
                 if ok == "i":
-                    from ._iter._deferator import threadDeferator
+                    from .._iter._deferator import threadDeferator
 
                     value = threadDeferator(value, self.deferToThread)
                 target.callback((ok, value))
