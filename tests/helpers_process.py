@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from asynqueue._child import ProcessBase
+from asynqueue._process._child import ProcessBase
 
 _state: dict[str, Any] = {}
 _hoard: list[bytes] = []

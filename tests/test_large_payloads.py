@@ -20,8 +20,8 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
 from asynqueue import ProcessQueue, errors
+from asynqueue._process._arena import ARENA_MIN, Arena
 from asynqueue._wire import _codec, _framing
-from asynqueue._wire._arena import ARENA_MIN, Arena
 from asynqueue._wire._channel import RelayCutShort, SocketChannel
 from asynqueue._wire._framing import (
     BYTES_MIN,

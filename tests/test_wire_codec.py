@@ -12,7 +12,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from asynqueue._child import BOOTSTRAP, ProcessBase, leanCode
+from asynqueue._process._child import BOOTSTRAP, ProcessBase, leanCode
+from asynqueue._process._parent import PACKAGE_DIR
 from asynqueue._wire import _codec, _framing
 from asynqueue._wire._framing import (
     BYTES_MIN,
@@ -324,18 +325,16 @@ class _ChildOverSocket:
         import os
         import socket
 
-        import asynqueue._child as child
-
         self.sock, theirs = socket.socketpair()
         extra = ["code"] if packageDir else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", BOOTSTRAP, packageDir or os.path.dirname(child.__file__),
+            [sys.executable, "-c", BOOTSTRAP, packageDir or PACKAGE_DIR,
              str(theirs.fileno()), str(os.getpid()), *extra],
             pass_fds=[theirs.fileno()],
         )  # fmt: skip
         theirs.close()
         if packageDir:
-            self.sock.sendall(leanCode(os.path.dirname(child.__file__)))
+            self.sock.sendall(leanCode(PACKAGE_DIR))
         self.decoder = FrameDecoder()
         self.inbox: list[Any] = []
         self.send(_codec.INIT, [_codec.dumpsSmall({"path": sys.path})])

@@ -100,7 +100,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from . import errors as errors
-    from ._child import ProcessBase as ProcessBase
     from ._core._asyncworker import AsyncWorker as AsyncWorker
     from ._core._queue import TaskQueue as TaskQueue
     from ._core._task import Task as Task
@@ -110,8 +109,9 @@ if TYPE_CHECKING:
     from ._iter._deferator import deferToDelay as deferToDelay
     from ._iter._producers import IterationProducer as IterationProducer
     from ._iter._producers import ListConsumer as ListConsumer
-    from ._process import ProcessQueue as ProcessQueue
-    from ._process import ProcessWorker as ProcessWorker
+    from ._process._child import ProcessBase as ProcessBase
+    from ._process._parent import ProcessQueue as ProcessQueue
+    from ._process._parent import ProcessWorker as ProcessWorker
     from ._support._info import Info as Info
     from ._support._info import showResult as showResult
     from ._support._util import DeferredLock as DeferredLock

@@ -319,7 +319,7 @@ def _makeQueue(kind: str, workers: int | None) -> Any:
     """A queue of *workers* workers of *kind* (default: one per core)."""
     if kind == "processes":
         try:
-            from ._process import ProcessQueue
+            from ._process._parent import ProcessQueue
         except ImportError as e:
             raise UsageError(f"process workers are not available: {e}")
         return ProcessQueue() if workers is None else ProcessQueue(workers)

@@ -115,7 +115,7 @@ def _configureLogging(quiet: bool) -> None:
 def runServe(args: argparse.Namespace) -> int:
     """The ``serve`` subcommand; returns the exit status."""
     from ._cli import EXIT_FAILED, EXIT_OK, UsageError
-    from ._process import parseSize
+    from ._process._parent import parseSize
     from ._wire._auth import loadKey
 
     cwd = os.getcwd()

@@ -46,7 +46,7 @@ workers between clients.
   kernel's. (If the child dies in the middle, the frame cannot be finished:
   the client's connection is closed, and its calls in flight count as lost.)
   Better still, the large parts of a result (1 MiB or more) come through
-  shared memory when the child's arena is free (`asynqueue._wire._arena`):
+  shared memory when the child's arena is free (`asynqueue._process._arena`):
   the child copies them there in growing pieces and says how far it got,
   and this connection's channel sends them from there as they are written,
   so the server's process copies nothing but into the client's socket.
@@ -366,7 +366,7 @@ class WireServer:
             from ._threads._worker import ThreadQueue
 
             return ThreadQueue(self.workers or _cores(), returnFailure=True)
-        from ._process import ProcessQueue
+        from ._process._parent import ProcessQueue
 
         return ProcessQueue(self.workers, returnFailure=True)
 

@@ -21,9 +21,9 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
 from . import errors
-from ._child import FIRST_BATCH
 from ._iter._base import isIterator
 from ._iter._deferator import Deferator
+from ._process._child import FIRST_BATCH
 from ._wire import _auth
 from ._wire._client import BurstSender
 from ._wire._codec import (

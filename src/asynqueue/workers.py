@@ -19,7 +19,7 @@ def __getattr__(name: str) -> Any:
 
         return ThreadWorker
     if name == "ProcessWorker":
-        from ._process import ProcessWorker
+        from ._process._parent import ProcessWorker
 
         return ProcessWorker
     raise AttributeError(f"module 'asynqueue.workers' has no attribute {name!r}")

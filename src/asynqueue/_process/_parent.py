@@ -4,7 +4,7 @@ Process workers: `ProcessWorker`, `ProcessQueue` (and `ProcessBase`).
 A ProcessWorker runs tasks in a child interpreter of its own: a fresh
 ``python`` (not a fork of this threaded reactor process) that imports only
 the standard library, cloudpickle when a pickle needs it, and the user's
-modules (`asynqueue._child`).
+modules (`asynqueue._process._child`).
 
 Data flow
 =========
@@ -40,7 +40,7 @@ buffer for every such result, and this process a new receive buffer and
 (malloc having given the pair back to the system) a new result, for
 600-700 MB/s in all. The large parts of a call's arguments (1 MiB or
 more) go through shared memory when the child's *inbox* is free: copied in
-here, read there (`asynqueue._wire._arena`), two ``memcpy`` instead of the
+here, read there (`asynqueue._process._arena`), two ``memcpy`` instead of the
 kernel's copy into the socket and out of it; otherwise through the socket,
 like a result the other way.
 
@@ -100,16 +100,14 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import errors
-from ._child import BOOTSTRAP, FIRST_BATCH, ProcessBase, leanCode
-from ._core._queue import TaskQueue
-from ._core._task import Task
-from ._iter._base import BATCH_ITEMS, BATCH_SECONDS
-from ._support._util import dropTrigger
-from ._wire._arena import Arena
-from ._wire._channel import SocketChannel
-from ._wire._client import PipelineWindow, WireClient
-from ._wire._codec import (
+from .. import errors
+from .._core._queue import TaskQueue
+from .._core._task import Task
+from .._iter._base import BATCH_ITEMS, BATCH_SECONDS
+from .._support._util import dropTrigger
+from .._wire._channel import SocketChannel
+from .._wire._client import PipelineWindow, WireClient
+from .._wire._codec import (
     EXIT,
     FLAG_ARENA,
     FLAG_INBOX,
@@ -119,15 +117,18 @@ from ._wire._codec import (
     dumpsCall,
     dumpsSmall,
 )
-from ._wire._framing import Filling, Message, encode
-from ._wire._relay import PickledCall
-from .interfaces import IWorker
+from .._wire._framing import Filling, Message, encode
+from .._wire._relay import PickledCall
+from ..interfaces import IWorker
+from ._arena import Arena
+from ._child import BOOTSTRAP, FIRST_BATCH, ProcessBase, leanCode
 
 __all__ = ["ProcessBase", "ProcessQueue", "ProcessWorker", "cores", "parseSize"]
 
 log = logging.getLogger("asynqueue")
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# The asynqueue package directory (this module is in its _process folder).
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Most tasks a worker keeps in its child at once (the pipelining window).
 MAX_WINDOW = 32
@@ -206,7 +207,7 @@ class _Child(WireClient, ProcessProtocol):
         self.process: Any = None
         self.channel: SocketChannel | None = None
         self._timers: list[Any] = []
-        # Shared memory for large relayed results (see `asynqueue._wire._arena`),
+        # Shared memory for large relayed results (see `asynqueue._process._arena`),
         # and the Filling of the result being written there.
         self.arena: Arena | None = None
         self._placing: Filling | None = None

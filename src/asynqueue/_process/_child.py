@@ -1,7 +1,7 @@
 """
 The child side of a process worker: a lean interpreter that runs calls.
 
-`asynqueue._process` starts it as ``python -c BOOTSTRAP <package dir> <fd>
+`asynqueue._process._parent` starts it as ``python -c BOOTSTRAP <package dir> <fd>
 <parent pid> code``. BOOTSTRAP loads this module and the lean wire modules
 (`LEAN_MODULES`) under their package names, without running
 ``asynqueue/__init__.py``: compiled by the parent, which writes them to the
@@ -16,7 +16,7 @@ The child reads frames from the socket on file descriptor *fd* (blocking),
 and:
 
 - INIT: takes the parent's ``sys.path`` and limits, maps the shared-memory
-  arenas it passed (`asynqueue._wire._arena`); answers HELLO, saying whether
+  arenas it passed (`asynqueue._process._arena`); answers HELLO, saying whether
   its inbox can be used.
 - CALLS: queues the calls; runs them one at a time, first in first out, and
   answers each with a RESULTS message as soon as it is done (so the parent
@@ -44,8 +44,7 @@ from collections import deque
 from itertools import count
 from time import perf_counter
 
-from ._wire._arena import Arena
-from ._wire._codec import (
+from .._wire._codec import (
     CALLS,
     CLOSE,
     EXIT,
@@ -62,8 +61,9 @@ from ._wire._codec import (
     dumpsSmall,
     loads,
 )
-from ._wire._framing import MAX_IOVECS, FrameDecoder, Message, SendQueue, encode, nbytes
-from ._wire._streams import IteratorTable, encodeItems, isIterator
+from .._wire._framing import MAX_IOVECS, FrameDecoder, Message, SendQueue, encode, nbytes
+from .._wire._streams import IteratorTable, encodeItems, isIterator
+from ._arena import Arena
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the child must not pay for importing typing
@@ -76,10 +76,10 @@ __all__ = ["BOOTSTRAP", "LEAN_MODULES", "ProcessBase", "leanCode", "main"]
 # modules before it.
 LEAN_MODULES = (
     ("asynqueue._wire._framing", "_wire/_framing.py"),
-    ("asynqueue._wire._arena", "_wire/_arena.py"),
+    ("asynqueue._process._arena", "_process/_arena.py"),
     ("asynqueue._wire._codec", "_wire/_codec.py"),
     ("asynqueue._wire._streams", "_wire/_streams.py"),
-    ("asynqueue._child", "_child.py"),
+    ("asynqueue._process._child", "_process/_child.py"),
 )
 
 BOOTSTRAP = f"""\

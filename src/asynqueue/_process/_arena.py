@@ -49,7 +49,7 @@ import mmap
 import os
 import weakref
 
-from ._framing import Filling, nbytes
+from .._wire._framing import Filling, nbytes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the child must not pay for importing typing
