@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from asynqueue import _cli
+from asynqueue._cli import _main as _cli
 
 CLI = [sys.executable, "-m", "asynqueue"]
 # The CLI as a terminal's foreground job starts it: with SIGINT at its default.
@@ -403,7 +403,7 @@ def test_info() -> None:
 
 def test_info_never_imports_optional_extras() -> None:
     code = (
-        "import sys; from asynqueue._cli import main; main(['info']);"
+        "import sys; from asynqueue._cli._main import main; main(['info']);"
         "sys.exit(sorted(m for m in ('dask', 'distributed', 'pebble', 'pydoctor')"
         " if m in sys.modules) or 0)"
     )

@@ -25,7 +25,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from asynqueue import TaskQueue, errors
 from asynqueue._iter._producers import ListConsumer
-from asynqueue._server import needsKey, resolveName
+from asynqueue._remote._server import needsKey, resolveName
 from asynqueue._wire import _auth
 from asynqueue._wire._codec import AUTH, CALLS
 from asynqueue._wire._framing import FrameDecoder, encodeBytes
@@ -265,7 +265,7 @@ class SecurityTest(RemoteTestCase):
 
     @inlineCallbacks
     def test_a_server_of_another_wire_version_is_refused_clearly(self) -> Any:
-        from asynqueue import _serverconn
+        from asynqueue._remote import _connection as _serverconn
 
         self.patch(_serverconn, "PROTOCOL_VERSION", 1)
         server = yield self.startServer()

@@ -83,12 +83,12 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.protocol import Factory
 
-from ._core._queue import TaskQueue
-from ._serverconn import _Connection
-from ._support._util import dropTrigger
+from .._core._queue import TaskQueue
+from .._support._util import dropTrigger
+from .._wire import _auth
+from .._wire._framed import FrameProtocol
+from ._connection import _Connection
 from ._universe import WireWorkerUniverse, resolveName
-from ._wire import _auth
-from ._wire._framed import FrameProtocol
 
 __all__ = [
     "DEFAULT_DESCRIPTION",
@@ -363,10 +363,10 @@ class WireServer:
 
     def _makeQueue(self) -> TaskQueue:
         if self.threads:
-            from ._threads._worker import ThreadQueue
+            from .._threads._worker import ThreadQueue
 
             return ThreadQueue(self.workers or _cores(), returnFailure=True)
-        from ._process._parent import ProcessQueue
+        from .._process._parent import ProcessQueue
 
         return ProcessQueue(self.workers, returnFailure=True)
 

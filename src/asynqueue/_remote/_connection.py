@@ -5,7 +5,7 @@ results in bursts), the records it keeps of its calls (`_Served`) and
 iterators (`_ServedIterator`), and the encoding of errors and iterator items
 for the client.
 
-See `asynqueue._server` for the design of the server.
+See `asynqueue._remote._server` for the design of the server.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
-from . import errors
-from ._iter._base import isIterator
-from ._iter._deferator import Deferator
-from ._process._child import FIRST_BATCH
-from ._wire import _auth
-from ._wire._client import BurstSender
-from ._wire._codec import (
+from .. import errors
+from .._iter._base import isIterator
+from .._iter._deferator import Deferator
+from .._process._child import FIRST_BATCH
+from .._wire import _auth
+from .._wire._client import BurstSender
+from .._wire._codec import (
     ABANDON,
     AUTH,
     CALLS,
@@ -47,10 +47,10 @@ from ._wire._codec import (
     dumpsSmall,
     loads,
 )
-from ._wire._framed import FrameReceiver
-from ._wire._framing import Message, encode
-from ._wire._relay import CancelledCall, PickledCall, PickledError, PickledResult
-from ._wire._streams import encodeItems as _encodeItems
+from .._wire._framed import FrameReceiver
+from .._wire._framing import Message, encode
+from .._wire._relay import CancelledCall, PickledCall, PickledError, PickledResult
+from .._wire._streams import encodeItems as _encodeItems
 
 if TYPE_CHECKING:
     from ._server import WireServer

@@ -3,7 +3,7 @@ The allow-list side of a `WireServer`: `WireWorkerUniverse`, whose public
 methods remote callers may run by name, and `resolveName`, which finds a
 universe class or an allowed callable by its dotted name.
 
-See `asynqueue._server` for the design of the server.
+See `asynqueue._remote._server` for the design of the server.
 """
 
 from __future__ import annotations

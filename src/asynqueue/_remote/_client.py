@@ -43,14 +43,13 @@ from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, su
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import errors
-from ._core._queue import TaskQueue
-from ._core._task import Task
-from ._iter._base import BATCH_ITEMS
-from ._server import DEFAULT_MAX_FRAME
-from ._wire import _auth
-from ._wire._client import PipelineWindow, WireClient
-from ._wire._codec import (
+from .. import errors
+from .._core._queue import TaskQueue
+from .._core._task import Task
+from .._iter._base import BATCH_ITEMS
+from .._wire import _auth
+from .._wire._client import PipelineWindow, WireClient
+from .._wire._codec import (
     ABANDON,
     AUTH,
     EXIT,
@@ -64,9 +63,10 @@ from ._wire._codec import (
     dumpsCall,
     dumpsSmall,
 )
-from ._wire._framed import FrameProtocol, FrameReceiver
-from ._wire._framing import Message, encode
-from .interfaces import IWorker
+from .._wire._framed import FrameProtocol, FrameReceiver
+from .._wire._framing import Message, encode
+from ..interfaces import IWorker
+from ._server import DEFAULT_MAX_FRAME
 
 __all__ = ["GIVE_UP_AFTER", "RemoteQueue", "UniverseMethod", "WireWorker"]
 

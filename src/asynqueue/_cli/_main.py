@@ -66,9 +66,9 @@ EXIT_BROKEN_PIPE = 141  # as a shell reports death by SIGPIPE
 
 #: Subcommand name -> ``"module:function"`` of its registrar, in help order.
 SUBCOMMANDS: dict[str, str] = {
-    "map": "asynqueue._cli:registerMap",
-    "info": "asynqueue._cli:registerInfo",
-    "serve": "asynqueue._remote_cli:registerServe",
+    "map": "asynqueue._cli._main:registerMap",
+    "info": "asynqueue._cli._main:registerInfo",
+    "serve": "asynqueue._cli._serve:registerServe",
 }
 
 #: Optional extras of the project -> the top-level modules each one installs.
@@ -113,7 +113,7 @@ def addSubcommand(name: str, registrar: str | Callable[[Any], None]) -> None:
 
 def buildParser() -> argparse.ArgumentParser:
     """The ``asynqueue`` parser, with every subcommand whose registrar imports."""
-    from . import __version__
+    from .. import __version__
 
     parser = _Parser(
         prog="asynqueue",
@@ -319,17 +319,17 @@ def _makeQueue(kind: str, workers: int | None) -> Any:
     """A queue of *workers* workers of *kind* (default: one per core)."""
     if kind == "processes":
         try:
-            from ._process._parent import ProcessQueue
+            from .._process._parent import ProcessQueue
         except ImportError as e:
             raise UsageError(f"process workers are not available: {e}")
         return ProcessQueue() if workers is None else ProcessQueue(workers)
     n = workers or _usableCores()
     if kind == "threads":
-        from ._threads._worker import ThreadQueue
+        from .._threads._worker import ThreadQueue
 
         return ThreadQueue(n)
-    from ._core._asyncworker import AsyncWorker
-    from ._core._queue import TaskQueue
+    from .._core._asyncworker import AsyncWorker
+    from .._core._queue import TaskQueue
 
     return TaskQueue(*[AsyncWorker() for _ in range(n)])
 
@@ -651,7 +651,7 @@ def _usableCores() -> int:
 
 def collectInfo() -> dict[str, Any]:
     """What ``asynqueue info`` shows, as a dict."""
-    from . import __version__
+    from .. import __version__
 
     return {
         "asynqueue": __version__,

@@ -19,14 +19,14 @@ import os
 import sys
 from typing import Any
 
-from ._cli import _positiveInt
+from ._main import _positiveInt
 
 __all__ = ["registerServe", "runServe"]
 
 
 def registerServe(subparsers: Any) -> None:
     """Add the ``serve`` subcommand."""
-    from ._server import DEFAULT_DESCRIPTION, HANDSHAKE_TIMEOUT
+    from .._remote._server import DEFAULT_DESCRIPTION, HANDSHAKE_TIMEOUT
 
     p = subparsers.add_parser(
         "serve",
@@ -114,9 +114,9 @@ def _configureLogging(quiet: bool) -> None:
 
 def runServe(args: argparse.Namespace) -> int:
     """The ``serve`` subcommand; returns the exit status."""
-    from ._cli import EXIT_FAILED, EXIT_OK, UsageError
-    from ._process._parent import parseSize
-    from ._wire._auth import loadKey
+    from .._process._parent import parseSize
+    from .._wire._auth import loadKey
+    from ._main import EXIT_FAILED, EXIT_OK, UsageError
 
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
@@ -134,7 +134,7 @@ def runServe(args: argparse.Namespace) -> int:
         allow = [name.strip() for entry in args.allow for name in entry.split(",") if name.strip()]
     _configureLogging(args.quiet)
 
-    from ._server import WireServer
+    from .._remote._server import WireServer
 
     try:
         server = WireServer(
