@@ -48,6 +48,7 @@ from .._core._queue import TaskQueue
 from .._core._task import Task
 from .._iter._base import BATCH_ITEMS
 from .._wire import _auth
+from .._wire._auth import HANDSHAKE_TIMEOUT
 from .._wire._client import PipelineWindow, WireClient
 from .._wire._codec import (
     ABANDON,
@@ -63,10 +64,9 @@ from .._wire._codec import (
     dumpsCall,
     dumpsSmall,
 )
-from .._wire._framed import FrameProtocol, FrameReceiver
+from .._wire._framed import DEFAULT_MAX_FRAME, FrameProtocol, FrameReceiver
 from .._wire._framing import Message, encode
 from ..interfaces import IWorker
-from ._server import DEFAULT_MAX_FRAME
 
 __all__ = ["GIVE_UP_AFTER", "RemoteQueue", "UniverseMethod", "WireWorker"]
 
@@ -79,8 +79,6 @@ GIVE_UP_AFTER = 60.0
 #: First and longest pause between connection attempts (seconds).
 RETRY_DELAY = 0.05
 MAX_RETRY_DELAY = 2.0
-#: Seconds the server has to complete the handshake.
-HANDSHAKE_TIMEOUT = 10.0
 #: Seconds a graceful close may take before the connection is cut.
 CLOSE_GRACE = 2.0
 

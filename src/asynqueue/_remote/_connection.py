@@ -15,7 +15,7 @@ import logging
 import os
 import pickle
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
@@ -53,11 +53,36 @@ from .._wire._relay import CancelledCall, PickledCall, PickledError, PickledResu
 from .._wire._streams import encodeItems as _encodeItems
 
 if TYPE_CHECKING:
-    from ._server import WireServer
+    from .._core._queue import TaskQueue
+    from ._universe import WireWorkerUniverse
 
 __all__ = ["HIGH_WATER", "PROTOCOL_VERSION", "encodeItems", "errorParts"]
 
 log = logging.getLogger("asynqueue")
+
+
+class ServerSide(Protocol):
+    """
+    What a connection uses of its server (`asynqueue._remote._server.WireServer`),
+    named here so that the server module may import this one and not the
+    other way round.
+    """
+
+    _reactor: Any
+    _key: bytes
+    _connections: set[_Connection]
+    _unauthenticated: int
+    maxUnauthenticated: int
+    handshakeTimeout: float
+    maxFrame: int
+    queue: TaskQueue | None
+    allow: list[str] | None
+    universe: WireWorkerUniverse | None
+
+    def checkAllowed(self, f: Any) -> None: ...
+
+    def _firstUpdate(self, parts: list[Any]) -> bool: ...
+
 
 #: Version of the wire conversation after the handshake.
 PROTOCOL_VERSION = WIRE_VERSION
@@ -151,7 +176,7 @@ class _ServedIterator:
 class _Connection(BurstSender, FrameReceiver):
     """One client of a `WireServer`."""
 
-    def __init__(self, server: WireServer, connID: int) -> None:
+    def __init__(self, server: ServerSide, connID: int) -> None:
         self.server = server
         self.connID = connID
         self.series = ("wire", connID)

@@ -86,7 +86,8 @@ from twisted.internet.protocol import Factory
 from .._core._queue import TaskQueue
 from .._support._util import dropTrigger
 from .._wire import _auth
-from .._wire._framed import FrameProtocol
+from .._wire._auth import HANDSHAKE_TIMEOUT
+from .._wire._framed import DEFAULT_MAX_FRAME, FrameProtocol
 from ._connection import _Connection
 from ._universe import WireWorkerUniverse, resolveName
 
@@ -102,11 +103,6 @@ log = logging.getLogger("asynqueue")
 
 #: Where ``asynqueue serve`` listens by default.
 DEFAULT_DESCRIPTION = "tcp:7341:interface=127.0.0.1"
-#: The largest frame (one message, such as a batch of calls or a result)
-#: accepted from an authenticated peer.
-DEFAULT_MAX_FRAME = 1 << 30
-#: Seconds a new connection has to complete the handshake.
-HANDSHAKE_TIMEOUT = 10.0
 #: Connections in the handshake at once; more are closed at once.
 MAX_UNAUTHENTICATED = 64
 

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ._server import WireServer
+from typing import Any
 
 __all__ = ["WireWorkerUniverse", "resolveName"]
 
@@ -34,7 +31,7 @@ class WireWorkerUniverse:
             it starts, if None).
     """
 
-    def __init__(self, wireServer: WireServer | None = None) -> None:
+    def __init__(self, wireServer: Any = None) -> None:
         self.wireServer = wireServer
 
     @classmethod
