@@ -28,7 +28,7 @@ from twisted.trial.unittest import TestCase  # noqa: E402
 
 from asynqueue import TaskQueue, errors  # noqa: E402
 from asynqueue._core._scheduler import Scheduler  # noqa: E402
-from asynqueue._daskq._worker import PER_THREAD_MAX  # noqa: E402
+from asynqueue._dask._worker import PER_THREAD_MAX  # noqa: E402
 from asynqueue.dask_worker import DaskQueue, DaskWorker  # noqa: E402
 
 from .helpers import collect, reap  # noqa: E402
@@ -267,15 +267,15 @@ class IteratorTests(_ClusterTestCase):
 
     @inlineCallbacks
     def test_stopped_iterator_is_closed_on_the_worker(self) -> Any:
-        from asynqueue import _dask
+        from asynqueue._dask import _daskside
 
         q = self.queue(iterChunk=5)
         dr = yield q.call(count, 1000)
         self.assertEqual((yield next(dr)), 0)
-        self.assertEqual(len(_dask._parked), 1)  # in-process cluster: same module
+        self.assertEqual(len(_daskside._parked), 1)  # in-process cluster: same module
         dr.stop()
         del dr
-        yield waitFor(lambda: not _dask._parked, 10)
+        yield waitFor(lambda: not _daskside._parked, 10)
 
 
 class SchedulingTests(_ClusterTestCase):

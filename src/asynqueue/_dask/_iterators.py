@@ -6,15 +6,24 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
 from ._daskside import _Chunk
 
-if TYPE_CHECKING:
-    from ._worker import DaskWorker
+
+class ChunkSource(Protocol):
+    """What a `_RemoteIterator` uses of its `DaskWorker` (named here, so that
+    the worker's module imports this one and not the other way round)."""
+
+    iterChunk: int
+    _remoteIterators: weakref.WeakSet[Any]
+    _closeRemoteSoon: Callable[[str | None, str | None], None]
+
+    def _fetchChunk(self, token: str | None, where: str | None) -> Deferred[_Chunk]: ...
 
 
 class _RemoteIterator:
@@ -25,7 +34,7 @@ class _RemoteIterator:
     protocol.
     """
 
-    def __init__(self, worker: DaskWorker, chunk: _Chunk) -> None:
+    def __init__(self, worker: ChunkSource, chunk: _Chunk) -> None:
         self._worker = worker
         self._items: deque[Any] = deque(chunk.items)
         self._more = chunk.more

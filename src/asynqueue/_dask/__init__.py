@@ -40,41 +40,41 @@ Faults
 - A timeout cancels the Dask future. Dask cannot stop a thread that is running
   user code: that thread stays busy until the call returns.
 
-The code lives in the private package `asynqueue._daskq`, one job a module
-(its docstring lists them); this module gathers the names. The Dask workers
-import `asynqueue._daskq._daskside` (to unpickle `_Submitted` and friends),
-so asynqueue must be installed there.
+The parts, one job a module: `_daskside` runs on the Dask workers (the call
+we submit, the iterators parked there, updates); the Dask workers import it to
+unpickle `_Submitted` and friends, so asynqueue must be installed there. The
+rest runs where the queue is: `_cluster` (connecting to and closing the client
+and cluster, updates, the client's loop), `_futures` (finished Dask futures as
+outcomes of our tasks), `_iterators` (the caller's end of an iterator result),
+`_worker` (the `DaskWorker`) and `_queue` (the `DaskQueue`).
+
+This package is the one door: the public `asynqueue.dask_worker` and the
+package's lazy names import from here. Every module here imports Dask
+distributed, so this ``__init__`` checks, once, that it is installed.
 """
 
-# Every name the module had before it was split, where it lives now.
-from ._daskq._cluster import _applyUpdate as _applyUpdate
-from ._daskq._cluster import _closeAll as _closeAll
-from ._daskq._cluster import _connect as _connect
-from ._daskq._cluster import _onLoop as _onLoop
-from ._daskq._cluster import _totalThreads as _totalThreads
-from ._daskq._daskside import _NOTHING as _NOTHING
-from ._daskq._daskside import _Chunk as _Chunk
-from ._daskq._daskside import _closeParked as _closeParked
-from ._daskq._daskside import _funcName as _funcName
-from ._daskq._daskside import _here as _here
-from ._daskq._daskside import _nextChunk as _nextChunk
-from ._daskq._daskside import _parked as _parked
-from ._daskq._daskside import _parkedLock as _parkedLock
-from ._daskq._daskside import _portable as _portable
-from ._daskq._daskside import _Puller as _Puller
-from ._daskq._daskside import _runUpdateHere as _runUpdateHere
-from ._daskq._daskside import _Submitted as _Submitted
-from ._daskq._daskside import _UpdatePlugin as _UpdatePlugin
-from ._daskq._futures import _CANCELLED as _CANCELLED
-from ._daskq._futures import _asFailure as _asFailure
-from ._daskq._futures import _cancelReason as _cancelReason
-from ._daskq._iterators import _RemoteIterator as _RemoteIterator
-from ._daskq._queue import DaskQueue
-from ._daskq._worker import ITER_CHUNK, ITER_SECONDS, DaskWorker
-from ._daskq._worker import REFRESH_INTERVAL as REFRESH_INTERVAL
-from ._daskq._worker import RESTRICTION_KEYS as RESTRICTION_KEYS
-from ._daskq._worker import _checkRestrictions as _checkRestrictions
-from ._daskq._worker import _Pending as _Pending
-from ._daskq._worker import log as log
+from typing import Any
+
+try:
+    import cloudpickle  # noqa: F401
+    import distributed  # noqa: F401
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"asynqueue's Dask worker needs Dask distributed ({e}): pip install 'asynqueue[dask]'"
+    ) from e
 
 __all__ = ["ITER_CHUNK", "ITER_SECONDS", "DaskQueue", "DaskWorker"]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use: the Dask workers import `_daskside` through this
+    # package and should not pay for the queue side (Twisted, our core).
+    if name == "DaskQueue":
+        from ._queue import DaskQueue
+
+        return DaskQueue
+    if name in ("ITER_CHUNK", "ITER_SECONDS", "DaskWorker"):
+        from . import _worker
+
+        return getattr(_worker, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
