@@ -31,9 +31,9 @@ from asynqueue._core._scheduler import Scheduler  # noqa: E402
 from asynqueue._dask._worker import PER_THREAD_MAX  # noqa: E402
 from asynqueue.dask_worker import DaskQueue, DaskWorker  # noqa: E402
 
-from .helpers import collect, reap  # noqa: E402
+from ..helpers.common import collect, reap  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # ------------------------------------------------------------ task functions
 # Module level, so worker processes import them by reference.

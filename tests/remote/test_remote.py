@@ -31,12 +31,12 @@ from asynqueue._wire._codec import AUTH, CALLS
 from asynqueue._wire._framing import FrameDecoder, encodeBytes
 from asynqueue.wire import RemoteQueue, WireServer, WireWorker, WireWorkerUniverse
 
-from . import helpers
-from . import helpers_process as hp
-from . import helpers_remote as h
-from .helpers import collect, isGone, reap
+from ..helpers import common as helpers
+from ..helpers import process as hp
+from ..helpers import remote as h
+from ..helpers.common import collect, isGone, reap
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KEY = b"a test key, not a secret"
 
 # Servers and their children take longer than in-process workers: a longer limit.
@@ -163,7 +163,7 @@ class CallsTest(RemoteTestCase):
             failure = yield self.assertFailure(q.call(hp.raiseKeyError, "k"), KeyError)
             self.assertIn("raiseKeyError", failure.remoteTraceback)
             error = yield self.assertFailure(q.call(hp.raiseUnrebuildable), errors.WorkerError)
-            self.assertEqual(error.typeName, "tests.helpers_process.Unrebuildable")
+            self.assertEqual(error.typeName, "tests.helpers.process.Unrebuildable")
             yield self.assertFailure(q.call(hp.unpicklableResult), pickle.PicklingError)
             import threading
 
@@ -320,7 +320,7 @@ class SecurityTest(RemoteTestCase):
     @inlineCallbacks
     def test_allow_list_and_universe(self) -> Any:
         server = yield self.startServer(
-            universe=Universe(), allow=["operator.add", "tests.helpers_remote:add"]
+            universe=Universe(), allow=["operator.add", "tests.helpers.remote:add"]
         )
         q = self.makeQueue(self.clientDescription(server))
         info = yield q.whenConnected()

@@ -38,8 +38,8 @@ from asynqueue._wire._framing import (
 from asynqueue._wire._relay import PickledCall
 from asynqueue.wire import RemoteQueue, WireServer
 
-from . import helpers
-from . import helpers_large as hl
+from ..helpers import common as helpers
+from ..helpers import large as hl
 
 BIG = 2 * POOL_MIN + 12345
 

@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 from asynqueue import AsyncWorker, NullQueue, TaskQueue, errors
 from asynqueue.interfaces import IWorker
 
-from .helpers import FakeReactor, ManualWorker
+from ..helpers.common import FakeReactor, ManualWorker
 
 
 def boom(x: Any = None) -> None:

@@ -36,7 +36,7 @@ from asynqueue._wire._framing import (
 )
 from asynqueue.wire import RemoteQueue, WireServer
 
-from . import helpers_remote as h
+from ..helpers import remote as h
 
 KEY = b"fuzzing key"
 SEED = 20240611

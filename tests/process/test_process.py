@@ -23,8 +23,8 @@ from asynqueue._core._task import Task
 from asynqueue._iter._producers import ListConsumer
 from asynqueue.process import ProcessBase, ProcessQueue, ProcessWorker
 
-from . import helpers_process as h
-from .helpers import collect, isGone, waitUntil
+from ..helpers import process as h
+from ..helpers.common import collect, isGone, waitUntil
 
 BIG = 100 * 2**20  # large data both ways; big enough to need many reads and writes
 
@@ -120,7 +120,7 @@ class CallTests(WorkerTestCase):
         self.assertEqual(status, "e")
         self.assertIsInstance(failure.value, KeyError)
         self.assertIn("raise KeyError(key)", failure.value.remoteTraceback)
-        self.assertIn("helpers_process.py", failure.value.remoteTraceback)
+        self.assertIn("helpers/process.py", failure.value.remoteTraceback)
         self.assertEqual((yield self.value(w, h.add, 1, 1)), 2)
 
     @inlineCallbacks

@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 
 from asynqueue import ThreadQueue, ThreadWorker, deferToThread, errors
 
-from . import helpers
+from ..helpers import common as helpers
 
 
 def threadName(*_: Any) -> str:
