@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "1.0.0.dev0"
+from ._support._version import __version__ as __version__
 
 # public name -> the public module that exports it (so the layout below can
 # change without touching this table)

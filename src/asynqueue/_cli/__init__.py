@@ -1,0 +1,1 @@
+"""The ``asynqueue`` command line: ``map``, ``info`` and ``serve`` (see ARCHITECTURE.md)."""

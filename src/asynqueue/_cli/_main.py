@@ -113,7 +113,7 @@ def addSubcommand(name: str, registrar: str | Callable[[Any], None]) -> None:
 
 def buildParser() -> argparse.ArgumentParser:
     """The ``asynqueue`` parser, with every subcommand whose registrar imports."""
-    from .. import __version__
+    from .._support._version import __version__
 
     parser = _Parser(
         prog="asynqueue",
@@ -651,7 +651,7 @@ def _usableCores() -> int:
 
 def collectInfo() -> dict[str, Any]:
     """What ``asynqueue info`` shows, as a dict."""
-    from .. import __version__
+    from .._support._version import __version__
 
     return {
         "asynqueue": __version__,

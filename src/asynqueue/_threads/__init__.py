@@ -1,0 +1,1 @@
+"""Thread workers: `ThreadWorker`, `ThreadQueue` and `deferToThread`."""
