@@ -456,7 +456,7 @@ class RecycleTests(WorkerTestCase):
         self.assertNotEqual(second, first)
 
     def test_parse_size(self) -> None:
-        from asynqueue._process._parent import parseSize
+        from asynqueue._support._system import parseSize
 
         self.assertEqual(parseSize("500M"), 500 * 2**20)
         self.assertEqual(parseSize("1.5 GB"), int(1.5 * 2**30))

@@ -43,6 +43,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+from .._support._system import cores
+
 __all__ = [
     "EXIT_BROKEN_PIPE",
     "EXIT_FAILED",
@@ -323,7 +325,7 @@ def _makeQueue(kind: str, workers: int | None) -> Any:
         except ImportError as e:
             raise UsageError(f"process workers are not available: {e}")
         return ProcessQueue() if workers is None else ProcessQueue(workers)
-    n = workers or _usableCores()
+    n = workers or cores()
     if kind == "threads":
         from .._threads._worker import ThreadQueue
 
@@ -642,13 +644,6 @@ def _version(module: str) -> str | None:
         return "installed"
 
 
-def _usableCores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def collectInfo() -> dict[str, Any]:
     """What ``asynqueue info`` shows, as a dict."""
     from .._support._version import __version__
@@ -656,7 +651,7 @@ def collectInfo() -> dict[str, Any]:
     return {
         "asynqueue": __version__,
         "cores": os.cpu_count() or 1,
-        "usable cores": _usableCores(),
+        "usable cores": cores(),
         "python": f"{platform.python_version()} ({platform.python_implementation()})",
         "executable": sys.executable,
         "platform": platform.platform(),

@@ -114,7 +114,7 @@ def _configureLogging(quiet: bool) -> None:
 
 def runServe(args: argparse.Namespace) -> int:
     """The ``serve`` subcommand; returns the exit status."""
-    from .._process._parent import parseSize
+    from .._support._system import parseSize
     from .._wire._auth import loadKey
     from ._main import EXIT_FAILED, EXIT_OK, UsageError
 

@@ -86,7 +86,6 @@ import itertools
 import logging
 import os
 import pickle
-import re
 import signal
 import socket
 import sys
@@ -104,6 +103,7 @@ from .. import errors
 from .._core._queue import TaskQueue
 from .._core._task import Task
 from .._iter._base import BATCH_ITEMS, BATCH_SECONDS
+from .._support._system import cores, parseSize
 from .._support._util import dropTrigger
 from .._wire._channel import SocketChannel
 from .._wire._client import PipelineWindow, WireClient
@@ -123,7 +123,7 @@ from ..interfaces import IWorker
 from ._arena import Arena
 from ._child import BOOTSTRAP, FIRST_BATCH, ProcessBase, leanCode
 
-__all__ = ["ProcessBase", "ProcessQueue", "ProcessWorker", "cores", "parseSize"]
+__all__ = ["ProcessBase", "ProcessQueue", "ProcessWorker"]
 
 log = logging.getLogger("asynqueue")
 
@@ -143,34 +143,6 @@ MAX_FRUITLESS = 3
 # Bytes asked for the send and receive buffers of a child's socket (Linux
 # caps them at net.core.wmem_max and rmem_max, 4 MiB by default).
 SOCKET_BUFFER = 4 * 1024 * 1024
-
-_SIZE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
-
-
-def parseSize(size: int | float | str | None) -> int | None:
-    """
-    A memory size in bytes: an int or float of bytes, or a string with a
-    unit: ``"500M"``, ``"1.5 GB"``, ``"2GiB"`` (K, M, G, T are powers of 1024).
-    """
-    if size is None:
-        return None
-    if isinstance(size, (int, float)) and not isinstance(size, bool):
-        if size <= 0:
-            raise ValueError(f"a memory size must be positive, not {size!r}")
-        return int(size)
-    match = _SIZE.match(str(size))
-    if match is None:
-        raise ValueError(f"not a memory size: {size!r} (try e.g. 512M or 2G)")
-    number, unit = float(match.group(1)), match.group(2).upper()
-    return int(number * 1024 ** " KMGT".index(unit or " "))
-
-
-def cores() -> int:
-    """How many CPU cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _describeEnd(pid: int | None, reason: Failure) -> str:

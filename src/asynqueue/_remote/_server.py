@@ -75,7 +75,6 @@ import hashlib
 import ipaddress
 import itertools
 import logging
-import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -84,6 +83,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succee
 from twisted.internet.protocol import Factory
 
 from .._core._queue import TaskQueue
+from .._support._system import cores
 from .._support._util import dropTrigger
 from .._wire import _auth
 from .._wire._auth import HANDSHAKE_TIMEOUT
@@ -361,7 +361,7 @@ class WireServer:
         if self.threads:
             from .._threads._worker import ThreadQueue
 
-            return ThreadQueue(self.workers or _cores(), returnFailure=True)
+            return ThreadQueue(self.workers or cores(), returnFailure=True)
         from .._process._parent import ProcessQueue
 
         return ProcessQueue(self.workers, returnFailure=True)
@@ -394,13 +394,6 @@ def _describe(f: Any) -> str:
     if name is None:
         return repr(f)
     return f"{module}.{name}" if module and module != "builtins" else name
-
-
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def _tlsEndpoint(reactor: Any, description: str, clientCA: str) -> Any:
