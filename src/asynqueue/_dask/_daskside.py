@@ -14,7 +14,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import cloudpickle
@@ -23,6 +23,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from .. import errors
 from .._iter._base import isIterator
+from .._iter._deferator import _Puller
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -72,42 +73,11 @@ class _Chunk:
         self.items, self.more, self.error, self.token, self.where = state
 
 
-_NOTHING: Any = object()
-
-
-class _Puller:
-    """Advances an iterator on a Dask worker, one item ahead, chunk by chunk."""
-
-    def __init__(self, iterator: Iterator[Any]) -> None:
-        self.iterator = iterator
-        self.ahead = _NOTHING
-        self.lock = threading.Lock()
-
-    def pull(self, maxItems: int, maxSeconds: float) -> tuple[list[Any], bool, Any]:
-        """``(items, more, error)``: up to *maxItems* items, then one more ahead."""
-        with self.lock:
-            items: list[Any] = []
-            if self.ahead is not _NOTHING:
-                items.append(self.ahead)
-                self.ahead = _NOTHING
-            nxt = self.iterator.__next__
-            deadline = time.monotonic() + maxSeconds
-            try:
-                while len(items) < maxItems and (not items or time.monotonic() < deadline):
-                    items.append(nxt())
-                self.ahead = nxt()
-            except StopIteration:
-                return items, False, None
-            except BaseException as e:
-                return items, False, _portable(e)
-            return items, True, None
-
-    def close(self) -> None:
-        with self.lock:
-            self.ahead = _NOTHING
-            close = getattr(self.iterator, "close", None)
-            if callable(close):
-                close()
+def _pullChunk(puller: _Puller, maxItems: int, maxSeconds: float) -> tuple[list[Any], bool, Any]:
+    """``(items, more, error)`` of the iterator behind *puller*, the error in a
+    form that survives the trip back (`_portable`)."""
+    items, more, failure = puller.pull(maxItems, maxSeconds)
+    return items, more, None if failure is None else _portable(failure.value)
 
 
 # Iterators whose rest waits on this Dask worker process, by token.
@@ -174,7 +144,7 @@ class _Submitted:
         except BaseException as e:
             raise _portable(e) from None
         puller = _Puller(result)
-        items, more, error = puller.pull(self.chunk, self.seconds)
+        items, more, error = _pullChunk(puller, self.chunk, self.seconds)
         if not more:
             return _Chunk(items, False, error)
         token = uuid.uuid4().hex
@@ -195,7 +165,7 @@ def _nextChunk(token: str, maxItems: int, maxSeconds: float) -> _Chunk:
             "the rest of the iterator is gone: its Dask worker was lost or restarted",
             reason="iterator lost",
         )
-    items, more, error = puller.pull(maxItems, maxSeconds)
+    items, more, error = _pullChunk(puller, maxItems, maxSeconds)
     if not more:
         with _parkedLock:
             _parked.pop(token, None)
