@@ -46,7 +46,7 @@ like a result the other way.
 
 Pipelining: a worker keeps up to a *window* of tasks in its child, so that
 the child never waits a round trip for its next task. The window adapts to
-how long tasks take: up to `MAX_WINDOW` for tiny tasks, one for tasks of
+how long tasks take: up to `PROCESS_MAX_WINDOW` for tiny tasks, one for tasks of
 more than a few milliseconds (which gain nothing from queueing in one child
 while another might be idle). The child runs its tasks in order, so when a
 result comes back the next task has started: the worker then calls its
@@ -102,11 +102,12 @@ from zope.interface import implementer
 from .. import errors
 from .._core._queue import TaskQueue
 from .._core._task import Task
+from .._core._window import PipelineWindow
 from .._iter._base import BATCH_ITEMS, BATCH_SECONDS
 from .._support._system import cores, parseSize
 from .._support._util import dropTrigger
 from .._wire._channel import SocketChannel
-from .._wire._client import PipelineWindow, WireClient
+from .._wire._client import WireClient
 from .._wire._codec import (
     EXIT,
     FLAG_ARENA,
@@ -131,7 +132,7 @@ log = logging.getLogger("asynqueue")
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Most tasks a worker keeps in its child at once (the pipelining window).
-MAX_WINDOW = 32
+PROCESS_MAX_WINDOW = 32
 # Seconds between SIGTERM and SIGKILL when killing a child.
 KILL_GRACE = 1.0
 # Seconds a child has to exit after being told to, before SIGKILL.
@@ -457,7 +458,7 @@ class ProcessWorker(PipelineWindow):
         *,
         maxTasks: int | None = None,
         maxRSS: int | float | str | None = None,
-        maxWindow: int = MAX_WINDOW,
+        maxWindow: int = PROCESS_MAX_WINDOW,
         reactor: Any = None,
     ) -> None:
         if reactor is None:

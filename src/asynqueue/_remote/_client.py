@@ -46,10 +46,11 @@ from zope.interface import implementer
 from .. import errors
 from .._core._queue import TaskQueue
 from .._core._task import Task
+from .._core._window import PipelineWindow
 from .._iter._base import BATCH_ITEMS
 from .._wire import _auth
 from .._wire._auth import HANDSHAKE_TIMEOUT
-from .._wire._client import PipelineWindow, WireClient
+from .._wire._client import WireClient
 from .._wire._codec import (
     ABANDON,
     AUTH,
@@ -73,7 +74,7 @@ __all__ = ["GIVE_UP_AFTER", "RemoteQueue", "UniverseMethod", "WireWorker"]
 log = logging.getLogger("asynqueue")
 
 #: Most tasks a worker keeps in flight on its server.
-MAX_WINDOW = 128
+REMOTE_MAX_WINDOW = 128
 #: Seconds without a connection after which a worker resigns.
 GIVE_UP_AFTER = 60.0
 #: First and longest pause between connection attempts (seconds).
@@ -251,7 +252,7 @@ class WireWorker(PipelineWindow):
         giveUpAfter: float | None = GIVE_UP_AFTER,
         handshakeTimeout: float = HANDSHAKE_TIMEOUT,
         maxFrame: int = DEFAULT_MAX_FRAME,
-        maxWindow: int = MAX_WINDOW,
+        maxWindow: int = REMOTE_MAX_WINDOW,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -637,7 +638,7 @@ class RemoteQueue(TaskQueue):
         giveUpAfter: float | None = GIVE_UP_AFTER,
         handshakeTimeout: float = HANDSHAKE_TIMEOUT,
         maxFrame: int = DEFAULT_MAX_FRAME,
-        maxWindow: int = MAX_WINDOW,
+        maxWindow: int = REMOTE_MAX_WINDOW,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)

@@ -9,10 +9,11 @@ reactor takes everything in the outbox at once.
 
 The worker accepts up to a *window* of tasks before its ``run`` Deferred
 waits, so the thread always has the next task at hand while the reactor is
-busy. By default the window adapts to how long tasks take: about
-`WINDOW_WORK` seconds of work (by the recent average), from 1 for slow tasks
-up to `MAX_WINDOW` for tiny ones, whose hand-offs then cost one reactor
-wake-up per batch of up to `MAX_WINDOW` results instead of per few.
+busy. By default the window adapts to how long tasks take, as every
+pipelining worker's does (`asynqueue._core._window`): about two milliseconds
+of work by the recent average, from 1 for slow tasks up to
+`THREAD_MAX_WINDOW` for tiny ones, whose hand-offs then cost one reactor
+wake-up per batch of up to `THREAD_MAX_WINDOW` results instead of per few.
 
 A thread stuck in user code cannot be killed. When a task times out, the
 worker abandons that thread (it is a daemon, so it never blocks interpreter
@@ -48,6 +49,7 @@ from zope.interface import implementer
 from .. import errors
 from .._core._queue import TaskQueue
 from .._core._task import Task
+from .._core._window import smoothed, windowFor
 from .._iter._base import isIterator
 from .._support._util import whenFired
 from ..interfaces import IWorker
@@ -58,9 +60,8 @@ __all__ = ["ThreadQueue", "ThreadWorker", "deferToThread"]
 # keep the thread busy while the reactor handles a batch of results, few
 # enough that a late doNext task does not wait long behind them.
 DEFAULT_WINDOW = 4
-# The adaptive window: at most this many tasks, about this much work.
-MAX_WINDOW = 64
-WINDOW_WORK = 0.002
+# The adaptive window (see asynqueue._core._window): at most this many tasks.
+THREAD_MAX_WINDOW = 64
 
 _TASK = 0
 _CALL = 1
@@ -166,9 +167,8 @@ class ThreadWorker:
             self._runTime, self._runCount = 0.0, 0
         if runCount:
             mean = runTime / runCount
-            avg = self._avgRun
-            self._avgRun = avg = mean if avg is None else 0.7 * avg + 0.3 * mean
-            self._adaptive = max(1, min(MAX_WINDOW, int(WINDOW_WORK / max(avg, 1e-7))))
+            self._avgRun = avg = smoothed(self._avgRun, mean)
+            self._adaptive = windowFor(avg, THREAD_MAX_WINDOW)
         for kind, target, ok, value in batch:
             if kind == _TASK:
                 self._inflight -= 1

@@ -1,0 +1,94 @@
+"""
+The adaptive window of a worker: how many tasks it takes before its ``run``
+Deferred waits. Enough to keep the other end (a thread, a child process, a
+server's workers) busy while the reactor is elsewhere, few enough that later
+scheduling choices (niceness, doNext, a new series) still apply.
+
+Every worker that pipelines sizes its window the same way: about
+`WINDOW_WORK` seconds of work per worker at the other end, by the recent
+average task time, at least one task, at most the worker's own maximum.
+`PipelineWindow` is that policy for the workers that talk over a wire client.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sized
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+
+__all__ = ["WINDOW_WORK", "PipelineWindow", "smoothed", "windowFor"]
+
+# A pipelining worker keeps about this much work (by the recent average
+# task time) in flight per worker at the other end.
+WINDOW_WORK = 0.002
+
+
+def smoothed(average: float | None, sample: float) -> float:
+    """The running average of task times, after one more *sample*."""
+    return sample if average is None else 0.7 * average + 0.3 * sample
+
+
+def windowFor(averageRun: float, maxWindow: int, workers: int = 1) -> int:
+    """Tasks in flight for about `WINDOW_WORK` seconds of work per worker."""
+    return max(1, min(maxWindow, int(WINDOW_WORK * workers / max(averageRun, 1e-7))))
+
+
+class Pipe(Protocol):
+    """What the window counts on a wire client: tasks sent and not yet done."""
+
+    inflight: Sized
+    firstBatch: Sized
+
+
+class PipelineWindow:
+    """
+    The adaptive pipelining window of a worker that talks over a `WireClient`
+    (`ProcessWorker`, `WireWorker`): as many tasks in flight as make about
+    `WINDOW_WORK` seconds of work per worker at the other end, at least one,
+    at most ``maxWindow``. The worker fills ``_readyWaiters`` with the
+    Deferreds its ``run`` returned while full.
+
+    A subclass provides ``_activeClient()`` (the WireClient taking new tasks,
+    or None), and may override ``_parallelism()`` and ``_roomWithoutClient``.
+    """
+
+    maxWindow: int
+    _avgRun: float | None
+    _readyWaiters: deque[Deferred[None]]
+    _stopping: bool
+    _broken: Any
+    # Whether a task may be accepted while no client is active (a process
+    # worker starts a child for it; a remote worker waits for its link).
+    _roomWithoutClient = True
+
+    def _activeClient(self) -> Pipe | None:
+        raise NotImplementedError
+
+    def _parallelism(self) -> int:
+        """How many workers at the other end run my tasks at once."""
+        return 1
+
+    def _noteRunTime(self, dt: float) -> None:
+        self._avgRun = smoothed(self._avgRun, dt)
+
+    def _window(self) -> int:
+        workers = self._parallelism()
+        avg = self._avgRun
+        if avg is None:
+            return min(2 * workers, self.maxWindow)
+        return windowFor(avg, self.maxWindow, workers)
+
+    def _hasRoom(self) -> bool:
+        client = self._activeClient()
+        if client is None:
+            return self._roomWithoutClient
+        return len(client.inflight) + len(client.firstBatch) < self._window()
+
+    def _checkReady(self) -> None:
+        # A stopped or broken worker stays "busy" for good.
+        if self._stopping or self._broken is not None:
+            return
+        while self._readyWaiters and self._hasRoom():
+            self._readyWaiters.popleft().callback(None)
