@@ -265,9 +265,9 @@ class SecurityTest(RemoteTestCase):
 
     @inlineCallbacks
     def test_a_server_of_another_wire_version_is_refused_clearly(self) -> Any:
-        from asynqueue._remote import _connection as _serverconn
+        from asynqueue._remote import _session
 
-        self.patch(_serverconn, "PROTOCOL_VERSION", 1)
+        self.patch(_session, "PROTOCOL_VERSION", 1)
         server = yield self.startServer()
         worker = WireWorker(self.clientDescription(server), key=KEY)
         self.addCleanup(worker.crash)

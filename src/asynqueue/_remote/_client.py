@@ -65,8 +65,8 @@ from .._wire._codec import (
     dumpsCall,
     dumpsSmall,
 )
-from .._wire._framed import DEFAULT_MAX_FRAME, FrameProtocol, FrameReceiver
 from .._wire._framing import Message, encode
+from .._wire._protocol import DEFAULT_MAX_FRAME, FrameProtocol, FrameReceiver
 from ..interfaces import IWorker
 
 __all__ = ["GIVE_UP_AFTER", "RemoteQueue", "UniverseMethod", "WireWorker"]
@@ -115,7 +115,7 @@ class UniverseMethod:
         return f"UniverseMethod({self.name!r})"
 
 
-class _Connection(WireClient, FrameReceiver):
+class _ServerLink(WireClient, FrameReceiver):
     """One connection of a `WireWorker` to its server."""
 
     errorType = errors.WorkerError
@@ -275,8 +275,8 @@ class WireWorker(PipelineWindow):
             self._endpoint = description
         self.serverInfo: dict[str, Any] = {}
         self._taskIDs = itertools.count(1)
-        self._conn: _Connection | None = None
-        self._attempt: _Connection | None = None
+        self._conn: _ServerLink | None = None
+        self._attempt: _ServerLink | None = None
         self._connectD: Deferred[Any] | None = None
         self._retryCall: Any = None
         self._delay = RETRY_DELAY
@@ -424,7 +424,7 @@ class WireWorker(PipelineWindow):
             return
         from twisted.internet.endpoints import connectProtocol
 
-        connection = _Connection(self)
+        connection = _ServerLink(self)
         self._attempt = connection
         try:
             d = connectProtocol(self._endpoint, FrameProtocol(connection))
@@ -436,7 +436,7 @@ class WireWorker(PipelineWindow):
     def _tcpConnected(self, protocol: Any) -> None:
         self._connectD = None
 
-    def _connectFailed(self, failure: Failure, protocol: _Connection) -> None:
+    def _connectFailed(self, failure: Failure, protocol: _ServerLink) -> None:
         self._connectD = None
         if self._attempt is protocol:
             self._attempt = None
@@ -472,7 +472,7 @@ class WireWorker(PipelineWindow):
         if attempt is not None:
             attempt.close(errors.WireError("given up on"))  # at once, even mid-TLS-handshake
 
-    def _opened(self, conn: _Connection) -> None:
+    def _opened(self, conn: _ServerLink) -> None:
         if self._attempt is conn:
             self._attempt = None
         if self._stopping or self._broken is not None:
@@ -492,7 +492,7 @@ class WireWorker(PipelineWindow):
             d.callback(self.serverInfo)
         self._checkReady()
 
-    def _lost(self, conn: _Connection, reason: Any) -> None:
+    def _lost(self, conn: _ServerLink, reason: Any) -> None:
         if conn is not self._conn:
             # A connection that never opened (or one given up on already).
             if self._attempt is conn:
@@ -553,7 +553,7 @@ class WireWorker(PipelineWindow):
 
     # ------------------------------------------------------------ tasks
 
-    def _send(self, conn: _Connection, task: Task, parts: list[Any], flags: int) -> None:
+    def _send(self, conn: _ServerLink, task: Task, parts: list[Any], flags: int) -> None:
         conn.submit(task, parts, flags)
         if task.update == "persistent":
             self._updates.append((parts, flags))  # replayed on every new connection
@@ -576,7 +576,7 @@ class WireWorker(PipelineWindow):
     # runs as many tasks at once as it has workers.
     _roomWithoutClient = False
 
-    def _activeClient(self) -> _Connection | None:
+    def _activeClient(self) -> _ServerLink | None:
         return self._conn
 
     def _parallelism(self) -> int:

@@ -6,7 +6,7 @@ Design
 
 ::
 
-    WireWorker ══ TCP / UNIX / TLS ══► _Connection ──► internal TaskQueue ──► local workers
+    WireWorker ══ TCP / UNIX / TLS ══► _ClientSession ──► internal TaskQueue ──► local workers
     (client)      (Twisted endpoint)   one per client   series = connection   (ProcessWorkers,
                                                                                or threads)
 
@@ -87,8 +87,8 @@ from .._support._system import cores
 from .._support._util import dropTrigger
 from .._wire import _auth
 from .._wire._auth import HANDSHAKE_TIMEOUT
-from .._wire._framed import DEFAULT_MAX_FRAME, FrameProtocol
-from ._connection import _Connection
+from .._wire._protocol import DEFAULT_MAX_FRAME, FrameProtocol
+from ._session import _ClientSession
 from ._universe import WireWorkerUniverse, resolveName
 
 __all__ = [
@@ -160,7 +160,7 @@ class _Factory(Factory):
         self._ids = itertools.count(1)
 
     def buildProtocol(self, addr: Any) -> FrameProtocol:
-        protocol = FrameProtocol(_Connection(self.server, next(self._ids)))
+        protocol = FrameProtocol(_ClientSession(self.server, next(self._ids)))
         protocol.factory = self
         return protocol
 
@@ -251,7 +251,7 @@ class WireServer:
         self.handshakeTimeout = handshakeTimeout
         self.maxUnauthenticated = maxUnauthenticated
         self.port: Any = None
-        self._connections: set[_Connection] = set()
+        self._connections: set[_ClientSession] = set()
         self._unauthenticated = 0
         self._updateDigests: set[bytes] = set()
         self._trigger: Any = None

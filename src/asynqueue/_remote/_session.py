@@ -1,5 +1,5 @@
 """
-One client's conversation with a `WireServer`: `_Connection` (the handshake,
+One client's conversation with a `WireServer`: `_ClientSession` (the handshake,
 calls, iterator results, abandoned calls, back-pressure, and the flushing of
 results in bursts), the records it keeps of its calls (`_Served`) and
 iterators (`_ServedIterator`), and the encoding of errors and iterator items
@@ -47,8 +47,8 @@ from .._wire._codec import (
     dumpsSmall,
     loads,
 )
-from .._wire._framed import FrameReceiver
 from .._wire._framing import Message, encode
+from .._wire._protocol import FrameReceiver
 from .._wire._relay import CancelledCall, PickledCall, PickledError, PickledResult
 from .._wire._streams import encodeItems as _encodeItems
 
@@ -70,7 +70,7 @@ class ServerSide(Protocol):
 
     _reactor: Any
     _key: bytes
-    _connections: set[_Connection]
+    _connections: set[_ClientSession]
     _unauthenticated: int
     maxUnauthenticated: int
     handshakeTimeout: float
@@ -173,7 +173,7 @@ class _ServedIterator:
         self.closed = False
 
 
-class _Connection(BurstSender, FrameReceiver):
+class _ClientSession(BurstSender, FrameReceiver):
     """One client of a `WireServer`."""
 
     def __init__(self, server: ServerSide, connID: int) -> None:
