@@ -124,8 +124,8 @@ def leanCode(packageDir: str) -> bytes:
     (length-prefixed ``marshal`` of ``{name: code}``): with ``code`` after
     its other arguments, BOOTSTRAP reads them from its socket instead of
     compiling them itself. Where bytecode is not cached (read-only
-    installs, ``PYTHONDONTWRITEBYTECODE``) that saves each child about 8 ms
-    of its ~25 ms start. Compiled once per process.
+    installs, ``PYTHONDONTWRITEBYTECODE``) that saves each child about a
+    third of its start. Compiled once per process.
     """
     blob = _leanCode.get(packageDir)
     if blob is None:

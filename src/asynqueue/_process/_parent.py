@@ -33,12 +33,12 @@ object that the caller gets (the framing marks it immutable:
 `asynqueue._wire._framing`). Other large parts (a NumPy array's buffer, a
 pickle) go into a pooled receive buffer that is already faulted in. The
 socketpair gets 4 MiB buffers, so such a result goes in a few large writes.
-Fresh memory is what costs: on the development VM a page fault costs about
-3 µs per 4 KiB, 7 ms per 10 MB, against about 1.5 ms for the whole
-transfer; before these measures a child faulted in a new 10 MB pickle
-buffer for every such result, and this process a new receive buffer and
-(malloc having given the pair back to the system) a new result, for
-600-700 MB/s in all. The large parts of a call's arguments (1 MiB or
+Fresh memory is what costs: faulting in the pages of a large new buffer
+takes several times as long as the transfer itself, and without these
+measures a child faulted in a new pickle buffer for every such result, and
+this process a new receive buffer and (malloc having given the pair back to
+the system) a new result (figures: benchmarks/README.md, "Measurements
+behind the design"). The large parts of a call's arguments (1 MiB or
 more) go through shared memory when the child's *inbox* is free: copied in
 here, read there (`asynqueue._process._arena`), two ``memcpy`` instead of the
 kernel's copy into the socket and out of it; otherwise through the socket,
@@ -400,8 +400,7 @@ def _bigBuffers(sock: socket.socket) -> None:
     """
     Socket buffers of `SOCKET_BUFFER` bytes (as far as the system allows):
     a large result then goes in a few big writes and reads, not in hundreds
-    of the default 208 KiB (10 MB: about 8,000 MB/s instead of 6,000 on the
-    development machine).
+    of the default 208 KiB.
     """
     for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         try:

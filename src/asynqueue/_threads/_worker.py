@@ -22,10 +22,10 @@ that takes over the inbox. The queue retries the task once.
 
 Hand-off mechanics (the hot path, so spelled out): the reactor appends to a
 deque and rings a *doorbell*, a ``queue.SimpleQueue`` holding one token per
-item or event. Both ends of a SimpleQueue are C code: ``put`` costs ~0.1 µs
-and only makes a system call when the thread is actually blocked in ``get``,
-which it does only when it has nothing to do (a ``threading.Condition`` costs
-~2 µs of Python per ``notify``, sleeping thread or not). The thread takes one
+item or event. Both ends of a SimpleQueue are C code: ``put`` is cheap and
+only makes a system call when the thread is actually blocked in ``get``,
+which it does only when it has nothing to do (a ``threading.Condition`` runs
+Python code for every ``notify``, sleeping thread or not). The thread takes one
 token per item, so tokens never fall behind items and no wake-up is lost; a
 token left over by an event (a stop, a task withdrawn on a timeout) just makes
 an idle thread look once more. A plain lock keeps the thread's state changes

@@ -44,9 +44,9 @@ there and goes on with other work.
 Receive buffers
 ---------------
 Memory that a process has not touched yet costs a page fault per page on
-first write: on the 2-core development VM about 3 µs per 4 KiB page, i.e.
-7 ms for 10 MB, three times what the kernel takes to move those 10 MB over
-a socket. Bodies of `POOL_MIN` bytes or more are therefore read into
+first write: for a large message, several times what the kernel takes to
+move it over a socket (measured: benchmarks/README.md, "Measurements behind
+the design"). Bodies of `POOL_MIN` bytes or more are therefore read into
 buffers of a process-wide `BufferPool`, which hands a buffer out again once
 nothing refers to it: no memoryview of it (a message part, a view held by
 a send queue, a NumPy array unpickled over an out-of-band buffer) is left.
