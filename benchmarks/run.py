@@ -3,7 +3,7 @@ Run the benchmark suite and print one markdown table.
 
 From the repository root::
 
-    python -m benchmarks            # full run, ~5 minutes on 2 cores
+    python -m benchmarks            # full run, ~10 minutes on 2 cores
     python -m benchmarks --quick    # under a minute
     python -m benchmarks --smoke    # a few seconds, tiny sizes (the test's mode)
 
@@ -295,8 +295,9 @@ def childEnv() -> dict[str, str]:
 def runDask(quick: bool) -> dict[str, Any]:
     """The rows of ``benchmarks/bench_dask.py``, or why there are none."""
     try:
-        import dask  # noqa: F401
         import distributed  # noqa: F401
+
+        import dask  # noqa: F401
     except ImportError:
         return {"na": 'dask is not installed: pip install -e ".[dask]"'}
     return _rowsOf("bench_dask", quick)
@@ -404,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contenders", help=f"comma-separated subset of {','.join(COLUMNS)}")
     parser.add_argument("--no-dask", action="store_true", help="skip the Dask rows")
     parser.add_argument("--no-remote", action="store_true", help="skip the remote-worker rows")
+    parser.add_argument(
+        "--no-scale", action="store_true", help="skip the scale rows (backlogs up to 1,000,000)"
+    )
     parser.add_argument("--save", metavar="FILE", help="also write the raw results as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     # Internal: one measurement, in a child process.
@@ -446,6 +450,10 @@ def main(argv: list[str] | None = None) -> int:
         remote: dict[str, Any] = {"na": "skipped" + (" in --smoke" if args.smoke else "")}
     else:
         remote = runRemote(args.quick)
+    if args.no_scale or args.smoke:
+        scale: dict[str, Any] = {"na": "skipped" + (" in --smoke" if args.smoke else "")}
+    else:
+        scale = _rowsOf("bench_scale", args.quick)
     elapsed = time.perf_counter() - started
 
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
@@ -456,7 +464,11 @@ def main(argv: list[str] | None = None) -> int:
         f" {WORKERS} workers (floors: 1). Ratios: xN > 1 means ours is better.\n"
     )
     print(table(results, sizes, workloads))
-    for title, extra in (("Remote workers (loopback TCP)", remote), ("Dask", dask)):
+    for title, extra in (
+        ("Remote workers (loopback TCP)", remote),
+        ("Dask", dask),
+        ("Scale: a backlog of calls, queued first, then drained", scale),
+    ):
         print(f"\n### {title}\n")
         if extra.get("rows"):
             print(genericTable(extra["rows"]))
@@ -468,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": [{"workload": w, "contender": c, **r} for (w, c), r in results.items()],
             "dask": dask,
             "remote": remote,
+            "scale": scale,
             "environment": environment(),
             "date": today,
         }

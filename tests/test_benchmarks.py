@@ -39,3 +39,25 @@ def test_smoke_run_prints_every_row(tmp_path: Path) -> None:
     assert not errors, errors
     measured = [r for r in raw["results"] if r.get("figures")]
     assert {r["workload"] for r in measured} == {m.workload for m in METRICS}
+
+
+def test_scale_measures_one_backlog() -> None:
+    """One small configuration of ``bench_scale`` runs and reports every figure."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_scale.py"),
+            "--one",
+            "threads",
+            "500",
+            "7",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(figures) == {"enqueue_us", "bytes_per_call", "drain", "peak_growth_mb"}
+    assert figures["enqueue_us"] > 0 and figures["drain"] > 0
