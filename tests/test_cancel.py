@@ -20,7 +20,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from asynqueue import TaskQueue, errors
-from asynqueue.process import ProcessQueue
+from asynqueue.process import CallCancelled, ProcessQueue
 from asynqueue.threads import ThreadQueue
 from asynqueue.workers import AsyncWorker
 
@@ -202,6 +202,16 @@ class ProcessTest(_CancelTestCase):
         self.assertEqual((yield behind), str(tmp / "behind"))
         # The child runs one call at a time and has served later ones: the
         # sleeping call is over, and never wrote its file.
+        self.assertFalse((tmp / "slept").exists())
+
+    @inlineCallbacks
+    def test_the_interrupt_passes_except_exception(self) -> Any:
+        self.assertFalse(issubclass(CallCancelled, Exception))
+        tmp = self.tmpdir()
+        q = self.queue()
+        pid, behind = yield self.cancelWhileSleeping(q, hc.stubbornSleepThenMark, tmp)
+        self.assertEqual((yield behind), str(tmp / "behind"))
+        self.assertEqual((yield q.call(hc.pid)), pid)
         self.assertFalse((tmp / "slept").exists())
 
     @inlineCallbacks
