@@ -1,0 +1,328 @@
+"""
+Cancelling a call's Deferred: a queued call is withdrawn, a running one is
+stopped (or abandoned) by its worker, on every kind of worker: real threads,
+child processes, a worker server on 127.0.0.1 and a Dask LocalCluster.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from asynqueue import TaskQueue, errors
+from asynqueue.process import CallCancelled, ProcessQueue
+from asynqueue.threads import ThreadQueue
+from asynqueue.workers import AsyncWorker
+
+from ..helpers import cancel as hc
+from ..helpers import common as helpers
+from ..helpers.common import isGone
+from ..remote.test_remote import RemoteTestCase
+
+waitUntil = functools.partial(helpers.waitUntil, limit=15.0)
+
+
+def pause(seconds: float) -> Deferred[None]:
+    return deferLater(reactor, seconds, lambda: None)
+
+
+class Firings:
+    """Counts how often each Deferred fires, and with what."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[int, list[Any]] = {}
+
+    def watch(self, d: Deferred[Any]) -> Deferred[Any]:
+        record = self.outcomes.setdefault(id(d), [])
+
+        def seen(result: Any) -> Any:
+            record.append(result)
+            return result
+
+        d.addBoth(seen)
+        return d
+
+    def only(self, d: Deferred[Any]) -> Any:
+        record = self.outcomes[id(d)]
+        assert len(record) == 1, f"fired {len(record)} times: {record!r}"
+        return record[0]
+
+
+class Collector:
+    """A consumer that keeps the items written to it."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.producer: Any = None
+        self.unregistered = False
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.unregistered = True
+
+    def write(self, item: Any) -> None:
+        self.items.append(item)
+
+
+class _CancelTestCase(TestCase):
+    timeout = 60
+
+    def tmpdir(self) -> Path:
+        path = Path(tempfile.mkdtemp(prefix="aqc"))
+        self.addCleanup(shutil.rmtree, path, True)
+        return path
+
+    def openGateLater(self) -> None:
+        hc.GATE.clear()
+        self.addCleanup(hc.GATE.set)
+
+    @inlineCallbacks
+    def assertCancelled(self, d: Deferred[Any]) -> Any:
+        yield self.assertFailure(d, CancelledError)
+
+
+class QueueTest(_CancelTestCase):
+    @inlineCallbacks
+    def test_queued_calls_are_withdrawn_and_their_series_moves_on(self) -> Any:
+        self.openGateLater()
+        q = ThreadQueue(1, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        ran: list[int] = []
+        gate = q.call(hc.waitAtGate, "first")
+        ds = [q.call(ran.append, i, series="s") for i in range(10)]
+        for i in range(0, 10, 2):
+            ds[i].cancel()
+            yield self.assertCancelled(ds[i])
+        hc.GATE.set()
+        self.assertEqual((yield gate), "first")
+        for i in range(1, 10, 2):
+            yield ds[i]
+        self.assertEqual(ran, [1, 3, 5, 7, 9])
+
+    @inlineCallbacks
+    def test_cancelling_twice_or_after_the_result_changes_nothing(self) -> Any:
+        q = ThreadQueue(1, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        firings = Firings()
+        done = firings.watch(q.call(operator.add, 1, 2))
+        self.assertEqual((yield done), 3)
+        done.cancel()
+        self.assertEqual(firings.only(done), 3)
+        self.openGateLater()
+        waiting = firings.watch(q.call(hc.waitAtGate, "x"))
+        waiting.cancel()
+        waiting.cancel()
+        yield self.assertCancelled(waiting)
+        self.assertIsInstance(firings.only(waiting).value, CancelledError)
+        self.assertEqual(q.counts()["pending"], 0)
+
+    @inlineCallbacks
+    def test_shutdown_fails_leftovers_and_each_deferred_fires_once(self) -> Any:
+        q = TaskQueue(returnFailure=True)  # no worker: everything waits
+        firings = Firings()
+        ds = [firings.watch(q.call(operator.add, i, 1)) for i in range(4)]
+        ds[1].cancel()
+        ds[3].cancel()
+        yield q.shutdown()
+        for i, d in enumerate(ds):
+            outcome = firings.only(d)
+            expected = CancelledError if i % 2 else errors.QueueRunError
+            self.assertIsInstance(outcome.value, expected)
+            d.addErrback(lambda _: None)
+
+
+class ThreadTest(_CancelTestCase):
+    @inlineCallbacks
+    def test_a_running_call_is_abandoned_and_later_calls_do_not_wait(self) -> Any:
+        self.openGateLater()
+        q = ThreadQueue(1, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        d = q.call(hc.waitAtGate, "stuck")
+        yield waitUntil(lambda: "stuck" in hc.waiting)
+        d.cancel()
+        yield self.assertCancelled(d)
+        self.assertEqual((yield q.call(operator.mul, 6, 7)), 42)
+        self.assertEqual(hc.waiting, ["stuck"])  # still waiting, abandoned
+
+
+class AsyncTest(_CancelTestCase):
+    @inlineCallbacks
+    def test_a_running_call_has_its_deferred_cancelled(self) -> Any:
+        stopped: list[bool] = []
+        q = TaskQueue(AsyncWorker(), returnFailure=True)
+        self.addCleanup(q.shutdown)
+        d = q.call(lambda: Deferred(lambda _: stopped.append(True)))
+        queued = q.call(stopped.append, False)
+        queued.cancel()
+        d.cancel()
+        yield self.assertCancelled(d)
+        yield self.assertCancelled(queued)
+        self.assertEqual((yield q.call(operator.add, 2, 2)), 4)
+        self.assertEqual(stopped, [True])
+
+
+class ProcessTest(_CancelTestCase):
+    def queue(self) -> ProcessQueue:
+        q = ProcessQueue(1, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        return q
+
+    @inlineCallbacks
+    def cancelWhileSleeping(self, q: ProcessQueue, sleeper: Any, tmp: Path) -> Any:
+        """
+        Cancel ``sleeper(tmp/slept, 5)`` once it runs, with a call queued
+        behind it; fires with the child's PID from before and the call behind.
+        """
+        pid = yield q.call(hc.pid)
+        sleeping = q.call(sleeper, str(tmp / "slept"), 5)
+        behind = q.call(hc.mark, str(tmp / "behind"))
+        yield pause(0.3)
+        sleeping.cancel()
+        yield self.assertCancelled(sleeping)
+        return pid, behind
+
+    @inlineCallbacks
+    def test_a_running_call_is_interrupted_and_the_child_goes_on(self) -> Any:
+        tmp = self.tmpdir()
+        q = self.queue()
+        pid, behind = yield self.cancelWhileSleeping(q, hc.sleepThenMark, tmp)
+        self.assertEqual((yield q.call(hc.pid)), pid)  # the same child, free again
+        self.assertEqual((yield behind), str(tmp / "behind"))
+        # The child runs one call at a time and has served later ones: the
+        # sleeping call is over, and never wrote its file.
+        self.assertFalse((tmp / "slept").exists())
+
+    @inlineCallbacks
+    def test_the_interrupt_passes_except_exception(self) -> Any:
+        self.assertFalse(issubclass(CallCancelled, Exception))
+        tmp = self.tmpdir()
+        q = self.queue()
+        pid, behind = yield self.cancelWhileSleeping(q, hc.stubbornSleepThenMark, tmp)
+        self.assertEqual((yield behind), str(tmp / "behind"))
+        self.assertEqual((yield q.call(hc.pid)), pid)
+        self.assertFalse((tmp / "slept").exists())
+
+    @inlineCallbacks
+    def test_a_call_queued_in_the_child_is_dropped_unrun(self) -> Any:
+        tmp = self.tmpdir()
+        q = self.queue()
+        yield q.call(hc.pid)
+        first = q.call(hc.sleepThenMark, str(tmp / "first"), 0.5)
+        second = q.call(hc.mark, str(tmp / "second"))
+        third = q.call(hc.mark, str(tmp / "third"))
+        second.cancel()
+        yield self.assertCancelled(second)
+        yield first
+        self.assertEqual((yield third), str(tmp / "third"))
+        yield q.call(hc.pid)
+        self.assertFalse((tmp / "second").exists())
+
+    @inlineCallbacks
+    def test_a_call_deaf_to_the_interrupt_has_its_child_replaced(self) -> Any:
+        tmp = self.tmpdir()
+        q = self.queue()
+        pid, behind = yield self.cancelWhileSleeping(q, hc.deafSleepThenMark, tmp)
+        self.assertEqual((yield behind), str(tmp / "behind"))  # requeued, not charged
+        self.assertNotEqual((yield q.call(hc.pid)), pid)
+        yield waitUntil(lambda: isGone(pid))
+        self.assertFalse((tmp / "slept").exists())
+
+    @inlineCallbacks
+    def test_a_streamed_iterator_stops_producing(self) -> Any:
+        tmp = self.tmpdir()
+        q = self.queue()
+        consumer = Collector()
+        d = q.call(hc.slowItems, str(tmp), 0.02, consumer=consumer)
+        yield waitUntil(lambda: len(consumer.items) >= 3)
+        d.cancel()
+        yield self.assertCancelled(d)
+        self.assertTrue(consumer.unregistered)
+        yield waitUntil(lambda: (tmp / "closed").exists())  # the child closed it
+        made = {p.name for p in tmp.iterdir()}
+        yield q.call(hc.pid)
+        self.assertEqual({p.name for p in tmp.iterdir()}, made)
+        self.assertEqual(consumer.items, list(range(len(consumer.items))))
+
+
+class RemoteTest(RemoteTestCase, _CancelTestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_a_process_server_interrupts_the_running_call(self) -> Any:
+        tmp = self.tmpdir()
+        server = yield self.startServer(threads=False, workers=1)
+        q = self.makeQueue(self.clientDescription(server))
+        pid = yield q.call(hc.pid)
+        sleeping = q.call(hc.sleepThenMark, str(tmp / "slept"), 5)
+        yield pause(0.3)
+        sleeping.cancel()
+        yield self.assertCancelled(sleeping)
+        self.assertEqual((yield q.call(hc.pid)), pid)  # the server's child, free again
+        self.assertFalse((tmp / "slept").exists())
+
+    @inlineCallbacks
+    def test_a_call_queued_on_the_server_is_withdrawn(self) -> Any:
+        tmp = self.tmpdir()
+        server = yield self.startServer(threads=False, workers=1)
+        q = self.makeQueue(self.clientDescription(server))
+        yield q.call(hc.pid)
+        first = q.call(hc.sleepThenMark, str(tmp / "first"), 0.5)
+        second = q.call(hc.mark, str(tmp / "second"))
+        yield pause(0.1)  # both are on the server by now
+        second.cancel()
+        yield self.assertCancelled(second)
+        yield first
+        yield q.call(hc.pid)
+        self.assertFalse((tmp / "second").exists())
+        self.assertEqual(server.queue.counts()["pending"], 0)
+
+    @inlineCallbacks
+    def test_a_thread_server_abandons_the_running_call(self) -> Any:
+        self.openGateLater()
+        server = yield self.startServer(threads=True, workers=1)
+        q = self.makeQueue(self.clientDescription(server))
+        d = q.call(hc.waitAtGate, "remote")
+        yield waitUntil(lambda: "remote" in hc.waiting)
+        d.cancel()
+        yield self.assertCancelled(d)
+        self.assertEqual((yield q.call(operator.add, 1, 2)), 3)
+        self.assertEqual(hc.waiting, ["remote"])  # abandoned, not waited for
+        self.assertEqual(server.queue.counts()["pending"], 0)
+
+
+class DaskTest(_CancelTestCase):
+    @inlineCallbacks
+    def test_the_dask_future_is_cancelled(self) -> Any:
+        distributed = pytest.importorskip("distributed")
+        from asynqueue.dask_worker import DaskWorker
+
+        from ..dask.test_dask import inProcessCluster
+
+        cluster = inProcessCluster(n_workers=1, threads_per_worker=2)
+        self.addCleanup(cluster.close)
+        client = distributed.Client(cluster, set_as_default=False)
+        self.addCleanup(client.close)
+        self.openGateLater()
+        worker = DaskWorker(client)
+        q = TaskQueue(worker, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        d = q.call(hc.waitAtGate, "dask")
+        yield waitUntil(lambda: "dask" in hc.waiting)
+        futures = [p.future for p in worker._running.values() if p.future is not None]
+        self.assertEqual(len(futures), 1)
+        d.cancel()
+        yield self.assertCancelled(d)
+        yield waitUntil(lambda: futures[0].status == "cancelled")
+        self.assertEqual((yield q.call(abs, -5)), 5)
