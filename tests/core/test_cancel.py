@@ -92,6 +92,22 @@ class _CancelTestCase(TestCase):
     def assertCancelled(self, d: Deferred[Any]) -> Any:
         yield self.assertFailure(d, CancelledError)
 
+    @inlineCallbacks
+    def checkStreamStops(self, q: TaskQueue) -> Any:
+        """Cancelling a consumer run of `hc.slowItems` on *q* closes the generator."""
+        tmp = self.tmpdir()
+        consumer = Collector()
+        d = q.call(hc.slowItems, str(tmp), 0.02, consumer=consumer)
+        yield waitUntil(lambda: len(consumer.items) >= 3)
+        d.cancel()
+        yield self.assertCancelled(d)
+        self.assertTrue(consumer.unregistered)
+        yield waitUntil(lambda: (tmp / "closed").exists())  # the worker closed it
+        made = {p.name for p in tmp.iterdir()}
+        yield q.call(hc.pid)
+        self.assertEqual({p.name for p in tmp.iterdir()}, made)
+        self.assertEqual(consumer.items, list(range(len(consumer.items))))
+
 
 class QueueTest(_CancelTestCase):
     @inlineCallbacks
@@ -155,6 +171,11 @@ class ThreadTest(_CancelTestCase):
         yield self.assertCancelled(d)
         self.assertEqual((yield q.call(operator.mul, 6, 7)), 42)
         self.assertEqual(hc.waiting, ["stuck"])  # still waiting, abandoned
+
+    def test_a_streamed_iterator_stops_producing(self) -> Any:
+        q = ThreadQueue(1, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        return self.checkStreamStops(q)
 
 
 class AsyncTest(_CancelTestCase):
@@ -239,21 +260,8 @@ class ProcessTest(_CancelTestCase):
         yield waitUntil(lambda: isGone(pid))
         self.assertFalse((tmp / "slept").exists())
 
-    @inlineCallbacks
     def test_a_streamed_iterator_stops_producing(self) -> Any:
-        tmp = self.tmpdir()
-        q = self.queue()
-        consumer = Collector()
-        d = q.call(hc.slowItems, str(tmp), 0.02, consumer=consumer)
-        yield waitUntil(lambda: len(consumer.items) >= 3)
-        d.cancel()
-        yield self.assertCancelled(d)
-        self.assertTrue(consumer.unregistered)
-        yield waitUntil(lambda: (tmp / "closed").exists())  # the child closed it
-        made = {p.name for p in tmp.iterdir()}
-        yield q.call(hc.pid)
-        self.assertEqual({p.name for p in tmp.iterdir()}, made)
-        self.assertEqual(consumer.items, list(range(len(consumer.items))))
+        return self.checkStreamStops(self.queue())
 
 
 class RemoteTest(RemoteTestCase, _CancelTestCase):
@@ -287,6 +295,11 @@ class RemoteTest(RemoteTestCase, _CancelTestCase):
         yield q.call(hc.pid)
         self.assertFalse((tmp / "second").exists())
         self.assertEqual(server.queue.counts()["pending"], 0)
+
+    @inlineCallbacks
+    def test_a_streamed_iterator_stops_on_the_server(self) -> Any:
+        server = yield self.startServer(threads=False, workers=1)
+        yield self.checkStreamStops(self.makeQueue(self.clientDescription(server)))
 
     @inlineCallbacks
     def test_a_thread_server_abandons_the_running_call(self) -> Any:
