@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from asynqueue import TaskQueue, errors
@@ -234,6 +236,35 @@ class ProcessTest(_CancelTestCase):
         self.assertEqual((yield behind), str(tmp / "behind"))
         self.assertEqual((yield q.call(hc.pid)), pid)
         self.assertFalse((tmp / "slept").exists())
+
+    @inlineCallbacks
+    def test_many_cancels_at_random_moments(self) -> Any:
+        tmp = self.tmpdir()
+        q = ProcessQueue(2, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        rng = random.Random(13)
+        firings = Firings()
+        ds = [
+            firings.watch(q.call(hc.sleepThenMark, str(tmp / str(i)), rng.choice([0, 0.002, 0.02])))
+            for i in range(200)
+        ]
+        doomed = set(rng.sample(range(200), 100))
+        for i in sorted(doomed, key=lambda _: rng.random()):
+            if rng.random() < 0.5:
+                yield pause(rng.choice([0, 0.001, 0.01]))
+            ds[i].cancel()
+        for d in ds:
+            d.addErrback(lambda f: f.trap(CancelledError))
+            yield d
+        for i, d in enumerate(ds):
+            outcome = firings.only(d)
+            if isinstance(outcome, Failure):
+                self.assertIn(i, doomed)  # only what was cancelled failed
+                self.assertIsInstance(outcome.value, CancelledError)
+            else:
+                self.assertTrue((tmp / str(i)).exists())
+        self.assertEqual(q.counts()["pending"], 0)
+        self.assertEqual((yield q.call(operator.add, 1, 1)), 2)
 
     @inlineCallbacks
     def test_a_call_queued_in_the_child_is_dropped_unrun(self) -> Any:
