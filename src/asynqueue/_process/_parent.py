@@ -66,7 +66,7 @@ Faults
   (SIGTERM, then SIGKILL after `KILL_GRACE` seconds) and replaced; the
   other tasks in its window are innocent.
 - A cancel: the queue calls ``cancelled(task)``. The child drops the call
-  if it has not started it, or has it raise `asynqueue._child.CallCancelled`
+  if it has not started it, or has it raise `asynqueue.process.CallCancelled`
   if it is running (an ABANDON message, then SIGUSR1); either way it
   answers, and goes on with its next call. A child that does not answer
   within `KILL_GRACE` seconds (stuck in C code that ignores signals) is
