@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import os
 import random
 import shutil
 import tempfile
@@ -300,10 +301,21 @@ class RemoteTest(RemoteTestCase, _CancelTestCase):
 
     @inlineCallbacks
     def test_a_process_server_interrupts_the_running_call(self) -> Any:
-        tmp = self.tmpdir()
         server = yield self.startServer(threads=False, workers=1)
         q = self.makeQueue(self.clientDescription(server))
+        yield self.checkServerInterrupts(q, os.getpid())
+
+    @inlineCallbacks
+    def test_asynqueue_serve_interrupts_the_running_call(self) -> Any:
+        proc, description = yield self.spawnServer("tcp:0:interface=127.0.0.1")
+        yield self.checkServerInterrupts(self.makeQueue(description), proc.pid)
+
+    @inlineCallbacks
+    def checkServerInterrupts(self, q: TaskQueue, serverPid: int) -> Any:
+        """A sleeping call on *q*'s server (one process worker) is cancelled."""
+        tmp = self.tmpdir()
         pid = yield q.call(hc.pid)
+        self.assertNotEqual(pid, serverPid)  # a worker process of the server
         sleeping = q.call(hc.sleepThenMark, str(tmp / "slept"), 5)
         yield pause(0.3)
         sleeping.cancel()
