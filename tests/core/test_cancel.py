@@ -12,15 +12,16 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from asynqueue import TaskQueue, errors
 from asynqueue.process import CallCancelled, ProcessQueue
@@ -204,6 +205,19 @@ class ProcessTest(_CancelTestCase):
         return q
 
     @inlineCallbacks
+    def pipeliningQueue(self) -> Any:
+        """
+        A queue whose worker has seen quick calls: it sends several at once
+        to its child. (Unless the machine is so busy that more than
+        PIPELINE_PATIENCE passes between two calls: the dispatcher then
+        keeps the second one queued.)
+        """
+        q = self.queue()
+        for _ in range(30):
+            yield q.call(hc.pid)
+        return q
+
+    @inlineCallbacks
     def cancelWhileSleeping(self, q: ProcessQueue, sleeper: Any, tmp: Path) -> Any:
         """
         Cancel ``sleeper(tmp/slept, 5)`` once it runs, with a call queued
@@ -269,18 +283,44 @@ class ProcessTest(_CancelTestCase):
 
     @inlineCallbacks
     def test_a_call_queued_in_the_child_is_dropped_unrun(self) -> Any:
-        tmp = self.tmpdir()
-        q = self.queue()
-        yield q.call(hc.pid)
-        first = q.call(hc.sleepThenMark, str(tmp / "first"), 0.5)
-        second = q.call(hc.mark, str(tmp / "second"))
-        third = q.call(hc.mark, str(tmp / "third"))
+        q = yield self.pipeliningQueue()
+        for _ in range(5):
+            tmp = self.tmpdir()
+            calls = [q.call(hc.sleepThenMark, str(tmp / "first"), 0.3)]
+            calls += [q.call(hc.mark, str(tmp / name)) for name in ("second", "third")]
+            if q.counts()["queued"] == 0:
+                break  # all three went to the child
+            yield gatherResults(calls)  # (a busy machine: see pipeliningQueue)
+        else:
+            self.fail("the calls never went to the child together")
+        first, second, third = calls
         second.cancel()
         yield self.assertCancelled(second)
         yield first
         self.assertEqual((yield third), str(tmp / "third"))
         yield q.call(hc.pid)
         self.assertFalse((tmp / "second").exists())
+
+    @inlineCallbacks
+    def test_a_dropped_call_frees_the_inbox_its_arguments_took(self) -> Any:
+        q = yield self.pipeliningQueue()
+        inbox = q.workers()[0]._current.inbox
+        if inbox is None:
+            raise SkipTest("no shared memory (memfd) on this system")
+        for _ in range(5):
+            first = q.call(time.sleep, 0.3)
+            big = q.call(len, b"x" * 2**21)
+            if inbox.taken():
+                break  # its argument went to the inbox
+            yield gatherResults([first, big])  # (a busy machine: see pipeliningQueue)
+        else:
+            self.fail("the call never went to the child behind another")
+        big.cancel()
+        yield self.assertCancelled(big)
+        yield first
+        yield q.call(hc.pid)
+        self.assertFalse(inbox.taken())
+        self.assertEqual((yield q.call(len, b"y" * 2**21)), 2**21)
 
     @inlineCallbacks
     def test_a_call_deaf_to_the_interrupt_has_its_child_replaced(self) -> Any:

@@ -342,6 +342,13 @@ class ChildLoop:
             return
         for call in dropped:
             self.calls.remove(call)
+            if call[2] & FLAG_INBOX and self.inbox is not None:
+                # Its large arguments wait in the inbox: views made and
+                # dropped at once free it (see `_arena`).
+                try:
+                    self.inbox.lend(call[1][1:], pickle.loads(call[1][0]))
+                except Exception:
+                    pass
         envelope = dumpsSmall(([(taskID, "n", 0, 0.0, None) for taskID, _, _ in dropped], False))
         self._write(encode(RESULTS, [envelope]))
 
