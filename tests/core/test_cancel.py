@@ -112,6 +112,37 @@ class _CancelTestCase(TestCase):
         self.assertEqual({p.name for p in tmp.iterdir()}, made)
         self.assertEqual(consumer.items, list(range(len(consumer.items))))
 
+    @inlineCallbacks
+    def cancelAtRandom(self, q: TaskQueue) -> Any:
+        """
+        200 calls on *q*, half of them cancelled at random moments: each
+        Deferred fires once, only the cancelled ones fail, the others ran.
+        """
+        tmp = self.tmpdir()
+        rng = random.Random(13)
+        firings = Firings()
+        ds = [
+            firings.watch(q.call(hc.sleepThenMark, str(tmp / str(i)), rng.choice([0, 0.002, 0.02])))
+            for i in range(200)
+        ]
+        doomed = set(rng.sample(range(200), 100))
+        for i in sorted(doomed, key=lambda _: rng.random()):
+            if rng.random() < 0.5:
+                yield pause(rng.choice([0, 0.001, 0.01]))
+            ds[i].cancel()
+        for d in ds:
+            d.addErrback(lambda f: f.trap(CancelledError))
+            yield d
+        for i, d in enumerate(ds):
+            outcome = firings.only(d)
+            if isinstance(outcome, Failure):
+                self.assertIn(i, doomed)  # only what was cancelled failed
+                self.assertIsInstance(outcome.value, CancelledError)
+            else:
+                self.assertTrue((tmp / str(i)).exists())
+        self.assertEqual(q.counts()["pending"], 0)
+        self.assertEqual((yield q.call(operator.add, 1, 1)), 2)
+
 
 class QueueTest(_CancelTestCase):
     @inlineCallbacks
@@ -180,6 +211,11 @@ class ThreadTest(_CancelTestCase):
         q = ThreadQueue(1, returnFailure=True)
         self.addCleanup(q.shutdown)
         return self.checkStreamStops(q)
+
+    def test_many_cancels_at_random_moments(self) -> Any:
+        q = ThreadQueue(2, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        return self.cancelAtRandom(q)
 
 
 class AsyncTest(_CancelTestCase):
@@ -252,34 +288,10 @@ class ProcessTest(_CancelTestCase):
         self.assertEqual((yield q.call(hc.pid)), pid)
         self.assertFalse((tmp / "slept").exists())
 
-    @inlineCallbacks
     def test_many_cancels_at_random_moments(self) -> Any:
-        tmp = self.tmpdir()
         q = ProcessQueue(2, returnFailure=True)
         self.addCleanup(q.shutdown)
-        rng = random.Random(13)
-        firings = Firings()
-        ds = [
-            firings.watch(q.call(hc.sleepThenMark, str(tmp / str(i)), rng.choice([0, 0.002, 0.02])))
-            for i in range(200)
-        ]
-        doomed = set(rng.sample(range(200), 100))
-        for i in sorted(doomed, key=lambda _: rng.random()):
-            if rng.random() < 0.5:
-                yield pause(rng.choice([0, 0.001, 0.01]))
-            ds[i].cancel()
-        for d in ds:
-            d.addErrback(lambda f: f.trap(CancelledError))
-            yield d
-        for i, d in enumerate(ds):
-            outcome = firings.only(d)
-            if isinstance(outcome, Failure):
-                self.assertIn(i, doomed)  # only what was cancelled failed
-                self.assertIsInstance(outcome.value, CancelledError)
-            else:
-                self.assertTrue((tmp / str(i)).exists())
-        self.assertEqual(q.counts()["pending"], 0)
-        self.assertEqual((yield q.call(operator.add, 1, 1)), 2)
+        return self.cancelAtRandom(q)
 
     @inlineCallbacks
     def test_a_call_queued_in_the_child_is_dropped_unrun(self) -> Any:
@@ -383,6 +395,12 @@ class RemoteTest(RemoteTestCase, _CancelTestCase):
     def test_a_streamed_iterator_stops_on_the_server(self) -> Any:
         server = yield self.startServer(threads=False, workers=1)
         yield self.checkStreamStops(self.makeQueue(self.clientDescription(server)))
+
+    @inlineCallbacks
+    def test_many_cancels_at_random_moments(self) -> Any:
+        server = yield self.startServer(threads=False, workers=2)
+        yield self.cancelAtRandom(self.makeQueue(self.clientDescription(server)))
+        self.assertEqual(server.queue.counts()["pending"], 0)  # nothing left behind there
 
     @inlineCallbacks
     def test_a_thread_server_abandons_the_running_call(self) -> Any:
