@@ -364,10 +364,12 @@ class ChildLoop:
         try:
             while self._readable() and self._read():
                 pass
+        except Exception:
+            pass  # never into a call that was not cancelled; the loop reads on later
         finally:
             self.interrupting = False
         if self.current is not None and self.cancelCurrent:
-            self.current = None
+            self.current, self.cancelCurrent = None, False
             raise CallCancelled("the call was cancelled")
 
     def _control(self, message: Message) -> None:
@@ -400,7 +402,8 @@ class ChildLoop:
         else:
             del parts
             try:
-                self.current, self.cancelCurrent = taskID, False
+                self.cancelCurrent = False  # (before current: the handler reads both)
+                self.current = taskID
                 try:
                     result = f(*args, **kw)
                 finally:
