@@ -314,6 +314,21 @@ class ProcessTest(_CancelTestCase):
         self.assertFalse((tmp / "second").exists())
 
     @inlineCallbacks
+    def test_a_worker_being_detached_stops_a_cancelled_call(self) -> Any:
+        tmp = self.tmpdir()
+        q = self.queue()
+        yield q.call(hc.pid)
+        worker = q.workers()[0]
+        sleeping = q.call(hc.sleepThenMark, str(tmp / "slept"), 5)
+        yield pause(0.3)
+        detached = q.detachWorker(worker)  # gracefully: it waits for the call
+        sleeping.cancel()
+        yield self.assertCancelled(sleeping)
+        self.assertEqual((yield detached), [])
+        self.assertEqual(worker.pids, [])  # its child has exited...
+        self.assertFalse((tmp / "slept").exists())  # ...without finishing the call
+
+    @inlineCallbacks
     def test_a_dropped_call_frees_the_inbox_its_arguments_took(self) -> Any:
         q = yield self.pipeliningQueue()
         inbox = q.workers()[0]._current.inbox

@@ -456,7 +456,7 @@ class _Dispatcher:
         self._settle(call)
         slot = call.slot
         task = self._closeAttempt(call)
-        if task is not None and slot is not None and slot.attached:
+        if task is not None and slot is not None:  # (a worker being detached stops it too)
             name = "cancelled" if hasattr(slot.worker, "cancelled") else "timedOut"
             self._tellWorker(slot, name, task)
         if self._scheduler.count:
