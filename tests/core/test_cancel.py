@@ -205,7 +205,7 @@ class ThreadTest(_CancelTestCase):
         d.cancel()
         yield self.assertCancelled(d)
         self.assertEqual((yield q.call(operator.mul, 6, 7)), 42)
-        self.assertEqual(hc.waiting, ["stuck"])  # still waiting, abandoned
+        self.assertIn("stuck", hc.waiting)  # still waiting, abandoned
 
     def test_a_streamed_iterator_stops_producing(self) -> Any:
         q = ThreadQueue(1, returnFailure=True)
@@ -427,7 +427,7 @@ class RemoteTest(RemoteTestCase, _CancelTestCase):
         d.cancel()
         yield self.assertCancelled(d)
         self.assertEqual((yield q.call(operator.add, 1, 2)), 3)
-        self.assertEqual(hc.waiting, ["remote"])  # abandoned, not waited for
+        self.assertIn("remote", hc.waiting)  # abandoned, not waited for
         self.assertEqual(server.queue.counts()["pending"], 0)
 
 
