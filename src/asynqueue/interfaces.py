@@ -39,6 +39,11 @@ class IWorker(Interface):
       result itself; the worker should free itself (a process worker kills
       its child, a thread worker abandons its stuck thread) so that it can
       take new work. Called in the reactor thread.
+    - ``cancelled(task)``: the caller cancelled the task's call. The queue
+      has dropped the task already; the worker should not run it if it has
+      not started it, and stop it if it can (a process worker interrupts the
+      call in its child). Without it, the queue calls ``timedOut(task)``.
+      Called in the reactor thread.
     - ``reportsStart = True``: the worker calls ``task.started()`` when the
       task really starts (useful when it holds several tasks in flight), so a
       timeout counts from then rather than from when the task was handed

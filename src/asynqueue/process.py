@@ -2,17 +2,18 @@
 Process workers (original module path ``asynqueue.process``).
 
 `ProcessBase` is importable without Twisted (objects that inherit it are
-unpickled in lean child interpreters); `ProcessWorker` and `ProcessQueue`
-are loaded on first use.
+unpickled in lean child interpreters), and so is `CallCancelled` (raised in
+a child inside a call that was cancelled); `ProcessWorker` and
+`ProcessQueue` are loaded on first use.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._process._child import ProcessBase
+from ._process._child import CallCancelled, ProcessBase
 
-__all__ = ["ProcessBase", "ProcessQueue", "ProcessWorker"]
+__all__ = ["CallCancelled", "ProcessBase", "ProcessQueue", "ProcessWorker"]
 
 
 def __getattr__(name: str) -> Any:

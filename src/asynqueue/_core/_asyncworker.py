@@ -121,6 +121,16 @@ class AsyncWorker:
         if self._current is task and self._currentD is not None:
             self._currentD.cancel()
 
+    def cancelled(self, task: Task) -> None:
+        """The caller cancelled *task*: drop it unrun, or cancel its Deferred."""
+        for item in self._queue:
+            if item[0] is task:
+                self._queue.remove(item)
+                item[1].callback(None)
+                self._notifyStopped()
+                return
+        self.timedOut(task)
+
     def _notifyStopped(self) -> None:
         if self._current is None and not self._queue and self._stopWaiters:
             waiters, self._stopWaiters = self._stopWaiters, []

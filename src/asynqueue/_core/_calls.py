@@ -12,7 +12,7 @@ The record of a call, and helpers that describe calls and read results.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -88,6 +88,9 @@ class _Call(Deferred[Any], Entry):
     slot: _Slot | None = None
     entry: Any = None
     timer: Any = None
+    # The Deferred of a result still arriving (chunks, a consumer being fed)
+    # once the call is done: cancelling the call cancels it.
+    chained: Deferred[Any] | None = None
     done = False
     timeouts = 0
     losses = 0
@@ -103,8 +106,14 @@ class _Call(Deferred[Any], Entry):
     # given: its attempts need the full Task.
     plain = True
 
-    def __init__(self, f: Any, args: tuple[Any, ...], kw: dict[str, Any] | None) -> None:
-        Deferred.__init__(self)
+    def __init__(
+        self,
+        f: Any,
+        args: tuple[Any, ...],
+        kw: dict[str, Any] | None,
+        canceller: Callable[[Deferred[Any]], None] | None = None,
+    ) -> None:
+        Deferred.__init__(self, canceller)
         self.series: Hashable = None
         self.f = f
         self.args = args

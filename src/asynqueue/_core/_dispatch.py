@@ -365,6 +365,7 @@ class _Dispatcher:
             # isinstance(result, Deferred) by the MRO: Deferred is an ABC
             # (Awaitable), whose isinstance costs a Python-level call.
             if Deferred in result.__class__.__mro__:
+                call.chained = result
                 result.chainDeferred(call)
             else:
                 call.callback(result)
@@ -425,12 +426,7 @@ class _Dispatcher:
     def _timedOut(self, call: _Call, task: Task, slot: _Slot | None, notifyWorker: bool) -> None:
         call.timeouts += 1
         if notifyWorker and slot is not None:
-            hook = getattr(slot.worker, "timedOut", None)
-            if hook is not None:
-                try:
-                    hook(task)
-                except Exception:
-                    log.exception("Worker %r failed to handle a timeout", slot.worker)
+            self._tellWorker(slot, "timedOut", task)
         if call.timeouts >= MAX_TIMEOUTS:
             self._finish(
                 call,
@@ -443,6 +439,39 @@ class _Dispatcher:
             )
         else:
             self._requeue(call)
+
+    def _cancelCall(self, call: _Call) -> None:
+        """
+        The canceller of a call's Deferred. A queued call is withdrawn (it
+        never runs, and its series moves on); a running one is given up on
+        and its worker told to stop it (``cancelled``, else ``timedOut``);
+        a result still arriving (a consumer being fed) is cancelled. The
+        Deferred then fails with ``CancelledError`` (Deferred.cancel does that).
+        """
+        if call.done:
+            chained = call.chained
+            if chained is not None:
+                chained.cancel()
+            return
+        self._settle(call)
+        slot = call.slot
+        task = self._closeAttempt(call)
+        if task is not None and slot is not None:  # (a worker being detached stops it too)
+            name = "cancelled" if hasattr(slot.worker, "cancelled") else "timedOut"
+            self._tellWorker(slot, name, task)
+        if self._scheduler.count:
+            self._dispatch()
+        self._checkDrained()
+
+    @staticmethod
+    def _tellWorker(slot: _Slot, hookName: str, task: Task) -> None:
+        """Call the worker's optional hook *hookName* (``timedOut``, ``cancelled``) with *task*."""
+        hook = getattr(slot.worker, hookName, None)
+        if hook is not None:
+            try:
+                hook(task)
+            except Exception:
+                log.exception("Worker %r failed in %s(%r)", slot.worker, hookName, task)
 
     def _lost(self, call: _Call, reason: Any) -> None:
         call.losses += 1
@@ -461,17 +490,22 @@ class _Dispatcher:
         else:
             self._requeue(call)
 
-    def _finish(self, call: _Call, outcome: Any) -> None:
-        """Fire the caller's Deferred, exactly once."""
-        if call.done:
-            return
+    def _settle(self, call: _Call) -> None:
+        """Mark *call* done: no longer pending, nor queued."""
         call.done = True
         self._pending.discard(call)
         if call.entry is not None:
             self._scheduler.remove(call.entry)
             call.entry = None
+
+    def _finish(self, call: _Call, outcome: Any) -> None:
+        """Fire the caller's Deferred, exactly once."""
+        if call.done:
+            return
+        self._settle(call)
         if isinstance(outcome, Deferred):
             # Chunked results and consumer runs finish later.
+            call.chained = outcome
             outcome.chainDeferred(call)
         else:
             call.callback(outcome)

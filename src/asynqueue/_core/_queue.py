@@ -116,6 +116,8 @@ class TaskQueue(_Dispatcher):
         self._ownTaskDone = type(self).taskDone is TaskQueue.taskDone
         # Every attempt reports here: one bound method, not one per task.
         self._reporter = self._onReport
+        # Every call's canceller (see _Dispatcher._cancelCall), bound once.
+        self._callCanceller = self._cancelCall
         if spew:
             _ensureLogOutput()
         for worker in workers:
@@ -323,7 +325,7 @@ class TaskQueue(_Dispatcher):
         if not callable(func):
             raise TypeError(f"{func!r} is not callable")
         own = dict(kw) if kw else None
-        call = _Call(func, tuple(args), own)
+        call = _Call(func, tuple(args), own, self._callCanceller)
         if self.returnFailure:
             call.returnFailure = True
         if own and not QUEUE_KEYWORDS.isdisjoint(own):

@@ -302,6 +302,13 @@ class DaskWorker:
 
     def timedOut(self, task: Task) -> None:
         """Cancel the timed-out task's future (its thread runs on regardless)."""
+        self._dropTask(task, "timed out")
+
+    def cancelled(self, task: Task) -> None:
+        """The caller cancelled *task*: cancel its future (or drop it unsubmitted)."""
+        self._dropTask(task, "cancelled by the caller")
+
+    def _dropTask(self, task: Task, reason: str) -> None:
         key = self._keyOf.pop(task, None)
         if key is None:
             if task in self._buffer:
@@ -314,7 +321,7 @@ class DaskWorker:
             return
         self._inflight -= 1
         if pending.future is not None:
-            self._cancel([pending.future], "timed out")
+            self._cancel([pending.future], reason)
         self._maybeReady()
         self._checkStopped()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IPullProducer, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -69,6 +69,8 @@ class IterationProducer:
     unregisters and the Deferred fails with that error. If the consumer calls
     ``stopProducing``, the iterator is closed and the Deferred fires with the
     consumer (without another ``unregisterProducer``: the consumer ended it).
+    Cancelling that Deferred closes the iterator, unregisters, and fails it
+    with ``CancelledError``.
 
     Args:
         dr: a `Deferator`, or an iterator/iterable to wrap in one.
@@ -152,9 +154,17 @@ class IterationProducer:
                 if isinstance(self._outcome, Failure)
                 else succeed(self._outcome)
             )
-        d: Deferred[Any] = Deferred()
+        d: Deferred[Any] = Deferred(self._cancelled)
         self._waiters.append(d)
         return d
+
+    def _cancelled(self, d: Deferred[Any]) -> None:
+        """A waiter was cancelled: stop producing and close the iterator (wherever it is)."""
+        if self._done:
+            return
+        self.dr._listener = None  # (or stopping it would finish me as a success)
+        self.dr.stop()
+        self._finish(Failure(CancelledError("the items' delivery was cancelled")))
 
     # IPushProducer / IPullProducer
 

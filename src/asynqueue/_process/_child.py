@@ -24,6 +24,12 @@ and:
   ``FLAG_INBOX`` has its large parts in the inbox.
 - NEXT: answers with the next batch of an iterator result (ITEMS), before
   the next queued call. CLOSE forgets iterators.
+- ABANDON (a cancelled call): a queued call is dropped unrun, and answered
+  with status ``n``. The parent follows it with SIGUSR1: if the call is the
+  one running, the signal handler reads the ABANDON and raises
+  `CallCancelled` inside it (a BaseException, so that ``except Exception``
+  in user code lets it through); its answer is an error, which the parent
+  ignores. The parent waits for an answer, and kills the child if none comes.
 - EXIT, or end of file on the socket (the parent is gone): exits.
 
 On Linux the child also asks the kernel to kill it if its parent dies
@@ -45,6 +51,7 @@ from itertools import count
 from time import perf_counter
 
 from .._wire._codec import (
+    ABANDON,
     CALLS,
     CLOSE,
     EXIT,
@@ -69,7 +76,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # the child must not pay for importing typing
     from typing import Any, ClassVar
 
-__all__ = ["BOOTSTRAP", "LEAN_MODULES", "ProcessBase", "leanCode", "main"]
+__all__ = ["BOOTSTRAP", "LEAN_MODULES", "CallCancelled", "ProcessBase", "leanCode", "main"]
 
 # Modules the child loads by path, in this order: (name, path relative to
 # the package directory). Each may import only the standard library and the
@@ -83,7 +90,8 @@ LEAN_MODULES = (
 )
 
 BOOTSTRAP = f"""\
-import sys
+import _signal, sys
+_signal.signal(_signal.SIGUSR1, _signal.SIG_IGN)
 from importlib.machinery import ModuleSpec, SourceFileLoader
 def load(name, path, code):
     loader = SourceFileLoader(name, path)
@@ -223,6 +231,10 @@ def _dieWithParent(parentPid: int) -> None:
         os._exit(0)  # the parent died before we asked
 
 
+class CallCancelled(BaseException):
+    """Raised inside a running call that the parent cancelled (see ABANDON)."""
+
+
 class ChildLoop:
     """Serves one parent over the socket on *fd* until EXIT or end of file."""
 
@@ -242,6 +254,9 @@ class ChildLoop:
         self.arena: Arena | None = None
         self.inbox: Arena | None = None
         self.drained = False  # the last read emptied the socket
+        self.current: int | None = None  # the task ID of the call in user code
+        self.cancelCurrent = False  # an ABANDON came for it
+        self.interrupting = False  # in the SIGUSR1 handler
 
     # ---------------------------------------------------------- I/O
 
@@ -312,8 +327,50 @@ class ChildLoop:
             self.inbox = _mapArena(config.get("inbox"))
             hello = {"pid": os.getpid(), "inbox": self.inbox is not None}
             self._write(encode(HELLO, [dumpsSmall(hello)]))
+        elif kind == ABANDON:
+            self._abandon(pickle.loads(parts[0]))
         else:
             self.controls.append(message)
+
+    def _abandon(self, taskIDs: list[int]) -> None:
+        """Drop the queued calls among *taskIDs* (answered ``n``); mark the running one."""
+        wanted = set(taskIDs)
+        if self.current in wanted:
+            self.cancelCurrent = True
+        dropped = [call for call in self.calls if call[0] in wanted]
+        if not dropped:
+            return
+        for call in dropped:
+            self.calls.remove(call)
+            if call[2] & FLAG_INBOX and self.inbox is not None:
+                # Its large arguments wait in the inbox: views made and
+                # dropped at once free it (see `_arena`).
+                try:
+                    self.inbox.lend(call[1][1:], pickle.loads(call[1][0]))
+                except Exception:
+                    pass
+        envelope = dumpsSmall(([(taskID, "n", 0, 0.0, None) for taskID, _, _ in dropped], False))
+        self._write(encode(RESULTS, [envelope]))
+
+    def interrupt(self, signum: int, frame: Any) -> None:
+        """
+        SIGUSR1: the parent cancelled a call. Only while a call runs (between
+        calls the loop reads the ABANDON itself): read what came, and raise
+        `CallCancelled` in the call if it is the one given up on.
+        """
+        if self.current is None or self.interrupting:
+            return  # (a second signal during the first one's reads: those reads suffice)
+        self.interrupting = True
+        try:
+            while self._readable() and self._read():
+                pass
+        except Exception:
+            pass  # never into a call that was not cancelled; the loop reads on later
+        finally:
+            self.interrupting = False
+        if self.current is not None and self.cancelCurrent:
+            self.current, self.cancelCurrent = None, False
+            raise CallCancelled("the call was cancelled")
 
     def _control(self, message: Message) -> None:
         kind = message.kind
@@ -345,7 +402,12 @@ class ChildLoop:
         else:
             del parts
             try:
-                result = f(*args, **kw)
+                self.cancelCurrent = False  # (before current: the handler reads both)
+                self.current = taskID
+                try:
+                    result = f(*args, **kw)
+                finally:
+                    self.current = None
             except BaseException as e:
                 status, payload = "e", dumpsError(e)
             else:
@@ -417,7 +479,14 @@ def main(argv: list[str]) -> int:
         pass
     fd = int(argv[0])
     _dieWithParent(int(argv[1]) if len(argv) > 1 else 0)
+    loop = ChildLoop(fd)
     try:
-        return ChildLoop(fd).serve()
+        import _signal
+
+        _signal.signal(_signal.SIGUSR1, loop.interrupt)
+    except Exception:
+        pass
+    try:
+        return loop.serve()
     except BrokenPipeError:
         return 0

@@ -65,6 +65,12 @@ Faults
 - A timeout: the queue calls ``timedOut(task)``; the child is killed
   (SIGTERM, then SIGKILL after `KILL_GRACE` seconds) and replaced; the
   other tasks in its window are innocent.
+- A cancel: the queue calls ``cancelled(task)``. The child drops the call
+  if it has not started it, or has it raise `asynqueue.process.CallCancelled`
+  if it is running (an ABANDON message, then SIGUSR1); either way it
+  answers, and goes on with its next call. A child that does not answer
+  within `KILL_GRACE` seconds (stuck in C code that ignores signals) is
+  killed and replaced like one that timed out.
 - Children that die before running anything (`MAX_FRUITLESS` times in a
   row) mean the worker cannot work: it resigns.
 - Persistent updates (``task.update == "persistent"``) are replayed to every
@@ -109,6 +115,7 @@ from .._support._util import dropTrigger
 from .._wire._channel import SocketChannel
 from .._wire._client import WireClient
 from .._wire._codec import (
+    ABANDON,
     EXIT,
     FLAG_ARENA,
     FLAG_INBOX,
@@ -188,6 +195,8 @@ class _Child(WireClient, ProcessProtocol):
         # other way round), once the child said it mapped it.
         self.inbox: Arena | None = None
         self._inboxOffered: Arena | None = None
+        # Task IDs cancelled and not yet answered: the timer that kills me.
+        self.cancelling: dict[int, Any] = {}
 
     def __repr__(self) -> str:
         return f"<_Child pid={self.pid} {self.state} inflight={len(self.inflight)}>"
@@ -249,7 +258,7 @@ class _Child(WireClient, ProcessProtocol):
         self.arena = self.inbox = self._inboxOffered = None
         self.worker._childEnded(self, text)
 
-    def sendSignal(self, name: str) -> None:
+    def sendSignal(self, name: str | int) -> None:
         if self.ended or self.process is None:
             return
         try:
@@ -366,6 +375,48 @@ class _Child(WireClient, ProcessProtocol):
         else:
             filling._progress(filled)
 
+    def forgottenAnswered(self, taskID: int, status: str, extra: Any) -> None:
+        WireClient.forgottenAnswered(self, taskID, status, extra)
+        timer = self.cancelling.pop(taskID, None)
+        if timer is not None:
+            if timer.active():
+                timer.cancel()
+            self._startHead()  # the next call has started
+            self.maybeExit()
+
+    def attemptOf(self, task: Task) -> int | None:
+        """The task ID under which *task* was sent to me, if I hold it."""
+        for attempt in self.inflight.values():
+            if attempt.task is task:
+                return attempt.taskID
+        for attempt, _ in self.firstBatch.values():
+            if attempt.task is task:
+                return attempt.taskID
+        return None
+
+    def withdraw(self, taskID: int) -> None:
+        """
+        Give up on the call *taskID*: the child drops it if it has not
+        started it, or interrupts it (see the module docstring).
+        """
+        if self.inflight.get(taskID) is None:
+            self.forget(taskID)  # done: its iterator is closed
+            return
+        self.forget(taskID)
+        self.flush()  # the call itself first, if it was still in the outbox
+        if self.channel is None or not self.channel.connected:
+            return
+        self.channel.send(encode(ABANDON, [dumpsSmall([taskID])]))
+        if self.helloed:
+            self.sendSignal(signal.SIGUSR1)  # (before HELLO it might not be handled yet)
+        timer = self.reactor.callLater(KILL_GRACE, self._cancelTooSlow, taskID)
+        self._timers.append(timer)
+        self.cancelling[taskID] = timer
+
+    def _cancelTooSlow(self, taskID: int) -> None:
+        if self.cancelling.pop(taskID, None) is not None and self.state != "ended":
+            self.worker._kill(self, f"child process {self.pid} did not stop a cancelled call", None)
+
     def location(self) -> str:
         return f"in process {self.pid}"
 
@@ -374,6 +425,7 @@ class _Child(WireClient, ProcessProtocol):
         if (
             self.state == "retiring"
             and not self.inflight
+            and not self.cancelling
             and not self.firstBatch
             and (not self.sources or self.worker._stopping)
         ):
@@ -549,6 +601,15 @@ class ProcessWorker(PipelineWindow):
                 a.task is task for a, _ in child.firstBatch.values()
             ):
                 self._kill(child, f"a task timed out in child process {child.pid}", task)
+                return
+
+    def cancelled(self, task: Task) -> None:
+        """The caller cancelled *task*: withdraw it from its child, or stop it there."""
+        for child in self._children:
+            taskID = child.attemptOf(task)
+            if taskID is not None:
+                child.withdraw(taskID)
+                self._checkReady()
                 return
 
     def stop(self) -> Deferred[None]:

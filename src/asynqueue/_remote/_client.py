@@ -336,7 +336,10 @@ class WireWorker(PipelineWindow):
         return self._waitForRoom()
 
     def timedOut(self, task: Task) -> None:
-        """The queue gave up on *task*: the server abandons it (and kills its worker)."""
+        """
+        The queue gave up on *task* (a timeout, or a cancel: the queue calls
+        this for both): the server cancels it in its own queue.
+        """
         conn = self._conn
         if conn is None:
             return

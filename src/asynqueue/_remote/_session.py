@@ -141,7 +141,7 @@ class _Served:
         self.startedAt: float | None = None
         self.pc: PickledCall | None = None
         self.serverTask: Any = None  # the local worker's Task, once started
-        self.d: Deferred[Any] | None = None  # a universe method's Deferred
+        self.d: Deferred[Any] | None = None  # the server queue's call, or a universe method's
         self.abandoned = False
 
     def finished(self) -> None:
@@ -366,6 +366,7 @@ class _ClientSession(BurstSender, FrameReceiver):
             d.addCallback(_updateOutcome)
         else:
             d = queue.call(pc, series=self.series, raw=bool(flags & FLAG_RAW), returnFailure=True)
+            served.d = d  # cancelled if the client gives up on the call
         d.addCallbacks(self._done, self._failed, (served,), None, (served,))
 
     def _onStart(self, served: _Served) -> Callable[[Any], None]:
@@ -438,10 +439,15 @@ class _ClientSession(BurstSender, FrameReceiver):
         self._entry(served.taskID, "e", errorParts(failure), dt)
 
     def _abandon(self, served: _Served, why: str) -> None:
-        """Give up on *served*: drop it if not started, else stop its worker."""
+        """
+        Give up on *served*: cancel it in the server's queue (withdrawn if
+        queued, stopped by its worker if running), or its universe method.
+        """
         served.abandoned = True
-        if served.d is not None and not served.d.called:
-            served.d.cancel()
+        if served.d is not None:
+            if not served.d.called:
+                served.d.cancel()
+            return
         pc = served.pc
         if pc is None:
             return

@@ -254,6 +254,14 @@ class WireClient(BurstSender):
     def placedProgress(self, filled: int) -> None:
         """A PLACED message: the shared memory is written up to *filled*."""
 
+    def forgottenAnswered(self, taskID: int, status: str, extra: Any) -> None:
+        """
+        A result came for a task given up on (`forget`): an iterator it
+        made is closed at once on the other side.
+        """
+        if status == "i" and self.channel is not None and self.channel.connected:
+            self.channel.send(encode(CLOSE, [dumpsSmall([extra])]))
+
     # ------------------------------------------------------------ messages
 
     def handleMessage(self, message: Message) -> bool:
@@ -353,7 +361,9 @@ class WireClient(BurstSender):
                     payload = dumpsError(errorType(f"a result could not be read: {e}"))
             attempt = self.inflight.pop(taskID, None)
             if attempt is None:
-                continue  # given up on (crash, kill or timeout)
+                # Given up on (crash, kill, timeout or cancel).
+                self.forgottenAnswered(taskID, status, extra)
+                continue
             if ordered:
                 self._startHead()
             task = attempt.task
