@@ -34,9 +34,9 @@ from asynqueue.iteration import Deferator, ListConsumer
 from asynqueue.process import ProcessWorker
 from asynqueue.wire import WireServer, WireWorker
 
-from . import helpers
-from . import helpers_conformance as hc
-from .helpers import collect
+from .helpers import common as helpers
+from .helpers import conformance as hc
+from .helpers.common import collect
 
 try:
     import distributed

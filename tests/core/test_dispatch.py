@@ -19,9 +19,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from asynqueue import TaskQueue, errors
-from asynqueue._dispatch import MAX_LOSSES, MAX_TIMEOUTS, PIPELINE_PATIENCE, REFUSAL_PAUSE
+from asynqueue._core._dispatch import MAX_LOSSES, MAX_TIMEOUTS, PIPELINE_PATIENCE, REFUSAL_PAUSE
 
-from .helpers import ManualWorker
+from ..helpers.common import ManualWorker
 from .test_queue import PipeliningWorker
 
 
