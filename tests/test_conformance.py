@@ -3,10 +3,11 @@ One `IWorker` contract, run against every worker kind.
 
 `KINDS` is the table: what each kind is and where it legitimately differs
 from the others. `Contract` holds the tests every kind passes (results,
-errors, iterators, timeouts, detach, shutdown); `UninterruptibleContract` and
-`CrashContract` add those for the kinds that differ: a worker that cannot
-interrupt a blocking call, and workers whose tasks run in a process of their
-own, which a task can end (``os._exit``). One test class per row of the
+errors, iterators, timeouts, detach, shutdown); `UninterruptibleContract`,
+`ChildCrashContract` and `ServerCrashContract` add those for the kinds that
+differ: a worker that cannot interrupt a blocking call, workers whose tasks
+run in a process of their own, which a task can end (``os._exit``), and
+workers whose server can be killed. One test class per row of the
 table is made from them at the bottom of the module, so a kind cannot quietly
 miss a test.
 
@@ -18,7 +19,10 @@ from __future__ import annotations
 
 import builtins
 import functools
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from asynqueue import AsyncWorker, TaskQueue, ThreadWorker, errors
@@ -36,13 +41,14 @@ from asynqueue.wire import WireServer, WireWorker
 
 from .helpers import common as helpers
 from .helpers import conformance as hc
-from .helpers.common import collect
+from .helpers.common import collect, reap
 
 try:
     import distributed
 except ImportError:  # the dask extra is not installed: that row is skipped
     distributed = None
 
+ROOT = Path(__file__).resolve().parent.parent
 KEY = b"a conformance test key, not a secret"
 
 # A hold that nobody releases ends after this long (seconds): far beyond any
@@ -69,10 +75,11 @@ class Kind:
     # run. AsyncWorker runs calls in the reactor thread: a blocking call holds
     # the reactor, and the timeout can only cancel a Deferred the call returns.
     interruptsBlocking: bool
-    # Tasks run in a process of their own: a task that ends it (os._exit) is
-    # a crash the queue sees as a lost worker, re-run once. In the other
-    # kinds it would end the test run itself, so they are not asked.
-    crashes: bool
+    # The crashes this kind can have, each a lost worker to the queue (the
+    # call re-run once): "child", tasks run in a process of their own, which
+    # a task can end (os._exit; in the other kinds that would end the test
+    # run itself); "server", the server process is killed mid-call.
+    crashes: tuple[str, ...] = ()
     # What ``raise SystemExit`` in a task gives the caller: the exception
     # itself, like any other; the Dask side sends only `Exception`s as
     # themselves (a BaseException comes as a WorkerError naming it).
@@ -84,17 +91,13 @@ class Kind:
 
 
 KINDS = [
-    Kind(
-        "async",
-        interruptsBlocking=False,
-        crashes=False,
-        emptyIterator="deferator",
-    ),
-    Kind("thread", interruptsBlocking=True, crashes=False),
-    Kind("process", interruptsBlocking=True, crashes=True),
-    Kind("remote", interruptsBlocking=True, crashes=True),
-    # An in-process cluster: its workers are threads of this process.
-    Kind("dask", interruptsBlocking=True, crashes=False, systemExit=errors.WorkerError),
+    Kind("async", interruptsBlocking=False, emptyIterator="deferator"),
+    Kind("thread", interruptsBlocking=True),
+    Kind("process", interruptsBlocking=True, crashes=("child",)),
+    Kind("remote", interruptsBlocking=True, crashes=("child", "server")),
+    # An in-process cluster: its workers are threads of this process (a
+    # cluster of worker processes, and killing them, is in dask/test_dask).
+    Kind("dask", interruptsBlocking=True, systemExit=errors.WorkerError),
 ]
 
 
@@ -326,7 +329,7 @@ class UninterruptibleContract(Contract):
         self.assertEqual((yield q.call(hc.add, 1, 2)), 3)
 
 
-class CrashContract(Contract):
+class ChildCrashContract(Contract):
     """For kinds whose tasks run in a process of their own."""
 
     @inlineCallbacks
@@ -346,6 +349,54 @@ class CrashContract(Contract):
         pid = yield q.call(hc.exitOnce, folder, 9)
         self.assertIsInstance(pid, int)
         self.assertEqual(hc.attempts(folder), 2)
+
+
+class ServerCrashContract(Contract):
+    """For kinds that run tasks on a server: the server is killed mid-call."""
+
+    @inlineCallbacks
+    def spawnServer(self) -> Any:
+        """A ``python -m asynqueue serve`` process; fires with it and its client description."""
+        folder = Path(tempfile.mkdtemp(prefix="aqs"))
+        self.addCleanup(shutil.rmtree, folder, True)
+        keyFile = folder / "key"
+        keyFile.write_bytes(KEY)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+        command = [sys.executable, "-m", "asynqueue", "serve", "tcp:0:interface=127.0.0.1"]
+        proc = subprocess.Popen(
+            [*command, "--workers", "1", "--key-file", str(keyFile)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        self.addCleanup(reap, proc)
+        assert proc.stdout is not None
+        line = yield deferToThread(proc.stdout.readline)
+        self.assertIn("listening on tcp:", line)
+        port = line.split("listening on tcp:", 1)[1].split(":")[0]
+        return proc, f"tcp:127.0.0.1:{port}"
+
+    @inlineCallbacks
+    def test_a_killed_server_loses_the_call_to_a_rerun_elsewhere(self) -> Any:
+        server, description = yield self.spawnServer()
+        doomed = WireWorker(description, key=KEY, giveUpAfter=0.5)
+        yield doomed.whenConnected()
+        q = TaskQueue(doomed, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        folder = self.folder()
+        held = yield self.started(q, folder)
+        queued = q.call(hc.add, 1, 2)
+        server.kill()
+        q.attachWorker((yield self.makeWorker()))
+        yield waitUntil(lambda: hc.attempts(folder) >= 2)
+        self.release(folder)
+        self.assertEqual((yield held), "released")
+        self.assertEqual((yield queued), 3)
+        self.assertEqual(hc.attempts(folder), 2)
+        # The worker without a server gave up and left the queue.
+        yield waitUntil(lambda: doomed not in q.workers())
 
 
 # ---------------------------------------------------------------- the kinds
@@ -429,8 +480,10 @@ def _testClass(kind: Kind) -> type:
     bases: tuple[type, ...] = (FIXTURES[kind.name],)
     if not kind.interruptsBlocking:
         bases += (UninterruptibleContract,)
-    if kind.crashes:
-        bases += (CrashContract,)
+    if "child" in kind.crashes:
+        bases += (ChildCrashContract,)
+    if "server" in kind.crashes:
+        bases += (ServerCrashContract,)
     name = f"Test{kind.name.capitalize()}Worker"
     return type(name, (*bases, TestCase), attributes)
 
