@@ -74,6 +74,12 @@ def hold(directory: str, limit: float) -> str:
     return "released"
 
 
+def holdThenCount(directory: str, limit: float, n: int) -> Iterator[int]:
+    """`hold`, then return an iterator of *n* numbers."""
+    hold(directory, limit)
+    return countTo(n)
+
+
 def exitNow(code: int) -> None:
     """End the process at once, as a crash would."""
     os._exit(code)
