@@ -131,7 +131,11 @@ class TimeoutTests(DispatchTestCase):
         q = self.queue(bad)
         d = q.call(identity, "a", timeout=1)
         self.clock.advance(1)
-        self.assertIn("failed to handle a timeout", records[-1].getMessage())
+        # Logged with the hook's exception.
+        self.assertEqual(records[-1].levelno, logging.ERROR)
+        exc_info = records[-1].exc_info
+        assert exc_info is not None
+        self.assertEqual(str(exc_info[1]), "hook broke")
         q.attachWorker(good)  # the bad one is still busy: the retry goes here
         self.assertEqual([arg(t) for t in good.log], ["a"])
         good.finish("r", "done")
