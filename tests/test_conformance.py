@@ -171,10 +171,10 @@ class Contract(_TestCase):
         Path(directory, hc.RELEASE).touch()
 
     @inlineCallbacks
-    def started(self, q: TaskQueue, directory: str, n: int = 1) -> Any:
-        """A hold in *directory*, once its *n*-th attempt has begun; fires with its Deferred."""
+    def started(self, q: TaskQueue, directory: str) -> Any:
+        """A hold in *directory*, once it has begun; fires with its Deferred."""
         d = q.call(self.hang, directory, LONG)
-        yield waitUntil(lambda: hc.attempts(directory) >= n)
+        yield waitUntil(lambda: hc.attempts(directory) >= 1)
         return d
 
     # ------------------------------------------------------------ calls
