@@ -114,6 +114,10 @@ class ThreadWorker:
         self._current: Task | None = None
         self._quitting = False
         self._crashed = False
+        self._ended = False  # the thread quit (set under the lock)
+        # Iterator results posted whose first batch the reactor has not yet
+        # asked for: a quitting thread waits for those requests (under the lock).
+        self._firstBatches = 0
         self._inflight = 0
         self._readyWaiter: Deferred[None] | None = None
         self._stopD: Deferred[None] | None = None
@@ -152,10 +156,11 @@ class ThreadWorker:
 
     def deferToThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
         """Run ``f(*args, **kw)`` in my thread ahead of queued tasks."""
-        if self._crashed or self._quitting:
-            return fail(errors.ThreadError("thread worker is stopped"))
         d: Deferred[Any] = Deferred()
-        self._vip.append((_CALL, (f, args, kw, d)))
+        with self._lock:  # (a thread about to quit must see the call, or refuse it)
+            if self._crashed or self._ended:
+                return fail(errors.ThreadError("thread worker is stopped"))
+            self._vip.append((_CALL, (f, args, kw, d)))
         self._doorbell.put(None)
         return d
 
@@ -175,7 +180,10 @@ class ThreadWorker:
                 if ok == "i":
                     from .._iter._deferator import threadDeferator
 
-                    value = threadDeferator(value, self.deferToThread)
+                    value = threadDeferator(value, self.deferToThread)  # asks for a batch
+                    with self._lock:
+                        self._firstBatches -= 1
+                    self._doorbell.put(None)  # a quitting thread may go now
                 target.callback((ok, value))
             elif kind == _CALL:
                 if ok:
@@ -219,7 +227,10 @@ class ThreadWorker:
         self._maybeReady()
 
     def stop(self) -> Deferred[None]:
-        """Finish the tasks in hand, then end the thread."""
+        """
+        Finish the tasks in hand (with the first batch of their iterator
+        results), then end the thread.
+        """
         if self._stopD is None:
             self._stopD = Deferred()
             if self._crashed:
@@ -243,6 +254,9 @@ class ThreadWorker:
                 else:
                     calls.append(payload[3])
             unfinished.extend(self._inbox)
+            # Finished, but not reported: they are not reported now either.
+            unfinished.extend(item[1] for item in self._outbox if item[0] == _TASK)
+            self._outbox = [item for item in self._outbox if item[0] != _TASK]
             self._vip.clear()
             self._inbox.clear()
             self._current = None
@@ -280,7 +294,8 @@ class ThreadWorker:
                     kind, payload = vip.popleft()
                 elif inbox:
                     kind, payload = _TASK, inbox.popleft()
-                elif self._quitting:
+                elif self._quitting and not self._firstBatches:
+                    self._ended = True
                     self._outbox.append((_EXIT, None, None, None))
                     wake = len(self._outbox) == 1
                     if wake:
@@ -315,6 +330,8 @@ class ThreadWorker:
                     self._runTime += runTime
                     self._runCount += 1
                     self._current = None
+                    if item[2] == "i":
+                        self._firstBatches += 1
                     outbox = self._outbox
                     outbox.append(item)
                     wake = len(outbox) == 1
