@@ -88,6 +88,7 @@ Linux ``PR_SET_PDEATHSIG``.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import os
@@ -166,6 +167,21 @@ def _describeEnd(pid: int | None, reason: Failure) -> str:
     return f"child process {pid} exited with code {code}"
 
 
+class ChildState(enum.StrEnum):
+    """Where a `_Child` is in its life; only the child object moves it on."""
+
+    STARTING = "starting"  # spawned, no HELLO yet: takes tasks (they wait for it)
+    READY = "ready"  # said HELLO: takes tasks
+    RETIRING = "retiring"  # takes no new tasks; exits once its own are done
+    EXITING = "exiting"  # told to exit (killed if it does not in time)
+    KILLED = "killed"  # signalled (TERM, then KILL)
+    LOST = "lost"  # its channel ended unexpectedly: being reaped
+    ENDED = "ended"  # reaped
+
+
+_TAKES_TASKS = (ChildState.STARTING, ChildState.READY)
+
+
 class _Child(WireClient, ProcessProtocol):
     """
     One child interpreter, as its worker sees it: the process, and the
@@ -178,9 +194,7 @@ class _Child(WireClient, ProcessProtocol):
 
     def __init__(self, worker: ProcessWorker) -> None:
         WireClient.__init__(self, worker, worker._reactor)
-        # starting/ready: takes tasks; retiring: finishing its tasks;
-        # exiting: told to exit; killed: signalled; ended: reaped.
-        self.state = "starting"
+        self.state = ChildState.STARTING
         self.expected = False  # its end needs no reporting
         self.ended = False
         self.pid: int | None = None
@@ -245,7 +259,7 @@ class _Child(WireClient, ProcessProtocol):
         if self.ended:
             return
         self.ended = True
-        self.state = "ended"
+        self.state = ChildState.ENDED
         self._cancelTimers()
         text = _describeEnd(self.pid, reason)
         if self.channel is not None and self.channel.connected:
@@ -269,7 +283,7 @@ class _Child(WireClient, ProcessProtocol):
     def terminate(self, grace: float = KILL_GRACE) -> None:
         """Close the channel and kill: SIGTERM, SIGKILL after *grace* seconds."""
         self.expected = True
-        self.state = "killed"
+        self.state = ChildState.KILLED
         self._closeChannel()
         if grace <= 0:
             self.sendSignal("KILL")
@@ -279,10 +293,10 @@ class _Child(WireClient, ProcessProtocol):
 
     def exit(self) -> None:
         """Tell the child to exit; SIGKILL if it has not after `EXIT_GRACE`."""
-        if self.state in ("exiting", "killed", "ended"):
+        if self.state in (ChildState.EXITING, ChildState.KILLED, ChildState.ENDED):
             return
         self.expected = True
-        self.state = "exiting"
+        self.state = ChildState.EXITING
         self.flush()
         if self.channel is not None and self.channel.connected:
             self.channel.send(encode(EXIT))
@@ -316,7 +330,7 @@ class _Child(WireClient, ProcessProtocol):
             return
         # End of file: the child is exiting or dead. It is reported once
         # reaped (processEnded, with its exit status); make sure it will be.
-        self.state = "lost"
+        self.state = ChildState.LOST
         self._reap()
         if not self.ended:
             self._later(LOST_GRACE, self.terminate, 0)
@@ -341,8 +355,8 @@ class _Child(WireClient, ProcessProtocol):
             if pickle.loads(message.parts[0]).get("inbox"):
                 self.inbox = self._inboxOffered
             self._inboxOffered = None
-            if self.state == "starting":
-                self.state = "ready"
+            if self.state is ChildState.STARTING:
+                self.state = ChildState.READY
             self._startHead()
         else:
             log.error("Process worker: unknown message kind %r from %r", message.kind, self)
@@ -355,7 +369,7 @@ class _Child(WireClient, ProcessProtocol):
         self.worker._checkStop()
 
     def retireRequested(self) -> None:
-        if self.state in ("starting", "ready"):
+        if self.takesTasks:
             self.worker._retire(self, "its memory use exceeded maxRSS")
 
     def placedParts(self, payload: list[Any], where: Any) -> tuple[list[Any], Any]:
@@ -414,16 +428,26 @@ class _Child(WireClient, ProcessProtocol):
         self.cancelling[taskID] = timer
 
     def _cancelTooSlow(self, taskID: int) -> None:
-        if self.cancelling.pop(taskID, None) is not None and self.state != "ended":
+        if self.cancelling.pop(taskID, None) is not None and self.state is not ChildState.ENDED:
             self.worker._kill(self, f"child process {self.pid} did not stop a cancelled call", None)
 
     def location(self) -> str:
         return f"in process {self.pid}"
 
+    @property
+    def takesTasks(self) -> bool:
+        """Whether new tasks may go to me (starting or ready)."""
+        return self.state in _TAKES_TASKS
+
+    def retire(self) -> None:
+        """Take no new tasks; exit once mine are done (see `maybeExit`)."""
+        if self.takesTasks:
+            self.state = ChildState.RETIRING
+
     def maybeExit(self) -> None:
         """A retiring child exits once no task or iterator needs it."""
         if (
-            self.state == "retiring"
+            self.state is ChildState.RETIRING
             and not self.inflight
             and not self.cancelling
             and not self.firstBatch
@@ -709,7 +733,7 @@ class ProcessWorker(PipelineWindow):
 
     def _childForTask(self) -> _Child | None:
         child = self._current
-        if child is None or child.state not in ("starting", "ready"):
+        if child is None or not child.takesTasks:
             child = self._current = None if self._broken else self._spawn()
         if child is not None and self.maxTasks is not None and child.sent >= self.maxTasks:
             self._retire(child, "it ran maxTasks tasks")
@@ -718,10 +742,10 @@ class ProcessWorker(PipelineWindow):
 
     def _retire(self, child: _Child, why: str) -> None:
         """Give *child* no new tasks; it exits when done. A new one takes over."""
-        if child.state not in ("starting", "ready"):
+        if not child.takesTasks:
             return
         log.debug("Replacing %r: %s", child, why)
-        child.state = "retiring"
+        child.retire()
         if child is self._current:
             self._current = None if self._stopping or self._broken else self._spawn()
         child.maybeExit()
@@ -798,8 +822,8 @@ class ProcessWorker(PipelineWindow):
         if not self._stopping:
             return
         for child in list(self._children):
-            if child.state in ("starting", "ready"):
-                child.state = "retiring"
+            if child.takesTasks:
+                child.retire()
             child.maybeExit()
         if not self._children and self._stopD is not None and not self._stopD.called:
             self._removeTrigger()
