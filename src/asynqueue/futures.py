@@ -64,9 +64,9 @@ _LAZY = ("ProcessPoolExecutor", "ThreadPoolExecutor", "QueueExecutor")
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from . import _futures
+        from ._futures import _executors
 
-        return getattr(_futures, name)
+        return getattr(_executors, name)
     raise AttributeError(f"module 'asynqueue.futures' has no attribute {name!r}")
 
 
@@ -88,6 +88,6 @@ def runChunk(f: Callable[..., Any], chunk: Iterable[tuple[Any, ...]]) -> list[An
 
 
 if TYPE_CHECKING:
-    from ._futures import ProcessPoolExecutor as ProcessPoolExecutor
-    from ._futures import QueueExecutor as QueueExecutor
-    from ._futures import ThreadPoolExecutor as ThreadPoolExecutor
+    from ._futures._executors import ProcessPoolExecutor as ProcessPoolExecutor
+    from ._futures._executors import QueueExecutor as QueueExecutor
+    from ._futures._executors import ThreadPoolExecutor as ThreadPoolExecutor

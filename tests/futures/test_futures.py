@@ -38,9 +38,10 @@ from twisted.trial.unittest import TestCase
 from asynqueue import ThreadQueue, errors
 from asynqueue.futures import ProcessPoolExecutor, QueueExecutor, ThreadPoolExecutor
 
-from . import helpers, helpers_process
+from ..helpers import common as helpers
+from ..helpers import process as helpers_process
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def blocking(test: Callable[[], None]) -> Any:
@@ -77,9 +78,9 @@ class UsesTrialsReactor(TestCase):
     """The executors must use the reactor trial runs, never start their own."""
 
     def tearDown(self) -> None:
-        from asynqueue import _futures
+        from asynqueue._futures import _executors
 
-        self.assertIsNone(_futures._reactorThread)
+        self.assertIsNone(_executors._reactorThread)
 
 
 class ProcessPoolTests(UsesTrialsReactor):
@@ -449,7 +450,7 @@ class ScriptTests(TestCase):
             proc = runScript(
                 """
                 from asynqueue.futures import ProcessPoolExecutor
-                from tests import helpers_process
+                from tests.helpers import process as helpers_process
                 pool = ProcessPoolExecutor(2)
                 pids = set(pool.map(helpers_process.pidAfter, [0.2, 0.2, 0.2]))
                 late = pool.submit(helpers_process.pidAfter, 0.3)  # still running at exit

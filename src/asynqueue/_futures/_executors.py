@@ -44,9 +44,9 @@ from twisted.internet.defer import Deferred
 from twisted.python import threadable
 from twisted.python.failure import Failure
 
-from ._calls import QUEUE_KEYWORDS
-from ._scheduler import checkNiceness
-from .futures import applyKeywords, runChunk
+from .._core._calls import QUEUE_KEYWORDS
+from .._core._scheduler import checkNiceness
+from ..futures import applyKeywords, runChunk
 
 __all__ = ["ProcessPoolExecutor", "QueueExecutor", "ThreadPoolExecutor", "theReactor"]
 
@@ -641,7 +641,7 @@ class ProcessPoolExecutor(_QueueExecutorBase):
         *,
         max_tasks_per_child: int | None = None,
     ) -> None:
-        from ._process import ProcessQueue, cores
+        from .._process._parent import ProcessQueue, cores
 
         workers = _checkWorkers(max_workers, cores())
         initargs = _checkInitializer(initializer, initargs)
@@ -699,7 +699,7 @@ class ThreadPoolExecutor(_QueueExecutorBase):
         initializer: Callable[..., Any] | None = None,
         initargs: tuple[Any, ...] = (),
     ) -> None:
-        from ._threads import ThreadQueue
+        from .._threads._worker import ThreadQueue
 
         workers = _checkWorkers(max_workers, min(32, (os.cpu_count() or 1) + 4))
         initargs = _checkInitializer(initializer, initargs)
@@ -729,7 +729,7 @@ class QueueExecutor(_QueueExecutorBase):
     """
 
     def __init__(self, queue: Any, *, shutdownQueue: bool = True) -> None:
-        from ._queue import TaskQueue
+        from .._core._queue import TaskQueue
 
         self._ownsQueue = bool(shutdownQueue)
 
