@@ -309,6 +309,11 @@ def runDaskSubprocess(quick: bool, timeout: float) -> dict[str, Any]:
     return runJSONChild(cmd, timeout)
 
 
+def runExecutors(quick: bool) -> dict[str, Any]:
+    """The rows of ``benchmarks/bench_executors.py`` (fresh interpreters per measurement)."""
+    return _rowsOf("bench_executors", quick)
+
+
 def runRemote(quick: bool) -> dict[str, Any]:
     """The rows of ``benchmarks/bench_remote.py`` (it measures in its own subprocess)."""
     return _rowsOf("bench_remote", quick)
@@ -404,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contenders", help=f"comma-separated subset of {','.join(COLUMNS)}")
     parser.add_argument("--no-dask", action="store_true", help="skip the Dask rows")
     parser.add_argument("--no-remote", action="store_true", help="skip the remote-worker rows")
+    parser.add_argument(
+        "--no-executors", action="store_true", help="skip the concurrent.futures executor rows"
+    )
     parser.add_argument("--save", metavar="FILE", help="also write the raw results as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     # Internal: one measurement, in a child process.
@@ -446,6 +454,10 @@ def main(argv: list[str] | None = None) -> int:
         remote: dict[str, Any] = {"na": "skipped" + (" in --smoke" if args.smoke else "")}
     else:
         remote = runRemote(args.quick)
+    if args.no_executors or args.smoke:
+        executors: dict[str, Any] = {"na": "skipped" + (" in --smoke" if args.smoke else "")}
+    else:
+        executors = runExecutors(args.quick)
     elapsed = time.perf_counter() - started
 
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
@@ -456,7 +468,12 @@ def main(argv: list[str] | None = None) -> int:
         f" {WORKERS} workers (floors: 1). Ratios: xN > 1 means ours is better.\n"
     )
     print(table(results, sizes, workloads))
-    for title, extra in (("Remote workers (loopback TCP)", remote), ("Dask", dask)):
+    extras = (
+        ("Executors (concurrent.futures interface, 2 workers)", executors),
+        ("Remote workers (loopback TCP)", remote),
+        ("Dask", dask),
+    )
+    for title, extra in extras:
         print(f"\n### {title}\n")
         if extra.get("rows"):
             print(genericTable(extra["rows"]))
@@ -468,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": [{"workload": w, "contender": c, **r} for (w, c), r in results.items()],
             "dask": dask,
             "remote": remote,
+            "executors": executors,
             "environment": environment(),
             "date": today,
         }

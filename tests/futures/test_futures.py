@@ -124,6 +124,17 @@ class ProcessPoolTests(UsesTrialsReactor):
                     next(results)
                 with self.assertRaises(ValueError):
                     list(pool.map(int, ["1", "x", "3"], chunksize=2))
+                # However the items travel in chunks, the results before a
+                # failure arrive, then its exception, with the worker's traceback.
+                for chunksize in (1, 2, 64):
+                    texts = [str(i) for i in range(300)]
+                    texts[150] = "x"
+                    seen = []
+                    with self.assertRaises(ValueError) as caught:
+                        for value in pool.map(int, texts, chunksize=chunksize):
+                            seen.append(value)
+                    self.assertEqual(seen, list(range(150)))
+                    self.assertIn("int", str(caught.exception.__cause__))
 
         return blocking(body)
 
@@ -135,6 +146,30 @@ class ProcessPoolTests(UsesTrialsReactor):
                 with self.assertRaises(errors.WorkerLost):
                     dead.result()
                 self.assertIsInstance(slow.result(), int)
+                self.assertEqual(pool.submit(helpers_process.add, 2, 3).result(), 5)
+
+        return blocking(body)
+
+    def test_a_burst_travels_in_groups_and_a_dead_worker_fails_only_its_call(self) -> Any:
+        from twisted.internet import reactor
+        from twisted.internet.threads import blockingCallFromThread
+
+        def body() -> None:
+            with ProcessPoolExecutor(2) as pool:
+
+                def burst() -> list[Future[Any]]:
+                    # Submitted in one reactor turn: one batch, sent in groups.
+                    calls = [pool.submit(helpers_process.add, i, 1) for i in range(40)]
+                    calls[17] = pool.submit(helpers_process.exitWith, 3)
+                    return calls
+
+                futures = blockingCallFromThread(reactor, burst)
+                for i, future in enumerate(futures):
+                    if i == 17:
+                        with self.assertRaises(errors.WorkerLost):
+                            future.result()
+                    else:
+                        self.assertEqual(future.result(), i + 1)
                 self.assertEqual(pool.submit(helpers_process.add, 2, 3).result(), 5)
 
         return blocking(body)
@@ -265,6 +300,29 @@ class ContractTests(UsesTrialsReactor):
                 self.assertEqual(held.result(), "held")
                 self.assertFalse(held.cancel())  # done: too late
                 self.assertEqual(pool.submit(abs, -2).result(), 2)
+
+        return blocking(body)
+
+    def test_a_cancelled_call_of_a_burst_never_runs(self) -> Any:
+        from twisted.internet import reactor
+        from twisted.internet.threads import blockingCallFromThread
+
+        def body() -> None:
+            gate = Gate()
+            ran: list[int] = []
+            with ThreadPoolExecutor(1) as pool:
+                held = pool.submit(gate.hold)
+                futures = blockingCallFromThread(
+                    reactor, lambda: [pool.submit(ran.append, i) for i in range(40)]
+                )
+                cancelled = {3, 20, 39}
+                for i in cancelled:
+                    self.assertTrue(futures[i].cancel())
+                gate.event.set()
+                held.result()
+                wait(futures)
+            self.assertEqual(ran, [i for i in range(40) if i not in cancelled])
+            self.assertEqual([i for i, f in enumerate(futures) if f.cancelled()], sorted(cancelled))
 
         return blocking(body)
 
@@ -483,5 +541,53 @@ class ScriptTests(TestCase):
             )
             self.assertEqual(proc.returncode, 0, proc.stderr)
             self.assertEqual(proc.stdout.split("\n")[:2], ["6", "['asynqueue-reactor']"])
+
+        return blocking(body)
+
+    def test_aio_awaits_deferreds_on_the_asyncio_reactor(self) -> Any:
+        def body() -> None:
+            proc = runScript(
+                """
+                import asyncio
+                from twisted.internet import asyncioreactor
+
+                loop = asyncio.new_event_loop()
+                asyncio.set_event_loop(loop)
+                asyncioreactor.install(loop)
+                from twisted.internet import reactor
+                from twisted.internet.defer import succeed
+                from asynqueue import ThreadQueue, aio
+
+                async def main():
+                    q = ThreadQueue(2, returnFailure=True)
+                    print(await aio.call(q, sum, [1, 2, 3]))
+                    print(await asyncio.gather(*(aio.call(q, pow, 2, n) for n in range(5))))
+                    try:
+                        await aio.call(q, int, "x")
+                    except ValueError:
+                        print("ValueError")
+                    await aio.asFuture(q.shutdown())
+
+                def start():
+                    task = asyncio.ensure_future(main())
+                    task.add_done_callback(lambda t: (t.result(), reactor.stop()))
+
+                reactor.callWhenRunning(start)
+                reactor.run()
+
+                async def elsewhere():  # plain asyncio, no Twisted in the loop
+                    try:
+                        aio.asFuture(succeed(1))
+                    except RuntimeError as e:
+                        print("RuntimeError", "asyncio reactor" in str(e))
+
+                asyncio.run(elsewhere())
+                """
+            )
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            self.assertEqual(
+                proc.stdout.splitlines(),
+                ["6", "[1, 2, 4, 8, 16]", "ValueError", "RuntimeError True"],
+            )
 
         return blocking(body)

@@ -44,11 +44,25 @@ from twisted.internet.defer import Deferred
 from twisted.python import threadable
 from twisted.python.failure import Failure
 
+from .. import errors
 from .._core._calls import QUEUE_KEYWORDS
 from .._core._scheduler import checkNiceness
-from ..futures import applyKeywords, runChunk
+from ..futures import applyKeywords, runChunk, runGroup
 
 __all__ = ["ProcessPoolExecutor", "QueueExecutor", "ThreadPoolExecutor", "theReactor"]
+
+# Executor.map with the default chunksize=1 sends items in chunks of up to
+# MAX_AUTO_CHUNK, at least CHUNKS_PER_WORKER chunks per worker (so that the
+# work spreads evenly and the first results come early).
+MAX_AUTO_CHUNK = 64
+CHUNKS_PER_WORKER = 8
+
+# Plain calls (no options) submitted in a burst travel in groups of up to
+# MAX_GROUP calls per task, at least GROUPS_PER_WORKER groups per worker: a
+# task per call costs the reactor more than the calls themselves when they
+# are small. A lone call travels alone.
+MAX_GROUP = 32
+GROUPS_PER_WORKER = 4
 
 # The queue options that `Executor.options` accepts (the others, such as a
 # consumer or raw results, make no sense for a Future).
@@ -213,6 +227,39 @@ class _Future(Future[Any]):
         return super().exception(timeout)
 
 
+# What `_runInto` returns: it has settled the Future itself.
+_SETTLED = "settled by the worker"
+
+
+def _runInto(future: _Future, fn: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> str:
+    """
+    (A worker thread) Run ``fn(*args, **kwargs)`` and settle *future* with its
+    outcome right here: the caller wakes up without waiting for the reactor,
+    which only learns that the call is done.
+    """
+    try:
+        result = fn(*args, **kwargs) if kwargs else fn(*args)
+    except BaseException as e:
+        try:
+            future.set_exception(e)
+        except InvalidStateError:
+            pass  # cancelled, or timed out meanwhile
+        return _SETTLED
+    try:
+        future.set_result(result)
+    except InvalidStateError:
+        pass
+    return _SETTLED
+
+
+def _runGroupHere(calls: list[tuple[Any, ...]]) -> str:
+    """(A worker thread) `_runInto` for each call of a group not cancelled yet."""
+    for future, fn, args, kwargs in calls:
+        if not future._aqCancelled:
+            _runInto(future, fn, args, kwargs)
+    return _SETTLED
+
+
 def _exceptionOf(failure: Failure) -> BaseException:
     """The exception a caller gets, with a worker's traceback as its cause."""
     exc = failure.value
@@ -245,13 +292,17 @@ def _results(futures: list[_Future], end: float | None) -> Iterator[Any]:
             future.cancel()
 
 
-def _flatten(chunks: Iterator[list[Any]]) -> Iterator[Any]:
-    """The items of each chunk of results; closing me closes *chunks* (cancels the rest)."""
+def _flatten(chunks: Iterator[tuple[list[Any], Exception | None, str]]) -> Iterator[Any]:
+    """The results of each chunk (see `runChunk`), then its exception if any."""
     try:
-        for chunk in chunks:
-            yield from chunk
+        for results, error, text in chunks:
+            yield from results
+            if error is not None:
+                if error.__traceback__ is None and error.__cause__ is None:
+                    error.__cause__ = _RemoteTraceback(f'\n"""\n{text.rstrip()}\n"""')
+                raise error
     finally:
-        chunks.close()  # type: ignore[attr-defined]
+        chunks.close()  # type: ignore[attr-defined]  (cancels the chunks not yet run)
 
 
 def _chunks(items: Iterable[tuple[Any, ...]], size: int) -> Iterator[tuple[tuple[Any, ...], ...]]:
@@ -261,7 +312,7 @@ def _chunks(items: Iterable[tuple[Any, ...]], size: int) -> Iterator[tuple[tuple
 
 
 def checkOptions(options: dict[str, Any]) -> dict[str, Any]:
-    """*options* validated: the queue keywords `Executor.options` accepts."""
+    """*options* validated: the queue keywords that ``options`` accepts."""
     unknown = set(options) - OPTIONS
     if unknown:
         raise TypeError(
@@ -314,9 +365,11 @@ class _Submitting:
 
         The iterator raises ``TimeoutError`` if a result is not there
         *timeout* seconds after this call, and the first exception of a call
-        where its result would be. With *chunksize* > 1, each task runs a
-        chunk of that many calls. Leaving the iterator early cancels the calls
-        whose results it did not yield.
+        where its result would be. Each task runs a chunk of *chunksize*
+        calls; with the default 1, of as many as make the map quick (up to
+        `MAX_AUTO_CHUNK`; one call per task with a ``timeout`` option).
+        Either way the results are those of one call per item. Leaving the
+        iterator early cancels the tasks not yet done.
         """
         return self._executor._map(fn, iterables, timeout, chunksize, self._keywords)
 
@@ -356,6 +409,9 @@ class _QueueExecutorBase(_Submitting, Executor):
 
     _brokenType: type[Exception] = RuntimeError
     _ownsQueue = True
+    # The workers run in this process: they settle each Future themselves
+    # (see `_runInto`), a hop through the reactor less per result.
+    _inProcess = False
 
     def _start(
         self,
@@ -436,13 +492,15 @@ class _QueueExecutorBase(_Submitting, Executor):
     ) -> Future[Any]:
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
-        if kwargs and not QUEUE_KEYWORDS.isdisjoint(kwargs):
+        future = _Future()
+        future._aqReactor = self._reactor
+        if self._inProcess:
+            fn, args, kwargs = _runInto, (future, fn, args, kwargs), {}
+        elif kwargs and not QUEUE_KEYWORDS.isdisjoint(kwargs):
             # The queue would take these keywords as its own: wrap the call.
             fn, args, kwargs = applyKeywords, (fn, args, kwargs), {}
         if keywords:
             kwargs = {**kwargs, **keywords} if kwargs else keywords
-        future = _Future()
-        future._aqReactor = self._reactor
         self._enqueue([(future, fn, args, kwargs or None)])
         return future
 
@@ -466,31 +524,86 @@ class _QueueExecutorBase(_Submitting, Executor):
                 self._reactor.callFromThread(self._drain)
 
     def _drain(self) -> None:
-        """(Reactor thread) Queue every call in the inbox."""
+        """(Reactor thread) Queue every call in the inbox; a burst in groups."""
         with self._lock:
             batch, self._inbox = self._inbox, []
-        call = self.queue.call
-        settle = self._settle
+        plain = [item for item in batch if item[3] is None and not item[0]._aqCancelled]
+        size = min(MAX_GROUP, len(plain) // (GROUPS_PER_WORKER * max(1, self._workerCount())))
+        if size < 2:
+            singles, plain = batch, []
+        else:
+            singles = [item for item in batch if item[3] is not None]
+        for item in singles:
+            if not item[0]._aqCancelled:
+                self._callOne(*item)
+        for start in range(0, len(plain), max(size, 1)):
+            self._callGroup(plain[start : start + size])
+
+    def _callOne(self, future: _Future, fn: Callable[..., Any], args: Any, kw: Any) -> None:
+        try:
+            d = self.queue.call(fn, *args, **kw) if kw else self.queue.call(fn, *args)
+        except Exception as e:  # e.g. the queue was shut down under us
+            self._settleFuture(Failure(e), future)
+            return
+        future._aqDeferred = d
+        self._unfinished.add(future)
+        d.addBoth(self._settle, future)
+
+    def _callGroup(self, items: list[Any]) -> None:
+        """
+        Queue plain calls of a burst as one task: `runGroup` runs them one by
+        one and reports each outcome (in a thread, `_runInto` settles each
+        Future). Cancelling a call of a group drops its result, or skips it if
+        it has not run (thread workers); the group itself goes on.
+        """
+        futures = [item[0] for item in items]
+        if self._inProcess:
+            d = self.queue.call(_runGroupHere, [item[2] for item in items])
+        else:
+            d = self.queue.call(runGroup, [(fn, args) for _, fn, args, _ in items])
+        self._unfinished.update(futures)
+        d.addBoth(self._settleGroup, items)
+
+    def _settleGroup(self, result: Any, items: list[Any]) -> None:
+        """(Reactor thread) Hand each call of a group its outcome."""
         unfinished = self._unfinished
-        for future, fn, args, kw in batch:
-            if future._aqCancelled:
-                continue
-            try:
-                d = call(fn, *args, **kw) if kw else call(fn, *args)
-            except Exception as e:  # e.g. the queue was shut down under us
-                try:
-                    future.set_exception(e)
-                except InvalidStateError:
-                    pass
-                continue
-            future._aqDeferred = d
-            unfinished.add(future)
-            d.addBoth(settle, future)
+        for item in items:
+            unfinished.discard(item[0])
+        if isinstance(result, list):
+            for item, (ok, value, text) in zip(items, result, strict=True):
+                if ok:
+                    self._settleFuture(value, item[0])
+                else:
+                    if text and value.__cause__ is None:
+                        value.__cause__ = _RemoteTraceback(f'\n"""\n{text.rstrip()}\n"""')
+                    self._settleFuture(Failure(value), item[0])
+        elif isinstance(result, Failure) and result.check(errors.WorkerLost) and len(items) > 1:
+            # One of them may have killed the worker: each runs alone now,
+            # so that only the call that kills it fails.
+            for item in items:
+                if not item[0].done():
+                    self._callOne(*item)
+        elif result is not _SETTLED:
+            for item in items:
+                self._settleFuture(result, item[0])
+        self._checkIdle()
 
     def _settle(self, result: Any, future: _Future) -> None:
         """(Reactor thread) Hand a call's outcome to its Future."""
         self._unfinished.discard(future)
         future._aqDeferred = None
+        if result is not _SETTLED:  # else `_runInto` did, in the worker's thread
+            self._settleFuture(result, future)
+        self._checkIdle()
+
+    def _checkIdle(self) -> None:
+        if self._idleWaiters and not self._unfinished:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    @staticmethod
+    def _settleFuture(result: Any, future: _Future) -> None:
         try:
             if isinstance(result, Failure):
                 future.set_exception(_exceptionOf(result))
@@ -498,10 +611,6 @@ class _QueueExecutorBase(_Submitting, Executor):
                 future.set_result(result)
         except InvalidStateError:
             pass  # cancelled meanwhile
-        if self._idleWaiters and not self._unfinished:
-            waiters, self._idleWaiters = self._idleWaiters, []
-            for d in waiters:
-                d.callback(None)
 
     def _map(
         self,
@@ -517,11 +626,18 @@ class _QueueExecutorBase(_Submitting, Executor):
             raise ValueError(f"chunksize must be an int >= 1, not {chunksize!r}")
         end = None if timeout is None else timeout + time.monotonic()
         reactor = self._reactor
+        calls: Iterable[tuple[Any, ...]] = list(zip(*iterables, strict=False))
+        if chunksize == 1 and not (keywords and "timeout" in keywords):
+            # The standard default, one task per item, costs a task per item;
+            # chunks of a few items each give the same results (runChunk keeps
+            # each item's own exception) at a fraction of the cost. A per-call
+            # timeout keeps one task per item.
+            workers = max(1, self._workerCount())
+            chunksize = max(1, min(MAX_AUTO_CHUNK, len(calls) // (CHUNKS_PER_WORKER * workers)))
         if chunksize == 1:
-            calls: Iterable[tuple[Any, ...]] = zip(*iterables, strict=False)
             f = fn
         else:
-            calls = ((fn, chunk) for chunk in _chunks(zip(*iterables, strict=False), chunksize))
+            calls = ((fn, chunk) for chunk in _chunks(calls, chunksize))
             f = runChunk
         futures = []
         items = []
@@ -529,7 +645,10 @@ class _QueueExecutorBase(_Submitting, Executor):
             future = _Future()
             future._aqReactor = reactor
             futures.append(future)
-            items.append((future, f, args, keywords))
+            if self._inProcess:
+                items.append((future, _runInto, (future, f, args, {}), keywords))
+            else:
+                items.append((future, f, args, keywords))
         # One crossing for the whole map, however many calls.
         self._enqueue(items)
         results = _results(futures, end)
@@ -565,6 +684,9 @@ class _QueueExecutorBase(_Submitting, Executor):
             stopped.add_done_callback(lambda f: finished.set_result(f.exception()))
         if wait and self._finished is not None:
             self._finished.result()
+
+    def _workerCount(self) -> int:
+        return len(self.queue) if self.queue is not None else 1
 
     def _cancelUnstarted(self) -> None:
         for future in list(self._unfinished):
@@ -691,6 +813,7 @@ class ThreadPoolExecutor(_QueueExecutorBase):
     """
 
     _brokenType = BrokenThreadPool
+    _inProcess = True
 
     def __init__(
         self,
