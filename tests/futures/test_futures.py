@@ -32,6 +32,7 @@ from concurrent.futures.thread import BrokenThreadPool
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
@@ -456,6 +457,30 @@ class ContractTests(UsesTrialsReactor):
         d = blocking(body)
         d.addBoth(lambda r: queue.shutdown().addCallback(lambda _: r))
         return d
+
+    @inlineCallbacks
+    def test_queue_executor_on_a_remote_queue(self) -> Any:
+        from asynqueue.wire import RemoteQueue, WireServer
+
+        key = b"futures-test-key"
+        server = WireServer("tcp:0:interface=127.0.0.1", key=key, workers=2)
+        yield server.start()
+        self.addCleanup(server.stop)
+        description = f"tcp:127.0.0.1:{server.address.port}"
+
+        def body() -> None:
+            with QueueExecutor(lambda: RemoteQueue(description, 2, key=key)) as pool:
+                self.assertEqual(pool.submit(lambda x: x * 3, 4).result(), 12)
+                self.assertNotEqual(pool.submit(helpers_process.pid).result(), os.getpid())
+                with self.assertRaises(KeyError):
+                    pool.submit(helpers_process.raiseKeyError, "k").result()
+                self.assertEqual(list(pool.map(abs, range(-50, 0))), list(range(50, 0, -1)))
+                self.assertEqual(
+                    pool.submit(keywords, timeout=1, y=2).result(), {"timeout": 1, "y": 2}
+                )
+            self.assertFalse(pool.queue.isRunning())
+
+        yield blocking(body)
 
     def test_blocking_in_the_reactor_thread_is_an_error(self) -> Any:
         from twisted.internet import reactor

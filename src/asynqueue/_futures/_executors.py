@@ -12,9 +12,16 @@ Data flow::
 - Crossing threads costs a ``callFromThread`` per *batch*: ``submit`` only
   wakes the reactor when the inbox was empty, and the reactor takes the whole
   inbox at once (20,000 submits at once cross in a handful of wake-ups).
-- Results cross back by ``Future.set_result`` in the reactor thread, so done
-  callbacks run there (as the standard pools run them in their own threads):
-  they must not block.
+- A task per call would cost the reactor more than small calls themselves:
+  plain calls (no options) of a batch travel in *groups* (`runGroup`, an
+  outcome per call), and ``map`` sends its items in *chunks* even with the
+  default ``chunksize=1`` (`runChunk`: the results before a failure, then
+  its exception, as call by call). A group whose worker died is re-run call
+  by call, so that only the call that kills its worker fails.
+- Results cross back by ``Future.set_result`` in the reactor thread (thread
+  workers call it themselves, `_runInto`, one hop less), so done callbacks
+  run there (as the standard pools run them in their own threads): they
+  must not block.
 - A future stays *pending* until it is done: ``running()`` is always False.
   The documentation of ``Future.running`` and ``Future.cancel`` speaks of a
   call that is running "and cannot be cancelled"; ours can be, by cancelling
