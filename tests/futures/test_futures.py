@@ -372,6 +372,21 @@ class ContractTests(UsesTrialsReactor):
 
         return blocking(body)
 
+    def test_a_thread_stuck_past_its_timeout_is_left_behind(self) -> Any:
+        def body() -> None:
+            def name() -> str:
+                return threading.current_thread().name
+
+            with ThreadPoolExecutor(1) as pool:
+                first = pool.submit(name).result()
+                stuck = pool.options(timeout=0.2).submit(time.sleep, 5)
+                with self.assertRaises(errors.TimeoutError):
+                    stuck.result()
+                # A fresh thread serves the next call, not the stuck one.
+                self.assertNotEqual(pool.submit(name).result(), first)
+
+        return blocking(body)
+
     def test_thread_names_and_initializer(self) -> Any:
         def body() -> None:
             seen: list[str] = []
