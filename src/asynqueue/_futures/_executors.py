@@ -43,6 +43,7 @@ import time
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Executor, Future, InvalidStateError
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
@@ -182,6 +183,10 @@ class _RemoteTraceback(Exception):
         return str(self.args[0])
 
 
+# Future states in which result() does not wait.
+_DONE_STATES = frozenset({FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED})
+
+
 class _Future(Future[Any]):
     """
     A ``concurrent.futures.Future`` whose ``cancel`` reaches the queue, and
@@ -190,7 +195,7 @@ class _Future(Future[Any]):
 
     _aqDeferred: Deferred[Any] | None = None  # the queue's Deferred, once queued
     _aqCancelled = False
-    _aqReactor: Any = None
+    _aqReactor: Any = None  # the global reactor, once an executor runs
 
     def cancel(self) -> bool:
         """
@@ -224,14 +229,16 @@ class _Future(Future[Any]):
             d.cancel()
 
     def result(self, timeout: float | None = None) -> Any:
-        if not self.done():
+        # The state, read without the lock (a hot path): a stale "not done"
+        # only costs the check of the thread.
+        if self._state not in _DONE_STATES:  # type: ignore[attr-defined]
             _refuseInReactor("Waiting for a Future's result")
-        return super().result(timeout)
+        return Future.result(self, timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        if not self.done():
+        if self._state not in _DONE_STATES:  # type: ignore[attr-defined]
             _refuseInReactor("Waiting for a Future's exception")
-        return super().exception(timeout)
+        return Future.exception(self, timeout)
 
 
 # What `_runInto` returns: it has settled the Future itself.
@@ -438,7 +445,7 @@ class _QueueExecutorBase(_Submitting, Executor):
         self._keywords = keywords or None
         self._unfinished: set[_Future] = set()  # reactor thread only
         self._idleWaiters: list[Deferred[None]] = []
-        reactor = self._reactor = theReactor()
+        reactor = self._reactor = _Future._aqReactor = theReactor()
         self._readyD: Deferred[None] = Deferred()
         self.queue: Any = None
         inReactor(reactor, self._makeQueue, factory, initializer, initargs).result()
@@ -500,7 +507,6 @@ class _QueueExecutorBase(_Submitting, Executor):
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         future = _Future()
-        future._aqReactor = self._reactor
         if self._inProcess:
             fn, args, kwargs = _runInto, (future, fn, args, kwargs), {}
         elif kwargs and not QUEUE_KEYWORDS.isdisjoint(kwargs):
@@ -632,7 +638,6 @@ class _QueueExecutorBase(_Submitting, Executor):
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be an int >= 1, not {chunksize!r}")
         end = None if timeout is None else timeout + time.monotonic()
-        reactor = self._reactor
         calls: Iterable[tuple[Any, ...]] = list(zip(*iterables, strict=False))
         if chunksize == 1 and not (keywords and "timeout" in keywords):
             # The standard default, one task per item, costs a task per item;
@@ -650,7 +655,6 @@ class _QueueExecutorBase(_Submitting, Executor):
         items = []
         for args in calls:
             future = _Future()
-            future._aqReactor = reactor
             futures.append(future)
             if self._inProcess:
                 items.append((future, _runInto, (future, f, args, {}), keywords))
