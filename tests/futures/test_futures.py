@@ -175,6 +175,19 @@ class ProcessPoolTests(UsesTrialsReactor):
 
         return blocking(body)
 
+    def test_a_map_chunk_whose_worker_died_runs_again_call_by_call(self) -> Any:
+        def body() -> None:
+            with ProcessPoolExecutor(2) as pool:
+                dies = lambda i: os._exit(3) if i == 6 else i * 10  # noqa: E731
+                seen = []
+                with self.assertRaises(errors.WorkerLost):
+                    for value in pool.map(dies, range(12), chunksize=4):
+                        seen.append(value)
+                self.assertEqual(seen, [0, 10, 20, 30, 40, 50])
+                self.assertEqual(list(pool.map(abs, [-1, -2], chunksize=2)), [1, 2])
+
+        return blocking(body)
+
     def test_options_give_a_per_call_timeout(self) -> Any:
         def body() -> None:
             with ProcessPoolExecutor(1) as pool:

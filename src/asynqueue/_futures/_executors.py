@@ -294,7 +294,7 @@ def _results(futures: list[_Future], end: float | None) -> Iterator[Any]:
         while futures:
             future = futures.pop()
             try:
-                result = future.result() if end is None else future.result(end - time.monotonic())
+                result = _wait(future, end)
             except BaseException:
                 future.cancel()  # timed out (or the caller gave up): withdraw it too
                 raise
@@ -306,17 +306,8 @@ def _results(futures: list[_Future], end: float | None) -> Iterator[Any]:
             future.cancel()
 
 
-def _flatten(chunks: Iterator[tuple[list[Any], Exception | None, str]]) -> Iterator[Any]:
-    """The results of each chunk (see `runChunk`), then its exception if any."""
-    try:
-        for results, error, text in chunks:
-            yield from results
-            if error is not None:
-                if error.__traceback__ is None and error.__cause__ is None:
-                    error.__cause__ = _RemoteTraceback(f'\n"""\n{text.rstrip()}\n"""')
-                raise error
-    finally:
-        chunks.close()  # type: ignore[attr-defined]  (cancels the chunks not yet run)
+def _wait(future: Future[Any], end: float | None) -> Any:
+    return future.result() if end is None else future.result(end - time.monotonic())
 
 
 def _chunks(items: Iterable[tuple[Any, ...]], size: int) -> Iterator[tuple[tuple[Any, ...], ...]]:
@@ -646,10 +637,12 @@ class _QueueExecutorBase(_Submitting, Executor):
             # timeout keeps one task per item.
             workers = max(1, self._workerCount())
             chunksize = max(1, min(MAX_AUTO_CHUNK, len(calls) // (CHUNKS_PER_WORKER * workers)))
+        chunks: list[tuple[tuple[Any, ...], ...]] = []
         if chunksize == 1:
             f = fn
         else:
-            calls = ((fn, chunk) for chunk in _chunks(calls, chunksize))
+            chunks = list(_chunks(calls, chunksize))
+            calls = [(fn, chunk) for chunk in chunks]
             f = runChunk
         futures = []
         items = []
@@ -662,8 +655,44 @@ class _QueueExecutorBase(_Submitting, Executor):
                 items.append((future, f, args, keywords))
         # One crossing for the whole map, however many calls.
         self._enqueue(items)
-        results = _results(futures, end)
-        return results if chunksize == 1 else _flatten(results)
+        if chunksize == 1:
+            return _results(futures, end)
+        return self._chunkResults(futures, chunks, fn, keywords, end)
+
+    def _chunkResults(
+        self,
+        futures: list[_Future],
+        chunks: list[tuple[tuple[Any, ...], ...]],
+        fn: Callable[..., Any],
+        keywords: dict[str, Any] | None,
+        end: float | None,
+    ) -> Iterator[Any]:
+        """
+        The results of each chunk (see `runChunk`), then its exception if any.
+        A chunk whose worker died runs again call by call, so that only the
+        call that kills its worker fails. Leaving early cancels the rest.
+        """
+        i = 0
+        try:
+            for i, chunk in enumerate(chunks):
+                try:
+                    results, error, text = _wait(futures[i], end)
+                except errors.WorkerLost:
+                    if len(chunk) == 1:
+                        raise
+                    for single in [self._submit(fn, args, {}, keywords) for args in chunk]:
+                        yield _wait(single, end)
+                    continue
+                futures[i] = None  # type: ignore[call-overload]  (drop its results)
+                yield from results
+                if error is not None:
+                    if error.__traceback__ is None and error.__cause__ is None:
+                        error.__cause__ = _RemoteTraceback(f'\n"""\n{text.rstrip()}\n"""')
+                    raise error
+        finally:
+            for future in futures[i:]:
+                if future is not None:
+                    future.cancel()
 
     # ------------------------------------------------------------ shutdown
 
