@@ -17,8 +17,9 @@
   go to the callable).
 - Plain synchronous code needs no reactor: if none runs, Twisted's reactor
   is started in a daemon thread on first use and stopped at interpreter exit.
-  A Twisted program makes its executors once its reactor runs (they use it);
-  one made before would start the reactor in that thread for good.
+  A Twisted program makes its executors once its reactor runs (they use it):
+  one made before the reactor first runs starts it in that thread for good,
+  and one made in a thread that ran the reactor before is a RuntimeError.
 
 The rest of ``concurrent.futures`` (``wait``, ``as_completed``, ``Future``,
 the errors) is re-exported here, so that the one import is all a program needs.

@@ -644,3 +644,23 @@ class ScriptTests(TestCase):
             )
 
         return blocking(body)
+
+    def test_no_second_reactor_thread_for_a_thread_that_runs_the_reactor(self) -> Any:
+        def body() -> None:
+            proc = runScript(
+                """
+                from twisted.internet import reactor
+                from asynqueue.futures import ThreadPoolExecutor
+
+                reactor.callWhenRunning(reactor.crash)
+                reactor.run()  # this thread runs the reactor (and may again)
+                try:
+                    ThreadPoolExecutor(1)
+                except RuntimeError as e:
+                    print("RuntimeError", "make executors while it runs" in str(e))
+                """
+            )
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            self.assertEqual(proc.stdout.split(), ["RuntimeError", "True"])
+
+        return blocking(body)

@@ -101,6 +101,14 @@ def theReactor() -> Any:
             return reactor
         if _reactorThread is not None:
             raise RuntimeError("the reactor asynqueue.futures started has stopped")
+        if threadable.ioThread is not None and threadable.isInIOThread():
+            # This thread ran the reactor before and presumably will again
+            # (trial between tests, reactor.crash): running it elsewhere now
+            # would make two threads run one reactor.
+            raise RuntimeError(
+                "the reactor is not running, and this thread is the one that runs it:"
+                " make executors while it runs"
+            )
         started = threading.Event()
         failed: list[BaseException] = []
 
