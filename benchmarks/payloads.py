@@ -90,3 +90,8 @@ def gate(path: str, timeout: float = 30.0) -> int:
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.0002)
     return time.monotonic_ns()
+
+
+def echo(x: object) -> object:
+    """A trivial call with an argument and a result (the map workload's)."""
+    return x

@@ -310,6 +310,11 @@ def runDaskSubprocess(quick: bool, timeout: float) -> dict[str, Any]:
     return runJSONChild(cmd, timeout)
 
 
+def runExecutors(quick: bool) -> dict[str, Any]:
+    """The rows of ``benchmarks/bench_executors.py`` (fresh interpreters per measurement)."""
+    return _rowsOf("bench_executors", quick)
+
+
 def runRemote(quick: bool) -> dict[str, Any]:
     """The rows of ``benchmarks/bench_remote.py`` (it measures in its own subprocess)."""
     return _rowsOf("bench_remote", quick)
@@ -406,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-dask", action="store_true", help="skip the Dask rows")
     parser.add_argument("--no-remote", action="store_true", help="skip the remote-worker rows")
     parser.add_argument(
+        "--no-executors", action="store_true", help="skip the concurrent.futures executor rows"
+    )
+    parser.add_argument(
         "--no-scale", action="store_true", help="skip the scale rows (backlogs up to 1,000,000)"
     )
     parser.add_argument("--save", metavar="FILE", help="also write the raw results as JSON")
@@ -450,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
         remote: dict[str, Any] = {"na": "skipped" + (" in --smoke" if args.smoke else "")}
     else:
         remote = runRemote(args.quick)
+    if args.no_executors or args.smoke:
+        executors: dict[str, Any] = {"na": "skipped" + (" in --smoke" if args.smoke else "")}
+    else:
+        executors = runExecutors(args.quick)
     if args.no_scale or args.smoke:
         scale: dict[str, Any] = {"na": "skipped" + (" in --smoke" if args.smoke else "")}
     else:
@@ -464,11 +476,13 @@ def main(argv: list[str] | None = None) -> int:
         f" {WORKERS} workers (floors: 1). Ratios: xN > 1 means ours is better.\n"
     )
     print(table(results, sizes, workloads))
-    for title, extra in (
+    extras = (
+        ("Executors (concurrent.futures interface, 2 workers)", executors),
         ("Remote workers (loopback TCP)", remote),
         ("Dask", dask),
         ("Scale: a backlog of calls, queued first, then drained", scale),
-    ):
+    )
+    for title, extra in extras:
         print(f"\n### {title}\n")
         if extra.get("rows"):
             print(genericTable(extra["rows"]))
@@ -481,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             "dask": dask,
             "remote": remote,
             "scale": scale,
+            "executors": executors,
             "environment": environment(),
             "date": today,
         }

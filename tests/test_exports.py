@@ -115,3 +115,16 @@ def test_importing_the_package_is_light():
         "assert 'twisted.internet.reactor' not in sys.modules, 'installed a reactor'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_futures_module_is_light_and_resolves_its_names():
+    code = (
+        "import sys, concurrent.futures, asynqueue.futures as f\n"
+        "assert 'twisted' not in sys.modules, 'the helpers children unpickle must stay lean'\n"
+        "for name in f.__all__: assert getattr(f, name) is not None, name\n"
+        "for name in ('ProcessPoolExecutor', 'ThreadPoolExecutor', 'QueueExecutor'):\n"
+        "    assert issubclass(getattr(f, name), concurrent.futures.Executor), name\n"
+        "assert f.wait is concurrent.futures.wait\n"
+        "assert 'twisted.internet.reactor' not in sys.modules, 'installed a reactor'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

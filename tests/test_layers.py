@@ -29,6 +29,7 @@ RANKS: dict[str, int] = {
     "_process": 6,
     "_remote": 7,
     "_cli": 8,
+    "_futures": 8,
 }
 PUBLIC_RANK = 9  # the public modules at the top, examples, __main__
 

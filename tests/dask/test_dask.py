@@ -182,6 +182,24 @@ class _ClusterTestCase(TestCase):
 # ------------------------------------------------------------ in-process cluster
 
 
+class ExecutorTests(_ClusterTestCase):
+    def test_queue_executor_on_a_dask_queue(self) -> Any:
+        from asynqueue.futures import QueueExecutor
+
+        def body() -> None:
+            make = lambda: TaskQueue(DaskWorker(self.client))  # noqa: E731
+            with QueueExecutor(make) as pool:
+                self.assertEqual(pool.submit(sum, [1, 2, 3]).result(), 6)
+                self.assertEqual(pool.submit(lambda x: x * 2, 21).result(), 42)
+                with self.assertRaises(KeyError):
+                    pool.submit(boom, 7).result()
+                self.assertEqual(list(pool.map(abs, range(-30, 0))), list(range(30, 0, -1)))
+            self.assertFalse(pool.queue.isRunning())
+
+        # The blocking code runs off the reactor thread, as a user's would.
+        return deferToThread(body)
+
+
 class CallTests(_ClusterTestCase):
     @inlineCallbacks
     def test_call_result_and_default_slots(self) -> Any:

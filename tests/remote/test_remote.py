@@ -122,8 +122,11 @@ class RemoteTestCase(TestCase):
         return handler
 
     @inlineCallbacks
-    def spawnServer(self, description: str, *extra: str) -> Any:
-        """``python -m asynqueue serve``; fires with (process, client description)."""
+    def spawnServer(self, description: str, *extra: str, flag: bool = False) -> Any:
+        """
+        ``python -m asynqueue serve`` (*description* positional, or after
+        ``--listen`` with *flag*); fires with (process, client description).
+        """
         tmp = self.tmpdir()
         keyFile = tmp / "key"
         keyFile.write_bytes(KEY)
@@ -132,7 +135,8 @@ class RemoteTestCase(TestCase):
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
         with open(tmp / "stderr", "w") as stderr:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "asynqueue", "serve", description,
+                [sys.executable, "-m", "asynqueue", "serve",
+                 *(["--listen"] if flag else []), description,
                  "--workers", "1", "--key-file", str(keyFile), *extra],
                 stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT, env=env,
             )  # fmt: skip
@@ -493,6 +497,21 @@ class CommandLineTest(RemoteTestCase):
         self.assertEqual(proc.returncode, 2)
         self.assertIn("without a key", proc.stderr)
         self.assertNotIn("listening", proc.stdout)
+
+    @inlineCallbacks
+    def test_listen_takes_the_endpoint_as_twist_does(self) -> Any:
+        proc, description = yield self.spawnServer(f"unix:{self.tmpdir()}/l.sock", flag=True)
+        q = self.makeQueue(description)
+        self.assertEqual((yield q.call(h.add, 2, 3)), 5)
+        yield q.shutdown()
+        proc.terminate()
+        self.assertEqual((yield threads.deferToThread(proc.wait, 20)), 0)
+        both = subprocess.run(
+            [sys.executable, "-m", "asynqueue", "serve", "unix:a.sock", "--listen", "unix:b.sock"],
+            capture_output=True, text=True, cwd=ROOT, timeout=30,
+        )  # fmt: skip
+        self.assertEqual(both.returncode, 2)
+        self.assertIn("give the endpoint once", both.stderr)
 
     @inlineCallbacks
     def test_serve_stops_cleanly_on_sigterm_and_sigint(self) -> Any:

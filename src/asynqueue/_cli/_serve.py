@@ -3,7 +3,7 @@
 
 ::
 
-    asynqueue serve [ENDPOINT] [--workers N | --threads] [--key-file FILE]
+    asynqueue serve [ENDPOINT | --listen ENDPOINT] [--workers N | --threads] [--key-file FILE]
                     [--allow NAME ...] [--universe MODULE:CLASS] [--client-ca FILE]
 
 Prints ``asynqueue serve listening on ENDPOINT`` (with the port actually
@@ -42,13 +42,18 @@ def registerServe(subparsers: Any) -> None:
     p.add_argument(
         "endpoint",
         nargs="?",
-        default=DEFAULT_DESCRIPTION,
         metavar="ENDPOINT",
         help=(
             "a Twisted server endpoint: tcp:PORT:interface=HOST, unix:PATH,"
             " ssl:PORT:privateKey=KEY.pem:certKey=CERT.pem"
             f" (default {DEFAULT_DESCRIPTION})"
         ),
+    )
+    p.add_argument(
+        "-l",
+        "--listen",
+        metavar="ENDPOINT",
+        help="the endpoint to listen on, as with Twisted's twist command (or give it positionally)",
     )
     p.add_argument(
         "-w",
@@ -114,10 +119,14 @@ def _configureLogging(quiet: bool) -> None:
 
 def runServe(args: argparse.Namespace) -> int:
     """The ``serve`` subcommand; returns the exit status."""
+    from .._remote._server import DEFAULT_DESCRIPTION
     from .._support._system import parseSize
     from .._wire._auth import loadKey
     from ._main import EXIT_FAILED, EXIT_OK, UsageError
 
+    if args.listen and args.endpoint and args.listen != args.endpoint:
+        raise UsageError("give the endpoint once: positionally or with --listen")
+    args.endpoint = args.listen or args.endpoint or DEFAULT_DESCRIPTION
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)  # as python -m does; worker processes get the same path

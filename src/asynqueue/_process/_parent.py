@@ -326,7 +326,10 @@ class _Child(WireClient, ProcessProtocol):
         placing, self._placing = self._placing, None
         if placing is not None:
             placing._fail(ConnectionLost(f"child process {self.pid} was lost"))
-        if self.ended or self.expected:
+        if self.ended:
+            return
+        if self.expected:
+            self._reap()  # without the reactor's SIGCHLD handling, nothing else would
             return
         # End of file: the child is exiting or dead. It is reported once
         # reaped (processEnded, with its exit status); make sure it will be.

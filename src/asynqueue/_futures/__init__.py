@@ -1,0 +1,1 @@
+"""The ``concurrent.futures`` layer: executors on our queues (see `asynqueue.futures`)."""

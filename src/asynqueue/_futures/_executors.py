@@ -1,0 +1,918 @@
+"""
+The executors of `asynqueue.futures`: ``concurrent.futures`` on our queues.
+
+Data flow::
+
+    caller thread                            reactor thread
+    submit(f, *a) ─► _Future, appended to ──► _drain: queue.call(f, *a) ─► worker
+                     the inbox; one wake-up    (a batch per wake-up)          │
+                     per batch                                                ▼
+    future.result() ◄──────────────── _settle: set_result / set_exception ◄─ Deferred
+
+- Crossing threads costs a ``callFromThread`` per *batch*: ``submit`` only
+  wakes the reactor when the inbox was empty, and the reactor takes the whole
+  inbox at once (20,000 submits at once cross in a handful of wake-ups).
+- A task per call would cost the reactor more than small calls themselves:
+  plain calls (no options) of a batch travel in *groups* (`runGroup`, an
+  outcome per call), and ``map`` sends its items in *chunks* even with the
+  default ``chunksize=1`` (`runChunk`: the results before a failure, then
+  its exception, as call by call). A group whose worker died is re-run call
+  by call, so that only the call that kills its worker fails.
+- Results cross back by ``Future.set_result`` in the reactor thread (thread
+  workers call it themselves, `_runInto`, one hop less), so done callbacks
+  run there (as the standard pools run them in their own threads): they
+  must not block.
+- A future stays *pending* until it is done: ``running()`` is always False.
+  The documentation of ``Future.running`` and ``Future.cancel`` speaks of a
+  call that is running "and cannot be cancelled"; ours can be, by cancelling
+  the call's Deferred: the queue withdraws a queued call and, where the queue
+  and its workers can, stops a running one (else its result is dropped).
+- When no reactor runs, `theReactor` runs Twisted's global reactor in a daemon
+  thread (no signal handlers) and stops it at interpreter exit, after every
+  executor still open has shut down (its running calls finish, as with the
+  standard pools, and its child processes end).
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from concurrent.futures import Executor, Future, InvalidStateError
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
+from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.thread import BrokenThreadPool
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.python import threadable
+from twisted.python.failure import Failure
+
+from .. import errors
+from .._core._calls import QUEUE_KEYWORDS
+from .._core._scheduler import checkNiceness
+from ._work import applyKeywords, runChunk, runGroup
+
+__all__ = ["ProcessPoolExecutor", "QueueExecutor", "ThreadPoolExecutor", "theReactor"]
+
+# Executor.map with the default chunksize=1 sends items in chunks of up to
+# MAX_AUTO_CHUNK, at least CHUNKS_PER_WORKER chunks per worker (so that the
+# work spreads evenly and the first results come early).
+MAX_AUTO_CHUNK = 64
+CHUNKS_PER_WORKER = 8
+
+# Plain calls (no options) submitted in a burst travel in groups of up to
+# MAX_GROUP calls per task, at least GROUPS_PER_WORKER groups per worker: a
+# task per call costs the reactor more than the calls themselves when they
+# are small. A lone call travels alone.
+MAX_GROUP = 32
+GROUPS_PER_WORKER = 4
+
+# The queue options that `Executor.options` accepts (the others, such as a
+# consumer or raw results, make no sense for a Future).
+OPTIONS = frozenset({"niceness", "series", "timeout", "doNext", "doLast"})
+
+# ------------------------------------------------------------------ the reactor
+
+_startLock = threading.Lock()
+_reactorThread: threading.Thread | None = None
+_exiting = False
+_executors: weakref.WeakSet[_QueueExecutorBase] = weakref.WeakSet()
+# How long the exit handler waits for the reactor thread to end once stopped.
+EXIT_JOIN = 10.0
+
+
+def theReactor() -> Any:
+    """
+    Twisted's global reactor, running: started in a daemon thread if it is not
+    running yet (and stopped at interpreter exit), else the running one.
+    """
+    global _reactorThread
+    from twisted.internet import reactor
+
+    if reactor.running:
+        return reactor
+    with _startLock:
+        if reactor.running:
+            return reactor
+        if _reactorThread is not None:
+            raise RuntimeError("the reactor asynqueue.futures started has stopped")
+        if threadable.ioThread is not None and threadable.isInIOThread():
+            # This thread ran the reactor before and presumably will again
+            # (trial between tests, reactor.crash): running it elsewhere now
+            # would make two threads run one reactor.
+            raise RuntimeError(
+                "the reactor is not running, and this thread is the one that runs it:"
+                " make executors while it runs"
+            )
+        started = threading.Event()
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                reactor.callWhenRunning(started.set)
+                reactor.run(installSignalHandlers=False)
+            except BaseException as e:  # e.g. ReactorNotRestartable
+                failed.append(e)
+            finally:
+                started.set()
+
+        thread = threading.Thread(target=run, name="asynqueue-reactor", daemon=True)
+        thread.start()
+        started.wait()
+        if failed:
+            raise RuntimeError(f"cannot run the reactor: {failed[0]!r}") from failed[0]
+        _reactorThread = thread
+        atexit.register(_atExit)
+    return reactor
+
+
+def _atExit() -> None:
+    """Shut every open executor down, then stop the reactor we started."""
+    global _exiting
+    _exiting = True
+    from twisted.internet import reactor
+
+    for executor in list(_executors):
+        try:
+            executor.shutdown(wait=True)
+        except Exception:
+            pass
+    thread = _reactorThread
+    if thread is not None and reactor.running:
+        reactor.callFromThread(reactor.stop)
+        thread.join(EXIT_JOIN)
+
+
+def inReactor(reactor: Any, f: Callable[..., Any], *args: Any, **kw: Any) -> Future[Any]:
+    """
+    Run ``f(*args, **kw)`` in the reactor thread (at once if this is it); a
+    Future of its result (of the result of a Deferred it returns).
+    """
+    out: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            result = f(*args, **kw)
+        except BaseException as e:
+            out.set_exception(e)
+            return
+        if isinstance(result, Deferred):
+            result.addCallbacks(out.set_result, lambda failure: out.set_exception(failure.value))
+        else:
+            out.set_result(result)
+
+    if threadable.isInIOThread():
+        run()
+    else:
+        reactor.callFromThread(run)
+    return out
+
+
+def _refuseInReactor(what: str) -> None:
+    if threadable.isInIOThread():
+        raise RuntimeError(
+            f"{what} from the reactor thread would deadlock: the reactor must run to"
+            " deliver the result. Use the queue's Deferreds there (or add_done_callback)."
+        )
+
+
+# ------------------------------------------------------------------ futures
+
+
+class _RemoteTraceback(Exception):
+    """The worker's traceback, attached as the ``__cause__`` of its exception."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+# Future states in which result() does not wait.
+_DONE_STATES = frozenset({FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED})
+
+
+class _Future(Future[Any]):
+    """
+    A ``concurrent.futures.Future`` whose ``cancel`` reaches the queue, and
+    whose ``result`` refuses to block the reactor thread.
+    """
+
+    _aqDeferred: Deferred[Any] | None = None  # the queue's Deferred, once queued
+    _aqCancelled = False
+    _aqReactor: Any = None  # the global reactor, once an executor runs
+
+    def cancel(self) -> bool:
+        """
+        Cancel the call unless it is done: True if it is (now) cancelled.
+
+        A queued call is withdrawn; a running one is stopped where its queue
+        and worker can stop it, else its result is dropped.
+        """
+        if self.cancelled():
+            return True
+        if not super().cancel():
+            return False
+        self._aqCancelled = True
+        try:
+            # What an executor does for a cancelled future: wakes up wait()
+            # and as_completed(), which count it done only after this.
+            self.set_running_or_notify_cancel()
+        except RuntimeError:
+            pass  # another thread's cancel() got there first
+        reactor = self._aqReactor
+        if reactor is not None:
+            if threadable.isInIOThread():
+                self._withdraw()
+            else:
+                reactor.callFromThread(self._withdraw)
+        return True
+
+    def _withdraw(self) -> None:
+        d = self._aqDeferred
+        if d is not None and not d.called:
+            d.cancel()
+
+    def result(self, timeout: float | None = None) -> Any:
+        # The state, read without the lock (a hot path): a stale "not done"
+        # only costs the check of the thread.
+        if self._state not in _DONE_STATES:  # type: ignore[attr-defined]
+            _refuseInReactor("Waiting for a Future's result")
+        return Future.result(self, timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state not in _DONE_STATES:  # type: ignore[attr-defined]
+            _refuseInReactor("Waiting for a Future's exception")
+        return Future.exception(self, timeout)
+
+
+# What `_runInto` returns: it has settled the Future itself.
+_SETTLED = "settled by the worker"
+
+
+def _runInto(future: _Future, fn: Callable[..., Any], args: Any, kwargs: dict[str, Any]) -> str:
+    """
+    (A worker thread) Run ``fn(*args, **kwargs)`` and settle *future* with its
+    outcome right here: the caller wakes up without waiting for the reactor,
+    which only learns that the call is done.
+    """
+    try:
+        result = fn(*args, **kwargs) if kwargs else fn(*args)
+    except BaseException as e:
+        try:
+            future.set_exception(e)
+        except InvalidStateError:
+            pass  # cancelled, or timed out meanwhile
+        return _SETTLED
+    try:
+        future.set_result(result)
+    except InvalidStateError:
+        pass
+    return _SETTLED
+
+
+def _runGroupHere(calls: list[tuple[Any, ...]]) -> str:
+    """(A worker thread) `_runInto` for each call of a group not cancelled yet."""
+    for future, fn, args, kwargs in calls:
+        if not future._aqCancelled:
+            _runInto(future, fn, args, kwargs)
+    return _SETTLED
+
+
+def _exceptionOf(failure: Failure) -> BaseException:
+    """The exception a caller gets, with a worker's traceback as its cause."""
+    exc = failure.value
+    if not isinstance(exc, BaseException):
+        return RuntimeError(str(exc))
+    remote = getattr(exc, "remoteTraceback", "")
+    if remote and exc.__cause__ is None:
+        exc.__cause__ = _RemoteTraceback(f'\n"""\n{str(remote).rstrip()}\n"""')
+    return exc
+
+
+def _results(futures: list[_Future], end: float | None) -> Iterator[Any]:
+    """The results of *futures* in order; the ones left are cancelled on exit."""
+    # Reversed, so that each result is popped off the end: the generator holds
+    # no future (and no result) it has already yielded.
+    futures.reverse()
+    try:
+        while futures:
+            future = futures.pop()
+            try:
+                result = _wait(future, end)
+            except BaseException:
+                future.cancel()  # timed out (or the caller gave up): withdraw it too
+                raise
+            del future
+            yield result
+            del result
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def _wait(future: Future[Any], end: float | None) -> Any:
+    return future.result() if end is None else future.result(end - time.monotonic())
+
+
+def _chunks(items: Iterable[tuple[Any, ...]], size: int) -> Iterator[tuple[tuple[Any, ...], ...]]:
+    it = iter(items)
+    while chunk := tuple(itertools.islice(it, size)):
+        yield chunk
+
+
+def checkOptions(options: dict[str, Any]) -> dict[str, Any]:
+    """*options* validated: the queue keywords that ``options`` accepts."""
+    unknown = set(options) - OPTIONS
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {', '.join(sorted(unknown))}; options are"
+            f" {', '.join(sorted(OPTIONS))}"
+        )
+    if "niceness" in options:
+        checkNiceness(options["niceness"])
+    series = options.get("series")
+    if series is not None and not isinstance(series, Hashable):
+        raise TypeError(f"series must be hashable, not {series!r}")
+    timeout = options.get("timeout")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
+    return {k: v for k, v in options.items() if v is not None}
+
+
+# ------------------------------------------------------------------ executors
+
+
+class _Submitting:
+    """``submit``, ``map`` and ``options`` of an executor and of its views."""
+
+    _keywords: dict[str, Any] | None  # queue keywords added to every call
+
+    @property
+    def _executor(self) -> _QueueExecutorBase:
+        return self  # type: ignore[return-value]
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        """
+        Schedule ``fn(*args, **kwargs)``; a Future of its result.
+
+        Every keyword goes to *fn*; queue options come through `options`.
+        """
+        return self._executor._submit(fn, args, kwargs, self._keywords)
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """
+        Like ``map(fn, *iterables)``, the calls made at once and concurrently.
+
+        The iterator raises ``TimeoutError`` if a result is not there
+        *timeout* seconds after this call, and the first exception of a call
+        where its result would be. Each task runs a chunk of *chunksize*
+        calls; with the default 1, of as many as make the map quick (up to
+        `MAX_AUTO_CHUNK`; one call per task with a ``timeout`` option).
+        Either way the results are those of one call per item. Leaving the
+        iterator early cancels the tasks not yet done.
+        """
+        return self._executor._map(fn, iterables, timeout, chunksize, self._keywords)
+
+    def options(self, **options: Any) -> _Options:
+        """
+        A view of me whose ``submit`` and ``map`` pass queue *options*:
+        ``niceness`` (-20 to 20), ``series`` (hashable), ``timeout`` (seconds
+        from when a worker takes the call; retried once, then
+        `asynqueue.errors.TimeoutError`), ``doNext``, ``doLast``. A view's
+        own ``options`` adds to its options.
+        """
+        return _Options(self._executor, {**(self._keywords or {}), **checkOptions(options)})
+
+
+class _Options(_Submitting):
+    """An executor's view that adds queue options to each call (see `options`)."""
+
+    def __init__(self, executor: _QueueExecutorBase, keywords: dict[str, Any]) -> None:
+        self._target = executor
+        self._keywords = keywords or None
+
+    @property
+    def _executor(self) -> _QueueExecutorBase:
+        return self._target
+
+    def __repr__(self) -> str:
+        return f"<options {self._keywords or {}} of {self._target!r}>"
+
+
+class _QueueExecutorBase(_Submitting, Executor):
+    """
+    The machinery every executor here shares: submissions in batches to a
+    queue that lives in the reactor thread, results back as Futures.
+
+    Subclasses call `_start` with a queue factory (run in the reactor thread).
+    """
+
+    _brokenType: type[Exception] = RuntimeError
+    _ownsQueue = True
+    # The workers run in this process: they settle each Future themselves
+    # (see `_runInto`), a hop through the reactor less per result.
+    _inProcess = False
+
+    def _start(
+        self,
+        factory: Callable[[], Any],
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        keywords: dict[str, Any] | None = None,
+    ) -> None:
+        """Make the queue (in the reactor thread); run *initializer* on each worker."""
+        self._lock = threading.Lock()
+        self._inbox: list[tuple[_Future, Callable[..., Any], tuple[Any, ...], Any]] = []
+        self._ready = False
+        self._shutdown = False
+        self._broken: str | None = None
+        self._finished: Future[Any] | None = None
+        # Queue keywords added to every call (None: none).
+        self._keywords = keywords or None
+        self._unfinished: set[_Future] = set()  # reactor thread only
+        self._idleWaiters: list[Deferred[None]] = []
+        reactor = self._reactor = _Future._aqReactor = theReactor()
+        self._readyD: Deferred[None] = Deferred()
+        self.queue: Any = None
+        inReactor(reactor, self._makeQueue, factory, initializer, initargs).result()
+        _executors.add(self)
+        if self._ownsQueue:
+            weakref.finalize(self, _dropQueue, reactor, self.queue).atexit = False
+
+    def _makeQueue(
+        self,
+        factory: Callable[[], Any],
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+    ) -> Any:
+        queue = self.queue = factory()
+        if initializer is None:
+            self._becomeReady()
+        else:
+            queue.update(initializer, *initargs).addCallbacks(
+                self._initialized, lambda failure: self._initialized([failure])
+            )
+        return queue
+
+    def _initialized(self, results: list[Any]) -> None:
+        for result in results:
+            if isinstance(result, Failure):
+                self._breakDown(f"an initializer failed: {result.value!r}", result.value)
+                return
+        self._becomeReady()
+
+    def _becomeReady(self) -> None:
+        with self._lock:
+            self._ready = True
+        self._drain()
+        self._readyD.callback(None)
+
+    def _breakDown(self, why: str, cause: BaseException) -> None:
+        """The initializer failed: fail every waiting call and refuse new ones."""
+        with self._lock:
+            self._broken = why
+            held, self._inbox = self._inbox, []
+        for future, *_ in held:
+            error = self._brokenType(why)
+            error.__cause__ = cause
+            try:
+                future.set_exception(error)
+            except InvalidStateError:
+                pass
+        self._readyD.callback(None)
+
+    # ------------------------------------------------------------ submitting
+
+    def _submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        keywords: dict[str, Any] | None,
+    ) -> Future[Any]:
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        future = _Future()
+        if self._inProcess:
+            fn, args, kwargs = _runInto, (future, fn, args, kwargs), {}
+        elif kwargs and not QUEUE_KEYWORDS.isdisjoint(kwargs):
+            # The queue would take these keywords as its own: wrap the call.
+            fn, args, kwargs = applyKeywords, (fn, args, kwargs), {}
+        if keywords:
+            kwargs = {**kwargs, **keywords} if kwargs else keywords
+        self._enqueue([(future, fn, args, kwargs or None)])
+        return future
+
+    def _enqueue(
+        self, items: list[tuple[_Future, Callable[..., Any], tuple[Any, ...], Any]]
+    ) -> None:
+        with self._lock:
+            if self._broken is not None:
+                raise self._brokenType(self._broken)
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if _exiting:
+                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            inbox = self._inbox
+            wake = self._ready and not inbox
+            inbox.extend(items)
+        if wake:
+            if threadable.isInIOThread():
+                self._reactor.callLater(0, self._drain)
+            else:
+                self._reactor.callFromThread(self._drain)
+
+    def _drain(self) -> None:
+        """(Reactor thread) Queue every call in the inbox; a burst in groups."""
+        with self._lock:
+            batch, self._inbox = self._inbox, []
+        plain = [item for item in batch if item[3] is None and not item[0]._aqCancelled]
+        size = min(MAX_GROUP, len(plain) // (GROUPS_PER_WORKER * max(1, self._workerCount())))
+        if size < 2:
+            singles, plain = batch, []
+        else:
+            singles = [item for item in batch if item[3] is not None]
+        for item in singles:
+            if not item[0]._aqCancelled:
+                self._callOne(*item)
+        for start in range(0, len(plain), max(size, 1)):
+            self._callGroup(plain[start : start + size])
+
+    def _callOne(self, future: _Future, fn: Callable[..., Any], args: Any, kw: Any) -> None:
+        try:
+            d = self.queue.call(fn, *args, **kw) if kw else self.queue.call(fn, *args)
+        except Exception as e:  # e.g. the queue was shut down under us
+            self._settleFuture(Failure(e), future)
+            return
+        future._aqDeferred = d
+        self._unfinished.add(future)
+        d.addBoth(self._settle, future)
+
+    def _callGroup(self, items: list[Any]) -> None:
+        """
+        Queue plain calls of a burst as one task: `runGroup` runs them one by
+        one and reports each outcome (in a thread, `_runInto` settles each
+        Future). Cancelling a call of a group drops its result, or skips it if
+        it has not run (thread workers); the group itself goes on.
+        """
+        futures = [item[0] for item in items]
+        if self._inProcess:
+            d = self.queue.call(_runGroupHere, [item[2] for item in items])
+        else:
+            d = self.queue.call(runGroup, [(fn, args) for _, fn, args, _ in items])
+        self._unfinished.update(futures)
+        d.addBoth(self._settleGroup, items)
+
+    def _settleGroup(self, result: Any, items: list[Any]) -> None:
+        """(Reactor thread) Hand each call of a group its outcome."""
+        unfinished = self._unfinished
+        for item in items:
+            unfinished.discard(item[0])
+        if isinstance(result, list):
+            for item, (ok, value, text) in zip(items, result, strict=True):
+                if ok:
+                    self._settleFuture(value, item[0])
+                else:
+                    if text and value.__cause__ is None:
+                        value.__cause__ = _RemoteTraceback(f'\n"""\n{text.rstrip()}\n"""')
+                    self._settleFuture(Failure(value), item[0])
+        elif isinstance(result, Failure) and result.check(errors.WorkerLost) and len(items) > 1:
+            # One of them may have killed the worker: each runs alone now,
+            # so that only the call that kills it fails.
+            for item in items:
+                if not item[0].done():
+                    self._callOne(*item)
+        elif result is not _SETTLED:
+            for item in items:
+                self._settleFuture(result, item[0])
+        self._checkIdle()
+
+    def _settle(self, result: Any, future: _Future) -> None:
+        """(Reactor thread) Hand a call's outcome to its Future."""
+        self._unfinished.discard(future)
+        future._aqDeferred = None
+        if result is not _SETTLED:  # else `_runInto` did, in the worker's thread
+            self._settleFuture(result, future)
+        self._checkIdle()
+
+    def _checkIdle(self) -> None:
+        if self._idleWaiters and not self._unfinished:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    @staticmethod
+    def _settleFuture(result: Any, future: _Future) -> None:
+        try:
+            if isinstance(result, Failure):
+                future.set_exception(_exceptionOf(result))
+            else:
+                future.set_result(result)
+        except InvalidStateError:
+            pass  # cancelled meanwhile
+
+    def _map(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int,
+        keywords: dict[str, Any] | None,
+    ) -> Iterator[Any]:
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be an int >= 1, not {chunksize!r}")
+        end = None if timeout is None else timeout + time.monotonic()
+        calls: Iterable[tuple[Any, ...]] = list(zip(*iterables, strict=False))
+        if chunksize == 1 and not (keywords and "timeout" in keywords):
+            # The standard default, one task per item, costs a task per item;
+            # chunks of a few items each give the same results (runChunk keeps
+            # each item's own exception) at a fraction of the cost. A per-call
+            # timeout keeps one task per item.
+            workers = max(1, self._workerCount())
+            chunksize = max(1, min(MAX_AUTO_CHUNK, len(calls) // (CHUNKS_PER_WORKER * workers)))
+        chunks: list[tuple[tuple[Any, ...], ...]] = []
+        if chunksize == 1:
+            f = fn
+        else:
+            chunks = list(_chunks(calls, chunksize))
+            calls = [(fn, chunk) for chunk in chunks]
+            f = runChunk
+        futures = []
+        items = []
+        for args in calls:
+            future = _Future()
+            futures.append(future)
+            if self._inProcess:
+                items.append((future, _runInto, (future, f, args, {}), keywords))
+            else:
+                items.append((future, f, args, keywords))
+        # One crossing for the whole map, however many calls.
+        self._enqueue(items)
+        if chunksize == 1:
+            return _results(futures, end)
+        return self._chunkResults(futures, chunks, fn, keywords, end)
+
+    def _chunkResults(
+        self,
+        futures: list[_Future],
+        chunks: list[tuple[tuple[Any, ...], ...]],
+        fn: Callable[..., Any],
+        keywords: dict[str, Any] | None,
+        end: float | None,
+    ) -> Iterator[Any]:
+        """
+        The results of each chunk (see `runChunk`), then its exception if any.
+        A chunk whose worker died runs again call by call, so that only the
+        call that kills its worker fails. Leaving early cancels the rest.
+        """
+        i = 0
+        try:
+            for i, chunk in enumerate(chunks):
+                try:
+                    results, error, text = _wait(futures[i], end)
+                except errors.WorkerLost:
+                    if len(chunk) == 1:
+                        raise
+                    for single in [self._submit(fn, args, {}, keywords) for args in chunk]:
+                        yield _wait(single, end)
+                    continue
+                futures[i] = None  # type: ignore[call-overload]  (drop its results)
+                yield from results
+                if error is not None:
+                    if error.__traceback__ is None and error.__cause__ is None:
+                        error.__cause__ = _RemoteTraceback(f'\n"""\n{text.rstrip()}\n"""')
+                    raise error
+        finally:
+            for future in futures[i:]:
+                if future is not None:
+                    future.cancel()
+
+    # ------------------------------------------------------------ shutdown
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """
+        Refuse new calls and free the workers once the calls made are done.
+
+        With *wait*, return only then (not allowed in the reactor thread).
+        With *cancel_futures*, cancel the calls that no worker has taken yet.
+        """
+        if wait:
+            _refuseInReactor("shutdown(wait=True)")
+        with self._lock:
+            self._shutdown = True
+            held = self._inbox if cancel_futures else []
+            if cancel_futures:
+                self._inbox = []
+            first = self._finished is None
+            if first:
+                self._finished = Future()
+        for future, *_ in held:
+            future.cancel()
+        if cancel_futures:
+            inReactor(self._reactor, self._cancelUnstarted)
+        if first:
+            finished = self._finished
+            assert finished is not None
+            stopped = inReactor(self._reactor, self._stopQueue)
+            stopped.add_done_callback(lambda f: finished.set_result(f.exception()))
+        if wait and self._finished is not None:
+            self._finished.result()
+
+    def _workerCount(self) -> int:
+        return len(self.queue) if self.queue is not None else 1
+
+    def _cancelUnstarted(self) -> None:
+        for future in list(self._unfinished):
+            if getattr(future._aqDeferred, "attempt", None) is None:
+                future.cancel()
+
+    def _stopQueue(self) -> Deferred[Any]:
+        def stop(_: Any) -> Any:
+            self._drain()
+            _executors.discard(self)
+            if self._ownsQueue:
+                return self.queue.shutdown()
+            if not self._unfinished:
+                return None
+            idle: Deferred[None] = Deferred()
+            self._idleWaiters.append(idle)
+            return idle
+
+        return self._readyD.addCallback(stop)
+
+
+def _dropQueue(reactor: Any, queue: Any) -> None:
+    """An executor was collected without a shutdown: shut its queue down."""
+    if reactor.running and not _exiting:
+        reactor.callFromThread(queue.shutdown)
+
+
+def _checkWorkers(maxWorkers: int | None, default: int) -> int:
+    if maxWorkers is None:
+        return default
+    if isinstance(maxWorkers, bool) or not isinstance(maxWorkers, int):
+        raise TypeError(f"max_workers must be an int, not {maxWorkers!r}")
+    if maxWorkers <= 0:
+        raise ValueError("max_workers must be greater than 0")
+    return maxWorkers
+
+
+def _checkInitializer(initializer: Any, initargs: Any) -> tuple[Any, ...]:
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be a callable")
+    return tuple(initargs)
+
+
+class ProcessPoolExecutor(_QueueExecutorBase):
+    """
+    ``concurrent.futures.ProcessPoolExecutor`` on a `ProcessQueue`.
+
+    Beyond the standard pool: a worker process that dies fails only the call
+    it ran (after one re-run, with `asynqueue.errors.WorkerLost`) and is
+    replaced; lambdas and closures travel (cloudpickle); per-call timeouts
+    and priorities through `options`.
+
+    Args:
+        max_workers: how many worker processes (default: the usable cores).
+        mp_context: accepted for compatibility and ignored: our workers are
+            fresh interpreters started by the reactor, never forked.
+        initializer: called with *initargs* in each worker process before
+            its first call (and in each replacement process). If it raises,
+            the pool is *broken*: waiting calls fail and ``submit`` raises
+            ``concurrent.futures.process.BrokenProcessPool``, as with the
+            standard pool, whose callers already handle that.
+        max_tasks_per_child: replace a worker process after it ran this many
+            calls.
+    """
+
+    _brokenType = BrokenProcessPool
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+    ) -> None:
+        from .._process._parent import ProcessQueue, cores
+
+        workers = _checkWorkers(max_workers, cores())
+        initargs = _checkInitializer(initializer, initargs)
+        if max_tasks_per_child is not None:
+            if isinstance(max_tasks_per_child, bool) or not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an int")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        self._max_workers = workers
+
+        def factory() -> Any:
+            return ProcessQueue(workers, raw=True, maxTasks=max_tasks_per_child, returnFailure=True)
+
+        self._start(factory, initializer, initargs)
+
+    def __repr__(self) -> str:
+        return f"<asynqueue ProcessPoolExecutor max_workers={self._max_workers}>"
+
+
+_threadPools = itertools.count()
+
+
+def _threadInit(
+    prefix: str, numbers: Iterator[int], initializer: Callable[..., Any] | None, initargs: Any
+) -> None:
+    """Name a worker thread as the standard pool does, then run *initializer*."""
+    threading.current_thread().name = f"{prefix}_{next(numbers)}"
+    if initializer is not None:
+        initializer(*initargs)
+
+
+class ThreadPoolExecutor(_QueueExecutorBase):
+    """
+    ``concurrent.futures.ThreadPoolExecutor`` on a `ThreadQueue`.
+
+    Beyond the standard pool: per-call timeouts (a thread stuck past its
+    timeout is abandoned and replaced) and priorities through `options`.
+
+    Args:
+        max_workers: how many threads (default ``min(32, cores + 4)``), all
+            started at once.
+        thread_name_prefix: names the threads ``PREFIX_0``, ``PREFIX_1``, ...
+        initializer: called with *initargs* in each thread before its first
+            call. If it raises, the pool is *broken*: waiting calls fail and
+            ``submit`` raises ``concurrent.futures.thread.BrokenThreadPool``,
+            as with the standard pool.
+    """
+
+    _brokenType = BrokenThreadPool
+    _inProcess = True
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        thread_name_prefix: str = "",
+        initializer: Callable[..., Any] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
+        from .._threads._worker import ThreadQueue
+
+        workers = _checkWorkers(max_workers, min(32, (os.cpu_count() or 1) + 4))
+        initargs = _checkInitializer(initializer, initargs)
+        self._max_workers = workers
+        prefix = thread_name_prefix or f"ThreadPoolExecutor-{next(_threadPools)}"
+        self._start(
+            lambda: ThreadQueue(True, workers, returnFailure=True),
+            _threadInit,
+            (prefix, itertools.count(), initializer, initargs),
+        )
+
+    def __repr__(self) -> str:
+        return f"<asynqueue ThreadPoolExecutor max_workers={self._max_workers}>"
+
+
+class QueueExecutor(_QueueExecutorBase):
+    """
+    A ``concurrent.futures.Executor`` on any `TaskQueue`: thread, process,
+    remote or Dask.
+
+    Args:
+        queue: the queue, or a callable that makes it. Give a callable for a
+            queue that starts processes or connections: it is called in the
+            reactor thread, where Twisted needs that to happen.
+        shutdownQueue: whether my ``shutdown`` shuts the queue down too (else
+            it only waits for the calls made through me).
+    """
+
+    def __init__(self, queue: Any, *, shutdownQueue: bool = True) -> None:
+        from .._core._queue import TaskQueue
+
+        self._ownsQueue = bool(shutdownQueue)
+
+        def factory() -> Any:
+            made = queue() if callable(queue) and not isinstance(queue, TaskQueue) else queue
+            if not isinstance(made, TaskQueue):
+                raise TypeError(f"QueueExecutor needs a TaskQueue, not {made!r}")
+            return made
+
+        # Each call asks for the original exception, and results as they are
+        # (a generator's iterator as such, not a Deferator).
+        self._start(factory, keywords={"returnFailure": True, "raw": True})
+
+    def __repr__(self) -> str:
+        return f"<asynqueue QueueExecutor of {self.queue!r}>"
