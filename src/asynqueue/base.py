@@ -1,5 +1,6 @@
-"""The queue: `TaskQueue` (original module path ``asynqueue.base``)."""
+"""The queue: `TaskQueue` (original module path ``asynqueue.base``), and `Priority`."""
 
+from ._compat import Priority
 from ._queue import TaskQueue
 
-__all__ = ["TaskQueue"]
+__all__ = ["Priority", "TaskQueue"]
