@@ -1,6 +1,6 @@
 """The queue: `TaskQueue` (original module path ``asynqueue.base``), and `Priority`."""
 
-from ._compat import Priority
-from ._queue import TaskQueue
+from ._core._queue import TaskQueue
+from ._support._compat import Priority
 
 __all__ = ["Priority", "TaskQueue"]

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ._universe import WireWorkerUniverse
+from ._remote._universe import WireWorkerUniverse
 
 __all__ = ["TestMethods", "TestUniverse"]
 

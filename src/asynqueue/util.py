@@ -1,7 +1,7 @@
 """Small tools: `DeferredTracker`, `DeferredLock`, `CallRunner` and helpers."""
 
-from ._compat import TestStuff
-from ._util import (
+from ._support._compat import TestStuff
+from ._support._util import (
     CallRunner,
     DeferredLock,
     DeferredTracker,
