@@ -42,9 +42,9 @@ from ._calls import (
     _Slot,
     _unpackStatus,
     describeCall,
+    errorText,
     takeQueueOptions,
     toFailure,
-    tracebackText,
 )
 from ._dispatch import _Dispatcher
 from ._scheduler import Scheduler
@@ -440,7 +440,7 @@ class TaskQueue(_Dispatcher):
         return Failure(errors.WorkerError(f"Unknown status {status!r} for {description}"))
 
     def _taskError(self, failure: Failure, description: str, returnFailure: bool) -> Any:
-        text = tracebackText(failure)
+        text = errorText(failure, description)
         prefix = description if self.verbose else "TASK"
         if self.warn or self.spew:
             log.error("%s: %s", prefix, text)
