@@ -258,3 +258,353 @@ class ToyObjects(unittest.TestCase):
         universe.method("setStuff")(2, 5)
         self.assertEqual(universe.method("getStuff")(), [b"abcde", b"abcde"])
         self.assertEqual(list(universe.method("stufferator")()), [b"abcde", b"abcde"])
+
+
+class ErrorText(unittest.TestCase):
+    @inlineCallbacks
+    def test_namesTheExceptionAndTheCall(self) -> Any:
+        from asynqueue.threads import ThreadQueue
+
+        q = ThreadQueue(warn=True)
+        try:
+            with self.assertLogs("asynqueue", "ERROR"):
+                text = yield q.call(divmod, 1, 0)
+        finally:
+            yield q.shutdown()
+        self.assertIn("Exception 'integer division or modulo by zero' (ZeroDivisionError)", text)
+        self.assertIn("doing call 'divmod(1, 0)'", text)
+        self.assertIn("Traceback", text)
+
+
+class LooperCompat(unittest.TestCase):
+    def setUp(self) -> None:
+        from asynqueue.threads import ThreadLooper
+
+        self.t = ThreadLooper()
+        self.addCleanup(self.t.stop)
+
+    @inlineCallbacks
+    def test_callGivesTheOriginalStatusResult(self) -> Any:
+        self.assertEqual((yield self.t.call(divmod, 7, 2)), (b"r", (3, 1)))
+        status, text = yield self.t.call(divmod, 1, 0)
+        self.assertEqual(status, b"e")
+        self.assertIn("ZeroDivisionError", text)
+
+    @inlineCallbacks
+    def test_iteratorResultIsADeferatorPulledInTheThread(self) -> Any:
+        import threading
+
+        def names(n: int):
+            for _ in range(n):
+                yield threading.current_thread().name
+
+        status, dr = yield self.t.call(names, 3)
+        self.assertEqual(status, b"i")
+        self.assertIsInstance(dr, Deferator)
+        items = []
+        for d in dr:
+            items.append((yield d))
+        self.assertEqual(len(items), 3)
+        self.assertNotIn(threading.current_thread().name, items)
+        status, empty = yield self.t.call(names, 0)
+        self.assertEqual((status, empty), (b"i", []))
+
+    @inlineCallbacks
+    def test_rawGivesTheIterator(self) -> Any:
+        status, it = yield self.t.call(gen, 3, raw=True)
+        self.assertEqual(status, b"r")
+        self.assertEqual(list(it), [0, 1, 2])
+
+    @inlineCallbacks
+    def test_oneAtATimeAndDoNextJumpsTheLine(self) -> Any:
+        import threading
+
+        gate = threading.Event()
+        order: list[str] = []
+        first = self.t.call(lambda: gate.wait(10) and order.append("first"))
+        second = self.t.call(order.append, "second")
+        urgent = self.t.call(order.append, "urgent", doNext=True)
+        gate.set()
+        yield defer.gatherResults([first, second, urgent])
+        self.assertEqual(order, ["first", "urgent", "second"])
+
+    @inlineCallbacks
+    def test_deferToThread(self) -> Any:
+        self.assertEqual((yield self.t.deferToThread(pow, 2, 10)), 1024)
+        from asynqueue.errors import ThreadError
+
+        error = yield self.assertFailure(self.t.deferToThread(divmod, 1, 0), ThreadError)
+        self.assertIn("ZeroDivisionError", str(error))
+        consumer = CallingBackConsumer()
+        result = yield self.t.deferToThread(gen, 4, consumer=consumer)
+        self.assertIs(result, consumer)
+        self.assertEqual(consumer.data, [0, 1, 2, 3])
+
+    @inlineCallbacks
+    def test_stopEndsTheThread(self) -> Any:
+        d = self.t.call(pow, 3, 3)
+        self.assertTrue(self.t.threadRunning)
+        yield self.t.stop()
+        self.assertEqual(self.successResultOf(d), (b"r", 27))
+        self.assertFalse(self.t.threadRunning)
+
+
+class ThreadWorkerCompat(unittest.TestCase):
+    @inlineCallbacks
+    def test_threadRunningUntilStopped(self) -> Any:
+        from asynqueue.threads import ThreadWorker
+
+        worker = ThreadWorker()
+        self.assertIs(worker.t, worker)
+        self.assertTrue(worker.t.threadRunning)
+        yield worker.stop()
+        self.assertFalse(worker.t.threadRunning)
+
+    def test_crashedIsNotRunning(self) -> None:
+        from asynqueue.threads import ThreadWorker
+
+        worker = ThreadWorker()
+        worker.crash()
+        self.assertFalse(worker.threadRunning)
+
+
+class ModuleDeferToThread(unittest.TestCase):
+    @inlineCallbacks
+    def test_iteratorComesAsDeferatorUnlessRaw(self) -> Any:
+        from asynqueue.threads import deferToThread
+
+        dr = yield deferToThread(gen, 3)
+        self.assertIsInstance(dr, Deferator)
+        items = []
+        for d in dr:
+            items.append((yield d))
+        self.assertEqual(items, [0, 1, 2])
+        it = yield deferToThread(gen, 2, raw=True)
+        self.assertEqual(list(it), [0, 1])
+        consumer = CallingBackConsumer()
+        self.assertIs((yield deferToThread(gen, 2, consumer=consumer, doNext=True)), consumer)
+        self.assertEqual(consumer.data, [0, 1])
+
+
+class Bridges(unittest.TestCase):
+    def tearDown(self) -> Any:
+        from asynqueue.threads import PoolUser
+
+        return PoolUser.shutdown()
+
+    @inlineCallbacks
+    def test_consumeratorWithPushProducer(self) -> Any:
+        from twisted.internet.interfaces import IPushProducer
+
+        from asynqueue.threads import Consumerator
+
+        @implementer(IPushProducer)
+        class Pusher:
+            paused = 0
+
+            def pauseProducing(self) -> None:
+                self.paused += 1
+
+            def resumeProducing(self) -> None:
+                pass
+
+            def stopProducing(self) -> None:
+                pass
+
+        c = Consumerator()
+        producer = Pusher()
+        c.registerProducer(producer, True)
+        for k in range(3 * c.highWater):
+            c.write(k)
+        c.unregisterProducer()
+        self.assertEqual(producer.paused, 1)  # over the high-water mark: paused once
+        items = yield c.deferToThreadInPool(list, c)
+        self.assertEqual(items, list(range(3 * c.highWater)))
+        yield c.deferUntilDone()
+
+    @inlineCallbacks
+    def test_consumeratorAsksAPullProducerPerItem(self) -> Any:
+        from twisted.internet.interfaces import IPullProducer
+
+        from asynqueue.threads import Consumerator
+
+        c = Consumerator()
+
+        @implementer(IPullProducer)
+        class Puller:
+            k = 0
+
+            def resumeProducing(self) -> None:
+                if self.k < 5:
+                    c.write(self.k)
+                    self.k += 1
+                else:
+                    c.unregisterProducer()
+
+            def stopProducing(self) -> None:
+                pass
+
+        c.registerProducer(Puller(), False)
+        items = yield c.deferToThreadInPool(list, c)
+        self.assertEqual(items, [0, 1, 2, 3, 4])
+
+    @inlineCallbacks
+    def test_fileratorWrittenFromAnotherThread(self) -> Any:
+        from asynqueue.threads import Filerator
+
+        f = Filerator()
+
+        def writer() -> None:
+            f.writelines(range(4))
+            f.flush()
+            f.close()
+
+        items, _ = yield defer.gatherResults(
+            [f.deferToThreadInPool(list, f), f.deferToThreadInPool(writer)]
+        )
+        self.assertEqual(items, [0, 1, 2, 3])
+        self.assertTrue(f.closed)
+        with self.assertRaises(ValueError):
+            f.write(5)
+        yield f.deferUntilDone()
+
+    @inlineCallbacks
+    def test_orderedItemProducerKeepsTheCallOrder(self) -> Any:
+        from asynqueue.threads import OrderedItemProducer
+
+        p = OrderedItemProducer()
+        yield p.start(lambda i, factor: [factor * x for x in i], 10)
+        later: list[Deferred[Any]] = [Deferred() for _ in range(4)]
+        produced = [p.produceItem(lambda d=d: d) for d in later]
+        for k in (3, 1, 0, 2):  # items arrive out of order
+            later[k].callback(k)
+        self.assertEqual([self.successResultOf(d) for d in produced], [0, 1, 2, 3])
+        self.assertEqual((yield p.stop()), [0, 10, 20, 30])
+
+    @inlineCallbacks
+    def test_orderedItemProducerReportsAFailedItem(self) -> Any:
+        from asynqueue.threads import OrderedItemProducer
+
+        p = OrderedItemProducer()
+        yield p.start(list)
+        p.produceItem(lambda: 1)
+        p.produceItem(lambda: 1 / 0)
+        self.assertIsNone(self.successResultOf(p.produceItem(lambda: 2)))  # stopped
+        yield self.assertFailure(p.stop(), ZeroDivisionError)
+
+
+@implementer(IWorker)
+class HandlerWorker:
+    """Runs a task when told to; records what it ran."""
+
+    cQualified: list[Any] = []
+
+    def __init__(self, series: tuple[Any, ...] = ()) -> None:
+        self.iQualified = list(series)
+        self.ran: list[Any] = []
+        self.current: Any = None
+        self.stopD: Deferred[None] = Deferred()
+
+    def setResignator(self, callableObject: Any) -> None:
+        self.resign = callableObject
+
+    def run(self, task: Any) -> Deferred[None]:
+        self.current = task
+        self.ran.append(task)
+        ready: Deferred[None] = Deferred()
+
+        def done(result: Any) -> Any:
+            ready.callback(None)
+            return result
+
+        task.d.addCallback(done)
+        return ready
+
+    def finish(self) -> None:
+        task, self.current = self.current, None
+        f, args, kw = task.callTuple
+        task.callback(("r", f(*args, **kw)))
+
+    def stop(self) -> Deferred[None]:
+        return self.stopD
+
+    def crash(self) -> list[Any]:
+        return [] if self.current is None else [self.current]
+
+
+class Handler(unittest.TestCase):
+    def setUp(self) -> None:
+        from asynqueue.tasks import TaskHandler
+
+        self.th = TaskHandler()
+
+    def test_hireChecksTheWorker(self) -> None:
+        from asynqueue.errors import ImplementationError, InvariantError
+
+        with self.assertRaises(ImplementationError):
+            self.th.hire(object())
+        bogus = HandlerWorker()
+        bogus.iQualified = "x"  # type: ignore[assignment]
+        with self.assertRaises(InvariantError):
+            self.th.hire(bogus)
+        worker = HandlerWorker()
+        ID = self.successResultOf(self.th.hire(worker))
+        self.assertEqual(worker.ID, ID)
+        self.assertIs(self.th.workers[ID], worker)
+
+    def test_tasksGoByPriorityToQualifiedWorkers(self) -> None:
+        plain, special = HandlerWorker(), HandlerWorker(series=("s",))
+        low, high = Task(pow, (2, 2), {}, 5), Task(pow, (2, 3), {}, -5)
+        only = Task(pow, (2, 4), {}, 0, "s")
+        accepted = [self.th(t) for t in (low, only, high)]
+        self.th.hire(plain)
+        self.assertEqual(plain.ran, [high])  # the most urgent it may run
+        self.th.hire(special)
+        self.assertEqual(special.ran, [only])
+        plain.finish()
+        self.assertEqual(plain.ran, [high, low])
+        for d in accepted:
+            self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.successResultOf(high.d), ("r", 8))
+
+    def test_terminateStopsOrCrashes(self) -> None:
+        a, b = HandlerWorker(), HandlerWorker()
+        IDa = self.successResultOf(self.th.hire(a))
+        IDb = self.successResultOf(self.th.hire(b))
+        task = Task(pow, (3, 2))
+        self.th(task)
+        busy, idle = (a, IDa) if a.current else (b, IDb), (b, IDb) if a.current else (a, IDa)
+        self.assertEqual(self.successResultOf(self.th.terminate(busy[1], crash=True)), [task])
+        d = self.th.terminate(idle[1])
+        self.assertNoResult(d)
+        idle[0].stopD.callback(None)
+        self.assertEqual(self.successResultOf(d), [])
+        self.assertEqual(self.th.workers, {})
+
+    @inlineCallbacks
+    def test_terminateTimeoutCrashesAStuckWorker(self) -> Any:
+        worker = HandlerWorker()
+        ID = yield self.th.hire(worker)
+        task = Task(pow, (3, 3))
+        self.th(task)
+        unfinished = yield self.th.terminate(ID, timeout=0.01)
+        self.assertEqual(unfinished, [task])
+
+    def test_reassignOnResignation(self) -> None:
+        a, b = HandlerWorker(), HandlerWorker()
+        self.th.hire(a)
+        task = Task(pow, (2, 5))
+        self.th(task)
+        self.th.hire(b)
+        a.resign()
+        self.assertEqual(b.ran, [task])
+        b.finish()
+        self.assertEqual(self.successResultOf(task.d), ("r", 32))
+
+    def test_shutdownFailsWaitingTasks(self) -> None:
+        d = self.th(Task(pow, (2, 2)))
+        result = self.th.shutdown()
+        self.failureResultOf(d, QueueRunError)
+        self.assertEqual(self.successResultOf(result), [])
+        with self.assertRaises(QueueRunError):
+            self.th(Task(pow, (2, 2)))
