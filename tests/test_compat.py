@@ -608,3 +608,16 @@ class Handler(unittest.TestCase):
         self.assertEqual(self.successResultOf(result), [])
         with self.assertRaises(QueueRunError):
             self.th(Task(pow, (2, 2)))
+
+
+class Chunks(unittest.TestCase):
+    def test_chunkyStringSlicesAndLetsGo(self) -> None:
+        from asynqueue.wire import ChunkyString
+
+        cs = ChunkyString(b"0123456789" * 3)
+        cs.chunkSize = 7
+        chunks = list(cs)
+        self.assertEqual([len(c) for c in chunks], [7, 7, 7, 7, 2])
+        self.assertEqual(b"".join(chunks), b"0123456789" * 3)
+        self.assertIsNone(cs.bigString)
+        self.assertEqual(list(ChunkyString("")), [])

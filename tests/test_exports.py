@@ -72,6 +72,7 @@ ORIGINAL_NAMES = [
     ("asynqueue.util", "TestStuff"),
     ("asynqueue.misc", "TestMethods"),
     ("asynqueue.misc", "TestUniverse"),
+    ("asynqueue.wire", "ChunkyString"),
     *[
         ("asynqueue.errors", name)
         for name in (

@@ -21,5 +21,13 @@ from __future__ import annotations
 
 from ._remote._client import RemoteQueue, UniverseMethod, WireWorker
 from ._remote._server import WireServer, WireWorkerUniverse
+from ._support._compat import ChunkyString
 
-__all__ = ["RemoteQueue", "UniverseMethod", "WireServer", "WireWorker", "WireWorkerUniverse"]
+__all__ = [
+    "ChunkyString",
+    "RemoteQueue",
+    "UniverseMethod",
+    "WireServer",
+    "WireWorker",
+    "WireWorkerUniverse",
+]

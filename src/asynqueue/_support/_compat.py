@@ -1,6 +1,7 @@
 """
 Names kept for code written against AsynQueue 0.9.x that our own design does
-not need: `Priority` (``asynqueue.base``) and `TestStuff` (``asynqueue.util``).
+not need: `Priority` (``asynqueue.base``), `TestStuff` (``asynqueue.util``)
+and `ChunkyString` (``asynqueue.wire``).
 
 They are small and stand alone; nothing else in the package uses them.
 """
@@ -17,7 +18,7 @@ from twisted.python.failure import Failure
 
 from ..errors import QueueRunError
 
-__all__ = ["Priority", "TestStuff"]
+__all__ = ["ChunkyString", "Priority", "TestStuff"]
 
 
 class Priority:
@@ -84,3 +85,31 @@ class TestStuff:
     def blockingTask(self, x: Any, delay: float) -> Any:
         time.sleep(delay)
         return 2 * x
+
+
+class ChunkyString:
+    """
+    Iterates a big string (or bytes) in slices of at most ``chunkSize``,
+    dropping its reference to it at the end.
+    """
+
+    chunkSize = 2**15
+
+    def __init__(self, bigString: Any) -> None:
+        self.bigString: Any = bigString
+        self._k = 0
+
+    def __iter__(self) -> ChunkyString:
+        return self
+
+    def __next__(self) -> Any:
+        text = self.bigString
+        if text is None:
+            raise StopIteration
+        chunk = text[self._k : self._k + self.chunkSize]
+        self._k += len(chunk)
+        if self._k >= len(text):
+            self.bigString = None
+        if not chunk:
+            raise StopIteration
+        return chunk
