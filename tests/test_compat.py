@@ -621,3 +621,68 @@ class Chunks(unittest.TestCase):
         self.assertEqual(b"".join(chunks), b"0123456789" * 3)
         self.assertIsNone(cs.bigString)
         self.assertEqual(list(ChunkyString("")), [])
+
+
+class OriginalWireForm(unittest.TestCase):
+    """ServerManager, WireWorker(universe, description) and calls by method name."""
+
+    def setUp(self) -> None:
+        from asynqueue.wire import ServerManager
+
+        self.manager = ServerManager("asynqueue.misc.TestUniverse")
+        self.queue = base.TaskQueue()
+        self.addCleanup(self.manager.done)
+        self.addCleanup(self.queue.shutdown)
+
+    @inlineCallbacks
+    def attachServer(self) -> Any:
+        from asynqueue.wire import WireWorker
+
+        description = self.manager.newSocket()
+        self.assertTrue(description.startswith("unix:"))
+        pid = yield self.manager.spawn(description)
+        worker = WireWorker(misc.TestUniverse(), description)
+        self.assertEqual(worker.description, description)
+        yield self.queue.attachWorker(worker)
+        return pid
+
+    @inlineCallbacks
+    def test_callByName(self) -> Any:
+        yield self.attachServer()
+        self.assertEqual((yield self.queue.call("add", 1, 2)), 3)
+        yield self.queue.call("setStuff", 3, 4)
+        dr = yield self.queue.call("stufferator")
+        chunks = []
+        for d in dr:
+            chunks.append((yield d))
+        self.assertEqual(chunks, [b"abcd"] * 3)
+
+    @inlineCallbacks
+    def test_callGoesToANewServerAfterTheFirstDies(self) -> Any:
+        pid = yield self.attachServer()
+        yield util.killProcess(pid)
+        d = self.queue.call("add", 2, 3)
+        yield self.attachServer()
+        self.assertEqual((yield d), 5)
+
+    @inlineCallbacks
+    def test_doneStopsTheServers(self) -> Any:
+        from asynqueue._support._util import _exited
+
+        pid = yield self.manager.spawn(self.manager.newSocket())
+        yield self.manager.done()
+        self.assertTrue(_exited(pid))
+
+
+class NameWithoutAWireWorker(unittest.TestCase):
+    @inlineCallbacks
+    def test_aNameRunsOnlyOnAWireWorker(self) -> Any:
+        from asynqueue.errors import ImplementationError
+        from asynqueue.null import NullQueue
+
+        q = NullQueue(returnFailure=True)
+        try:
+            error = yield self.assertFailure(q.call("add", 1, 2), ImplementationError)
+        finally:
+            yield q.shutdown()
+        self.assertIn("runs only on a WireWorker", str(error))

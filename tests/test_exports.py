@@ -73,6 +73,7 @@ ORIGINAL_NAMES = [
     ("asynqueue.misc", "TestMethods"),
     ("asynqueue.misc", "TestUniverse"),
     ("asynqueue.wire", "ChunkyString"),
+    ("asynqueue.wire", "ServerManager"),
     *[
         ("asynqueue.errors", name)
         for name in (

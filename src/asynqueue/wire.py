@@ -20,12 +20,14 @@ code on the server. See ``docs/remote.md``.
 from __future__ import annotations
 
 from ._remote._client import RemoteQueue, UniverseMethod, WireWorker
+from ._remote._manager import ServerManager
 from ._remote._server import WireServer, WireWorkerUniverse
 from ._support._compat import ChunkyString
 
 __all__ = [
     "ChunkyString",
     "RemoteQueue",
+    "ServerManager",
     "UniverseMethod",
     "WireServer",
     "WireWorker",

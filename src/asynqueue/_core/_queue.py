@@ -320,7 +320,12 @@ class TaskQueue(_Dispatcher):
 
     def newTask(self, func: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> _Call:
         """Make the record of a queued call from a func-args-kw combo."""
-        if not callable(func):
+        if isinstance(func, str):
+            # As in the original: a name is a method of a wire server's universe.
+            from .._remote._client import UniverseMethod
+
+            func = UniverseMethod(func)
+        elif not callable(func):
             raise TypeError(f"{func!r} is not callable")
         own = dict(kw) if kw else None
         call = _Call(func, tuple(args), own)
