@@ -686,3 +686,67 @@ class NameWithoutAWireWorker(unittest.TestCase):
         finally:
             yield q.shutdown()
         self.assertIn("runs only on a WireWorker", str(error))
+
+
+class Runner(unittest.TestCase):
+    def setUp(self) -> None:
+        from asynqueue.wire import WireRunner
+
+        self.wr = WireRunner()
+        self.addCleanup(self.wr.shutdown)
+
+    @inlineCallbacks
+    def test_responses(self) -> Any:
+        from asynqueue.util import p2o
+
+        response = yield self.wr.call(divmod, 7, 2)
+        self.assertEqual(response, {"status": b"r", "result": util.o2p((3, 1))})
+        self.assertEqual((yield self.wr.call(print, end="")), {"status": b"n", "result": b""})
+        response = yield self.wr.call(divmod, 1, 0)
+        self.assertEqual(response["status"], b"e")
+        self.assertIn("ZeroDivisionError", response["result"])
+        big = yield self.wr.call(bytes, 100_000)
+        self.assertEqual(big["status"], b"c")
+        chunks = []
+        while True:
+            item = yield self.wr.getNext(big["result"])
+            if not item["isValid"]:
+                break
+            self.assertTrue(item["isRaw"])
+            chunks.append(item["value"])
+        self.assertGreater(len(chunks), 1)
+        self.assertEqual(p2o(b"".join(chunks)), bytes(100_000))
+
+    @inlineCallbacks
+    def test_iteratorById(self) -> Any:
+        from asynqueue.util import p2o
+
+        response = yield self.wr.call(lambda: iter([b"raw", 2]))
+        self.assertEqual(response["status"], b"i")
+        ID = response["result"]
+        first = yield self.wr.getNext(ID)
+        second = yield self.wr.getNext(ID)
+        end = yield self.wr.getNext(ID)
+        self.assertEqual(first, {"value": b"raw", "isValid": True, "isRaw": True})
+        self.assertEqual((p2o(second["value"]), second["isRaw"]), (2, False))
+        self.assertEqual(end, {"value": b"", "isValid": False, "isRaw": False})
+        self.assertNotIn(ID, self.wr.iterators)
+        raw = yield self.wr.call(lambda: iter([1]), raw=True)
+        self.assertEqual(raw["status"], b"r")  # kept whole: a list_iterator pickles
+
+    @inlineCallbacks
+    def test_inAThreadAndShutdownWaits(self) -> Any:
+        import threading
+
+        response = yield self.wr.call(lambda: threading.current_thread().name, thread=True)
+        self.assertNotEqual(util.p2o(response["result"]), threading.current_thread().name)
+        results: list[Any] = []
+        self.wr.call(deferLater, 0.05).addCallback(results.append)
+        yield self.wr.shutdown()
+        self.assertEqual(len(results), 1)
+
+
+def deferLater(seconds: float) -> Deferred[None]:
+    from twisted.internet import reactor
+
+    return task.deferLater(reactor, seconds, lambda: None)

@@ -74,6 +74,7 @@ ORIGINAL_NAMES = [
     ("asynqueue.misc", "TestUniverse"),
     ("asynqueue.wire", "ChunkyString"),
     ("asynqueue.wire", "ServerManager"),
+    ("asynqueue.wire", "WireRunner"),
     *[
         ("asynqueue.errors", name)
         for name in (

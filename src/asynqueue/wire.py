@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from ._remote._client import RemoteQueue, UniverseMethod, WireWorker
 from ._remote._manager import ServerManager
+from ._remote._runner import WireRunner
 from ._remote._server import WireServer, WireWorkerUniverse
 from ._support._compat import ChunkyString
 
@@ -29,6 +30,7 @@ __all__ = [
     "RemoteQueue",
     "ServerManager",
     "UniverseMethod",
+    "WireRunner",
     "WireServer",
     "WireWorker",
     "WireWorkerUniverse",
