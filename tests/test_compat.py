@@ -750,3 +750,41 @@ def deferLater(seconds: float) -> Deferred[None]:
     from twisted.internet import reactor
 
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+class Assignments(unittest.TestCase):
+    def setUp(self) -> None:
+        from asynqueue.tasks import AssignmentFactory
+
+        self.af = AssignmentFactory()
+
+    def test_requestThenNew(self) -> None:
+        worker = HandlerWorker()
+        worker.hired = False
+        self.af.request(worker, None)
+        self.assertEqual([len(v) for v in worker.assignments.values()], [1])
+        task = Task(pow, (2, 3))
+        self.assertIsNone(self.successResultOf(self.af.new(task)))
+        self.assertEqual(worker.ran, [task])
+        self.assertEqual(worker.assignments, {None: []})
+
+    def test_newThenRequestAndAHiredWorkerAsksAgain(self) -> None:
+        first, second = Task(pow, (2, 1), {}, 0, "s"), Task(pow, (2, 2), {}, 0, "s")
+        d1, d2 = self.af.new(first), self.af.new(second)
+        worker = HandlerWorker()
+        worker.hired = True
+        self.af.request(worker, "s")
+        self.assertEqual(worker.ran, [first])
+        self.assertNoResult(d2)
+        worker.finish()  # ready again: it asks for the next one
+        self.assertEqual(worker.ran, [first, second])
+        self.successResultOf(d1)
+        self.successResultOf(d2)
+
+    def test_cancelledRequestsTakeNothing(self) -> None:
+        worker = HandlerWorker()
+        self.af.request(worker, None)
+        self.af.cancelRequests(worker)
+        d = self.af.new(Task(pow, (2, 2)))
+        self.assertNoResult(d)
+        self.assertEqual(worker.ran, [])

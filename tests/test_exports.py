@@ -61,6 +61,8 @@ ORIGINAL_NAMES = [
     # restored for the original's own test suite (see docs/compatibility.md)
     ("asynqueue.base", "Priority"),
     ("asynqueue.tasks", "TaskHandler"),
+    ("asynqueue.tasks", "Assignment"),
+    ("asynqueue.tasks", "AssignmentFactory"),
     ("asynqueue.threads", "TaskQueue"),
     ("asynqueue.threads", "ThreadLooper"),
     ("asynqueue.threads", "PoolUser"),
