@@ -788,3 +788,35 @@ class Assignments(unittest.TestCase):
         d = self.af.new(Task(pow, (2, 2)))
         self.assertNoResult(d)
         self.assertEqual(worker.ran, [])
+
+
+class LoopSubclass(unittest.TestCase):
+    """A subclass written for the original: its loop follows the lock protocol."""
+
+    def tearDown(self) -> Any:
+        from asynqueue.threads import PoolUser
+
+        return PoolUser.shutdown()
+
+    @inlineCallbacks
+    def test_loopFeedsTheIterator(self) -> Any:
+        from asynqueue.threads import IterationGetter
+
+        class Counter(IterationGetter):
+            def loop(self) -> None:
+                for value in [*range(3), self.IterationStopper()]:
+                    self.nLock.acquire()
+                    self.bIterationValue = value
+                    self.bLock.release()
+
+        counter = Counter()
+        counter.start()
+        items = yield counter.deferToThreadInPool(list, counter)
+        self.assertEqual(items, [0, 1, 2])
+        yield counter.deferUntilDone()
+
+    def test_loopMustBeOverridden(self) -> None:
+        from asynqueue.threads import IterationGetter
+
+        with self.assertRaises(NotImplementedError):
+            IterationGetter().loop()

@@ -6,16 +6,18 @@ writable file) and `OrderedItemProducer`, on a class-wide thread pool
 
 Their blocking end (``for item in bridge``) must run in another thread than
 the reactor's: a worker thread, or a thread of the pool. Items cross through
-a thread-safe FIFO; nothing polls.
+a thread-safe FIFO; nothing polls. `IterationGetter` also keeps the
+original's lock protocol for subclasses that override its ``loop``.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -83,19 +85,63 @@ class PoolUser:
 
 class IterationGetter(PoolUser):
     """
-    The blocking end: iterating me gives the items put in at the other end,
-    waiting for each, until the end is put in. Iterate me in a thread other
-    than the reactor's.
+    The base of the blocking bridges: iterating it blocks until the next item.
+
+    Subclasses written for the original override `loop` and follow its lock
+    protocol (see `loop`), started by `start`; ours (`Consumerator`,
+    `Filerator`) pass their items through a thread-safe FIFO instead.
     """
+
+    class IterationStopper:
+        """Set as ``bIterationValue`` to end the iteration."""
 
     def __init__(self, maxThreads: int | None = None) -> None:
         self.setup(maxThreads)
-        self._items: SimpleQueue[Any] = SimpleQueue()
-        self._exhausted = False
-        self._done: Deferred[None] = Deferred()
+        self.runState = "init"
+        self.dList: list[Deferred[Any]] = []
+
+    def start(self) -> None:
+        """Run `loop` in a pool thread, with ``cLock`` and ``bLock`` held and ``nLock`` free."""
+        self.runState = "started"
+        self.cLock = threading.Semaphore(0)
+        self.bLock = threading.Lock()
+        self.bLock.acquire()
+        self.nLock = threading.Lock()
+        self.dList.append(self.deferToThreadInPool(self.loop))
+
+    def loop(self) -> None:
+        """
+        Override: make the items, in the pool thread. For each one, (1) wait
+        for ``cLock`` (released when a value is there for you), (2) acquire
+        ``nLock`` and set ``bIterationValue`` to it (an `IterationStopper` to
+        end), (3) release ``bLock``.
+        """
+        raise NotImplementedError("a subclass of IterationGetter must override loop")
+
+    def deferUntilDone(self) -> Deferred[Any]:
+        """Fires when every `loop` run has returned."""
+        return DeferredList(self.dList)
 
     def __iter__(self) -> IterationGetter:
         return self
+
+    def __next__(self) -> Any:
+        self.bLock.acquire()
+        value = self.bIterationValue
+        self.nLock.release()
+        if isinstance(value, self.IterationStopper):
+            raise StopIteration
+        return value
+
+
+class _FifoGetter(IterationGetter):
+    """Our bridges' blocking end: items put in at one end, taken in order at the other."""
+
+    def __init__(self, maxThreads: int | None = None) -> None:
+        super().__init__(maxThreads)
+        self._items: SimpleQueue[Any] = SimpleQueue()
+        self._exhausted = False
+        self._done: Deferred[None] = Deferred()
 
     def __next__(self) -> Any:
         if self._exhausted:
@@ -124,7 +170,7 @@ class IterationGetter(PoolUser):
 
 
 @implementer(IConsumer)
-class Consumerator(IterationGetter):
+class Consumerator(_FifoGetter):
     """
     An IConsumer for Twisted code and a blocking iterator for code in a
     thread: each ``write`` becomes an item. ``unregisterProducer`` (or
@@ -189,7 +235,7 @@ class Consumerator(IterationGetter):
             producer.resumeProducing()
 
 
-class Filerator(IterationGetter):
+class Filerator(_FifoGetter):
     """
     A file to write items to (from any thread) and a blocking iterator over
     them; `close` ends the iteration.
