@@ -24,6 +24,7 @@ ORIGINAL_MODULES = [
     "asynqueue.errors",
     "asynqueue.null",
     "asynqueue.wire",
+    "asynqueue.misc",
 ]
 
 # (module, name) pairs of the original API, by their original paths.
@@ -57,6 +58,25 @@ ORIGINAL_NAMES = [
     ("asynqueue.wire", "WireWorker"),
     ("asynqueue.wire", "WireServer"),
     ("asynqueue.wire", "WireWorkerUniverse"),
+    # restored for the original's own test suite (see docs/compatibility.md)
+    ("asynqueue.base", "Priority"),
+    ("asynqueue.tasks", "TaskHandler"),
+    ("asynqueue.tasks", "Assignment"),
+    ("asynqueue.tasks", "AssignmentFactory"),
+    ("asynqueue.threads", "TaskQueue"),
+    ("asynqueue.threads", "ThreadLooper"),
+    ("asynqueue.threads", "PoolUser"),
+    ("asynqueue.threads", "IterationGetter"),
+    ("asynqueue.threads", "Consumerator"),
+    ("asynqueue.threads", "Filerator"),
+    ("asynqueue.threads", "OrderedItemProducer"),
+    ("asynqueue.iteration", "Delay"),
+    ("asynqueue.util", "TestStuff"),
+    ("asynqueue.misc", "TestMethods"),
+    ("asynqueue.misc", "TestUniverse"),
+    ("asynqueue.wire", "ChunkyString"),
+    ("asynqueue.wire", "ServerManager"),
+    ("asynqueue.wire", "WireRunner"),
     *[
         ("asynqueue.errors", name)
         for name in (

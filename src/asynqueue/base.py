@@ -1,5 +1,6 @@
-"""The queue: `TaskQueue` (original module path ``asynqueue.base``)."""
+"""The queue: `TaskQueue` (original module path ``asynqueue.base``), and `Priority`."""
 
 from ._core._queue import TaskQueue
+from ._support._compat import Priority
 
-__all__ = ["TaskQueue"]
+__all__ = ["Priority", "TaskQueue"]

@@ -1,5 +1,6 @@
 """Small tools: `DeferredTracker`, `DeferredLock`, `CallRunner` and helpers."""
 
+from ._support._compat import TestStuff
 from ._support._util import (
     CallRunner,
     DeferredLock,
@@ -14,6 +15,7 @@ __all__ = [
     "CallRunner",
     "DeferredLock",
     "DeferredTracker",
+    "TestStuff",
     "callAfterDeferred",
     "killProcess",
     "o2p",

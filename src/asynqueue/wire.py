@@ -20,6 +20,18 @@ code on the server. See ``docs/remote.md``.
 from __future__ import annotations
 
 from ._remote._client import RemoteQueue, UniverseMethod, WireWorker
+from ._remote._manager import ServerManager
+from ._remote._runner import WireRunner
 from ._remote._server import WireServer, WireWorkerUniverse
+from ._support._compat import ChunkyString
 
-__all__ = ["RemoteQueue", "UniverseMethod", "WireServer", "WireWorker", "WireWorkerUniverse"]
+__all__ = [
+    "ChunkyString",
+    "RemoteQueue",
+    "ServerManager",
+    "UniverseMethod",
+    "WireRunner",
+    "WireServer",
+    "WireWorker",
+    "WireWorkerUniverse",
+]

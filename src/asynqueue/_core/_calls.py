@@ -6,7 +6,7 @@ The record of a call, and helpers that describe calls and read results.
 - `_Slot`: an attached worker, as the dispatcher sees it.
 - `QUEUE_KEYWORDS` and `takeQueueOptions`: the keywords that the queue takes
   out of a call's own, validated.
-- `describeCall`, `tracebackText`, `toFailure`, `_unpackStatus`: text for
+- `describeCall`, `tracebackText`, `errorText`, `toFailure`, `_unpackStatus`: text for
   messages and logs, and what a worker reported, in usable form.
 """
 
@@ -63,6 +63,20 @@ def tracebackText(failure: Failure) -> str:
         return failure.getTraceback()
     except Exception:  # a Failure rebuilt from a remote report may lack frames
         return f"{failure.type.__name__}: {failure.value}"
+
+
+def errorText(failure: Failure, description: str) -> str:
+    """
+    The text a caller gets for a failed call (the original's form): what was
+    raised, by which call, then the traceback. A worker's own report (a
+    remote traceback) already says all that and comes as it is.
+    """
+    if getattr(failure.value, "remoteTraceback", ""):
+        return tracebackText(failure)
+    return (
+        f"Exception '{failure.getErrorMessage()}' ({failure.type.__name__})\n"
+        f" doing call '{description}'\n{tracebackText(failure)}"
+    )
 
 
 def toFailure(result: Any, errorType: type[errors.WorkerError] = errors.WorkerError) -> Failure:

@@ -42,9 +42,9 @@ from ._calls import (
     _Slot,
     _unpackStatus,
     describeCall,
+    errorText,
     takeQueueOptions,
     toFailure,
-    tracebackText,
 )
 from ._dispatch import _Dispatcher
 from ._scheduler import Scheduler
@@ -322,7 +322,12 @@ class TaskQueue(_Dispatcher):
 
     def newTask(self, func: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> _Call:
         """Make the record of a queued call from a func-args-kw combo."""
-        if not callable(func):
+        if isinstance(func, str):
+            # As in the original: a name is a method of a wire server's universe.
+            from .._remote._client import UniverseMethod
+
+            func = UniverseMethod(func)
+        elif not callable(func):
             raise TypeError(f"{func!r} is not callable")
         own = dict(kw) if kw else None
         call = _Call(func, tuple(args), own, self._callCanceller)
@@ -442,7 +447,7 @@ class TaskQueue(_Dispatcher):
         return Failure(errors.WorkerError(f"Unknown status {status!r} for {description}"))
 
     def _taskError(self, failure: Failure, description: str, returnFailure: bool) -> Any:
-        text = tracebackText(failure)
+        text = errorText(failure, description)
         prefix = description if self.verbose else "TASK"
         if self.warn or self.spew:
             log.error("%s: %s", prefix, text)

@@ -128,6 +128,25 @@ class Task:
     def __eq__(self, other: object) -> bool:
         return self is other
 
+    # Ordering, as in the original: by priority (lower runs first), then by
+    # age; any task sorts before None.
+    def _sortKey(self) -> tuple[Any, int]:
+        return self.priority, self.callID
+
+    def __lt__(self, other: object) -> bool:
+        if other is None:
+            return True
+        if not isinstance(other, Task):
+            return NotImplemented
+        return self._sortKey() < other._sortKey()
+
+    def __gt__(self, other: object) -> bool:
+        if other is None:
+            return False
+        if not isinstance(other, Task):
+            return NotImplemented
+        return self._sortKey() > other._sortKey()
+
     @property
     def f(self) -> Callable[..., Any]:
         return self.callTuple[0]
@@ -143,7 +162,18 @@ class Task:
             self._d = Deferred()
             if self._reported is not None:
                 self._d.callback(self._reported)
+            else:
+                # Workers written for the original report by firing this
+                # Deferred themselves; that counts as a report too.
+                self._d.addCallback(self._firedDirectly)
         return self._d
+
+    def _firedDirectly(self, statusResult: tuple[Any, Any]) -> tuple[Any, Any]:
+        if self._reported is None:
+            self._reported = statusResult
+            if self.onReport is not None:
+                self.onReport(self, statusResult)
+        return statusResult
 
     @property
     def reported(self) -> bool:

@@ -58,7 +58,7 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.python.failure import Failure
 
 from ..errors import ImplementationError, NotReadyError
-from ._base import _NOTHING, BATCH_ITEMS, BATCH_SECONDS, Batch
+from ._base import _NOTHING, BATCH_ITEMS, BATCH_SECONDS, Batch, isIterator
 from ._prefetch import Prefetcherator
 
 __all__ = [
@@ -86,10 +86,9 @@ class Delay:
 
     ``Delay(interval=None, backoff=None, timeout=None)`` keeps the original
     signature; ``interval`` is the default delay (0.001 s). ``backoff``
-    (1.0 to 1.3) and ``timeout`` are accepted and checked for compatibility
-    but unused: the original's polling ``untilEvent`` is gone, since
-    asynqueue waits on events, never by polling. Unlike the original, a Delay
-    registers no reactor shutdown trigger.
+    (1.0 to 1.3) and ``timeout`` serve `untilEvent`, kept for code written
+    for the original (asynqueue itself waits on events, never by polling).
+    Unlike the original, a Delay registers no reactor shutdown trigger.
     """
 
     def __init__(
@@ -129,6 +128,40 @@ class Delay:
         entry = self._pending.pop(token, None)
         if entry is not None and entry[0].active():
             entry[0].cancel()
+
+    def untilEvent(self, eventChecker: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
+        """
+        Poll ``eventChecker(*args, **kw)`` until it returns something true.
+
+        Fires True when the event happened, False when ``timeout`` seconds
+        passed or `shutdown` cut the wait short, and None if the checker
+        raised (the error is logged). Checks start every ``interval`` seconds
+        and grow ``backoff`` times sparser, up to one a second.
+        """
+        if not callable(eventChecker):
+            raise TypeError(f"untilEvent needs a callable event checker, not {eventChecker!r}")
+        return self._poll(eventChecker, args, kw)
+
+    @defer.inlineCallbacks
+    def _poll(self, eventChecker: Callable[..., Any], args: Any, kw: Any) -> Any:
+        clock = self._clock
+        if clock is None:
+            from twisted.internet import reactor as clock
+        t0 = clock.seconds()
+        interval = self.interval
+        while True:
+            try:
+                if eventChecker(*args, **kw):
+                    return True
+            except Exception:
+                log.exception("Event checker %r failed", eventChecker)
+                return None
+            if self.isShutdown:
+                return False
+            if self.timeout is not None and clock.seconds() - t0 >= self.timeout:
+                return False
+            yield self(interval)
+            interval = min(interval * self.backoff, 1.0)
 
     def shutdown(self) -> None:
         """Fire every pending delay now; later delays fire at once."""
@@ -459,7 +492,10 @@ class Deferator:
         return getattr(d, name)
 
     def __repr__(self) -> str:
-        return f"<Deferator {self.representation}>"
+        return f"<Deferator wrapping {self.representation}>"
+
+    # The original's way to ask (still used by custom IWorker implementations).
+    isIterator = staticmethod(isIterator)
 
     # ----------------------------------------------------------- internals
 

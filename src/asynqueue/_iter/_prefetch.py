@@ -44,6 +44,14 @@ class Prefetcherator:
     def moreLeft(self) -> bool:
         return self._ahead is not _NOTHING
 
+    @property
+    def lastFetch(self) -> tuple[Any, bool]:
+        """The original's ``(value, isValid)`` of the item fetched ahead."""
+        ahead = self._ahead
+        if ahead is _NOTHING or isinstance(ahead, Failure):
+            return None, False
+        return ahead, True
+
     def isBusy(self) -> bool:
         """True while a step or a ``getNext`` is in progress."""
         return self._busy or self._lock.locked

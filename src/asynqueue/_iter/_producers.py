@@ -121,12 +121,18 @@ class IterationProducer:
         producer. If *streaming* is None, a bool ``streaming`` attribute of
         the consumer decides, and push is the default.
 
+        Registering the same consumer again does nothing: a consumer whose
+        ``registerProducer`` calls back here (as the original's consumers do)
+        is fine.
+
         Raises:
             ImplementationError: *consumer* is not an IConsumer.
-            RuntimeError: a consumer is already registered.
+            RuntimeError: another consumer is already registered.
         """
         if not _isConsumer(consumer):
             raise ImplementationError(f"{consumer!r} does not provide IConsumer")
+        if consumer is self.consumer:
+            return
         if self.consumer is not None:
             raise RuntimeError(f"{self!r} already has a consumer")
         if streaming is None:

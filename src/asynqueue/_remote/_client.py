@@ -84,6 +84,14 @@ MAX_RETRY_DELAY = 2.0
 CLOSE_GRACE = 2.0
 
 
+def _isUniverse(obj: Any) -> bool:
+    from ._universe import WireWorkerUniverse
+
+    return isinstance(obj, WireWorkerUniverse) or (
+        isinstance(obj, type) and issubclass(obj, WireWorkerUniverse)
+    )
+
+
 class UniverseMethod:
     """
     The callable for a call of a method of the server's `WireWorkerUniverse`,
@@ -257,6 +265,10 @@ class WireWorker(PipelineWindow):
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
+        if _isUniverse(description):
+            # The original's form, WireWorker(universe, description): the
+            # universe lives on the server; here it is not needed.
+            description, key = key, None
         self._reactor = reactor
         self.description = description
         self._key = _auth.toKey(key if key is not None else _auth.loadKey())

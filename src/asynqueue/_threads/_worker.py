@@ -124,6 +124,16 @@ class ThreadWorker:
         self._resignator: Callable[[], Any] | None = None
         self._startThread()
 
+    @property
+    def threadRunning(self) -> bool:
+        """False once my thread has left its loop (after `stop`) or was dropped (`crash`)."""
+        return not self._crashed and not (self._stopD is not None and self._stopD.called)
+
+    @property
+    def t(self) -> ThreadWorker:
+        """The original's per-worker thread looper; here the worker is its own."""
+        return self
+
     def __repr__(self) -> str:
         return f"<ThreadWorker ID={getattr(self, 'ID', None)} inflight={self._inflight}>"
 
@@ -389,6 +399,12 @@ def deferToThread(*fargs: Any, **kw: Any) -> Deferred[Any]:
 
     Calls run one at a time, in order. Called with no arguments, stops that
     thread (the Deferred fires when it has ended).
+
+    As in the original, an iterator result comes as a `Deferator` whose items
+    are pulled in that thread, unless ``raw=True``; with ``consumer=`` an
+    IConsumer, its items are written to it instead and the Deferred fires
+    with the consumer. (``doNext`` is accepted: these calls never wait behind
+    queued tasks anyway.)
     """
     global _sharedWorker
     if not fargs:
@@ -400,4 +416,23 @@ def deferToThread(*fargs: Any, **kw: Any) -> Deferred[Any]:
         _sharedWorker = ThreadWorker()
         reactor.addSystemEventTrigger("before", "shutdown", deferToThread)
     f, *args = fargs
-    return _sharedWorker.deferToThread(f, *args, **kw)
+    raw = kw.pop("raw", False)
+    consumer = kw.pop("consumer", None)
+    kw.pop("doNext", None)
+    worker = _sharedWorker
+    d = worker.deferToThread(f, *args, **kw)
+    if not raw:
+
+        def wrapIterator(result: Any) -> Any:
+            if not isIterator(result):
+                return result
+            from .._iter._deferator import threadDeferator
+
+            return threadDeferator(result, worker.deferToThread)
+
+        d.addCallback(wrapIterator)
+    if consumer is not None:
+        from .._iter._producers import consumeInto
+
+        d.addCallback(consumeInto, consumer)
+    return d
