@@ -47,6 +47,7 @@ from ._calls import (
     toFailure,
 )
 from ._dispatch import _Dispatcher
+from ._named import UniverseMethod
 from ._scheduler import Scheduler
 from ._task import DO_NEXT_PRIORITY, Task, nextCallID
 
@@ -324,8 +325,6 @@ class TaskQueue(_Dispatcher):
         """Make the record of a queued call from a func-args-kw combo."""
         if isinstance(func, str):
             # As in the original: a name is a method of a wire server's universe.
-            from .._remote._client import UniverseMethod
-
             func = UniverseMethod(func)
         elif not callable(func):
             raise TypeError(f"{func!r} is not callable")

@@ -44,6 +44,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .. import errors
+from .._core._named import UniverseMethod
 from .._core._queue import TaskQueue
 from .._core._task import Task
 from .._core._window import PipelineWindow
@@ -90,37 +91,6 @@ def _isUniverse(obj: Any) -> bool:
     return isinstance(obj, WireWorkerUniverse) or (
         isinstance(obj, type) and issubclass(obj, WireWorkerUniverse)
     )
-
-
-class UniverseMethod:
-    """
-    The callable for a call of a method of the server's `WireWorkerUniverse`,
-    by name: ``q.call(UniverseMethod('add'), 1, 2)`` (a `RemoteQueue` makes
-    one of a plain string). It runs only on a `WireServer`.
-    """
-
-    def __init__(self, name: str) -> None:
-        if not isinstance(name, str):
-            raise TypeError(f"a universe method name must be a str, not {name!r}")
-        self.name = name
-        self.__name__ = self.__qualname__ = name
-
-    def __call__(self, *args: Any, **kw: Any) -> Any:
-        raise errors.ImplementationError(
-            f"{self.name!r} names a method of a WireServer's universe; it runs only on a WireWorker"
-        )
-
-    def __reduce__(self) -> Any:
-        return (UniverseMethod, (self.name,))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, UniverseMethod) and other.name == self.name
-
-    def __hash__(self) -> int:
-        return hash((UniverseMethod, self.name))
-
-    def __repr__(self) -> str:
-        return f"UniverseMethod({self.name!r})"
 
 
 class _ServerLink(WireClient, FrameReceiver):
