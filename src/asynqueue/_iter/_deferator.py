@@ -228,9 +228,10 @@ class _Puller:
         of the iterator counts as one more "item": it is raised by the call
         after the last good value.
         """
-        if self._stashed is not None:
-            failure, self._stashed = self._stashed, None
-            failure.raiseException()
+        stashed = self._stashed
+        if stashed is not None:
+            self._stashed = None
+            stashed.raiseException()
         items, more, failure = self.pull(1)
         if not items:
             if failure is not None:
@@ -370,6 +371,9 @@ class Deferator:
     Thread workers make theirs with `threadDeferator`.
     """
 
+    # Where the items come from: None when empty or finished.
+    _source: _SyncSource | _ThreadSource | _TripleSource | None
+
     def __init__(self, objOrRep: Any = None, *args: Any, **kw: Any) -> None:
         self._initState()
         if args and callable(args[0]):
@@ -402,7 +406,7 @@ class Deferator:
     def _initState(self, representation: str = "") -> None:
         self.d: Deferred[bool] = Deferred()
         self.representation = representation
-        self._source: Any = None
+        self._source = None
         self._buffer: deque[Any] = deque()
         self._more = False
         self._failure: Failure | None = None
@@ -537,10 +541,11 @@ class Deferator:
 
     def _request(self) -> None:
         """Have one batch request in flight, if more items can come."""
-        if self._fetching or not self._more or self._done:
+        source = self._source
+        if self._fetching or not self._more or self._done or source is None:
             return
         self._fetching = True
-        self._source.fetch().addCallbacks(self._arrived, self._fetchFailed)
+        source.fetch().addCallbacks(self._arrived, self._fetchFailed)
 
     def _arrived(self, batch: Batch) -> None:
         self._fetching = False

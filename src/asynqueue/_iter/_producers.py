@@ -249,10 +249,11 @@ class IterationProducer:
 
     def _maybeRequest(self) -> None:
         dr = self.dr
-        if dr._fetching or not dr._more or dr._done:
+        source = dr._source
+        if dr._fetching or not dr._more or dr._done or source is None:
             return
         size = len(dr._buffer)
-        lowWater = dr._source.lowWater
+        lowWater = source.lowWater
         if self.streaming:
             wanted = not self._paused and size <= max(lowWater, 0)
         else:

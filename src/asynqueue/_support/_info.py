@@ -244,7 +244,7 @@ class Info:
 
     def aboutCall(self, ID: int | None = None, nowForget: bool = False) -> str:
         """``[instance.]name(arg, key=value)`` for call *ID* (default: current)."""
-        entry = self.pastInfo.get(ID) if ID is not None else None  # type: ignore[arg-type]
+        entry = self.pastInfo.get(ID) if ID is not None else None
         if entry is not None and "aboutCall" in entry:
             text = entry["aboutCall"]
         else:
