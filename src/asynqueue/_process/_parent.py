@@ -167,6 +167,18 @@ def _describeEnd(pid: int | None, reason: Failure) -> str:
     return f"child process {pid} exited with code {code}"
 
 
+def _reactorReapsChildren() -> bool:
+    """
+    Whether a SIGCHLD handler is installed (the reactor's, when it runs with
+    its signal handlers): then an ended child is reaped as soon as it ends,
+    and nobody needs to ask again later.
+    """
+    try:
+        return signal.getsignal(signal.SIGCHLD) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+    except (AttributeError, ValueError):
+        return False
+
+
 class ChildState(enum.StrEnum):
     """Where a `_Child` is in its life; only the child object moves it on."""
 
@@ -347,7 +359,7 @@ class _Child(WireClient, ProcessProtocol):
             self.process.reapProcess()
         except Exception:
             pass
-        if not self.ended and delay < LOST_GRACE:
+        if not self.ended and delay < LOST_GRACE and not _reactorReapsChildren():
             self._later(delay, self._reap, delay * 4)
 
     def messageReceived(self, message: Message) -> None:
