@@ -126,7 +126,8 @@ class MapRun:
     One map over a queue: batches out, results back (see the module docstring).
 
     Call `next` for each finished batch, one at a time; `close` to stop
-    early (batches not started yet are withdrawn).
+    early (batches not started yet are withdrawn). *describe* names the
+    call of one input in messages (default: ``func(input)``).
     """
 
     def __init__(
@@ -140,8 +141,10 @@ class MapRun:
         ordered: bool = True,
         callKeywords: dict[str, Any] | None = None,
         lengthHint: int | None = None,
+        describe: Callable[[Any], str] | None = None,
     ) -> None:
         kw = dict(callKeywords or {})
+        self._describe = describe
         self._timeout: float | None = kw.pop("timeout", None)
         kw["returnFailure"] = True
         self._kw = kw
@@ -382,11 +385,11 @@ class MapRun:
         exc = failure.value
         if isinstance(exc, errors.TimeoutError):
             # Say which input timed out, not which helper call.
-            args = tuple(x) if self._star else (x,)
-            exc = errors.TimeoutError(
-                f"{describeCall(self._func, args, {})} timed out after"
-                f" {self._timeout} seconds, 2 times"
-            )
+            if self._describe is not None:
+                text = self._describe(x)
+            else:
+                text = describeCall(self._func, tuple(x) if self._star else (x,), {})
+            exc = errors.TimeoutError(f"{text} timed out after {self._timeout} seconds, 2 times")
         return exc
 
     def _finished(self, batch: MapBatch) -> None:
