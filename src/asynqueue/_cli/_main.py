@@ -310,7 +310,7 @@ def decodeInput(text: str) -> Any:
 
 def _inputFeed(args: argparse.Namespace, reactor: Any) -> tuple[Any, int | None]:
     """The inputs as a feed for `MapRun` (texts, not decoded yet), and their number if known."""
-    from ._map import IteratorFeed
+    from .._core._map import IteratorFeed
 
     if args.inputs:
         if args.input is not None:
@@ -565,7 +565,7 @@ class _MapRun:
 
     def start(self) -> Any:
         """Start; returns a Deferred that fires once every input is done."""
-        from ._map import MapRun
+        from .._core._map import MapRun
 
         kw: dict[str, Any] = {"niceness": self.niceness}
         if self.timeout is not None:
@@ -584,7 +584,7 @@ class _MapRun:
         return self.finished
 
     def _describe(self, text: str) -> str:
-        from ._calls import describeCall
+        from .._core._calls import describeCall
 
         return describeCall(self.f, (decodeInput(text),), {})
 
@@ -618,7 +618,7 @@ class _MapRun:
         """Write *batch*'s lines; False if the reader went away."""
         if self.stopping:
             return False  # interrupted: batches cancelled on the way out say nothing
-        from ._chunk import ItemError
+        from .._core._chunk import ItemError
 
         lines = []
         index = batch.start

@@ -14,11 +14,11 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from asynqueue import AsyncWorker, TaskQueue, ThreadQueue, errors
-from asynqueue._map import MAX_CHUNK, WINDOW_PER_WORKER
+from asynqueue._core._map import MAX_CHUNK, WINDOW_PER_WORKER
 from asynqueue.process import ProcessQueue
 
-from . import helpers_map as hm
-from .helpers import collect, waitUntil
+from ..helpers import map as hm
+from ..helpers.common import collect, waitUntil
 
 
 class Counting:
@@ -358,6 +358,6 @@ def test_the_chunk_helper_imports_no_twisted() -> None:
     import subprocess
     import sys
 
-    code = "import sys, asynqueue._chunk; print('twisted' in sys.modules)"
+    code = "import sys, asynqueue._core._chunk; print('twisted' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -33,10 +33,11 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
-from . import errors
+from .. import errors
+from .._iter._base import Batch
+from .._iter._deferator import Deferator
 from ._calls import describeCall
 from ._chunk import ItemError, applyChunk
-from ._iteration import Batch, Deferator
 
 __all__ = ["IteratorFeed", "MapBatch", "MapRun", "lengthHint", "mapDeferator"]
 

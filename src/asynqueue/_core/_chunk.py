@@ -49,7 +49,7 @@ def _portable(exc: BaseException) -> BaseException:
             return exc
     except Exception:
         pass
-    from .errors import WorkerError
+    from ..errors import WorkerError
 
     typeName = f"{type(exc).__module__}.{type(exc).__qualname__}"
     return WorkerError(f"{typeName}: {exc}", remoteTraceback=text, typeName=typeName)
