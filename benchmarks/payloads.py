@@ -90,3 +90,11 @@ def gate(path: str, timeout: float = 30.0) -> int:
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.0002)
     return time.monotonic_ns()
+
+
+def spinFor(seconds: float) -> float:
+    """Keep the CPU busy for *seconds* (wall clock); returns them."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return seconds

@@ -314,6 +314,11 @@ def runRemote(quick: bool) -> dict[str, Any]:
     return _rowsOf("bench_remote", quick)
 
 
+def runMap(quick: bool) -> dict[str, Any]:
+    """The rows of ``benchmarks/bench_map.py`` (it measures in its own subprocess)."""
+    return _rowsOf("bench_map", quick)
+
+
 def _rowsOf(name: str, quick: bool) -> dict[str, Any]:
     """``run(quick)`` of the module ``benchmarks/<name>.py``: its rows, or why there are none."""
     try:
@@ -404,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contenders", help=f"comma-separated subset of {','.join(COLUMNS)}")
     parser.add_argument("--no-dask", action="store_true", help="skip the Dask rows")
     parser.add_argument("--no-remote", action="store_true", help="skip the remote-worker rows")
+    parser.add_argument("--no-map", action="store_true", help="skip the parallel map rows")
     parser.add_argument("--save", metavar="FILE", help="also write the raw results as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     # Internal: one measurement, in a child process.
@@ -446,6 +452,10 @@ def main(argv: list[str] | None = None) -> int:
         remote: dict[str, Any] = {"na": "skipped" + (" in --smoke" if args.smoke else "")}
     else:
         remote = runRemote(args.quick)
+    if args.no_map or args.smoke:
+        mapRows: dict[str, Any] = {"na": "skipped" + (" in --smoke" if args.smoke else "")}
+    else:
+        mapRows = runMap(args.quick)
     elapsed = time.perf_counter() - started
 
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
@@ -456,7 +466,12 @@ def main(argv: list[str] | None = None) -> int:
         f" {WORKERS} workers (floors: 1). Ratios: xN > 1 means ours is better.\n"
     )
     print(table(results, sizes, workloads))
-    for title, extra in (("Remote workers (loopback TCP)", remote), ("Dask", dask)):
+    extras = (
+        ("Parallel map", mapRows),
+        ("Remote workers (loopback TCP)", remote),
+        ("Dask", dask),
+    )
+    for title, extra in extras:
         print(f"\n### {title}\n")
         if extra.get("rows"):
             print(genericTable(extra["rows"]))
@@ -468,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": [{"workload": w, "contender": c, **r} for (w, c), r in results.items()],
             "dask": dask,
             "remote": remote,
+            "map": mapRows,
             "environment": environment(),
             "date": today,
         }

@@ -440,7 +440,7 @@ def test_info() -> None:
 def test_info_never_imports_optional_extras() -> None:
     code = (
         "import sys; from asynqueue._cli._main import main; main(['info']);"
-        "sys.exit(sorted(m for m in ('dask', 'distributed', 'pebble', 'pydoctor')"
+        "sys.exit(sorted(m for m in ('dask', 'distributed', 'pebble', 'joblib', 'pydoctor')"
         " if m in sys.modules) or 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -73,7 +73,7 @@ SUBCOMMANDS: dict[str, str] = {
 #: Optional extras of the project -> the top-level modules each one installs.
 EXTRAS: dict[str, tuple[str, ...]] = {
     "dask": ("dask", "distributed"),
-    "bench": ("pebble",),
+    "bench": ("pebble", "joblib"),
     "docs": ("pydoctor",),
     "tls": ("OpenSSL", "service_identity"),
     "test": ("pytest", "pytest_timeout", "hypothesis"),
@@ -338,7 +338,7 @@ class LineFeed:
     """
     The non-blank lines of file descriptor *fd*, read by a thread of their own.
 
-    A feed for `MapRun` (see `asynqueue._map.IteratorFeed`). The thread reads
+    A feed for `MapRun` (see `asynqueue._core._map.IteratorFeed`). The thread reads
     blocks of whatever is there and hands over their lines; it waits while
     `MAX_BLOCKS` blocks are not taken yet, so a long stream takes constant
     memory, and the reactor never waits for a slow writer.

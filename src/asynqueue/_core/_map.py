@@ -39,7 +39,7 @@ from .._iter._deferator import Deferator
 from ._calls import describeCall
 from ._chunk import ItemError, applyChunk
 
-__all__ = ["IteratorFeed", "MapBatch", "MapRun", "lengthHint", "mapDeferator"]
+__all__ = ["IteratorFeed", "MapBatch", "MapDeferator", "MapRun", "lengthHint", "mapDeferator"]
 
 #: Seconds of work on the worker that an adaptive batch aims at.
 TARGET_SECONDS = 0.005
@@ -450,10 +450,28 @@ class _MapSource:
         self.run.close()
 
 
+class MapDeferator(Deferator):
+    """
+    The `Deferator` that ``map`` returns. Its ``__anext__`` is a coroutine:
+    ``async for`` takes an item that is already here without making a
+    Deferred for it (a third of the cost per item, which counts when each
+    input is trivial). ``for d in dr`` still gives Deferreds.
+    """
+
+    async def __anext__(self) -> Any:  # type: ignore[override]
+        buffer = self._buffer
+        if buffer and self._waiter is None:
+            item = buffer.popleft()
+            if not buffer:
+                self._prefetch()
+            return item
+        return await Deferator.__anext__(self)
+
+
 def mapDeferator(run: MapRun, representation: str) -> Deferator:
-    """A `Deferator` of *run*'s results, one item per input."""
+    """A `MapDeferator` of *run*'s results, one item per input."""
     source = _MapSource(run)
-    dr = Deferator._fromSource(source, ([], run.moreLeft, None), representation)
+    dr = MapDeferator._fromSource(source, ([], run.moreLeft, None), representation)
 
     def ended(completed: bool) -> bool:
         if not completed:

@@ -490,7 +490,7 @@ class TaskQueue(_Dispatcher):
             ordered: results in input order; False: as batches complete.
             callKeywords: queue keywords (``niceness``, ``series``,
                 ``doNext``, ``doLast``, ``timeout``) for every batch;
-                ``timeout`` is per input (see `asynqueue._map`).
+                ``timeout`` is per input (see `asynqueue._core._map`).
 
         An input whose call raised makes the iteration raise that exception
         (its original type) when it gets there, after the results before it;
