@@ -181,6 +181,27 @@ class BatchingTests(MapBase):
         self.assertLess(len(ran), 40)
         self.assertLessEqual(len(ran), 2 + WINDOW_PER_WORKER + 1)
 
+    @inlineCallbacks
+    def test_breaking_out_of_async_for_withdraws_them_too(self) -> Any:
+        q = self.threadQueue(1)
+        ran = []
+
+        def record(x: int) -> int:
+            ran.append(x)
+            return hm.nap(0.02)
+
+        async def firstTwo() -> list[int]:
+            got = []
+            async for x in q.map(record, range(40)):
+                got.append(x)
+                if len(got) == 2:
+                    break
+            return got
+
+        self.assertEqual(len((yield run(firstTwo()))), 2)
+        yield waitUntil(lambda: q.counts()["pending"] == 0)
+        self.assertLessEqual(len(ran), 2 + WINDOW_PER_WORKER + 1)
+
 
 class ErrorTests(MapBase):
     @inlineCallbacks

@@ -455,7 +455,8 @@ class MapDeferator(Deferator):
     The `Deferator` that ``map`` returns. Its ``__anext__`` is a coroutine:
     ``async for`` takes an item that is already here without making a
     Deferred for it (a third of the cost per item, which counts when each
-    input is trivial). ``for d in dr`` still gives Deferreds.
+    input is trivial). ``for d in dr`` still gives Deferreds. Dropping it
+    before the end stops it.
     """
 
     async def __anext__(self) -> Any:  # type: ignore[override]
@@ -466,6 +467,15 @@ class MapDeferator(Deferator):
                 self._prefetch()
             return item
         return await Deferator.__anext__(self)
+
+    def __del__(self) -> None:
+        # Dropped before the end (``break`` out of ``async for``, which does
+        # not call stop): withdraw the batches not started all the same.
+        try:
+            if not self._done:
+                self.stop()
+        except Exception:
+            pass
 
 
 def mapDeferator(run: MapRun, representation: str) -> Deferator:
