@@ -10,10 +10,11 @@ returns; the ``asynqueue map`` command reads the batches themselves.
 Batch size (``chunksize=None``): the first batches hold one input each.
 Every result says how long its batch took on the worker, and the next batch
 is sized to take about `TARGET_SECONDS` there (at most `GROWTH` times the
-largest batch measured so far, at most `MAX_CHUNK` inputs and about
-`MAX_CHUNK_BYTES` of input). Inputs that take longer than the target go one
-per call; when the number of inputs is known, batches near the end shrink so
-that no worker is left with a long tail while another idles.
+batch before, at most `MAX_CHUNK` inputs and about `MAX_CHUNK_BYTES` of
+input). Inputs that take longer than the target go one per call; when the
+number of inputs is known, batches near the end shrink (to a quarter of the
+target's work at least) so that no worker is left with a long tail while
+another idles.
 
 A batch that fails as a whole (a timeout, a lost worker, a result that
 cannot be sent back) is run again one input per call, so that the failure
@@ -43,7 +44,7 @@ __all__ = ["IteratorFeed", "MapBatch", "MapDeferator", "MapRun", "lengthHint", "
 
 #: Seconds of work on the worker that an adaptive batch aims at.
 TARGET_SECONDS = 0.005
-#: An adaptive batch is at most this many times the largest one measured.
+#: An adaptive batch is at most this many times the one before.
 GROWTH = 4
 #: Most inputs in one adaptive batch.
 MAX_CHUNK = 16384
@@ -51,6 +52,8 @@ MAX_CHUNK = 16384
 MAX_CHUNK_BYTES = 4 << 20
 #: Batches sent and not yet taken by the reader, per worker (plus one).
 WINDOW_PER_WORKER = 3
+#: While batches grow, up to this many windows of them may be out.
+RAMP_WINDOWS = 4
 #: A worker that runs tasks side by side counts as at most this many.
 MAX_SLOTS = 64
 
@@ -157,7 +160,9 @@ class MapRun:
         self._ordered = ordered
         self._lengthHint = lengthHint
         self._perItem: float | None = None  # seconds per input, as measured
-        self._largest = 0  # the largest batch measured
+        self._seconds = self._inputs = 0.0  # what it is measured from
+        self._lastSize = 1  # of the batch sent last
+        self._outInputs = 0  # inputs in the batches sent and not yet taken
         self._byteCap: int | None = None
         self._slots = 1  # workers, counting each of a worker's slots
         self._sent = 0  # inputs sent so far
@@ -226,15 +231,16 @@ class MapRun:
         return succeed(None)
 
     def _take(self) -> MapBatch | None:
+        batch = None
         if self._ordered:
             if self._batches and self._batches[0].done:
-                return self._batches.popleft()
-            return None
-        if self._ready:
+                batch = self._batches.popleft()
+        elif self._ready:
             batch = self._ready.popleft()
             self._batches.remove(batch)
-            return batch
-        return None
+        if batch is not None:
+            self._outInputs -= len(batch.inputs)
+        return batch
 
     def _check(self) -> None:
         """Give the waiting reader what it waits for, if it has come."""
@@ -264,7 +270,7 @@ class MapRun:
             while self._refill:
                 self._refill = False
                 window = self._window()
-                while not (self._closed or self._broken) and len(self._batches) < window:
+                while not (self._closed or self._broken) and self._room(window):
                     inputs = self._feed.take(self._size())
                     if not inputs:
                         break
@@ -272,6 +278,24 @@ class MapRun:
                 self._check()
         finally:
             self._filling = False
+
+    def _room(self, window: int) -> bool:
+        """
+        May another batch go out? Yes while fewer than *window* are out; and
+        while batches are still growing, also while what is out is less than
+        *window* batches' worth of work (so growth is not held up by small
+        batches waiting to be taken), up to `RAMP_WINDOWS` times *window*.
+        """
+        out = len(self._batches)
+        if out < window:
+            return True
+        if self._perItem is None or out >= RAMP_WINDOWS * window:
+            return False
+        # (Never more inputs out than *window* full batches.)
+        return (
+            self._outInputs * self._perItem < window * TARGET_SECONDS / 2
+            and self._outInputs < (window - 1) * MAX_CHUNK
+        )
 
     def _window(self) -> int:
         """How many batches may be out: a few per worker (per slot, for workers
@@ -290,22 +314,22 @@ class MapRun:
             return self._fixed
         if self._perItem is None:
             return 1
-        size = min(
-            int(TARGET_SECONDS / max(self._perItem, 1e-9)),
-            self._largest * GROWTH,
-            MAX_CHUNK,
-        )
+        perItem = max(self._perItem, 1e-9)
+        size = min(int(TARGET_SECONDS / perItem), self._lastSize * GROWTH, MAX_CHUNK)
         if self._byteCap is not None:
             size = min(size, self._byteCap)
         if self._lengthHint is not None:
-            # Near the end, smaller batches: every worker finishes about together.
+            # Near the end, smaller batches (down to a quarter of the target's
+            # work), so that every worker finishes about together.
             left = self._lengthHint - self._sent
-            size = min(size, left // (2 * self._slots))
-        return max(1, size)
+            size = min(size, max(left // (2 * self._slots), int(TARGET_SECONDS / 4 / perItem)))
+        self._lastSize = size = max(1, size)
+        return size
 
     def _send(self, inputs: list[Any]) -> None:
         batch = MapBatch(self._sent, inputs)
         self._sent += len(inputs)
+        self._outInputs += len(inputs)
         if self._byteCap is None and self._fixed is None:
             self._byteCap = max(1, MAX_CHUNK_BYTES // _sizeOf(inputs[0], self._star))
         self._batches.append(batch)
@@ -323,11 +347,12 @@ class MapRun:
 
     def _batchDone(self, result: Any, batch: MapBatch) -> None:
         results, count, seconds = result
-        n = len(results)
-        perItem = seconds / n
-        # Smoothed, so that one odd batch does not swing the size.
-        self._perItem = perItem if self._perItem is None else (self._perItem + perItem) / 2
-        self._largest = max(self._largest, n)
+        # Time over inputs of the recent batches, each batch weighing half
+        # as much as the next: bigger batches count for more (a small one's
+        # time is mostly the helper's own), and one odd batch does not swing it.
+        self._seconds = self._seconds / 2 + seconds
+        self._inputs = self._inputs / 2 + len(results)
+        self._perItem = self._seconds / self._inputs
         batch.results = results
         batch.errors = count
         self._finished(batch)
