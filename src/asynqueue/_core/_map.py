@@ -55,7 +55,7 @@ WINDOW_PER_WORKER = 3
 #: While batches grow, up to this many windows of them may be out.
 RAMP_WINDOWS = 4
 #: A worker that runs tasks side by side counts as at most this many.
-MAX_SLOTS = 64
+MAX_SLOTS = 16
 
 _NOTHING: Any = object()
 
