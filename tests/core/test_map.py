@@ -160,8 +160,10 @@ class BatchingTests(MapBase):
         inputs = Pulls(itertools.count())
         got = yield run(take(q.map(hm.square, inputs), 30_000))
         self.assertEqual(got, [x * x for x in range(30_000)])
+        # Ahead of the reader: a window of batches out, one batch taken and
+        # not yet iterated, and the feed's one input of lookahead.
         window = WINDOW_PER_WORKER * len(q) + 1
-        self.assertLessEqual(inputs.pulled, 30_000 + window * MAX_CHUNK + 1)
+        self.assertLessEqual(inputs.pulled, 30_000 + (window + 1) * MAX_CHUNK + 1)
         pulled = inputs.pulled
         yield deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(inputs.pulled, pulled)  # stopped: nothing more is read
