@@ -69,16 +69,22 @@ def sizes(quick: bool) -> dict[str, int]:
 
 def run(quick: bool) -> list[dict[str, Any]]:
     """Measure in a subprocess; the rows."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--json"]
+    return runScript(__file__, quick, 600)
+
+
+def runScript(path: str, quick: bool, timeout: float) -> list[dict[str, Any]]:
+    """The rows that benchmark script *path* prints with ``--json``, run in a subprocess."""
+    command = [sys.executable, str(Path(path).resolve()), "--json"]
     if quick:
         command.append("--quick")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]]
     )
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"bench_remote failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+        name = Path(path).stem
+        raise RuntimeError(f"{name} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("[")]
     return json.loads(lines[-1]) if lines else []
 

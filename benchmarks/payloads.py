@@ -95,3 +95,11 @@ def gate(path: str, timeout: float = 30.0) -> int:
 def echo(x: object) -> object:
     """A trivial call with an argument and a result (the map workload's)."""
     return x
+
+
+def spinFor(seconds: float) -> float:
+    """Keep the CPU busy for *seconds* (wall clock); returns them."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return seconds

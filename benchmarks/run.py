@@ -320,6 +320,11 @@ def runRemote(quick: bool) -> dict[str, Any]:
     return _rowsOf("bench_remote", quick)
 
 
+def runMap(quick: bool) -> dict[str, Any]:
+    """The rows of ``benchmarks/bench_map.py`` (it measures in its own subprocess)."""
+    return _rowsOf("bench_map", quick)
+
+
 def _rowsOf(name: str, quick: bool) -> dict[str, Any]:
     """``run(quick)`` of the module ``benchmarks/<name>.py``: its rows, or why there are none."""
     try:
@@ -416,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-scale", action="store_true", help="skip the scale rows (backlogs up to 1,000,000)"
     )
+    parser.add_argument("--no-map", action="store_true", help="skip the parallel map rows")
     parser.add_argument("--save", metavar="FILE", help="also write the raw results as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     # Internal: one measurement, in a child process.
@@ -466,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
         scale: dict[str, Any] = {"na": "skipped" + (" in --smoke" if args.smoke else "")}
     else:
         scale = _rowsOf("bench_scale", args.quick)
+    if args.no_map or args.smoke:
+        mapRows: dict[str, Any] = {"na": "skipped" + (" in --smoke" if args.smoke else "")}
+    else:
+        mapRows = runMap(args.quick)
     elapsed = time.perf_counter() - started
 
     today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
@@ -477,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(table(results, sizes, workloads))
     extras = (
+        ("Parallel map", mapRows),
         ("Executors (concurrent.futures interface, 2 workers)", executors),
         ("Remote workers (loopback TCP)", remote),
         ("Dask", dask),
@@ -496,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
             "remote": remote,
             "scale": scale,
             "executors": executors,
+            "map": mapRows,
             "environment": environment(),
             "date": today,
         }

@@ -196,6 +196,42 @@ def test_timeout_is_retried_once_then_an_error() -> None:
     assert "2 times" in byInput[30]["error"]
 
 
+def test_a_timeout_inside_a_batch_fails_only_the_slow_input() -> None:
+    naps = ["0", "30", "0", "0"]
+    args = ["--threads", "--chunksize", "4", "--timeout", "0.2", "asynqueue.examples.demo:nap"]
+    result = run("map", *args, *naps)
+    assert result.returncode == 1, result.stderr
+    byIndex = {r["index"]: r for r in records(result.stdout)}
+    assert [byIndex[i].get("result") for i in (0, 2, 3)] == [0, 0, 0]
+    assert byIndex[1]["error"].startswith("TimeoutError")
+    assert "nap(30)" in byIndex[1]["error"] and "2 times" in byIndex[1]["error"]
+    assert "1 of 4 inputs failed" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["--processes", "--threads", "--async"])
+def test_a_long_stream_from_stdin_in_batches(kind: str) -> None:
+    n = 20_000
+    lines = "".join(f"{i}\n" if i % 7 else f"{i}\n\n" for i in range(n))  # blank lines skipped
+    result = run("map", kind, "--ordered", "-w", "2", "builtins:abs", stdin=lines)
+    assert result.returncode == 0, result.stderr
+    got = records(result.stdout)
+    assert [r["index"] for r in got] == list(range(n))
+    assert [r["result"] for r in got] == list(range(n))
+
+
+def test_chunksize_and_per_input_errors_in_a_batch(workdir: Path) -> None:
+    inputs = [str(i) for i in range(1, 11)]
+    result = run("map", "--chunksize", "3", "helpers_mod:failOnOdd", *inputs, cwd=workdir)
+    assert result.returncode == 1, result.stderr
+    byInput = {r["input"]: r for r in records(result.stdout)}
+    assert sorted(byInput) == list(range(1, 11))
+    assert [byInput[i]["result"] for i in range(2, 11, 2)] == [2, 4, 6, 8, 10]
+    assert byInput[3]["error"] == "RuntimeError: odd: 3"
+    assert "5 of 10 inputs failed" in result.stderr
+    result = run("map", "--chunksize", "0", "builtins:abs", "1")
+    assert result.returncode == 2
+
+
 def test_async_workers_await_coroutines(workdir: Path) -> None:
     result = run("map", "--async", "--ordered", "helpers_mod:double", "1", "2", "3", cwd=workdir)
     assert result.returncode == 0, result.stderr
@@ -404,7 +440,7 @@ def test_info() -> None:
 def test_info_never_imports_optional_extras() -> None:
     code = (
         "import sys; from asynqueue._cli._main import main; main(['info']);"
-        "sys.exit(sorted(m for m in ('dask', 'distributed', 'pebble', 'pydoctor')"
+        "sys.exit(sorted(m for m in ('dask', 'distributed', 'pebble', 'joblib', 'pydoctor')"
         " if m in sys.modules) or 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -418,6 +454,7 @@ def test_help_lists_the_subcommands() -> None:
     result = run("map", "--help")
     assert result.returncode == 0
     assert "--ordered" in result.stdout and "--timeout" in result.stdout
+    assert "--chunksize" in result.stdout
 
 
 def test_console_script() -> None:

@@ -40,7 +40,6 @@ import platform
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from .._support._system import cores
@@ -76,7 +75,7 @@ SUBCOMMANDS: dict[str, str] = {
 #: Optional extras of the project -> the top-level modules each one installs.
 EXTRAS: dict[str, tuple[str, ...]] = {
     "dask": ("dask", "distributed"),
-    "bench": ("pebble",),
+    "bench": ("pebble", "joblib"),
     "docs": ("pydoctor",),
     "tls": ("OpenSSL", "service_identity"),
     "test": ("pytest", "pytest_timeout", "hypothesis"),
@@ -167,8 +166,11 @@ def registerMap(subparsers: Any) -> None:
             ' per input: {"index": I, "input": X, "result": R} or {"index": I,'
             ' "input": X, "error": "Type: message"}. Inputs are the ARGs, or else'
             " the lines of --input FILE or of stdin; each is decoded as JSON if it"
-            " parses and passed as a string otherwise. Exit status: 0 if all"
-            " succeeded, 1 if some failed, 2 for bad usage, 130 if interrupted."
+            " parses and passed as a string otherwise. Inputs are read as they"
+            " come (a stream takes constant memory) and sent in batches: one input"
+            " per call while calls are slow, more while they are fast (--chunksize"
+            " fixes the size). Exit status: 0 if all succeeded, 1 if some failed,"
+            " 2 for bad usage, 130 if interrupted."
         ),
     )
     p.add_argument("callable", metavar="MODULE:CALLABLE", help="e.g. json:dumps")
@@ -221,12 +223,20 @@ def registerMap(subparsers: Any) -> None:
         "--timeout",
         metavar="SECONDS",
         type=_positiveFloat,
-        help="per call: retried once after a timeout, then an error",
+        help="per input: retried once after a timeout, then an error line",
     )
     p.add_argument(
         "--ordered",
         action="store_true",
         help="print results in input order (default: as they complete)",
+    )
+    p.add_argument(
+        "-c",
+        "--chunksize",
+        metavar="N",
+        type=_positiveInt,
+        help="send N inputs per call (default: adapt, from 1 for slow callables"
+        " up to thousands for fast ones)",
     )
     p.set_defaults(run=runMap, kind="processes")
 
@@ -300,21 +310,105 @@ def decodeInput(text: str) -> Any:
         return text
 
 
-def _readInputs(args: argparse.Namespace) -> list[Any]:
+def _inputFeed(args: argparse.Namespace, reactor: Any) -> tuple[Any, int | None]:
+    """The inputs as a feed for `MapRun` (texts, not decoded yet), and their number if known."""
+    from .._core._map import IteratorFeed
+
     if args.inputs:
         if args.input is not None:
             raise UsageError("give inputs as ARGs or with --input, not both")
-        return [decodeInput(text) for text in args.inputs]
+        return IteratorFeed(iter(args.inputs)), len(args.inputs)
     if args.input in (None, "-"):
+        if sys.stdin is None:
+            return IteratorFeed(iter(())), 0
         if _isatty(sys.stdin):
             sys.stderr.write("asynqueue map: reading inputs, one per line (end with Ctrl-D)\n")
-        lines: Sequence[str] = sys.stdin.read().splitlines() if sys.stdin else []
+        try:
+            fd = sys.stdin.fileno()
+        except (AttributeError, OSError, ValueError):  # not a real file (tests, embedding)
+            lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
+            return IteratorFeed(iter(lines)), len(lines)
     else:
         try:
-            lines = Path(args.input).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
+            fd = os.open(args.input, os.O_RDONLY)
+        except OSError as e:
             raise UsageError(f"cannot read {args.input}: {e}")
-    return [decodeInput(line) for line in lines if line.strip()]
+    return LineFeed(fd, reactor), None
+
+
+class LineFeed:
+    """
+    The non-blank lines of file descriptor *fd*, read by a thread of their own.
+
+    A feed for `MapRun` (see `asynqueue._core._map.IteratorFeed`). The thread reads
+    blocks of whatever is there and hands over their lines; it waits while
+    `MAX_BLOCKS` blocks are not taken yet, so a long stream takes constant
+    memory, and the reactor never waits for a slow writer.
+    """
+
+    MAX_BLOCKS = 8
+    BLOCK_BYTES = 1 << 16
+
+    def __init__(self, fd: int, reactor: Any) -> None:
+        import queue
+        import threading
+        from collections import deque
+
+        self._reactor = reactor
+        self._blocks: queue.Queue[list[str] | None] = queue.Queue(self.MAX_BLOCKS)
+        self._buffer: deque[str] = deque()
+        self._eof = False
+        self.count = 0  # lines taken so far
+        self.error: Any = None
+        self.onMore: Callable[[], None] | None = None
+        threading.Thread(
+            target=self._read, args=(fd,), name="asynqueue map: inputs", daemon=True
+        ).start()
+
+    @property
+    def exhausted(self) -> bool:
+        return self._eof and not self._buffer
+
+    def take(self, n: int) -> list[str]:
+        buffer = self._buffer
+        while len(buffer) < n and not self._eof:
+            try:
+                block = self._blocks.get_nowait()
+            except Exception:  # queue.Empty: nothing more yet
+                break
+            if block is None:
+                self._eof = True
+            else:
+                buffer.extend(block)
+        k = min(n, len(buffer))
+        self.count += k
+        return [buffer.popleft() for _ in range(k)]
+
+    def _arrived(self) -> None:
+        if self.onMore is not None:
+            self.onMore()
+
+    def _read(self, fd: int) -> None:
+        rest = b""
+        try:
+            while True:
+                data = os.read(fd, self.BLOCK_BYTES)
+                if not data:
+                    break
+                *lines, rest = (rest + data).split(b"\n")
+                self._hand([line for line in lines if line.strip()])
+            if rest.strip():
+                self._hand([rest])
+        except OSError as e:
+            sys.stderr.write(f"asynqueue map: reading inputs: {e}\n")
+        finally:
+            self._blocks.put(None)
+            self._reactor.callFromThread(self._arrived)
+
+    def _hand(self, lines: list[bytes]) -> None:
+        if lines:
+            self._blocks.put([line.decode("utf-8", "replace").rstrip("\r") for line in lines])
+            self._reactor.callFromThread(self._arrived)
 
 
 def _makeQueue(kind: str, workers: int | None) -> Any:
@@ -375,17 +469,77 @@ def describeError(failure: Any) -> str:
     return f"{name}: {text}" if text else name
 
 
+def describeException(exc: BaseException) -> str:
+    """``"Type: message"``, the type qualified by its module unless built in."""
+    kind = type(exc)
+    name = kind.__qualname__
+    if kind.__module__ not in ("builtins", "__main__"):
+        name = f"{kind.__module__}.{name}"
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<unprintable>"
+    return f"{name}: {text}" if text else name
+
+
+class JsonLine:
+    """
+    The callable that ``asynqueue map`` sends to the workers: *func* applied
+    to one input line, which it decodes first (`decodeInput`).
+
+    It returns the JSON line of the outcome without its start (``{"index": I,``,
+    which only the reader knows): a string if *func* succeeded, a 1-tuple of
+    it if *func* raised. So the workers, not the reader, do the JSON work.
+    With *awaits* (reactor workers), a Deferred or coroutine that *func*
+    returns is waited for.
+    """
+
+    __slots__ = ("awaits", "func")
+
+    def __init__(self, func: Callable[..., Any], awaits: bool = False) -> None:
+        self.func = func
+        self.awaits = awaits
+
+    def __call__(self, text: str) -> Any:
+        x = decodeInput(text)
+        try:
+            result = self.func(x)
+        except Exception as e:
+            return (_tail({"input": x, "error": describeException(e)}),)
+        if self.awaits:
+            from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+
+            if not isinstance(result, Deferred) and hasattr(result, "__await__"):
+                result = ensureDeferred(result)
+            if isinstance(result, Deferred):
+
+                def failed(failure: Any) -> Any:
+                    if failure.check(CancelledError):
+                        return failure  # a timeout: the batch stops here
+                    return (_tail({"input": x, "error": describeException(failure.value)}),)
+
+                return result.addCallbacks(lambda r: _tail({"input": x, "result": r}), failed)
+        return _tail({"input": x, "result": result})
+
+
+def _tail(record: dict[str, Any]) -> str:
+    return _encode(record)[1:]
+
+
 class _MapRun:
-    """Feeds inputs to a queue, a window at a time, and writes each outcome."""
+    """Feeds inputs to a queue through `MapRun` and writes each batch's outcomes."""
 
     def __init__(
         self,
         f: Callable[..., Any],
-        inputs: list[Any],
+        feed: Any,
+        total: int | None,
         queue: Any,
         *,
+        kind: str,
         niceness: int,
         timeout: float | None,
+        chunksize: int | None,
         ordered: bool,
         out: IO[str],
         bar: Any,
@@ -393,84 +547,97 @@ class _MapRun:
         from twisted.internet.defer import Deferred
 
         self.f = f
-        self.inputs = inputs
+        self.feed = feed
+        self.total = total
         self.queue = queue
+        self.kind = kind
         self.niceness = niceness
         self.timeout = timeout
+        self.chunksize = chunksize
         self.ordered = ordered
         self.out = out
         self.bar = bar
-        # Enough calls in flight to fill every worker's own pipeline (a process
-        # worker takes up to 32 tiny tasks at once), few enough that --ordered
-        # buffers little and huge inputs do not all sit in the queue at once.
-        self.window = 32 * (1 + max(1, len(queue)))
-        self.submitted = 0
+        self.run: Any = None
         self.done = 0
         self.failed = 0
         self.stopping = False
         self.brokenPipe = False
         self.finished: Deferred[None] = Deferred()
-        self._held: dict[int, str] = {}
-        self._nextOut = 0
-        self._filling = False
-        self._refill = False
         self._writeThroughBar = not bar.disable and _isatty(out)
 
     def start(self) -> Any:
         """Start; returns a Deferred that fires once every input is done."""
-        if not self.inputs:
-            self.finished.callback(None)
-        else:
-            self._fill()
+        from .._core._map import MapRun
+
+        kw: dict[str, Any] = {"niceness": self.niceness}
+        if self.timeout is not None:
+            kw["timeout"] = self.timeout
+        self.run = MapRun(
+            self.queue,
+            JsonLine(self.f, awaits=self.kind == "async"),
+            self.feed,
+            chunksize=self.chunksize,
+            ordered=self.ordered,
+            callKeywords=kw,
+            lengthHint=self.total,
+            describe=self._describe,
+        )
+        self._pump()
         return self.finished
 
-    def _fill(self) -> None:
-        if self._filling:  # a call finished synchronously: loop, don't recurse
-            self._refill = True
-            return
-        self._filling = True
-        try:
-            self._refill = True
-            while self._refill:
-                self._refill = False
-                while (
-                    not self.stopping
-                    and self.submitted < len(self.inputs)
-                    and self.submitted - self.done < self.window
-                ):
-                    i = self.submitted
-                    self.submitted += 1
-                    kw: dict[str, Any] = {"niceness": self.niceness, "returnFailure": True}
-                    if self.timeout is not None:
-                        kw["timeout"] = self.timeout
-                    d = self.queue.call(self.f, self.inputs[i], **kw)
-                    d.addCallbacks(
-                        self._succeeded, self._failed, callbackArgs=(i,), errbackArgs=(i,)
-                    )
-        finally:
-            self._filling = False
+    def _describe(self, text: str) -> str:
+        from .._core._calls import describeCall
 
-    def _succeeded(self, result: Any, i: int) -> None:
-        self._finished(i, {"index": i, "input": self.inputs[i], "result": result})
+        return describeCall(self.f, (decodeInput(text),), {})
 
-    def _failed(self, failure: Any, i: int) -> None:
-        self._finished(i, {"index": i, "input": self.inputs[i], "error": describeError(failure)})
+    def _pump(self, batch: Any = None) -> None:
+        """Write finished batches as they come, looping while they are there."""
+        from twisted.python.failure import Failure
 
-    def _finished(self, i: int, record: dict[str, Any]) -> None:
+        while True:
+            if batch is not None and not self._batchDone(batch):
+                return
+            if self.stopping:
+                return
+            d = self.run.next()
+            if not d.called:  # not here yet: go on when it comes
+                d.addCallbacks(self._pump, self._fail)
+                return
+            batch = d.result
+            if isinstance(batch, Failure):
+                d.addErrback(self._fail)
+                return
+            if batch is None:
+                if not self.finished.called:
+                    self.finished.callback(None)
+                return
+
+    def _fail(self, failure: Any) -> None:
+        if not self.finished.called:
+            self.finished.errback(failure)
+
+    def _batchDone(self, batch: Any) -> bool:
+        """Write *batch*'s lines; False if the reader went away."""
         if self.stopping:
-            return  # interrupted: calls cancelled on the way out say nothing
-        self.done += 1
-        if "error" in record:
-            self.failed += 1
-        line = _encode(record)
+            return False  # interrupted: batches cancelled on the way out say nothing
+        from .._core._chunk import ItemError
+
+        lines = []
+        index = batch.start
+        for text, outcome in zip(batch.inputs, batch.results, strict=True):
+            if type(outcome) is str:
+                lines.append(f'{{"index": {index}, {outcome}')
+            elif isinstance(outcome, ItemError):  # failed around the callable
+                self.failed += 1
+                record = {"input": decodeInput(text), "error": describeError(outcome.exception)}
+                lines.append(f'{{"index": {index}, {_tail(record)}')
+            else:  # the callable raised
+                self.failed += 1
+                lines.append(f'{{"index": {index}, {outcome[0]}')
+            index += 1
+        self.done += len(lines)
         try:
-            if self.ordered:
-                self._held[i] = line
-                while self._nextOut in self._held:
-                    self._write(self._held.pop(self._nextOut))
-                    self._nextOut += 1
-            else:
-                self._write(line)
+            self._write("\n".join(lines))
         except BrokenPipeError:
             # The reader went away (e.g. "| head"): stop as after Ctrl-C.
             _silence(self.out)
@@ -478,27 +645,25 @@ class _MapRun:
 
             reactor.callLater(0, reactor.stop)
             self.stopping = self.brokenPipe = True
-            return
-        self.bar.update(1)
-        if self.done == len(self.inputs):
-            if not self.finished.called:
-                self.finished.callback(None)
-        else:
-            self._fill()
+            return False
+        self.bar.update(len(lines))
+        return True
 
-    def _write(self, line: str) -> None:
-        if self._writeThroughBar:  # both on a terminal: the line goes above the bar
+    def _write(self, text: str) -> None:
+        if self._writeThroughBar:  # both on a terminal: the lines go above the bar
             self.bar.clear()
-            self.out.write(line + "\n")
+            self.out.write(text + "\n")
             self.out.flush()
             self.bar.refresh()
         else:
-            self.out.write(line + "\n")
+            self.out.write(text + "\n")
             self.out.flush()
 
     def abort(self) -> Any:
         """Stop now: crash the workers and shut the queue down (a Deferred)."""
         self.stopping = True
+        if self.run is not None:
+            self.run.close()
         for worker in list(self.queue.workers()):
             self.queue.detachWorker(worker, crash=True)
         return self.queue.shutdown()
@@ -541,10 +706,10 @@ def _silence(stream: IO[str]) -> None:
 def runMap(args: argparse.Namespace) -> int:
     """The ``map`` subcommand; returns the exit status."""
     f = resolveCallable(args.callable)
-    inputs = _readInputs(args)
-
     from tqdm import tqdm
     from twisted.internet import reactor
+
+    feed, total = _inputFeed(args, reactor)
 
     state: dict[str, Any] = {"run": None, "completed": False, "interrupted": False, "oops": ""}
 
@@ -566,7 +731,7 @@ def runMap(args: argparse.Namespace) -> int:
     out = _claimStdout()  # before the workers start: they inherit stdout
     queue = _makeQueue(args.kind, args.workers)
     bar = tqdm(
-        total=len(inputs),
+        total=total,
         unit="input",
         file=sys.stderr,
         disable=not _isatty(sys.stderr),
@@ -575,10 +740,13 @@ def runMap(args: argparse.Namespace) -> int:
     )
     run = state["run"] = _MapRun(
         f,
-        inputs,
+        feed,
+        total,
         queue,
+        kind=args.kind,
         niceness=args.niceness,
         timeout=args.timeout,
+        chunksize=args.chunksize,
         ordered=args.ordered,
         out=out,
         bar=bar,
@@ -604,17 +772,19 @@ def runMap(args: argparse.Namespace) -> int:
         out.flush()
     except OSError:
         pass
-    total = len(inputs)
+    if total is None and feed.exhausted:
+        total = feed.count  # the whole stream was read
+    ofTotal = "" if total is None else f" of {total}"
     if state["oops"]:
         sys.stderr.write(f"asynqueue map: internal error: {state['oops']}\n")
         return EXIT_FAILED
     if run.brokenPipe:
         return EXIT_BROKEN_PIPE
     if state["interrupted"]:
-        sys.stderr.write(f"asynqueue map: interrupted after {run.done} of {total} inputs\n")
+        sys.stderr.write(f"asynqueue map: interrupted after {run.done}{ofTotal} inputs\n")
         return EXIT_INTERRUPTED
     if run.failed:
-        sys.stderr.write(f"asynqueue map: {run.failed} of {total} inputs failed\n")
+        sys.stderr.write(f"asynqueue map: {run.failed} of {run.done} inputs failed\n")
         return EXIT_FAILED
     return EXIT_OK
 

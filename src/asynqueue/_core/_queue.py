@@ -473,6 +473,89 @@ class TaskQueue(_Dispatcher):
 
     # ------------------------------------------------------------ update
 
+    def map(
+        self,
+        func: Callable[..., Any],
+        *iterables: Any,
+        chunksize: int | None = None,
+        ordered: bool = True,
+        **callKeywords: Any,
+    ) -> Any:
+        """
+        ``func`` applied to every input, in parallel: a `Deferator` of the results.
+
+        Inputs are zipped from *iterables* like the builtin ``map`` and pulled
+        lazily, a few batches ahead of the reader (so an endless generator
+        works, in constant memory). Work starts at once. Each batch is one
+        call of a plain helper on a worker, with its results in one message.
+
+        Args:
+            chunksize: inputs per batch. None adapts: one input per call while
+                calls are long, bigger batches while they are short (a few ms
+                of work each, measured as it goes).
+            ordered: results in input order; False: as batches complete.
+            callKeywords: queue keywords (``niceness``, ``series``,
+                ``doNext``, ``doLast``, ``timeout``) for every batch;
+                ``timeout`` is per input (see `asynqueue._core._map`).
+
+        An input whose call raised makes the iteration raise that exception
+        (its original type) when it gets there, after the results before it;
+        the iteration then ends. Stopping early (``stop()``, leaving
+        ``async for``) withdraws the batches no worker has started.
+
+        Raises:
+            QueueRunError: the queue has been shut down.
+            TypeError, ValueError: bad *func*, iterable, chunksize or keyword.
+        """
+        from ._map import IteratorFeed, MapRun, lengthHint, mapDeferator
+
+        if not self._running:
+            raise errors.QueueRunError(f"Cannot map {func!r}: the queue is shut down")
+        if not callable(func):
+            raise TypeError(f"{func!r} is not callable")
+        if not iterables:
+            raise TypeError("map() needs at least one iterable of inputs")
+        if chunksize is not None and (
+            isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1
+        ):
+            raise ValueError(f"chunksize must be a positive int or None, not {chunksize!r}")
+        unknown = set(callKeywords) - (QUEUE_KEYWORDS - {"consumer", "raw", "returnFailure"})
+        if unknown:
+            raise TypeError(
+                f"map() got keywords it does not take: {', '.join(sorted(unknown))}"
+                " (map passes no keywords to func; use functools.partial)"
+            )
+        self.newTask(func, (), dict(callKeywords))  # validates the queue keywords
+        iterators = [iter(it) for it in iterables]  # TypeError here, not later
+        hint = lengthHint(iterables)
+        star = len(iterators) > 1
+        feed = IteratorFeed(zip(*iterators, strict=False) if star else iterators[0])
+        run = MapRun(
+            self,
+            func,
+            feed,
+            star=star,
+            chunksize=chunksize,
+            ordered=ordered,
+            callKeywords=callKeywords,
+            lengthHint=hint,
+        )
+        return mapDeferator(run, f"map({describeCall(func, (), {})[:-2]}, ...)")
+
+    def _withdraw(self, call: Any) -> bool:
+        """
+        Take back *call* (a Deferred from `call`) if no worker has taken it:
+        it fails with `errors.TaskCancelled`. False if it is no longer queued.
+        """
+        if not isinstance(call, _Call) or call.done or call.entry is None:
+            return False
+        self._finish(
+            call,
+            Failure(errors.TaskCancelled(f"{call.describe()}: withdrawn before it started")),
+        )
+        self._checkDrained()
+        return True
+
     def update(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[list[Any]]:
         """
         Run ``func(*args, **kw)`` directly on every attached worker, and
