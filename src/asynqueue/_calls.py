@@ -99,6 +99,9 @@ class _Call(Deferred[Any], Entry):
     consumer: Any = None
     returnFailure = False
     raw: bool | None = None
+    # False for a call whose series only shares the workers fairly with
+    # other series, its tasks running side by side (see TaskQueue._callInFlow).
+    inSequence = True
     # False once a queue keyword other than series, raw or returnFailure was
     # given: its attempts need the full Task.
     plain = True
