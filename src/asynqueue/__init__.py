@@ -23,33 +23,34 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "1.0.0.dev0"
 
-# public name -> private module that defines it
+# public name -> the public module that exports it (so the layout below can
+# change without touching this table)
 _EXPORTS: dict[str, str] = {
-    "TaskQueue": "._queue",
-    "Task": "._task",
+    "TaskQueue": ".base",
+    "Task": ".tasks",
     "IWorker": ".interfaces",
-    "AsyncWorker": "._workers",
+    "AsyncWorker": ".workers",
     "NullQueue": ".null",
-    "ThreadQueue": "._threads",
-    "ThreadWorker": "._threads",
-    "deferToThread": "._threads",
+    "ThreadQueue": ".threads",
+    "ThreadWorker": ".threads",
+    "deferToThread": ".threads",
     "errors": ".errors",
-    "Deferator": "._iteration",
-    "IterationProducer": "._producers",
-    "ListConsumer": "._producers",
-    "deferToDelay": "._iteration",
-    "Info": "._info",
-    "showResult": "._info",
-    "DeferredTracker": "._util",
-    "DeferredLock": "._util",
-    "DaskWorker": "._dask",
+    "Deferator": ".iteration",
+    "IterationProducer": ".iteration",
+    "ListConsumer": ".iteration",
+    "deferToDelay": ".iteration",
+    "Info": ".info",
+    "showResult": ".info",
+    "DeferredTracker": ".util",
+    "DeferredLock": ".util",
+    "DaskWorker": ".dask_worker",
     "WireWorker": ".wire",
     "WireServer": ".wire",
     "RemoteQueue": ".wire",
-    "ProcessBase": "._child",
-    "ProcessQueue": "._process",
-    "ProcessWorker": "._process",
-    "DaskQueue": "._dask",
+    "ProcessBase": ".process",
+    "ProcessQueue": ".process",
+    "ProcessWorker": ".process",
+    "DaskQueue": ".dask_worker",
 }
 
 __all__ = [
@@ -99,25 +100,25 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from . import errors as errors
-    from ._child import ProcessBase as ProcessBase
+    from ._core._asyncworker import AsyncWorker as AsyncWorker
+    from ._core._queue import TaskQueue as TaskQueue
+    from ._core._task import Task as Task
     from ._dask import DaskQueue as DaskQueue
     from ._dask import DaskWorker as DaskWorker
-    from ._info import Info as Info
-    from ._info import showResult as showResult
-    from ._iteration import Deferator as Deferator
-    from ._iteration import deferToDelay as deferToDelay
-    from ._process import ProcessQueue as ProcessQueue
-    from ._process import ProcessWorker as ProcessWorker
-    from ._producers import IterationProducer as IterationProducer
-    from ._producers import ListConsumer as ListConsumer
-    from ._queue import TaskQueue as TaskQueue
-    from ._task import Task as Task
-    from ._threads import ThreadQueue as ThreadQueue
-    from ._threads import ThreadWorker as ThreadWorker
-    from ._threads import deferToThread as deferToThread
-    from ._util import DeferredLock as DeferredLock
-    from ._util import DeferredTracker as DeferredTracker
-    from ._workers import AsyncWorker as AsyncWorker
+    from ._iter._deferator import Deferator as Deferator
+    from ._iter._deferator import deferToDelay as deferToDelay
+    from ._iter._producers import IterationProducer as IterationProducer
+    from ._iter._producers import ListConsumer as ListConsumer
+    from ._process._child import ProcessBase as ProcessBase
+    from ._process._parent import ProcessQueue as ProcessQueue
+    from ._process._parent import ProcessWorker as ProcessWorker
+    from ._support._info import Info as Info
+    from ._support._info import showResult as showResult
+    from ._support._util import DeferredLock as DeferredLock
+    from ._support._util import DeferredTracker as DeferredTracker
+    from ._threads._worker import ThreadQueue as ThreadQueue
+    from ._threads._worker import ThreadWorker as ThreadWorker
+    from ._threads._worker import deferToThread as deferToThread
     from .interfaces import IWorker as IWorker
     from .null import NullQueue as NullQueue
     from .wire import RemoteQueue as RemoteQueue

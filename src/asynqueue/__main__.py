@@ -1,5 +1,5 @@
 """
-``python -m asynqueue`` and the ``asynqueue`` command: see `asynqueue._cli`.
+``python -m asynqueue`` and the ``asynqueue`` command: see `asynqueue._cli._main`.
 
 ::
 
@@ -17,7 +17,7 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``asynqueue`` command with *argv*; returns the exit status."""
-    from ._cli import main as cliMain
+    from ._cli._main import main as cliMain
 
     return cliMain(argv)
 

@@ -1,5 +1,5 @@
 """The queue: `TaskQueue` (original module path ``asynqueue.base``)."""
 
-from ._queue import TaskQueue
+from ._core._queue import TaskQueue
 
 __all__ = ["TaskQueue"]

@@ -6,11 +6,12 @@ caller a `Deferator`, or, with ``consumer=...``, writes its items to that
 IConsumer through an `IterationProducer`.
 """
 
-from ._iteration import Deferator, Delay, deferToDelay, isIterator, threadDeferator
-from ._producers import (
+from ._iter._base import isIterator
+from ._iter._deferator import Deferator, Delay, deferToDelay, threadDeferator
+from ._iter._prefetch import Prefetcherator
+from ._iter._producers import (
     IterationProducer,
     ListConsumer,
-    Prefetcherator,
     consumeInto,
     iteratorToProducer,
 )

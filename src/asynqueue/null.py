@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._queue import TaskQueue
-from ._workers import AsyncWorker
+from ._core._asyncworker import AsyncWorker
+from ._core._queue import TaskQueue
 
 __all__ = ["NullQueue"]
 

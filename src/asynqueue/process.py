@@ -10,19 +10,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._child import ProcessBase
+from ._process._child import ProcessBase
 
 __all__ = ["ProcessBase", "ProcessQueue", "ProcessWorker"]
 
 
 def __getattr__(name: str) -> Any:
     if name in ("ProcessWorker", "ProcessQueue"):
-        from . import _process
+        from ._process import _parent as _process
 
         return getattr(_process, name)
     raise AttributeError(f"module 'asynqueue.process' has no attribute {name!r}")
 
 
 if TYPE_CHECKING:
-    from ._process import ProcessQueue as ProcessQueue
-    from ._process import ProcessWorker as ProcessWorker
+    from ._process._parent import ProcessQueue as ProcessQueue
+    from ._process._parent import ProcessWorker as ProcessWorker

@@ -1,5 +1,5 @@
 """Thread workers (original path ``asynqueue.threads``)."""
 
-from ._threads import ThreadQueue, ThreadWorker, deferToThread
+from ._threads._worker import ThreadQueue, ThreadWorker, deferToThread
 
 __all__ = ["ThreadQueue", "ThreadWorker", "deferToThread"]

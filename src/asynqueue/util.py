@@ -1,6 +1,6 @@
 """Small tools: `DeferredTracker`, `DeferredLock`, `CallRunner` and helpers."""
 
-from ._util import (
+from ._support._util import (
     CallRunner,
     DeferredLock,
     DeferredTracker,

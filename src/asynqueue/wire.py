@@ -19,7 +19,7 @@ code on the server. See ``docs/remote.md``.
 
 from __future__ import annotations
 
-from ._server import WireServer, WireWorkerUniverse
-from ._wireworker import RemoteQueue, UniverseMethod, WireWorker
+from ._remote._client import RemoteQueue, UniverseMethod, WireWorker
+from ._remote._server import WireServer, WireWorkerUniverse
 
 __all__ = ["RemoteQueue", "UniverseMethod", "WireServer", "WireWorker", "WireWorkerUniverse"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._workers import AsyncWorker
+from ._core._asyncworker import AsyncWorker
 from .interfaces import IWorker
 
 __all__ = ["AsyncWorker", "IWorker", "ProcessWorker", "ThreadWorker"]
@@ -15,11 +15,11 @@ __all__ = ["AsyncWorker", "IWorker", "ProcessWorker", "ThreadWorker"]
 
 def __getattr__(name: str) -> Any:
     if name == "ThreadWorker":
-        from ._threads import ThreadWorker
+        from ._threads._worker import ThreadWorker
 
         return ThreadWorker
     if name == "ProcessWorker":
-        from ._process import ProcessWorker
+        from ._process._parent import ProcessWorker
 
         return ProcessWorker
     raise AttributeError(f"module 'asynqueue.workers' has no attribute {name!r}")

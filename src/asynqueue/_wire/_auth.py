@@ -32,6 +32,7 @@ from ..errors import AuthenticationFailed, WireError
 
 __all__ = [
     "HANDSHAKE_MAX",
+    "HANDSHAKE_TIMEOUT",
     "KEY_ENVIRONMENT",
     "VERSION",
     "challenge",
@@ -53,6 +54,8 @@ REFUSED = b"refused"
 #: The longest frame (after its 16-byte header) accepted before the peer
 #: has proved it knows the key.
 HANDSHAKE_MAX = 256
+#: Seconds either side gives the other to complete the handshake.
+HANDSHAKE_TIMEOUT = 10.0
 #: The environment variable a key is read from when none is given.
 KEY_ENVIRONMENT = "ASYNQUEUE_KEY"
 

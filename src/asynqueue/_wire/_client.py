@@ -39,8 +39,8 @@ from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
 from .. import errors
-from .._iteration import Deferator
-from .._task import Task
+from .._core._task import Task
+from .._iter._deferator import Deferator
 from ._codec import (
     CALLS,
     CLOSE,

@@ -43,12 +43,16 @@ from ._auth import HANDSHAKE_MAX
 from ._channel import SocketChannel
 from ._framing import FrameDecoder, FramingError, Message, OversizeMessage
 
-__all__ = ["FrameProtocol", "FrameReceiver", "describeReason"]
+__all__ = ["DEFAULT_MAX_FRAME", "FrameProtocol", "FrameReceiver", "describeReason"]
 
 log = logging.getLogger("asynqueue")
 
 # Transport tuning when a connection stays with Twisted (TLS): bytes read per
 # recv (Twisted's default is 64 KiB) and offered to the kernel per write.
+#: The largest frame (one message, such as a batch of calls or a result)
+#: accepted from an authenticated peer, unless told otherwise.
+DEFAULT_MAX_FRAME = 1 << 30
+
 READ_SIZE = 256 * 1024
 SEND_LIMIT = 4 * 1024 * 1024
 

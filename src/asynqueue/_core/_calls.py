@@ -1,0 +1,203 @@
+"""
+The record of a call, and helpers that describe calls and read results.
+
+- `_Call`: one ``TaskQueue.call`` from its submission until it has fired (it
+  *is* the caller's Deferred).
+- `_Slot`: an attached worker, as the dispatcher sees it.
+- `QUEUE_KEYWORDS` and `takeQueueOptions`: the keywords that the queue takes
+  out of a call's own, validated.
+- `describeCall`, `tracebackText`, `toFailure`, `_unpackStatus`: text for
+  messages and logs, and what a worker reported, in usable form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from .. import errors
+from ._scheduler import Entry, checkNiceness
+
+if TYPE_CHECKING:
+    from ._task import Task
+
+# Keywords that TaskQueue.call consumes; they never reach the callable.
+QUEUE_KEYWORDS = frozenset(
+    {
+        "niceness",
+        "series",
+        "doNext",
+        "doLast",
+        "timeout",
+        "consumer",
+        "returnFailure",
+        "raw",
+    }
+)
+
+
+def describeCall(f: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> str:
+    """A one-line ``name(arg, k=v)`` description of a call, for messages and logs."""
+    name = getattr(f, "__qualname__", None) or getattr(f, "__name__", None) or repr(f)
+    module = getattr(f, "__module__", None)
+    if module and module not in ("builtins", "__main__"):
+        name = f"{module}.{name}"
+    parts = [_short(a) for a in args] + [f"{k}={_short(v)}" for k, v in kw.items()]
+    return f"{name}({', '.join(parts)})"
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def tracebackText(failure: Failure) -> str:
+    """The traceback text of *failure*, including a worker's remote traceback."""
+    remote = getattr(failure.value, "remoteTraceback", "")
+    if remote:
+        return str(remote)
+    try:
+        return failure.getTraceback()
+    except Exception:  # a Failure rebuilt from a remote report may lack frames
+        return f"{failure.type.__name__}: {failure.value}"
+
+
+def toFailure(result: Any, errorType: type[errors.WorkerError] = errors.WorkerError) -> Failure:
+    """Turn what a worker reported with status ``e`` into a Failure."""
+    if isinstance(result, Failure):
+        return result
+    if isinstance(result, BaseException):
+        return Failure(result)
+    text = result.decode("utf-8", "replace") if isinstance(result, bytes) else str(result)
+    return Failure(errorType(text, remoteTraceback=text))
+
+
+class _Call(Deferred[Any], Entry):
+    """
+    One ``call`` from its submission until it has fired: the caller's
+    Deferred, carrying the record of the call, and its own scheduler `Entry`
+    while it is queued (``series`` and ``seq`` are the entry's fields).
+    """
+
+    # Class-level defaults: most calls set none of the options, and an
+    # instance only stores what differs (cheaper than setting every field).
+    attempt: Task | None = None
+    slot: _Slot | None = None
+    entry: Any = None
+    timer: Any = None
+    done = False
+    timeouts = 0
+    losses = 0
+    callID = 0
+    niceness = 0
+    doNext = False
+    doLast = False
+    timeout: float | None = None
+    consumer: Any = None
+    returnFailure = False
+    raw: bool | None = None
+    # False for a call whose series only shares the workers fairly with
+    # other series, its tasks running side by side (see TaskQueue._callInFlow).
+    inSequence = True
+    # False once a queue keyword other than series, raw or returnFailure was
+    # given: its attempts need the full Task.
+    plain = True
+
+    def __init__(self, f: Any, args: tuple[Any, ...], kw: dict[str, Any] | None) -> None:
+        Deferred.__init__(self)
+        self.series: Hashable = None
+        self.f = f
+        self.args = args
+        # None for no keywords: a waiting call then holds no empty dict (one
+        # object fewer per queued call for the garbage collector to count).
+        self._kw = kw
+
+    @property
+    def kw(self) -> dict[str, Any]:
+        """The keywords for *f*; a fresh empty dict when there are none."""
+        return {} if self._kw is None else self._kw
+
+    def describe(self) -> str:
+        return describeCall(self.f, self.args, self.kw)
+
+
+def takeQueueOptions(call: _Call, kw: dict[str, Any], returnFailure: bool) -> None:
+    """
+    Take the queue's keywords out of *kw* (the call's own), validating each.
+
+    *returnFailure* is the queue's setting, for a call that gives none.
+    """
+    call.niceness = checkNiceness(kw.pop("niceness", 0))
+    call.series = kw.pop("series", None)
+    if call.series is not None:
+        hash(call.series)  # TypeError at the call site for an unhashable series
+    call.doNext = bool(kw.pop("doNext", False))
+    call.doLast = bool(kw.pop("doLast", False))
+    timeout = kw.pop("timeout", None)
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number of seconds, not {timeout!r}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
+    call.timeout = timeout
+    call.consumer = kw.pop("consumer", None)
+    if call.consumer is not None and not callable(getattr(call.consumer, "write", None)):
+        raise TypeError(f"consumer {call.consumer!r} does not provide IConsumer")
+    call.returnFailure = bool(kw.pop("returnFailure", returnFailure))
+    raw = kw.pop("raw", None)
+    call.raw = None if raw is None else bool(raw)
+    call.plain = not (
+        call.niceness
+        or call.doNext
+        or call.doLast
+        or call.timeout is not None
+        or call.consumer is not None
+    )
+
+
+def _unpackStatus(statusResult: Any) -> tuple[str, Any]:
+    try:
+        status, result = statusResult
+    except (TypeError, ValueError):
+        return "?", statusResult
+    if isinstance(status, bytes):
+        status = status.decode("ascii", "replace")
+    return status, result
+
+
+class _Slot:
+    """An attached worker, as the dispatcher sees it."""
+
+    __slots__ = (
+        "ID",
+        "attached",
+        "bounced",
+        "held",
+        "inflight",
+        "qualified",
+        "ready",
+        "reportsStart",
+        "rest",
+        "stopping",
+        "worker",
+    )
+
+    def __init__(self, worker: Any, ID: int) -> None:
+        self.worker = worker
+        self.ID = ID
+        self.qualified: frozenset[Hashable] = frozenset()
+        self.inflight: dict[Task, _Call] = {}
+        # series -> how many of its tasks are in flight here
+        self.held: dict[Hashable, int] = {}
+        self.ready = False
+        self.attached = True
+        self.stopping = False
+        self.bounced = False
+        self.rest: Any = None  # the delayed call that ends a refusal pause
+        self.reportsStart = bool(getattr(worker, "reportsStart", False))
+
+    def refreshQualifications(self) -> None:
+        self.qualified = frozenset([None, *self.worker.cQualified, *self.worker.iQualified])

@@ -1,0 +1,482 @@
+"""
+`_Dispatcher`: how `TaskQueue` hands calls to workers and takes back reports.
+
+- Workers are *ready* when the Deferred from their last ``run`` has fired. The
+  dispatcher gives each ready worker the best task it is qualified for, the
+  least loaded worker first (`_Slot` is a worker as the dispatcher sees it).
+- A series runs in sequence: while one of its tasks is in flight on a worker,
+  the scheduler *holds* the series (``_track``), and no other worker gets its
+  next task. The worker holding it may, if it ``runsInOrder`` (see
+  `IWorker`), take the next ones to run right behind it (`_mine`). The
+  series is released when its last task in flight reports.
+- A timeout counts from when a worker takes the task (or, for workers that
+  report it, from when it really starts). A task is retried once after a
+  timeout and re-run once after its worker was lost (status ``d``); the second
+  time it fails with `errors.TimeoutError` or `errors.WorkerLost`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Hashable
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
+
+from .. import errors
+from ._calls import _Call, _Slot, _unpackStatus
+from ._scheduler import Scheduler
+from ._task import DO_LAST_PRIORITY, DO_NEXT_PRIORITY, Task, plainTask
+
+log = logging.getLogger("asynqueue")
+
+# How long a worker that refused a task on the spot (status d from within
+# ``run``) rests before it is offered another: long enough not to spin.
+REFUSAL_PAUSE = 0.005
+
+# A pipelining worker whose running task started longer ago than this gets
+# no more tasks until that one is done (see _Dispatcher._stalled).
+PIPELINE_PATIENCE = 0.005
+
+# How many times a call may be charged with a timeout / a lost worker.
+MAX_TIMEOUTS = 2
+MAX_LOSSES = 2
+
+
+class _Dispatcher:
+    """
+    The dispatcher and report handling of `TaskQueue`, which inherits it.
+
+    A mixin, so that the hot path stays plain method calls on one object. It
+    keeps no state of its own: it expects the queue to provide
+
+    - ``_reactor``, ``_scheduler``, ``spew``;
+    - ``_slots`` (`_Slot` objects by ID), ``_slotList`` (the attached ones),
+      ``_pending`` (unfinished `_Call` objects), ``_drainWaiters``,
+      ``_dispatching``, ``_redispatch``, ``_seriesRunning``, ``_reporter``
+      (the bound ``_onReport``) and ``_ownTaskDone``, all set by
+      ``TaskQueue.__init__``;
+    - the methods ``taskDone``, ``detachWorker`` and ``_checkDrained``.
+    """
+
+    _reactor: Any
+    _scheduler: Scheduler
+    spew: bool
+    _slotList: list[_Slot]
+    _pending: set[_Call]
+    _drainWaiters: list[Deferred[None]]
+    _dispatching: bool
+    _redispatch: bool
+    _seriesRunning: dict[Hashable, int]
+    _slots: dict[int, _Slot]
+    _reporter: Any
+    _ownTaskDone: bool
+
+    # ------------------------------------------------------------ dispatch
+
+    def _leastLoadedReady(self) -> _Slot | None:
+        best = None
+        for slot in self._slotList:
+            if (
+                slot.ready
+                and slot.attached
+                and (best is None or len(slot.inflight) < len(best.inflight))
+            ):
+                best = slot
+        if (
+            best is not None
+            and best.inflight
+            and best.reportsStart
+            and self._stalled(best, self._reactor.seconds())
+        ):
+            return None  # every ready worker is stuck in a long task: queue it
+        return best
+
+    @staticmethod
+    def _stalled(slot: _Slot, now: float) -> bool:
+        """
+        True if *slot*'s running task has taken longer than `PIPELINE_PATIENCE`.
+
+        A pipelining worker gets more tasks while it works, to hide the
+        hand-off. Behind a long task that only delays them, and commits them
+        to that worker before the scheduler's later choices (niceness, new
+        series) can apply: so such a worker gets no more until it is done.
+        """
+        started = next(iter(slot.inflight)).startedAt
+        return started is not None and now - started > PIPELINE_PATIENCE
+
+    def _requeue(self, call: _Call) -> None:
+        """Put *call* back at the front, in its original place among retries."""
+        call.entry = self._scheduler.pushFront(call, call.series, call.seq)
+
+    def _dispatch(self) -> None:
+        """Give every ready worker the best task it may run."""
+        if self._dispatching:
+            self._redispatch = True
+            return
+        scheduler = self._scheduler
+        if not scheduler.count:
+            return
+        for slot in self._slotList:
+            if slot.ready:
+                break
+        else:
+            return  # no worker can take anything now
+        self._dispatching = True
+        try:
+            # Passes: each ready worker, least loaded first, gets one task;
+            # again while a worker stays ready after taking one (pipelining)
+            # or something asked for a dispatch meanwhile (_redispatch).
+            while scheduler.count:
+                self._redispatch = False
+                ready = [s for s in self._slotList if s.ready]
+                if not ready:
+                    break
+                again = False
+                if len(ready) > 1:
+                    ready.sort(key=_load)
+                for slot in ready:
+                    if self._offer(slot):
+                        if len(ready) == 1:
+                            self._feed(slot)
+                        again = again or slot.ready
+                if not (again or self._redispatch):
+                    break
+        finally:
+            self._dispatching = False
+
+    def _offer(self, slot: _Slot) -> bool:
+        """Give *slot* the best task it may run now, if any; True if it got one."""
+        if not slot.ready or not slot.attached:
+            return False
+        if slot.inflight and slot.reportsStart and self._stalled(slot, self._reactor.seconds()):
+            return False
+        call = self._scheduler.pop(slot.qualified, (), self._mine(slot))
+        if call is None:
+            return False
+        self._runOn(slot, call)
+        return True
+
+    def _feed(self, slot: _Slot) -> None:
+        """
+        The express path of `_dispatch` when *slot* is the only ready worker:
+        the passes would each give it one task until it is full, it stalls or
+        nothing is left for it; this loop does the same without rebuilding
+        the list of ready workers each time. Anything else that happens
+        meanwhile (another worker ready, a retry) sets ``_redispatch`` and
+        hands back to the passes.
+        """
+        scheduler = self._scheduler
+        seconds = self._reactor.seconds
+        while slot.ready and scheduler.count and not self._redispatch and slot.attached:
+            inflight = slot.inflight
+            if inflight and slot.reportsStart:
+                started = next(iter(inflight)).startedAt
+                if started is not None and seconds() - started > PIPELINE_PATIENCE:
+                    return  # stalled (see _stalled)
+            call = scheduler.pop(slot.qualified, (), self._mine(slot) if slot.held else ())
+            if call is None:
+                return
+            self._runOn(slot, call)
+
+    def _mine(self, slot: _Slot) -> Collection[Hashable]:
+        """
+        The held series whose next task *slot* may take: those it holds, if
+        its worker runs its tasks one at a time in the order given (then the
+        next task runs right behind the one it holds, never beside it).
+        """
+        if slot.held and getattr(slot.worker, "runsInOrder", False):
+            return slot.held
+        return ()
+
+    def _mayStartSeries(self, slot: _Slot, series: Hashable) -> bool:
+        """Whether *slot* may take the next task of *series* (none queued before it)."""
+        return not self._scheduler.isHeld(series) or series in self._mine(slot)
+
+    def _track(self, slot: _Slot, call: _Call) -> None:
+        series = call.series
+        held = slot.held
+        held[series] = held.get(series, 0) + 1
+        running = self._seriesRunning
+        n = running.get(series, 0)
+        running[series] = n + 1
+        if not n:
+            self._scheduler.hold(series)
+
+    def _untrack(self, slot: _Slot, call: _Call) -> None:
+        series = call.series
+        held = slot.held
+        n = held.get(series)
+        if n is None:
+            return
+        if n > 1:
+            held[series] = n - 1
+        else:
+            del held[series]
+        running = self._seriesRunning
+        n = running[series] - 1
+        if n:
+            running[series] = n
+        else:
+            del running[series]
+            self._scheduler.release(series)  # its next task may start anywhere
+
+    def _clearInflight(self, slot: _Slot) -> list[Task]:
+        """Forget every attempt in flight on *slot*; returns them."""
+        for call in slot.inflight.values():
+            if call.series is not None:
+                self._untrack(slot, call)
+        unfinished = list(slot.inflight)
+        slot.inflight.clear()
+        return unfinished
+
+    def _runOn(self, slot: _Slot, call: _Call) -> None:
+        """
+        Hand *call* to *slot*'s worker as a new attempt. Leaves ``slot.ready``
+        True if the worker can take another task at once.
+        """
+        slot.ready = False
+        call.entry = None
+        if call.plain and not (call.timeouts or call.losses):
+            callTuple = (call.f, call.args, call._kw or {})  # (call.kw, minus a Python call)
+            task = plainTask(callTuple, call.callID, self._reactor.seconds)
+            if call.series is not None:
+                task.series = call.series
+            if call.raw is not None:
+                task.raw = call.raw
+        else:
+            task = Task(
+                call.f,
+                call.args,
+                call.kw,
+                DO_NEXT_PRIORITY
+                if call.doNext
+                else DO_LAST_PRIORITY
+                if call.doLast
+                else call.niceness,
+                call.series,
+                call.timeout,
+                niceness=call.niceness,
+                doNext=call.doNext,
+                doLast=call.doLast,
+                raw=call.raw,
+                consumer=call.consumer,
+                callID=call.callID,
+                attempt=call.timeouts + call.losses + 1,
+                clock=self._reactor.seconds,
+            )
+        call.attempt = task
+        call.slot = slot
+        task.owner = call
+        slot.inflight[task] = call
+        if call.series is not None and call.inSequence:
+            self._track(slot, call)
+        task.onReport = self._reporter
+        if call.timeout is not None:
+            if not getattr(slot.worker, "reportsStart", False):
+                task.startedAt = self._reactor.seconds()
+            call.timer = self._reactor.callLater(call.timeout, self._timerFired, task, call)
+        slot.bounced = False
+        try:
+            readyD = slot.worker.run(task)
+        except Exception:
+            task.callback(("e", Failure()))
+            readyD = succeed(None)
+        if slot.bounced and (readyD is None or readyD.called):
+            # The worker refused the task on the spot (status d): rest a moment
+            # before offering it more, or a worker that refuses everything
+            # would spin this loop forever.
+            if readyD is not None:
+                readyD.addErrback(lambda _: None)
+            if slot.attached:  # (the report may have led to its detachment)
+                slot.rest = self._reactor.callLater(REFUSAL_PAUSE, self._rested, slot)
+            return
+        if readyD is None or (readyD.called and not isinstance(readyD.result, Failure)):
+            # Ready at once (a pipelining worker with room): no callback round.
+            if slot.attached and not slot.stopping:
+                slot.ready = True
+            return
+        readyD.addCallbacks(self._onReady, self._onReadyFailed, (slot,), None, (slot,))
+
+    def _rested(self, slot: _Slot) -> None:
+        slot.rest = None
+        self._workerReady(slot)
+
+    def _onReady(self, _: Any, slot: _Slot) -> None:
+        self._workerReady(slot)
+
+    def _onReadyFailed(self, failure: Failure, slot: _Slot) -> None:
+        log.error("Worker %r failed while running a task: %s", slot.worker, failure.value)
+        if slot.attached:
+            self.detachWorker(slot.ID, reassign=True, crash=True)
+
+    def _workerReady(self, slot: _Slot) -> None:
+        if slot.attached and not slot.stopping:
+            slot.ready = True
+            self._dispatch()
+
+    # ------------------------------------------------------------ results
+
+    def _closeAttempt(self, call: _Call) -> Task | None:
+        """Stop waiting for the current attempt of *call*; returns it."""
+        task = call.attempt
+        call.attempt = None
+        if call.timer is not None:
+            if call.timer.active():
+                call.timer.cancel()
+            call.timer = None
+        slot = call.slot
+        if slot is not None:
+            call.slot = None
+            if slot.inflight.pop(task, None) is not None and call.series is not None:  # type: ignore[arg-type]
+                self._untrack(slot, call)
+        return task
+
+    def _onReport(self, task: Task, statusResult: Any) -> None:
+        call = task.owner
+        if (
+            statusResult.__class__ is tuple
+            and len(statusResult) == 2
+            and (statusResult[0] == "r" or statusResult[0] == "n")
+            and self._ownTaskDone
+            and not self.spew
+        ):
+            # The hot path: what _attemptDone, taskDone and _finish do with a
+            # plain result (or None) of the current attempt, inlined.
+            if call.attempt is not task or call.done:
+                return  # a late result of an attempt the queue gave up on
+            slot = call.slot
+            if call.timer is None and call.series is None and slot is not None:
+                call.attempt = call.slot = None
+                slot.inflight.pop(task, None)
+            else:
+                self._closeAttempt(call)
+            call.done = True
+            self._pending.discard(call)
+            if call.entry is not None:
+                self._scheduler.remove(call.entry)
+                call.entry = None
+            result = statusResult[1] if statusResult[0] == "r" else None
+            # isinstance(result, Deferred) by the MRO: Deferred is an ABC
+            # (Awaitable), whose isinstance costs a Python-level call.
+            if Deferred in result.__class__.__mro__:
+                result.chainDeferred(call)
+            else:
+                call.callback(result)
+            if self._scheduler.count:
+                self._dispatch()
+            if self._drainWaiters:
+                self._checkDrained()
+            return
+        self._attemptDone(statusResult, task, call)
+
+    def _attemptDone(self, statusResult: Any, task: Task, call: _Call) -> None:
+        if call.attempt is not task or call.done:
+            return  # a late result of an attempt the queue gave up on
+        slot = call.slot
+        self._closeAttempt(call)
+        status, result = _unpackStatus(statusResult)
+        if status == "t":
+            self._timedOut(call, task, slot, notifyWorker=False)
+        elif status == "d":
+            if slot is not None:
+                slot.bounced = True
+            if task.innocent:
+                self._requeue(call)
+            else:
+                self._lost(call, result)
+        else:
+            try:
+                outcome = self.taskDone((status, result), task, call=call)
+            except Exception:
+                outcome = Failure()
+            self._finish(call, outcome)
+            if not self._drainWaiters and not self._scheduler:
+                return  # nothing queued, nobody waiting for the drain
+        self._dispatch()
+        self._checkDrained()
+
+    def _timerFired(self, task: Task, call: _Call) -> None:
+        call.timer = None
+        if call.attempt is not task or call.done:
+            return
+        now = self._reactor.seconds()
+        assert call.timeout is not None
+        started = task.startedAt
+        if started is None:
+            # Still waiting in the worker's own pipeline: not started yet.
+            call.timer = self._reactor.callLater(call.timeout, self._timerFired, task, call)
+            return
+        remaining = started + call.timeout - now
+        if remaining > 1e-6:
+            call.timer = self._reactor.callLater(remaining, self._timerFired, task, call)
+            return
+        slot = call.slot
+        self._closeAttempt(call)
+        self._timedOut(call, task, slot, notifyWorker=True)
+        self._dispatch()
+        self._checkDrained()
+
+    def _timedOut(self, call: _Call, task: Task, slot: _Slot | None, notifyWorker: bool) -> None:
+        call.timeouts += 1
+        final = call.timeouts >= MAX_TIMEOUTS
+        if not final:
+            # Requeued before the worker hears of it: the tasks of its series
+            # that the worker hands back now must not overtake the retry.
+            self._requeue(call)
+        if notifyWorker and slot is not None:
+            hook = getattr(slot.worker, "timedOut", None)
+            if hook is not None:
+                try:
+                    hook(task)
+                except Exception:
+                    log.exception("Worker %r failed to handle a timeout", slot.worker)
+        if final:
+            # After the worker has freed itself: the caller may use it at once.
+            self._finish(
+                call,
+                Failure(
+                    errors.TimeoutError(
+                        f"{call.describe()} timed out after {call.timeout} seconds,"
+                        f" {call.timeouts} times"
+                    )
+                ),
+            )
+
+    def _lost(self, call: _Call, reason: Any) -> None:
+        call.losses += 1
+        if call.losses >= MAX_LOSSES:
+            text = str(reason.value if isinstance(reason, Failure) else reason or "")
+            self._finish(
+                call,
+                Failure(
+                    errors.WorkerLost(
+                        f"{call.describe()}: its worker was lost {call.losses} times"
+                        + (f" ({text})" if text else ""),
+                        reason=text,
+                    )
+                ),
+            )
+        else:
+            self._requeue(call)
+
+    def _finish(self, call: _Call, outcome: Any) -> None:
+        """Fire the caller's Deferred, exactly once."""
+        if call.done:
+            return
+        call.done = True
+        self._pending.discard(call)
+        if call.entry is not None:
+            self._scheduler.remove(call.entry)
+            call.entry = None
+        if isinstance(outcome, Deferred):
+            # Chunked results and consumer runs finish later.
+            outcome.chainDeferred(call)
+        else:
+            call.callback(outcome)
+
+
+def _load(slot: _Slot) -> int:
+    """How many attempts *slot* has in flight (the dispatcher's sort key)."""
+    return len(slot.inflight)

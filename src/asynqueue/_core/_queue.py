@@ -1,0 +1,653 @@
+"""
+`TaskQueue`: the queue, its workers, updates, shutdown and result policy.
+
+Data flow::
+
+    call(f, *a, **kw) ──► _Call ──► Scheduler ──► _dispatch ──► worker.run(Task)
+        │                   ▲  (pure order)       (idle worker,    │
+        │                   │                      best task)      ▼
+        ▼                   └── retry (t, d) ◄── _attemptDone ◄── task.callback((status, result))
+    caller's Deferred ◄────────────── taskDone (policy) ◄──┘
+
+- A `_Call` is what the caller asked for; it lives until it fires: it *is*
+  the Deferred that ``call`` returns (one object per waiting call, not two:
+  thousands of queued calls are that many fewer objects for the garbage
+  collector to scan again and again).
+- Each time the dispatcher hands the call to a worker it makes a fresh `Task`
+  (one *attempt*). Results of an attempt the queue has given up on (after a
+  timeout, or a detach) are ignored, so a late result never wins over a retry.
+
+The pieces live in their own modules: `_calls` holds the call record and the
+helpers that describe calls and read results; `_dispatch` holds the
+dispatcher (`_Dispatcher`, which `TaskQueue` inherits): worker readiness,
+pipelining, timeouts and retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.python.failure import Failure
+
+from .. import errors
+from .._support._util import whenFired
+from ..interfaces import IWorker
+from ._calls import (
+    QUEUE_KEYWORDS,
+    _Call,
+    _Slot,
+    _unpackStatus,
+    describeCall,
+    takeQueueOptions,
+    toFailure,
+    tracebackText,
+)
+from ._dispatch import _Dispatcher
+from ._scheduler import Scheduler
+from ._task import DO_NEXT_PRIORITY, Task, nextCallID
+
+__all__ = ["TaskQueue"]
+
+log = logging.getLogger("asynqueue")
+
+
+class TaskQueue(_Dispatcher):
+    """
+    A task queue for dispatching arbitrary callables to one or more workers.
+
+    Construct it with workers, or attach them later with `attachWorker`.
+
+    Args:
+        timeout: seconds to let a worker stop gracefully (on ``detachWorker``
+            and ``shutdown``) before it is crashed. None waits.
+        warn: on a task error, log it on the ``asynqueue`` logger at ERROR
+            level and fire the call's Deferred with the traceback text,
+            instead of stopping the reactor.
+        verbose: describe the call in error messages.
+        spew: log every call and its result at INFO level (implies verbose).
+        returnFailure: errback the call's Deferred with a Failure of the
+            task's original exception when a task raises. Without it (and
+            without ``warn``), a task error prints the error on stderr, shuts
+            the queue down and stops the reactor.
+        reactor: the reactor (or a ``task.Clock``-like object for tests) to
+            use; the global reactor by default.
+    """
+
+    def __init__(
+        self,
+        *workers: Any,
+        timeout: float | None = None,
+        warn: bool = False,
+        verbose: bool = False,
+        spew: bool = False,
+        returnFailure: bool = False,
+        reactor: Any = None,
+        **kw: Any,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self._reactor = reactor
+        self.timeout = timeout
+        self.warn = warn
+        self.spew = spew
+        self.verbose = verbose or spew
+        self.returnFailure = returnFailure
+        self._scheduler = Scheduler()
+        self._slots: dict[int, _Slot] = {}
+        self._slotList: list[_Slot] = []  # the same slots, for quick scans
+        self._nextID = 1
+        self._pending: set[_Call] = set()
+        self._updates: list[tuple[Any, tuple[Any, ...], dict[str, Any], Hashable]] = []
+        self._running = True
+        self._shutdownD: Deferred[None] | None = None
+        self._drainWaiters: list[Deferred[None]] = []
+        self._dispatching = False
+        self._redispatch = False
+        self._stoppingReactor = False
+        # series -> how many of its tasks are in flight (on one worker, or on
+        # none: a series runs in sequence)
+        self._seriesRunning: dict[Hashable, int] = {}
+        # A subclass's taskDone sees every result; ours is inlined for plain ones.
+        self._ownTaskDone = type(self).taskDone is TaskQueue.taskDone
+        # Every attempt reports here: one bound method, not one per task.
+        self._reporter = self._onReport
+        if spew:
+            _ensureLogOutput()
+        for worker in workers:
+            self.attachWorker(worker)
+
+    # ------------------------------------------------------------ state
+
+    def __len__(self) -> int:
+        """The number of workers attached."""
+        return len(self._slots)
+
+    def __bool__(self) -> bool:
+        """True if I am running and have at least one worker."""
+        return self._running and bool(self._slots)
+
+    def isRunning(self) -> bool:
+        """True until ``shutdown`` has been called."""
+        return self._running
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} workers={len(self._slots)}"
+            f" queued={len(self._scheduler)} pending={len(self._pending)}"
+            f"{'' if self._running else ' shut down'}>"
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Counts of attached workers, queued calls and unfinished calls."""
+        running = sum(len(s.inflight) for s in self._slots.values())
+        return {
+            "workers": len(self._slots),
+            "queued": len(self._scheduler),
+            "running": running,
+            "pending": len(self._pending),
+        }
+
+    # ------------------------------------------------------------ workers
+
+    def attachWorker(self, worker: Any) -> Deferred[int]:
+        """
+        Register a new provider of `IWorker`.
+
+        Returns a Deferred firing with an int ID unique within this queue.
+        Remembered updates run on the worker before it gets queued tasks.
+        """
+        if not IWorker.providedBy(worker):
+            raise errors.ImplementationError(f"{worker!r} does not provide IWorker")
+        IWorker.validateInvariants(worker)
+        for slot in self._slots.values():
+            if slot.worker is worker:
+                return succeed(slot.ID)
+        ID = self._nextID
+        self._nextID += 1
+        slot = _Slot(worker, ID)
+        slot.refreshQualifications()
+        self._slots[ID] = slot
+        self._slotList.append(slot)
+        worker.ID = ID
+        worker.hired = True
+        worker.setResignator(lambda *_: self._resigned(ID))
+        self._refreshRestricted()
+        d = self._replayUpdates(slot)
+        d.addCallback(lambda _: self._workerReady(slot))
+        return succeed(ID)
+
+    def _resigned(self, ID: int) -> Deferred[list[Task]]:
+        return self.detachWorker(ID, reassign=True, crash=True)
+
+    def _getWorkerID(self, workerOrID: Any) -> int | None:
+        if isinstance(workerOrID, int) and workerOrID in self._slots:
+            return workerOrID
+        for ID, slot in self._slots.items():
+            if slot.worker is workerOrID:
+                return ID
+        return None
+
+    def detachWorker(
+        self, workerOrID: Any, reassign: bool = False, crash: bool = False
+    ) -> Deferred[list[Task]]:
+        """
+        Detach and stop a worker (the object or its ID).
+
+        Returns a Deferred firing with the list of tasks it left unfinished.
+        With ``reassign``, those calls go back to the queue (at the front) and
+        the list is empty; without it, their Deferreds fail with
+        `errors.TaskCancelled`. A graceful stop (no ``crash``) lets the worker
+        finish the tasks in hand; after the queue's ``timeout`` it is crashed.
+        """
+        ID = self._getWorkerID(workerOrID)
+        if ID is None:
+            return succeed([])
+        slot = self._slots.pop(ID)
+        self._slotList.remove(slot)
+        slot.attached = False
+        slot.ready = False
+        if slot.rest is not None and slot.rest.active():
+            slot.rest.cancel()
+        slot.rest = None
+        slot.worker.hired = False
+        self._refreshRestricted()
+        if crash:
+            d: Deferred[list[Task]] = succeed(self._crashSlot(slot))
+        else:
+            d = self._stopSlot(slot)
+        d.addCallback(self._handleUnfinished, reassign)
+        d.addCallback(self._afterDetach)
+        return d
+
+    def _afterDetach(self, result: list[Task]) -> list[Task]:
+        self._dispatch()
+        self._checkDrained()
+        return result
+
+    def _crashSlot(self, slot: _Slot) -> list[Task]:
+        try:
+            slot.worker.crash()
+        except Exception:
+            log.exception("Worker %r failed to crash", slot.worker)
+        # Whatever the worker says, every attempt still in flight on it is
+        # unfinished as far as the queue is concerned.
+        return self._clearInflight(slot)
+
+    def _stopSlot(self, slot: _Slot) -> Deferred[list[Task]]:
+        slot.stopping = True
+        result: Deferred[list[Task]] = Deferred()
+        timer = None
+
+        def stopped(_: Any) -> None:
+            if timer is not None and timer.active():
+                timer.cancel()
+            if not result.called:
+                # Attempts the worker never reported are unfinished.
+                result.callback(self._clearInflight(slot))
+
+        def tooSlow() -> None:
+            if not result.called:
+                unfinished = self._crashSlot(slot)  # may fire the stop Deferred
+                if not result.called:
+                    result.callback(unfinished)
+
+        try:
+            stopD = slot.worker.stop()
+        except Exception:
+            log.exception("Worker %r failed to stop", slot.worker)
+            stopD = succeed(None)
+        if self.timeout is not None:
+            timer = self._reactor.callLater(self.timeout, tooSlow)
+        stopD.addBoth(stopped)
+        return result
+
+    def _handleUnfinished(self, unfinished: list[Task], reassign: bool) -> list[Task]:
+        calls = []
+        for task in unfinished:
+            call = self._callForAttempt(task)
+            if call is not None:
+                calls.append(call)
+        for call in calls:
+            self._closeAttempt(call)
+            if reassign:
+                self._requeue(call)
+            else:
+                self._finish(
+                    call,
+                    Failure(
+                        errors.TaskCancelled(
+                            f"{call.describe()}: its worker was detached before it finished"
+                        )
+                    ),
+                )
+        return [] if reassign else unfinished
+
+    def _callForAttempt(self, task: Task) -> _Call | None:
+        for call in self._pending:
+            if call.attempt is task:
+                return call
+        return None
+
+    def qualifyWorker(self, worker: Any, series: Hashable) -> None:
+        """Add *series* to the qualifications of an attached *worker*."""
+        if series not in worker.iQualified:
+            worker.iQualified.append(series)
+        ID = self._getWorkerID(worker)
+        if ID is not None:
+            self._slots[ID].refreshQualifications()
+            self._refreshRestricted()
+            self._dispatch()
+
+    def workers(self, ID: int | None = None) -> Any:
+        """The worker with *ID* (None if not attached), or a list of all workers."""
+        if ID is None:
+            return [slot.worker for slot in self._slots.values()]
+        slot = self._slots.get(ID)
+        return None if slot is None else slot.worker
+
+    def _refreshRestricted(self) -> None:
+        restricted: set[Hashable] = set()
+        for slot in self._slots.values():
+            restricted.update(slot.qualified)
+        self._scheduler.setRestricted(restricted)
+
+    # ------------------------------------------------------------ calls
+
+    def newTask(self, func: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> _Call:
+        """Make the record of a queued call from a func-args-kw combo."""
+        if not callable(func):
+            raise TypeError(f"{func!r} is not callable")
+        own = dict(kw) if kw else None
+        call = _Call(func, tuple(args), own)
+        if self.returnFailure:
+            call.returnFailure = True
+        if own and not QUEUE_KEYWORDS.isdisjoint(own):
+            takeQueueOptions(call, own, self.returnFailure)
+        return call
+
+    def call(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
+        """
+        Queue a call of ``func(*args, **kw)``; returns a Deferred of its result.
+
+        Keywords for the queue (never passed to *func*):
+
+        - ``niceness``: int from -20 to 20 (default 0); a series at N+10 runs
+          at half the rate of one at N.
+        - ``series``: hashable; the tasks of a series run in sequence, in
+          submission order: one starts only after the one before it has
+          finished. They run only on workers qualified for the series if any
+          is attached.
+        - ``doNext`` / ``doLast``: run before / after everything else.
+        - ``timeout``: seconds from when a worker takes the task; retried
+          once, then fails with `errors.TimeoutError`.
+        - ``consumer``: an IConsumer to receive the items of an iterator
+          result; the Deferred then fires with the consumer.
+        - ``returnFailure``: errback with the task's exception (overrides the
+          queue's setting).
+        - ``raw``: return iterator results as-is (overrides the worker).
+
+        Raises:
+            QueueRunError: the queue has been shut down.
+            TypeError, ValueError: bad *func* or queue keyword.
+        """
+        if not self._running:
+            raise errors.QueueRunError(
+                f"Cannot call {describeCall(func, args, kw)}: the queue is shut down"
+            )
+        return self._submit(self.newTask(func, args, kw))
+
+    def _callInFlow(self, flow: Hashable, func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """
+        Like `call` with ``series=flow``, except that the tasks of *flow* do
+        not run in sequence: the flow only shares the workers fairly with
+        other series (the worker server's flow per client connection).
+        """
+        if not self._running:
+            raise errors.QueueRunError(
+                f"Cannot call {describeCall(func, args, kw)}: the queue is shut down"
+            )
+        call = self.newTask(func, args, kw)
+        call.series = flow
+        call.inSequence = False
+        return self._submit(call)
+
+    def _submit(self, call: _Call) -> _Call:
+        """Queue *call*, or hand it to a worker at once (see `call`)."""
+        call.callID = nextCallID()
+        self._pending.add(call)
+        scheduler = self._scheduler
+        if (
+            not scheduler.count
+            and not self._dispatching
+            and scheduler.vacant()
+            and not (call.doNext or call.doLast)
+        ):
+            # Fast path: nothing is queued, so this call is what the scheduler
+            # would pop next; hand it to the least loaded ready worker without
+            # a push, a pop and a dispatch pass (~9 µs of reactor time per call).
+            # A series call takes it only if that worker may run it now (else
+            # the dispatcher finds one that may).
+            slot = self._leastLoadedReady()
+            series = call.series
+            if slot is not None and (
+                series is None
+                or (scheduler.mayRun(series, slot.qualified) and self._mayStartSeries(slot, series))
+            ):
+                call.seq = scheduler.ticket()
+                self._dispatching = True
+                try:
+                    self._runOn(slot, call)
+                finally:
+                    self._dispatching = False
+                if self._redispatch and scheduler.count:
+                    self._dispatch()  # something was queued meanwhile (a retry)
+                return call
+        # The call is its own entry (push sets its seq).
+        call.entry = scheduler.push(call, call.series, call.niceness, call.doNext, call.doLast)
+        self._dispatch()
+        return call
+
+    def taskDone(self, statusResult: Any, task: Task, **kw: Any) -> Any:
+        """
+        Turn a worker's ``(status, result)`` into what the caller gets.
+
+        - ``e``: the task raised; see the error policy in the class docstring.
+        - ``r``: the result. ``n``: None.
+        - ``i``: an iterator result: a `Deferator` (or the raw iterator, or
+          ``[]`` if it was empty); with a consumer, a Deferred that fires with
+          the consumer once every item has been written to it.
+        - ``c``: a Deferred (or value) of a result sent in chunks.
+        - ``t`` and ``d`` are retried by the queue and never reach here
+          through it; passed directly they give the matching error.
+        """
+        call: _Call | None = kw.get("call")
+        status, result = _unpackStatus(statusResult)
+        if not self.spew and (status == "r" or status == "n"):
+            return result if status == "r" else None  # the hot paths
+        description = call.describe() if call is not None else repr(task)
+        if self.spew:
+            log.info("%s -> %r", description, result)
+        if status == "r":
+            return result
+        if status == "n":
+            return None
+        if status == "c":
+            return result
+        if status == "i":
+            consumer = call.consumer if call is not None else kw.get("consumer")
+            if consumer is None:
+                return result
+            from .._iter._producers import consumeInto
+
+            return consumeInto(result, consumer)
+        if status == "e":
+            failure = toFailure(result)
+            returnFailure = (
+                call.returnFailure
+                if call is not None
+                else kw.get("returnFailure", self.returnFailure)
+            )
+            return self._taskError(failure, description, returnFailure)
+        if status == "t":
+            return Failure(errors.TimeoutError(f"{description} timed out"))
+        if status == "d":
+            return Failure(errors.WorkerLost(f"{description} did not run"))
+        return Failure(errors.WorkerError(f"Unknown status {status!r} for {description}"))
+
+    def _taskError(self, failure: Failure, description: str, returnFailure: bool) -> Any:
+        text = tracebackText(failure)
+        prefix = description if self.verbose else "TASK"
+        if self.warn or self.spew:
+            log.error("%s: %s", prefix, text)
+        if returnFailure:
+            return failure
+        if not self.warn:
+            self._stopOnError(prefix, text)
+        return text
+
+    def _stopOnError(self, prefix: str, text: str) -> None:
+        """The default error policy: say what went wrong, then stop cleanly."""
+        sys.stderr.write(f"ERROR: {prefix}: {text.rstrip()}\n")
+        if self._stoppingReactor:
+            return
+        self._stoppingReactor = True
+        sys.stderr.write("Shutting down the queue and stopping the reactor.\n")
+        sys.stderr.flush()
+
+        def stopReactor(_: Any) -> None:
+            if getattr(self._reactor, "running", False):
+                self._reactor.stop()
+
+        self._reactor.callLater(0, lambda: self.shutdown().addBoth(stopReactor))
+
+    # ------------------------------------------------------------ update
+
+    def update(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[list[Any]]:
+        """
+        Run ``func(*args, **kw)`` directly on every attached worker, and
+        remember it for workers attached later (unless ``ephemeral=True``).
+
+        Returns a Deferred firing with the list of results on the current
+        workers. Wait for it before queueing calls that need the update.
+        """
+        if not self._running:
+            raise errors.QueueRunError("Cannot update: the queue is shut down")
+        if not callable(func):
+            raise TypeError(f"{func!r} is not callable")
+        ephemeral = bool(kw.pop("ephemeral", False))
+        kw.pop("sequential", None)
+        if kw.get("consumer") is not None:
+            raise ValueError("update() does not take a consumer")
+        call = self.newTask(func, args, kw)
+        call.returnFailure = True
+        if not ephemeral:
+            self._updates.append((func, call.args, call.kw, call.series))
+        ds = [
+            self._runUpdate(
+                slot,
+                func,
+                call.args,
+                call.kw,
+                "ephemeral" if ephemeral else "persistent",
+            )
+            for slot in list(self._slots.values())
+            if call.series is None or call.series in slot.qualified
+        ]
+        return DeferredList(ds, consumeErrors=True).addCallback(
+            lambda results: [value for _, value in results]
+        )
+
+    def _runUpdate(
+        self,
+        slot: _Slot,
+        func: Any,
+        args: tuple[Any, ...],
+        kw: dict[str, Any],
+        kind: str,
+    ) -> Deferred[Any]:
+        task = Task(
+            func,
+            args,
+            dict(kw),
+            doNext=True,
+            update=kind,
+            priority=DO_NEXT_PRIORITY,
+            clock=self._reactor.seconds,
+        )
+        try:
+            readyD = slot.worker.run(task)
+        except Exception:
+            task.callback(("e", Failure()))
+            readyD = succeed(None)
+        result: Deferred[Any] = Deferred()
+
+        def done(statusResult: Any) -> None:
+            status, value = _unpackStatus(statusResult)
+            if status == "e":
+                failure = toFailure(value)
+                log.error(
+                    "Update %s failed on worker %r: %s",
+                    describeCall(func, args, kw),
+                    slot.worker,
+                    failure.value,
+                )
+                result.callback(failure)
+            elif status in ("t", "d"):
+                result.callback(Failure(errors.WorkerError(f"update did not run ({status})")))
+            elif isinstance(value, Deferred):
+                value.chainDeferred(result)  # e.g. an iterator result still arriving
+            else:
+                result.callback(None if status == "n" else value)
+
+        task.d.addCallback(done)
+        result.readyD = readyD  # type: ignore[attr-defined]
+        return result
+
+    def _replayUpdates(self, slot: _Slot) -> Deferred[None]:
+        """Run remembered updates on a new worker, waiting until it takes each."""
+        d: Deferred[None] = succeed(None)
+        for func, args, kw, series in self._updates:
+            if series is not None and series not in slot.qualified:
+                continue
+
+            def runOne(_: Any, func: Any = func, args: Any = args, kw: Any = kw) -> Any:
+                if not slot.attached:
+                    return None
+                return self._runUpdate(slot, func, args, kw, "persistent").readyD  # type: ignore[attr-defined]
+
+            d.addCallback(runOne)
+        d.addErrback(lambda f: log.error("Replaying updates failed: %s", f.value))
+        return d
+
+    # ------------------------------------------------------------ shutdown
+
+    def _checkDrained(self) -> None:
+        if self._drainWaiters and (not self._pending or not self._slots):
+            waiters, self._drainWaiters = self._drainWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _drained(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._drainWaiters.append(d)
+        self._checkDrained()
+        return d
+
+    def shutdown(self) -> Deferred[None]:
+        """
+        Shut down; wait for the returned Deferred before dropping the queue.
+
+        1. Refuse new calls (they raise `errors.QueueRunError`).
+        2. Let queued and running tasks finish, while any worker is attached.
+        3. Stop every worker; crash those still busy after ``timeout``.
+        4. Fail every call still unfinished with `errors.QueueRunError`.
+
+        Calling it again returns a Deferred of the same shutdown.
+        """
+        if self._shutdownD is None:
+            self._running = False
+            self._shutdownD = self._doShutdown()
+        return whenFired(self._shutdownD)
+
+    def _doShutdown(self) -> Deferred[None]:
+        from twisted.internet.defer import inlineCallbacks
+
+        @inlineCallbacks
+        def steps() -> Any:
+            yield self._drained()
+            stops = [self.detachWorker(ID) for ID in list(self._slots)]
+            results = yield DeferredList(stops, consumeErrors=True)
+            for ok, value in results:
+                if not ok:
+                    log.error("Stopping a worker failed: %s", value.value)
+            leftovers = self._scheduler.drain()
+            for call in leftovers:
+                call.entry = None
+            for call in list(self._pending):
+                self._closeAttempt(call)
+                self._finish(
+                    call,
+                    Failure(
+                        errors.QueueRunError(
+                            f"{call.describe()} never ran: the queue was shut down"
+                        )
+                    ),
+                )
+
+        return steps()
+
+
+def _ensureLogOutput() -> None:
+    """Make ``spew`` visible even when the application configured no logging."""
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)

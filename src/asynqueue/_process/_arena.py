@@ -1,0 +1,219 @@
+"""
+Shared-memory arenas between a process worker and its child: one for the
+large results that a worker server relays, one (the *inbox*) for the large
+arguments of any call.
+
+A worker server passes a child's result on to its client without
+unpickling it. Through the socketpair, a 10 MB result costs the child a
+copy into the kernel and the server one out of it, before the server's
+copy into the client's socket: the server, which also runs the reactor,
+does twice the work of its client. With an arena, the child copies the
+large parts of its result into memory that both processes map (one
+``memcpy``) and sends only where they are; the server sends them from
+there, straight into the client's socket. It need not wait for the whole
+copy: the child says where the parts will be first, then copies them in
+growing pieces and reports after each how far it got (PLACED messages),
+and the server sends on what is there (a `Filling`, as for a message
+relayed as it arrives).
+
+One result at a time: the first byte of the arena says whether it is
+taken. The child takes it (if it is free and the parts fit) and the
+server frees it once nothing refers to the parts any more: the views it
+hands out all export one ``ctypes`` array over the arena (which can be
+weakly referred to), and a finalizer frees the arena when that object
+dies: when the last byte was sent, or the result dropped, whichever way. A child that
+finds the arena taken sends its result through the socket as before.
+
+The inbox works the same way round: the parent takes it (`reserve`) for
+the parts of 1 MiB or more of a call when it is free, copies them in at
+once (`fill`) and sends the call with where they are; the child reads them
+from there (`lend`: the views, which unpickling copies from, or keeps, as a
+NumPy array would), and the inbox is free again once the child holds no
+view of it. That spares a large argument the trip through the socket (the
+kernel's copy in and the child's copy out): one ``memcpy`` on each side. A
+call that finds the inbox taken (a call before it not run yet, or an object
+the child keeps) goes by the socket.
+
+The memory is a ``memfd`` (Linux): where there is none, there is no arena.
+Pages are allocated the first time they are written and kept for the
+child's life: an arena of `ARENA_SIZE` bytes costs as much memory as the
+largest result (or arguments) it carried, shared by both processes; a
+child's memory limit (``maxRSS``) does not count them.
+
+Standard library only: the child loads this file on its own.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import weakref
+
+from .._wire._framing import Filling, nbytes
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the child must not pay for importing typing
+    from collections.abc import Iterator
+    from typing import Any
+
+__all__ = ["ARENA_MIN", "ARENA_SIZE", "Arena"]
+
+#: Bytes of an arena (address space; memory only as far as it is used).
+ARENA_SIZE = 32 * 1024 * 1024
+#: Parts of a result at least this large go through the arena.
+ARENA_MIN = 1024 * 1024
+
+# The first page holds the flag; parts start page-aligned after it.
+_DATA = mmap.PAGESIZE
+_FREE, _TAKEN = 0, 1
+
+
+class Arena:
+    """One arena, as either process maps it (see the module docstring)."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.map = mmap.mmap(fd, size)
+        # The most bytes ever written (the child's memory that it costs).
+        self.highWater = 0
+
+    @classmethod
+    def create(cls, size: int = ARENA_SIZE) -> Arena | None:
+        """A new arena (the parent's side), or None where there can be none."""
+        memfdCreate = getattr(os, "memfd_create", None)
+        if memfdCreate is None or size <= _DATA:
+            return None
+        try:
+            import ctypes  # noqa: F401  (`take` needs it)
+        except ImportError:
+            return None
+        try:
+            fd = memfdCreate("asynqueue-arena", os.MFD_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            os.ftruncate(fd, size)
+            return cls(fd, size)
+        except OSError:
+            os.close(fd)
+            return None
+
+    def close(self) -> None:
+        """Close the file descriptor; the mapping lasts while anything uses it."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def unmap(self) -> None:
+        """
+        Let go of the memory now (its other side is gone), unless views of
+        it are still out: then when the last one goes.
+        """
+        try:
+            self.map.close()
+        except BufferError:
+            pass  # views are out: their holder's finalizer keeps the map until they go
+
+    # ------------------------------------------------------------ the writer
+
+    def reserve(self, parts: list[Any], minSize: int = ARENA_MIN) -> tuple[list[Any], Any] | None:
+        """
+        Take the arena for the parts of *minSize* bytes or more, if it is
+        free and they fit: returns the parts with those left empty, and the
+        description of where they go (for `fill` and `take`). None if not.
+        """
+        where = []
+        pos = _DATA
+        for index, part in enumerate(parts):
+            size = nbytes(part)
+            if size >= minSize:
+                where.append((index, pos, size, memoryview(part).readonly))
+                pos += -(-size // 64) * 64
+        if not where or pos > self.size or self.map[0] != _FREE:
+            return None  # (the usual case, for most calls: no part that large)
+        self.map[0] = _TAKEN
+        self.highWater = max(self.highWater, pos)
+        out = list(parts)
+        for index, _, _, _ in where:
+            out[index] = b""
+        return out, where
+
+    def fill(self, parts: list[Any], where: Any, first: int = ARENA_MIN) -> Iterator[int]:
+        """
+        Copy the reserved parts in, in growing pieces (*first* bytes, then
+        twice as many each time): yields how far the arena is written after
+        each piece, so that the other side can start on what is there.
+        """
+        region = self.map
+        piece = first
+        for index, pos, size, _ in where:
+            view = memoryview(parts[index])
+            if view.format != "B" or view.ndim != 1:
+                view = view.cast("B")
+            done = 0
+            while done < size:
+                n = min(piece, size - done)
+                region[pos + done : pos + done + n] = view[done : done + n]
+                done += n
+                if done < size:
+                    yield pos + done
+                    piece *= 2
+        yield where[-1][1] + where[-1][2]
+
+    # ------------------------------------------------------------ the reader
+
+    def take(self, parts: list[Any], where: Any) -> tuple[list[Any], Filling]:
+        """
+        *parts* with the ones reserved in the arena (as `reserve` described
+        them) filled in: views of the arena, read-only where the child's part
+        was; and the `Filling` of those views, which the child's progress
+        reports advance (see `fill`). The arena is free again once no view
+        of it is left.
+        """
+        out, starts, end = self._views(parts, where)
+        return out, Filling(end, _DATA, starts)
+
+    def lend(self, parts: list[Any], where: Any) -> list[Any]:
+        """
+        *parts* with the reserved ones filled in, for a side that reads them
+        once they are all written (a child reading its call's arguments): the
+        arena is free again once no view of it is left.
+        """
+        return self._views(parts, where)[0]
+
+    def _views(self, parts: list[Any], where: Any) -> tuple[list[Any], dict[int, Any], int]:
+        for index, pos, size, _ in where:
+            if not (0 <= index < len(parts) and pos >= _DATA and pos + size <= self.size):
+                raise ValueError(f"no such part in the arena: {(index, pos, size)}")
+        import ctypes
+
+        end = where[-1][1] + where[-1][2]
+        self.highWater = max(self.highWater, end)
+        # An object of our own over the memory, which every view refers to
+        # (a view of a view refers to the first exporter): when it dies, no
+        # view is left, and its finalizer frees the arena.
+        holder = (ctypes.c_char * (end - _DATA)).from_buffer(self.map, _DATA)
+        weakref.finalize(holder, _free, self.map)
+        whole = memoryview(holder).cast("B")
+        del holder  # the views keep it alive, and nothing else does
+        out = list(parts)
+        starts: dict[int, tuple[memoryview, int]] = {}
+        for index, pos, size, readonly in where:
+            view = whole[pos - _DATA : pos - _DATA + size]
+            if readonly:
+                view = view.toreadonly()
+            out[index] = view
+            starts[id(view)] = (view, pos)
+        return out, starts, end
+
+    def taken(self) -> bool:
+        """Whether a result (or a call's arguments) holds the arena."""
+        return self.map[0] != _FREE
+
+
+def _free(region: mmap.mmap) -> None:
+    try:
+        region[0] = _FREE
+    except ValueError:  # the mapping was closed
+        pass

@@ -1,0 +1,423 @@
+"""
+The child side of a process worker: a lean interpreter that runs calls.
+
+`asynqueue._process._parent` starts it as ``python -c BOOTSTRAP <package dir> <fd>
+<parent pid> code``. BOOTSTRAP loads this module and the lean wire modules
+(`LEAN_MODULES`) under their package names, without running
+``asynqueue/__init__.py``: compiled by the parent, which writes them to the
+socket before anything else (`leanCode`), or from their files without
+``code``. So the child imports the standard library and, only when a
+pickle needs it, cloudpickle: never Twisted.
+
+Loop
+====
+
+The child reads frames from the socket on file descriptor *fd* (blocking),
+and:
+
+- INIT: takes the parent's ``sys.path`` and limits, maps the shared-memory
+  arenas it passed (`asynqueue._process._arena`); answers HELLO, saying whether
+  its inbox can be used.
+- CALLS: queues the calls; runs them one at a time, first in first out, and
+  answers each with a RESULTS message as soon as it is done (so the parent
+  learns at once that the next queued call has started). A call flagged
+  ``FLAG_INBOX`` has its large parts in the inbox.
+- NEXT: answers with the next batch of an iterator result (ITEMS), before
+  the next queued call. CLOSE forgets iterators.
+- EXIT, or end of file on the socket (the parent is gone): exits.
+
+On Linux the child also asks the kernel to kill it if its parent dies
+(``PR_SET_PDEATHSIG``), in case it is busy in a long call when that happens.
+SIGINT is ignored: a Ctrl-C in a terminal is the parent's business.
+
+This module also defines `ProcessBase`, which objects sent to process
+workers may inherit, so it must stay importable without Twisted.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import sys
+from collections import deque
+from itertools import count
+from time import perf_counter
+
+from .._wire._codec import (
+    CALLS,
+    CLOSE,
+    EXIT,
+    FLAG_ARENA,
+    FLAG_INBOX,
+    FLAG_RAW,
+    HELLO,
+    INIT,
+    NEXT,
+    PLACED,
+    RESULTS,
+    dumps,
+    dumpsError,
+    dumpsSmall,
+    loads,
+)
+from .._wire._framing import MAX_IOVECS, FrameDecoder, Message, SendQueue, encode, nbytes
+from .._wire._streams import IteratorTable, encodeItems, isIterator
+from ._arena import Arena
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the child must not pay for importing typing
+    from typing import Any, ClassVar
+
+__all__ = ["BOOTSTRAP", "LEAN_MODULES", "ProcessBase", "leanCode", "main"]
+
+# Modules the child loads by path, in this order: (name, path relative to
+# the package directory). Each may import only the standard library and the
+# modules before it.
+LEAN_MODULES = (
+    ("asynqueue._wire._framing", "_wire/_framing.py"),
+    ("asynqueue._process._arena", "_process/_arena.py"),
+    ("asynqueue._wire._codec", "_wire/_codec.py"),
+    ("asynqueue._wire._streams", "_wire/_streams.py"),
+    ("asynqueue._process._child", "_process/_child.py"),
+)
+
+BOOTSTRAP = f"""\
+import sys
+from importlib.machinery import ModuleSpec, SourceFileLoader
+def load(name, path, code):
+    loader = SourceFileLoader(name, path)
+    spec = ModuleSpec(name, loader, origin=path)
+    spec.has_location = True
+    module = type(sys)(name)
+    module.__spec__, module.__loader__, module.__file__ = spec, loader, path
+    module.__package__ = name.rpartition(".")[0]
+    sys.modules[name] = module
+    if code is None:
+        loader.exec_module(module)
+    else:
+        exec(code, module.__dict__)
+    return module
+codes = {{}}
+if sys.argv[4:5] == ["code"]:
+    import marshal, os
+    def read(n):
+        data = b""
+        while len(data) < n:
+            chunk = os.read(int(sys.argv[2]), n - len(data))
+            if not chunk:
+                sys.exit(0)
+            data += chunk
+        return data
+    codes = marshal.loads(read(int.from_bytes(read(8), "big")))
+for name, path in {LEAN_MODULES!r}:
+    module = load(name, sys.argv[1] + "/" + path, codes.get(name))
+sys.exit(module.main(sys.argv[2:]))
+"""
+
+_leanCode: dict[str, bytes] = {}
+
+
+def leanCode(packageDir: str) -> bytes:
+    """
+    The `LEAN_MODULES` of *packageDir*, compiled, for a child to read first
+    (length-prefixed ``marshal`` of ``{name: code}``): with ``code`` after
+    its other arguments, BOOTSTRAP reads them from its socket instead of
+    compiling them itself. Where bytecode is not cached (read-only
+    installs, ``PYTHONDONTWRITEBYTECODE``) that saves each child about 8 ms
+    of its ~25 ms start. Compiled once per process.
+    """
+    blob = _leanCode.get(packageDir)
+    if blob is None:
+        import marshal
+
+        codes = {}
+        for name, path in LEAN_MODULES:
+            full = f"{packageDir}/{path}"
+            with open(full, "rb") as f:
+                codes[name] = compile(f.read(), full, "exec", dont_inherit=True, optimize=0)
+        data = marshal.dumps(codes)
+        blob = _leanCode[packageDir] = len(data).to_bytes(8, "big") + data
+    return blob
+
+
+# Defaults the parent may override in INIT.
+FIRST_BATCH = 256  # items sent with an iterator result
+BATCH_SECONDS = 0.01  # stop filling a batch after this long
+
+
+class ProcessBase:
+    """
+    Mix-in for objects sent to process workers: per-process private data.
+
+    ``data`` is a dict private to this object *in the current process*:
+    every copy of the object that reaches the same process (each call
+    pickles it anew) sees the same dict, and no process sees another's.
+    Attributes not found the normal way are looked up in ``data``. ``pid``
+    is the current process ID.
+    """
+
+    _pbStore: ClassVar[dict[tuple[int, int], dict[str, Any]]] = {}
+
+    def __new__(cls, *args: Any, **kw: Any) -> Any:
+        self = super().__new__(cls)
+        # Identifies the object and its copies (unpickling restores it).
+        self.__dict__["_pb_key"] = int.from_bytes(os.urandom(8), "big")
+        return self
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self._pbStore.setdefault((os.getpid(), self.__dict__["_pb_key"]), {})
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_pb_key":
+            raise AttributeError(name)
+        try:
+            return self.data[name]
+        except KeyError:
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}"
+            ) from None
+
+
+def _rssBytes() -> int:
+    """This process's resident set size now (Linux), else its peak."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _mapArena(setting: Any) -> Arena | None:
+    """The arena the parent passed as ``(fd, size)``, mapped (None if none, or if it fails)."""
+    if setting is None:
+        return None
+    fd, size = setting
+    try:
+        return Arena(fd, size)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def _dieWithParent(parentPid: int) -> None:
+    """Linux: have the kernel SIGKILL us when the parent dies."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+        except Exception:
+            pass
+    if parentPid and os.getppid() != parentPid:
+        os._exit(0)  # the parent died before we asked
+
+
+class ChildLoop:
+    """Serves one parent over the socket on *fd* until EXIT or end of file."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.decoder = FrameDecoder()
+        self.calls: deque[tuple[int, list[Any], int]] = deque()
+        self.controls: deque[Message] = deque()
+        self.iterators = IteratorTable()
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN)
+        self.maxRSS: int | None = None
+        self.firstBatch = FIRST_BATCH
+        self.batchSeconds = BATCH_SECONDS
+        self.exiting = False
+        self.ids = count(1)
+        self.arena: Arena | None = None
+        self.inbox: Arena | None = None
+        self.drained = False  # the last read emptied the socket
+
+    # ---------------------------------------------------------- I/O
+
+    def _read(self) -> bool:
+        """Read once (blocking) and dispatch messages; False at end of file."""
+        buf = self.decoder.getBuffer()
+        want = len(buf)
+        try:
+            n = os.readv(self.fd, [buf])
+        except OSError:
+            return False
+        del buf  # (it may be a view of a bytes object being read into)
+        if not n:
+            return False
+        # A short read took all there was: no need to ask (poll) before the next call.
+        self.drained = n < want
+        for message in self.decoder.bufferUpdated(n):
+            self._dispatch(message)
+        return True
+
+    def _readable(self) -> bool:
+        return bool(self.poller.poll(0))
+
+    def _write(self, buffers: list[Any]) -> None:
+        """Write encoded messages (a header first): at once, or in pieces if the kernel wants."""
+        n = 0
+        if len(buffers) <= MAX_IOVECS:
+            n = os.writev(self.fd, buffers)
+            if n == sum(map(nbytes, buffers)):
+                return  # (the usual case: no queue needed)
+        queue = SendQueue()
+        queue.append(buffers)
+        queue.advance(n)
+        while queue:
+            queue.advance(os.writev(self.fd, queue.peek()))
+
+    # ---------------------------------------------------------- loop
+
+    def serve(self) -> int:
+        while not self.exiting:
+            if self.controls:
+                self._control(self.controls.popleft())
+            elif self.calls:
+                if not self.drained and self._readable() and not self._read():
+                    return 0
+                if not self.controls:
+                    self._runCall(*self.calls.popleft())
+                    self.drained = False  # more may have come meanwhile
+            elif not self._read():
+                return 0
+        return 0
+
+    def _dispatch(self, message: Message) -> None:
+        kind, parts = message.kind, message.parts
+        if kind == CALLS:
+            envelope = pickle.loads(parts[0])
+            pos = 1
+            for taskID, nparts, flags in envelope:
+                self.calls.append((taskID, parts[pos : pos + nparts], flags))
+                pos += nparts
+        elif kind == INIT:
+            config = pickle.loads(parts[0])
+            sys.path[:] = config["path"]
+            self.maxRSS = config.get("maxRSS")
+            self.firstBatch = config.get("firstBatch", FIRST_BATCH)
+            self.batchSeconds = config.get("batchSeconds", BATCH_SECONDS)
+            self.arena = _mapArena(config.get("arena"))
+            self.inbox = _mapArena(config.get("inbox"))
+            hello = {"pid": os.getpid(), "inbox": self.inbox is not None}
+            self._write(encode(HELLO, [dumpsSmall(hello)]))
+        else:
+            self.controls.append(message)
+
+    def _control(self, message: Message) -> None:
+        kind = message.kind
+        if kind == NEXT:
+            iterID, maxItems = pickle.loads(message.parts[0])
+            self._write(self._items(iterID, maxItems))
+        elif kind == CLOSE:
+            for iterID in pickle.loads(message.parts[0]):
+                self.iterators.close(iterID)
+        elif kind == EXIT:
+            self.iterators.closeAll()
+            self.exiting = True
+
+    # ---------------------------------------------------------- calls
+
+    def _runCall(self, taskID: int, parts: list[Any], flags: int) -> None:
+        t0 = perf_counter()
+        payload: list[Any]
+        extra: Any = None
+        following: list[Any] = []
+        try:
+            if flags & FLAG_INBOX:
+                # Large parts are in the inbox: unpickling copies them out (or
+                # keeps views, which keep the inbox taken while they live).
+                parts = self.inbox.lend(parts[1:], pickle.loads(parts[0]))  # type: ignore[union-attr]
+            f, args, kw = loads(parts)
+        except BaseException as e:
+            status, payload = "e", dumpsError(e, "The call could not be unpickled in the child:")
+        else:
+            del parts
+            try:
+                result = f(*args, **kw)
+            except BaseException as e:
+                status, payload = "e", dumpsError(e)
+            else:
+                status, payload, extra, following = self._classify(f, result, flags)
+        placed = None
+        if status == "r" and flags & FLAG_ARENA and self.arena is not None:
+            placed = self.arena.reserve(payload)
+        if placed is not None:
+            parts, extra = placed
+        else:
+            parts = payload
+        dt = perf_counter() - t0
+        self._flushStdio()
+        retire = self.maxRSS is not None and self._memory() > self.maxRSS
+        envelope = dumpsSmall(([(taskID, status, len(parts), dt, extra)], retire))
+        self._write(encode(RESULTS, [envelope, *parts]) + following)
+        if placed is not None:
+            # The parent sends on what is in the arena while the rest goes in.
+            for filled in self.arena.fill(payload, extra):  # type: ignore[union-attr]
+                self._write(encode(PLACED, [dumpsSmall(filled)]))
+
+    def _memory(self) -> int:
+        """Resident memory, not counting the arenas' pages (the parent's as much as mine)."""
+        shared = sum(a.highWater for a in (self.arena, self.inbox) if a is not None)
+        return _rssBytes() - shared
+
+    def _classify(self, f: Any, result: Any, flags: int) -> tuple[str, list[Any], Any, list[Any]]:
+        if result is None:
+            return "n", [], None, []
+        if not flags & FLAG_RAW and isIterator(result):
+            iterID = self.iterators.add(result)
+            return "i", [], iterID, self._items(iterID, self.firstBatch)
+        try:
+            return "r", dumps(result), None, []
+        except Exception as e:
+            name = getattr(f, "__qualname__", None) or repr(f)
+            error = pickle.PicklingError(
+                f"cannot pickle the result of {name} ({type(result).__qualname__}):"
+                f" {type(e).__name__}: {e}"
+            )
+            return "e", dumpsError(error), None, []
+
+    def _items(self, iterID: int, maxItems: int) -> list[Any]:
+        """An encoded ITEMS message with the next batch of iterator *iterID*."""
+        items, more, error = self.iterators.batch(iterID, maxItems, self.batchSeconds)
+        message, more = encodeItems(iterID, items, more, error)
+        if not more:
+            self.iterators.close(iterID)
+        self._flushStdio()
+        return message
+
+    @staticmethod
+    def _flushStdio() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except Exception:
+                pass
+
+
+def main(argv: list[str]) -> int:
+    """Child entry point: ``argv = [fd, parentPid]``."""
+    try:
+        import _signal
+
+        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    except Exception:
+        pass
+    fd = int(argv[0])
+    _dieWithParent(int(argv[1]) if len(argv) > 1 else 0)
+    try:
+        return ChildLoop(fd).serve()
+    except BrokenPipeError:
+        return 0

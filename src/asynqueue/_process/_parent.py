@@ -1,0 +1,868 @@
+"""
+Process workers: `ProcessWorker`, `ProcessQueue` (and `ProcessBase`).
+
+A ProcessWorker runs tasks in a child interpreter of its own: a fresh
+``python`` (not a fork of this threaded reactor process) that imports only
+the standard library, cloudpickle when a pickle needs it, and the user's
+modules (`asynqueue._process._child`).
+
+Data flow
+=========
+
+::
+
+    TaskQueue ─run(task)─► ProcessWorker ─► _Child ══ CALLS ══► child interpreter
+        ▲                   pickles the call now:       (batched per       │ runs calls one at a
+        │                   a bad argument fails         reactor turn)     │ time, in order
+        │                   this call alone ('e')                          ▼
+    task.callback ◄── _Child ◄══ RESULTS (one per call, as soon as it is done)
+                             ◄══ ITEMS (iterator batches, answering NEXT)
+
+``══`` is one socketpair per child, read and written by a `SocketChannel`: a
+reactor file descriptor, so nothing polls, and payloads of any size go in
+as many reads and writes as the kernel likes (`asynqueue._wire`). The
+conversation itself (calls in flight, results, iterator batches) is a
+`WireClient`, shared with remote workers; `_Child` adds the process.
+
+Large payloads
+--------------
+A 10 MB ``bytes`` result is copied once on its way, by the kernel: from the
+result's own memory (it travels out of band, not copied into the pickle:
+`asynqueue._wire._codec`) straight into the memory of the new ``bytes``
+object that the caller gets (the framing marks it immutable:
+`asynqueue._wire._framing`). Other large parts (a NumPy array's buffer, a
+pickle) go into a pooled receive buffer that is already faulted in. The
+socketpair gets 4 MiB buffers, so such a result goes in a few large writes.
+Fresh memory is what costs: on the development VM a page fault costs about
+3 µs per 4 KiB, 7 ms per 10 MB, against about 1.5 ms for the whole
+transfer; before these measures a child faulted in a new 10 MB pickle
+buffer for every such result, and this process a new receive buffer and
+(malloc having given the pair back to the system) a new result, for
+600-700 MB/s in all. The large parts of a call's arguments (1 MiB or
+more) go through shared memory when the child's *inbox* is free: copied in
+here, read there (`asynqueue._process._arena`), two ``memcpy`` instead of the
+kernel's copy into the socket and out of it; otherwise through the socket,
+like a result the other way.
+
+Pipelining: a worker keeps up to a *window* of tasks in its child, so that
+the child never waits a round trip for its next task. The window adapts to
+how long tasks take: up to `MAX_WINDOW` for tiny tasks, one for tasks of
+more than a few milliseconds (which gain nothing from queueing in one child
+while another might be idle). The child runs its tasks in order, so when a
+result comes back the next task has started: the worker then calls its
+``task.started()`` (``reportsStart``), and a timeout counts from there.
+
+Faults
+------
+
+- The child dies (exit, signal, crash, OOM kill): seen at once as end of
+  file on the socket, reported when the process has been reaped (with the
+  exit code or signal). The task it was running gets status ``d`` (the
+  queue re-runs it once, then fails it with `errors.WorkerLost`); the tasks
+  queued behind it are *innocent* (``task.innocent = True``, ``d``), and the
+  queue requeues them free of charge. Iterators of that child fail with
+  `errors.ProcessError`. A new child replaces it.
+- A timeout: the queue calls ``timedOut(task)``; the child is killed
+  (SIGTERM, then SIGKILL after `KILL_GRACE` seconds) and replaced; the
+  other tasks in its window are innocent.
+- Children that die before running anything (`MAX_FRUITLESS` times in a
+  row) mean the worker cannot work: it resigns.
+- Persistent updates (``task.update == "persistent"``) are replayed to every
+  new child before its first task.
+- Recycling: after ``maxTasks`` tasks, or once its resident memory exceeds
+  ``maxRSS`` bytes, a child gets no new tasks; a fresh one takes over and
+  the old one exits when its tasks and iterators are done.
+
+Shutdown: ``stop()`` lets the children finish the tasks in hand, closes
+their iterators, tells them to exit and fires once every child has been
+reaped. ``crash()`` kills them at once and returns the unfinished tasks.
+A child whose parent dies exits by itself: end of file on its socket, and on
+Linux ``PR_SET_PDEATHSIG``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import pickle
+import re
+import signal
+import socket
+import sys
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.error import ConnectionLost, ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .. import errors
+from .._core._queue import TaskQueue
+from .._core._task import Task
+from .._iter._base import BATCH_ITEMS, BATCH_SECONDS
+from .._support._util import dropTrigger
+from .._wire._channel import SocketChannel
+from .._wire._client import PipelineWindow, WireClient
+from .._wire._codec import (
+    EXIT,
+    FLAG_ARENA,
+    FLAG_INBOX,
+    FLAG_RAW,
+    HELLO,
+    INIT,
+    dumpsCall,
+    dumpsSmall,
+)
+from .._wire._framing import Filling, Message, encode
+from .._wire._relay import PickledCall
+from ..interfaces import IWorker
+from ._arena import Arena
+from ._child import BOOTSTRAP, FIRST_BATCH, ProcessBase, leanCode
+
+__all__ = ["ProcessBase", "ProcessQueue", "ProcessWorker", "cores", "parseSize"]
+
+log = logging.getLogger("asynqueue")
+
+# The asynqueue package directory (this module is in its _process folder).
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Most tasks a worker keeps in its child at once (the pipelining window).
+MAX_WINDOW = 32
+# Seconds between SIGTERM and SIGKILL when killing a child.
+KILL_GRACE = 1.0
+# Seconds a child has to exit after being told to, before SIGKILL.
+EXIT_GRACE = 5.0
+# A child that closed its socket but has not exited is killed after this.
+LOST_GRACE = 3.0
+# Consecutive children dying before they ran a task: the worker gives up.
+MAX_FRUITLESS = 3
+# Bytes asked for the send and receive buffers of a child's socket (Linux
+# caps them at net.core.wmem_max and rmem_max, 4 MiB by default).
+SOCKET_BUFFER = 4 * 1024 * 1024
+
+_SIZE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
+
+
+def parseSize(size: int | float | str | None) -> int | None:
+    """
+    A memory size in bytes: an int or float of bytes, or a string with a
+    unit: ``"500M"``, ``"1.5 GB"``, ``"2GiB"`` (K, M, G, T are powers of 1024).
+    """
+    if size is None:
+        return None
+    if isinstance(size, (int, float)) and not isinstance(size, bool):
+        if size <= 0:
+            raise ValueError(f"a memory size must be positive, not {size!r}")
+        return int(size)
+    match = _SIZE.match(str(size))
+    if match is None:
+        raise ValueError(f"not a memory size: {size!r} (try e.g. 512M or 2G)")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    return int(number * 1024 ** " KMGT".index(unit or " "))
+
+
+def cores() -> int:
+    """How many CPU cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _describeEnd(pid: int | None, reason: Failure) -> str:
+    value = reason.value
+    sig = getattr(value, "signal", None)
+    code = getattr(value, "exitCode", None)
+    if sig:
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = "unknown"
+        return f"child process {pid} was killed by signal {sig} ({name})"
+    return f"child process {pid} exited with code {code}"
+
+
+class _Child(WireClient, ProcessProtocol):
+    """
+    One child interpreter, as its worker sees it: the process, and the
+    conversation with it (`WireClient`), in which the child runs its calls
+    one at a time, in order.
+    """
+
+    errorType = errors.ProcessError
+    orderedStart = True
+
+    def __init__(self, worker: ProcessWorker) -> None:
+        WireClient.__init__(self, worker, worker._reactor)
+        # starting/ready: takes tasks; retiring: finishing its tasks;
+        # exiting: told to exit; killed: signalled; ended: reaped.
+        self.state = "starting"
+        self.expected = False  # its end needs no reporting
+        self.ended = False
+        self.pid: int | None = None
+        self.process: Any = None
+        self.channel: SocketChannel | None = None
+        self._timers: list[Any] = []
+        # Shared memory for large relayed results (see `asynqueue._process._arena`),
+        # and the Filling of the result being written there.
+        self.arena: Arena | None = None
+        self._placing: Filling | None = None
+        # Shared memory for the large arguments of its calls (the arena the
+        # other way round), once the child said it mapped it.
+        self.inbox: Arena | None = None
+        self._inboxOffered: Arena | None = None
+
+    def __repr__(self) -> str:
+        return f"<_Child pid={self.pid} {self.state} inflight={len(self.inflight)}>"
+
+    # ------------------------------------------------------------ process
+
+    def spawn(self, config: dict[str, Any]) -> None:
+        parentSock, childSock = socket.socketpair()
+        for sock in (parentSock, childSock):
+            _bigBuffers(sock)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        arena = self.arena = Arena.create()
+        inbox = self._inboxOffered = Arena.create()
+        try:
+            childFDs = {
+                0: devnull,
+                1: 1 if _isOpen(1) else devnull,
+                2: 2 if _isOpen(2) else devnull,
+                3: childSock.fileno(),
+            }
+            if arena is not None:
+                childFDs[4] = arena.fd
+                config = {**config, "arena": (4, arena.size)}
+            if inbox is not None:
+                childFDs[5] = inbox.fd
+                config = {**config, "inbox": (5, inbox.size)}
+            args = [sys.executable, "-c", BOOTSTRAP, PACKAGE_DIR, "3", str(os.getpid()), "code"]
+            self.process = self.reactor.spawnProcess(
+                self, sys.executable, args, env=dict(os.environ), childFDs=childFDs
+            )
+        except BaseException:
+            parentSock.close()
+            raise
+        finally:
+            os.close(devnull)
+            childSock.close()
+            for shared in (arena, inbox):
+                if shared is not None:
+                    shared.close()  # the child has its copy; the mapping stays
+        self.pid = self.process.pid
+        self.channel = SocketChannel(parentSock, self, self.reactor)
+        self.channel.sendPreamble(leanCode(PACKAGE_DIR))  # read by BOOTSTRAP, before any frame
+        self.channel.send(encode(INIT, [dumpsSmall(config)]))
+
+    def processEnded(self, reason: Failure) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.state = "ended"
+        self._cancelTimers()
+        text = _describeEnd(self.pid, reason)
+        if self.channel is not None and self.channel.connected:
+            self.channel.loseConnection()
+        # The shared memory, now (this object may wait for the garbage
+        # collector, and each arena holds up to ARENA_SIZE bytes).
+        for shared in (self.arena, self.inbox, self._inboxOffered):
+            if shared is not None:
+                shared.unmap()
+        self.arena = self.inbox = self._inboxOffered = None
+        self.worker._childEnded(self, text)
+
+    def sendSignal(self, name: str) -> None:
+        if self.ended or self.process is None:
+            return
+        try:
+            self.process.signalProcess(name)
+        except (ProcessExitedAlready, OSError):
+            pass
+
+    def terminate(self, grace: float = KILL_GRACE) -> None:
+        """Close the channel and kill: SIGTERM, SIGKILL after *grace* seconds."""
+        self.expected = True
+        self.state = "killed"
+        self._closeChannel()
+        if grace <= 0:
+            self.sendSignal("KILL")
+        else:
+            self.sendSignal("TERM")
+            self._later(grace, self.sendSignal, "KILL")
+
+    def exit(self) -> None:
+        """Tell the child to exit; SIGKILL if it has not after `EXIT_GRACE`."""
+        if self.state in ("exiting", "killed", "ended"):
+            return
+        self.expected = True
+        self.state = "exiting"
+        self.flush()
+        if self.channel is not None and self.channel.connected:
+            self.channel.send(encode(EXIT))
+            self._later(EXIT_GRACE, self.terminate, 0)
+        else:
+            self.terminate(0)
+
+    def _later(self, delay: float, f: Callable[..., Any], *args: Any) -> None:
+        self._timers = [t for t in self._timers if t.active()]
+        self._timers.append(self.reactor.callLater(delay, f, *args))
+
+    def _cancelTimers(self) -> None:
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        self._timers = []
+        self.unscheduleSend()
+
+    def _closeChannel(self) -> None:
+        self.unscheduleSend()
+        if self.channel is not None and self.channel.connected:
+            self.channel.loseConnection()
+
+    # ------------------------------------------------------------ channel
+
+    def channelLost(self, reason: Failure) -> None:
+        placing, self._placing = self._placing, None
+        if placing is not None:
+            placing._fail(ConnectionLost(f"child process {self.pid} was lost"))
+        if self.ended or self.expected:
+            return
+        # End of file: the child is exiting or dead. It is reported once
+        # reaped (processEnded, with its exit status); make sure it will be.
+        self.state = "lost"
+        self._reap()
+        if not self.ended:
+            self._later(LOST_GRACE, self.terminate, 0)
+
+    def _reap(self, delay: float = 0.01) -> None:
+        # Normally SIGCHLD makes the reactor reap the child at once. Without
+        # the reactor's signal handling, try now and a few times later.
+        if self.ended or self.process is None:
+            return
+        try:
+            self.process.reapProcess()
+        except Exception:
+            pass
+        if not self.ended and delay < LOST_GRACE:
+            self._later(delay, self._reap, delay * 4)
+
+    def messageReceived(self, message: Message) -> None:
+        if self.handleMessage(message):
+            return
+        if message.kind == HELLO:
+            self.helloed = True
+            if pickle.loads(message.parts[0]).get("inbox"):
+                self.inbox = self._inboxOffered
+            self._inboxOffered = None
+            if self.state == "starting":
+                self.state = "ready"
+            self._startHead()
+        else:
+            log.error("Process worker: unknown message kind %r from %r", message.kind, self)
+
+    # ------------------------------------------------------------ WireClient hooks
+
+    def settle(self) -> None:
+        self.maybeExit()
+        self.worker._checkReady()
+        self.worker._checkStop()
+
+    def retireRequested(self) -> None:
+        if self.state in ("starting", "ready"):
+            self.worker._retire(self, "its memory use exceeded maxRSS")
+
+    def placedParts(self, payload: list[Any], where: Any) -> tuple[list[Any], Any]:
+        if self.arena is None:
+            return WireClient.placedParts(self, payload, where)
+        parts, filling = self.arena.take(payload, where)
+        self._placing = filling
+        return parts, filling
+
+    def placedProgress(self, filled: int) -> None:
+        filling = self._placing
+        if filling is None:
+            return
+        if filled >= filling.size:
+            self._placing = None
+            filling._complete()
+        else:
+            filling._progress(filled)
+
+    def location(self) -> str:
+        return f"in process {self.pid}"
+
+    def maybeExit(self) -> None:
+        """A retiring child exits once no task or iterator needs it."""
+        if (
+            self.state == "retiring"
+            and not self.inflight
+            and not self.firstBatch
+            and (not self.sources or self.worker._stopping)
+        ):
+            self.failIterators("the process worker stopped")
+            self.exit()
+
+
+def _placeInInbox(inbox: Arena, parts: list[Any], flags: int) -> tuple[list[Any], int]:
+    """
+    A call's parts, with its large ones copied into the child's inbox if it
+    is free (one ``memcpy`` instead of a trip through the socket: the
+    kernel's copy in and the child's copy out); else as they are.
+    """
+    placed = inbox.reserve(parts)
+    if placed is None:
+        return parts, flags
+    sent, where = placed
+    for _ in inbox.fill(parts, where, first=1 << 62):
+        pass  # all at once: the child reads the parts when the call comes
+    return [dumpsSmall(where), *sent], flags | FLAG_INBOX
+
+
+def _bigBuffers(sock: socket.socket) -> None:
+    """
+    Socket buffers of `SOCKET_BUFFER` bytes (as far as the system allows):
+    a large result then goes in a few big writes and reads, not in hundreds
+    of the default 208 KiB (10 MB: about 8,000 MB/s instead of 6,000 on the
+    development machine).
+    """
+    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        except OSError:
+            pass
+
+
+def _isOpen(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+@implementer(IWorker)
+class ProcessWorker(PipelineWindow):
+    """
+    A worker that runs tasks in a child interpreter of its own.
+
+    Callables and arguments are pickled (cloudpickle for lambdas, closures
+    and ``__main__`` functions); so are results. An iterator result stays in
+    the child and is streamed back in batches as a `Deferator` (unless
+    ``raw``, when the iterator itself is pickled back).
+
+    Args:
+        series: series this worker is qualified for, besides
+            ``cQualified = ['process', 'local']``.
+        raw: return iterator results as-is (they must then pickle).
+        callStats: record ``(round trip, time in child)`` of every call,
+            for `stats`.
+        maxTasks: replace the child after it has run this many tasks.
+        maxRSS: replace the child once its resident memory exceeds this
+            many bytes (an int) or a size like ``"500M"`` or ``"2G"``.
+        maxWindow: most tasks queued in the child at once.
+        reactor: the reactor (the global one by default).
+
+    The child starts at once, in the background; calls made meanwhile wait
+    in its socket.
+    """
+
+    cQualified = ["process", "local"]
+    reportsStart = True
+    # Items sent with an iterator result, and asked for per later batch.
+    firstBatchItems = FIRST_BATCH
+    batchItems = BATCH_ITEMS
+
+    def __init__(
+        self,
+        series: list[Hashable] | tuple[Hashable, ...] = (),
+        raw: bool = False,
+        callStats: bool = False,
+        *,
+        maxTasks: int | None = None,
+        maxRSS: int | float | str | None = None,
+        maxWindow: int = MAX_WINDOW,
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        if maxTasks is not None and maxTasks < 1:
+            raise ValueError(f"maxTasks must be at least 1, not {maxTasks!r}")
+        self.iQualified = list(series)
+        self.raw = raw
+        self.callStats = callStats
+        self.maxTasks = maxTasks
+        self.maxRSS = parseSize(maxRSS)
+        self.maxWindow = max(1, maxWindow)
+        self._reactor = reactor
+        self._taskIDs = itertools.count(1)
+        self._children: list[_Child] = []
+        self._current: _Child | None = None
+        self._updates: list[tuple[list[Any], int]] = []
+        self._readyWaiters: deque[Deferred[None]] = deque()
+        self._exitWaiters: list[Deferred[None]] = []
+        self._avgRun: float | None = None
+        self._callTimes: list[tuple[float, float]] = []
+        self._resignator: Callable[[], Any] | None = None
+        self._stopping = False
+        self._stopD: Deferred[None] | None = None
+        self._broken: str | None = None
+        self._fruitless = 0
+        self._trigger: Any = None
+        self._current = self._spawn()
+
+    def __repr__(self) -> str:
+        return f"<ProcessWorker pids={self.pids}>"
+
+    @property
+    def runsInOrder(self) -> bool:
+        """
+        True while a task I take now goes to the child that holds all my
+        unfinished tasks (it runs them one at a time, in order): not while
+        a retiring child still works, nor when the next task starts a new one.
+        """
+        current = self._current
+        if current is None or current.state not in ("starting", "ready"):
+            return False
+        if self.maxTasks is not None and current.sent >= self.maxTasks:
+            return False
+        return all(c is current or not (c.inflight or c.firstBatch) for c in self._children)
+
+    # ------------------------------------------------------------ IWorker
+
+    def setResignator(self, callableObject: Callable[[], Any]) -> None:
+        self._resignator = callableObject
+
+    def run(self, task: Task) -> Deferred[None]:
+        """Send *task* to the child; fires when there is room for another."""
+        if self._stopping or self._broken is not None:
+            return self._refuse(task, self._broken or "the process worker is stopping")
+        f, args, kw = task.callTuple
+        if type(f) is PickledCall:
+            # A call relayed by a worker server: its pickle goes as it came.
+            if f.cancelled:
+                task.callback(("e", Failure(CancelledError(f"{f.name} was given up on"))))
+                return succeed(None)
+            parts = f.parts
+        else:
+            try:
+                parts = dumpsCall(f, args, kw)
+            except Exception:
+                task.callback(("e", Failure()))
+                return succeed(None)
+        raw = self.raw if task.raw is None else task.raw
+        flags = FLAG_RAW if raw else 0
+        child = self._childForTask()
+        if child is None:
+            return self._refuse(task, self._broken or "the process worker has no child process")
+        if child.arena is not None and type(f) is PickledCall and f.streamResult:
+            # Relayed to a socket as it is: large parts may come through shared memory.
+            flags |= FLAG_ARENA
+        if task.update == "persistent":
+            # Replayed to every later child (not to this one: it has it now).
+            self._updates.append((parts, flags))
+        if child.inbox is not None:
+            parts, flags = _placeInInbox(child.inbox, parts, flags)
+        child.submit(task, parts, flags)
+        if self._hasRoom():
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._readyWaiters.append(d)
+        return d
+
+    def _refuse(self, task: Task, why: str) -> Deferred[None]:
+        """
+        Hand *task* back unrun (innocent ``d``). The Deferred returned never
+        fires: a worker that cannot run tasks must not look ready for more,
+        or a queue would hand the same task back and forth forever.
+        """
+        task.innocent = True
+        task.callback(("d", why))
+        return Deferred()
+
+    def timedOut(self, task: Task) -> None:
+        """The queue gave up on *task*: kill its child and start another."""
+        for child in self._children:
+            if any(a.task is task for a in child.inflight.values()) or any(
+                a.task is task for a, _ in child.firstBatch.values()
+            ):
+                self._kill(child, f"a task timed out in child process {child.pid}", task)
+                return
+
+    def stop(self) -> Deferred[None]:
+        """
+        Finish the tasks in hand, close iterators, let the children exit.
+        Fires once every child process has been reaped.
+        """
+        if self._stopD is None:
+            self._stopping = True
+            self._stopD = Deferred()
+            self._current = None
+            self._checkStop()
+            self._checkReady()
+        d: Deferred[None] = Deferred()
+        self._stopD.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def crash(self) -> list[Task]:
+        """Kill every child now; returns the tasks not finished."""
+        self._stopping = True
+        self._current = None
+        unfinished: list[Task] = []
+        for child in list(self._children):
+            unfinished.extend(a.task for a in child.abandon() if a.task is not None)
+            child.failIterators("the process worker crashed")
+            child.terminate(0)
+        self._checkReady()
+        self._checkStop()
+        return unfinished
+
+    # ------------------------------------------------------------ public extras
+
+    @property
+    def pids(self) -> list[int]:
+        """Process IDs of the children not yet reaped."""
+        return [c.pid for c in self._children if c.pid is not None]
+
+    @property
+    def pid(self) -> int | None:
+        """Process ID of the child that takes new tasks, if any."""
+        child = self._current
+        return None if child is None else child.pid
+
+    def waitForExit(self) -> Deferred[None]:
+        """Fires once no child process of mine is left (all reaped)."""
+        if not self._children:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._exitWaiters.append(d)
+        return d
+
+    def stats(self) -> Deferred[list[tuple[float, float]]]:
+        """``(round trip, time in child)`` of each call so far (needs ``callStats``)."""
+        return succeed(list(self._callTimes))
+
+    def memUsage(self) -> int | None:
+        """Resident memory of the current child in bytes (Linux), or None."""
+        pid = self.pid
+        if pid is None:
+            return None
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    @staticmethod
+    def cores() -> int:
+        return cores()
+
+    # ------------------------------------------------------------ children
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "path": list(sys.path),
+            "maxRSS": self.maxRSS,
+            "firstBatch": self.firstBatchItems,
+            "batchSeconds": BATCH_SECONDS,
+        }
+
+    def _spawn(self) -> _Child | None:
+        child = _Child(self)
+        try:
+            child.spawn(self._config())
+        except Exception as e:
+            log.error("Could not start a worker process: %s", e)
+            self._giveUp(f"could not start a child process: {e}")
+            return None
+        self._children.append(child)
+        if self._trigger is None:
+            self._trigger = self._reactor.addSystemEventTrigger(
+                "before", "shutdown", self._reactorShutdown
+            )
+        for parts, flags in self._updates:
+            child.submit(None, parts, flags)
+        return child
+
+    def _childForTask(self) -> _Child | None:
+        child = self._current
+        if child is None or child.state not in ("starting", "ready"):
+            child = self._current = None if self._broken else self._spawn()
+        if child is not None and self.maxTasks is not None and child.sent >= self.maxTasks:
+            self._retire(child, "it ran maxTasks tasks")
+            child = self._current
+        return child
+
+    def _retire(self, child: _Child, why: str) -> None:
+        """Give *child* no new tasks; it exits when done. A new one takes over."""
+        if child.state not in ("starting", "ready"):
+            return
+        log.debug("Replacing %r: %s", child, why)
+        child.state = "retiring"
+        if child is self._current:
+            self._current = None if self._stopping or self._broken else self._spawn()
+        child.maybeExit()
+
+    def _kill(self, child: _Child, why: str, culprit: Task | None) -> None:
+        """Kill *child*; its tasks other than *culprit* are innocent."""
+        attempts = child.abandon()
+        child.failIterators(f"the worker's {why}")
+        child.terminate()
+        if child is self._current:
+            self._current = None if self._stopping or self._broken else self._spawn()
+        for attempt in attempts:
+            task = attempt.task
+            if task is not None and task is not culprit:
+                task.innocent = True
+                task.callback(("d", why))
+        self._checkReady()
+        self._checkStop()
+
+    def _childEnded(self, child: _Child, text: str) -> None:
+        """*child* was reaped (processEnded)."""
+        if child in self._children:
+            self._children.remove(child)
+        if not child.expected:
+            self._childDied(child, text)
+        self._checkReady()
+        self._checkStop()
+        if not self._children:
+            waiters, self._exitWaiters = self._exitWaiters, []
+            for d in waiters:
+                d.callback(None)
+            if self._stopping:
+                self._removeTrigger()
+
+    def _childDied(self, child: _Child, text: str) -> None:
+        """*child* died on its own: report its tasks, replace it."""
+        attempts = child.abandon()
+        iterating = bool(child.itemWaiters)
+        child.failIterators(f"the worker's {text}")
+        head = attempts[0] if attempts and child.helloed else None
+        if (head is None or head.task is None) and not iterating:
+            self._fruitless += 1
+        if self._fruitless >= MAX_FRUITLESS and self._broken is None:
+            self._giveUp(f"{MAX_FRUITLESS} child processes in a row died before running a task")
+        if child is self._current:
+            self._current = None if self._stopping or self._broken else self._spawn()
+        log.warning("Process worker: %s", text)
+        for attempt in attempts:
+            task = attempt.task
+            if task is None:
+                continue
+            if attempt is not head:
+                task.innocent = True
+            task.callback(("d", text))
+
+    def _giveUp(self, why: str) -> None:
+        if self._broken is not None:
+            return
+        self._broken = why
+        log.error("Process worker %r gives up: %s", self, why)
+        if self._resignator is not None:
+            self._reactor.callLater(0, self._resignator)
+
+    def _noteRun(self, dt: float, roundTrip: float) -> None:
+        self._fruitless = 0
+        self._noteRunTime(dt)
+        if self.callStats:
+            self._callTimes.append((roundTrip, dt))
+
+    def _activeClient(self) -> _Child | None:
+        return self._current
+
+    def _checkStop(self) -> None:
+        if not self._stopping:
+            return
+        for child in list(self._children):
+            if child.state in ("starting", "ready"):
+                child.state = "retiring"
+            child.maybeExit()
+        if not self._children and self._stopD is not None and not self._stopD.called:
+            self._removeTrigger()
+            self._stopD.callback(None)
+
+    def _removeTrigger(self) -> None:
+        self._trigger = dropTrigger(self._reactor, self._trigger)
+
+    def _reactorShutdown(self) -> Deferred[None]:
+        """The reactor is stopping: kill the children and wait (briefly) for them."""
+        self._trigger = None
+        if not self._stopping and self._resignator is not None:
+            # The queue detaches (and crashes) me, and keeps my tasks.
+            self._resignator()
+        if not self._stopping:
+            self.crash()
+        d = self.waitForExit()
+        d.addTimeout(KILL_GRACE * 2, self._reactor)
+        d.addErrback(lambda _: None)
+        return d
+
+
+class ProcessQueue(TaskQueue):
+    """
+    A `TaskQueue` with *N* `ProcessWorker` workers (one per core by default).
+
+    Args:
+        N: how many workers (child processes); None for `cores()`.
+        callStats: have the workers record call statistics (see `stats`).
+        raw, maxTasks, maxRSS: passed to each `ProcessWorker`.
+        **kw: `TaskQueue` keywords (``timeout``, ``returnFailure``, ...).
+    """
+
+    def __init__(
+        self,
+        N: int | None = None,
+        callStats: bool = False,
+        *,
+        raw: bool = False,
+        maxTasks: int | None = None,
+        maxRSS: int | float | str | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        if N is None:
+            N = cores()
+        if N < 1:
+            raise ValueError(f"a ProcessQueue needs at least one worker, not {N!r}")
+        reactor = self._reactor if hasattr(self._reactor, "spawnProcess") else None
+        for _ in range(N):
+            self.attachWorker(
+                ProcessWorker(
+                    raw=raw,
+                    callStats=callStats,
+                    maxTasks=maxTasks,
+                    maxRSS=maxRSS,
+                    reactor=reactor,
+                )
+            )
+
+    @staticmethod
+    def cores() -> int:
+        """How many CPU cores this process may use."""
+        return cores()
+
+    def _processWorkers(self) -> list[ProcessWorker]:
+        return [w for w in self.workers() if isinstance(w, ProcessWorker)]
+
+    def stats(self) -> Deferred[list[tuple[float, float]]]:  # type: ignore[override]
+        """
+        Call statistics of all process workers (as the original): a Deferred
+        list of ``(round trip, time in child)`` seconds, one per call, for
+        queues made with ``callStats=True``.
+        """
+        ds = [w.stats() for w in self._processWorkers()]
+        return DeferredList(ds, consumeErrors=True).addCallback(
+            lambda results: [item for ok, value in results if ok for item in value]
+        )
+
+    def crashWorkers(self) -> Deferred[list[list[Task]]]:
+        """Detach every process worker, crashing it; fires with their unfinished tasks."""
+        ds = [self.detachWorker(w, crash=True) for w in self._processWorkers()]
+        return DeferredList(ds, consumeErrors=True).addCallback(
+            lambda results: [value if ok else [] for ok, value in results]
+        )

@@ -1,0 +1,400 @@
+"""
+`ThreadWorker`, `ThreadQueue` and `deferToThread`: tasks run in dedicated threads.
+
+Each ThreadWorker owns one daemon thread and an inbox. The reactor puts tasks
+in the inbox; the thread runs them in order and puts ``(task, status, result)``
+in an outbox. Crossing back to the reactor costs one ``callFromThread`` per
+*batch*: the thread only wakes the reactor when the outbox was empty, and the
+reactor takes everything in the outbox at once.
+
+The worker accepts up to a *window* of tasks before its ``run`` Deferred
+waits, so the thread always has the next task at hand while the reactor is
+busy. By default the window adapts to how long tasks take: about
+`WINDOW_WORK` seconds of work (by the recent average), from 1 for slow tasks
+up to `MAX_WINDOW` for tiny ones, whose hand-offs then cost one reactor
+wake-up per batch of up to `MAX_WINDOW` results instead of per few.
+
+A thread stuck in user code cannot be killed. When a task times out, the
+worker abandons that thread (it is a daemon, so it never blocks interpreter
+exit, and whatever it returns later is dropped) and starts a fresh thread
+that takes over the inbox. The queue retries the task once.
+
+Hand-off mechanics (the hot path, so spelled out): the reactor appends to a
+deque and rings a *doorbell*, a ``queue.SimpleQueue`` holding one token per
+item or event. Both ends of a SimpleQueue are C code: ``put`` costs ~0.1 µs
+and only makes a system call when the thread is actually blocked in ``get``,
+which it does only when it has nothing to do (a ``threading.Condition`` costs
+~2 µs of Python per ``notify``, sleeping thread or not). The thread takes one
+token per item, so tokens never fall behind items and no wake-up is lost; a
+token left over by an event (a stop, a task withdrawn on a timeout) just makes
+an idle thread look once more. A plain lock keeps the thread's state changes
+(taking a task, posting its result) atomic with the reactor's timeouts and
+crashes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from queue import SimpleQueue
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .. import errors
+from .._core._queue import TaskQueue
+from .._core._task import Task
+from .._iter._base import isIterator
+from .._support._util import whenFired
+from ..interfaces import IWorker
+
+__all__ = ["ThreadQueue", "ThreadWorker", "deferToThread"]
+
+# Tasks a thread worker accepts before it asks the queue to wait: enough to
+# keep the thread busy while the reactor handles a batch of results, few
+# enough that a late doNext task does not wait long behind them.
+DEFAULT_WINDOW = 4
+# The adaptive window: at most this many tasks, about this much work.
+MAX_WINDOW = 64
+WINDOW_WORK = 0.002
+
+_TASK = 0
+_CALL = 1
+_EXIT = 2
+
+
+@implementer(IWorker)
+class ThreadWorker:
+    """
+    A worker with one dedicated thread.
+
+    Args:
+        series: series this worker is qualified for, besides ``cQualified``.
+        raw: return iterator results as-is instead of as Deferators.
+        window: how many tasks it holds in flight at most; None (the default)
+            adapts it to the tasks' running time (see the module docstring).
+        reactor: the reactor to report to (the global one by default).
+    """
+
+    cQualified = ["thread", "local"]
+    reportsStart = True
+    # One thread runs the tasks in the order given (see IWorker).
+    runsInOrder = True
+
+    def __init__(
+        self,
+        series: list[Any] | tuple[Any, ...] = (),
+        raw: bool = False,
+        window: int | None = None,
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor
+        self._reactor = reactor
+        self.iQualified = list(series)
+        self.raw = raw
+        self.window = None if window is None else max(1, window)
+        self._avgRun: float | None = None
+        self._adaptive = DEFAULT_WINDOW  # the adaptive window, updated per flush
+        self._runTime = 0.0  # task seconds since the last flush (under the lock)
+        self._runCount = 0
+        # Guards the thread's state changes against timedOut and crash.
+        self._lock = threading.Lock()
+        self._doorbell: SimpleQueue[None] = SimpleQueue()
+        # VIP work (doNext tasks, deferToThread calls) first, each FIFO.
+        self._vip: deque[tuple[int, Any]] = deque()
+        self._inbox: deque[Task] = deque()
+        self._outbox: list[tuple[int, Any, Any, Any]] = []
+        self._generation = 0
+        self._current: Task | None = None
+        self._quitting = False
+        self._crashed = False
+        self._inflight = 0
+        self._readyWaiter: Deferred[None] | None = None
+        self._stopD: Deferred[None] | None = None
+        self._resignator: Callable[[], Any] | None = None
+        self._startThread()
+
+    def __repr__(self) -> str:
+        return f"<ThreadWorker ID={getattr(self, 'ID', None)} inflight={self._inflight}>"
+
+    # ---------------------------------------------------------------- reactor side
+
+    def setResignator(self, callableObject: Callable[[], Any]) -> None:
+        self._resignator = callableObject
+
+    def run(self, task: Task) -> Deferred[None] | None:
+        """
+        Hand *task* to the thread. Returns None while I can take more at once
+        (the queue's fast path), else a Deferred that fires when I can.
+        """
+        if self._crashed or self._quitting:
+            task.callback(("d", "thread worker is stopped"))
+            return None
+        # No lock: a deque append is atomic, and the thread takes the item
+        # (under its lock) only after the token that follows it.
+        if task.priority <= -20:
+            self._vip.append((_TASK, task))
+        else:
+            self._inbox.append(task)
+        self._doorbell.put(None)
+        self._inflight += 1
+        window = self.window
+        if self._inflight < (self._adaptive if window is None else window):
+            return None
+        self._readyWaiter = Deferred()
+        return self._readyWaiter
+
+    def deferToThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
+        """Run ``f(*args, **kw)`` in my thread ahead of queued tasks."""
+        if self._crashed or self._quitting:
+            return fail(errors.ThreadError("thread worker is stopped"))
+        d: Deferred[Any] = Deferred()
+        self._vip.append((_CALL, (f, args, kw, d)))
+        self._doorbell.put(None)
+        return d
+
+    def _flush(self) -> None:
+        """Deliver every finished result (one reactor wake-up per batch)."""
+        with self._lock:
+            batch, self._outbox = self._outbox, []
+            runTime, runCount = self._runTime, self._runCount
+            self._runTime, self._runCount = 0.0, 0
+        if runCount:
+            mean = runTime / runCount
+            avg = self._avgRun
+            self._avgRun = avg = mean if avg is None else 0.7 * avg + 0.3 * mean
+            self._adaptive = max(1, min(MAX_WINDOW, int(WINDOW_WORK / max(avg, 1e-7))))
+        for kind, target, ok, value in batch:
+            if kind == _TASK:
+                self._inflight -= 1
+                if ok == "i":
+                    from .._iter._deferator import threadDeferator
+
+                    value = threadDeferator(value, self.deferToThread)
+                target.callback((ok, value))
+            elif kind == _CALL:
+                if ok:
+                    target.callback(value)
+                else:
+                    target.errback(value)
+            elif kind == _EXIT and self._stopD is not None and not self._stopD.called:
+                self._stopD.callback(None)
+        self._maybeReady()
+
+    def _window(self) -> int:
+        return self._adaptive if self.window is None else self.window
+
+    def _maybeReady(self) -> None:
+        waiter = self._readyWaiter
+        if waiter is not None and self._inflight < self._window():
+            self._readyWaiter = None
+            waiter.callback(None)
+
+    def timedOut(self, task: Task) -> None:
+        """
+        Abandon the thread stuck in *task* and carry on in a fresh one. Tasks
+        of its series waiting here go back unrun: the queue's retry of *task*
+        must run before them.
+        """
+        behind: list[Task] = []
+        with self._lock:
+            if self._current is task:
+                self._generation += 1
+                self._current = None
+                abandon = True
+                if task.series is not None:
+                    behind = [t for t in self._inbox if t.series == task.series]
+                    for t in behind:
+                        self._inbox.remove(t)
+            else:
+                abandon = False
+                for box, item in ((self._vip, (_TASK, task)), (self._inbox, task)):
+                    try:
+                        box.remove(item)  # type: ignore[arg-type]
+                    except ValueError:
+                        continue
+                    abandon = None  # type: ignore[assignment]
+                    break
+        if abandon is False:
+            return  # already finished; its result is on the way and ignored
+        self._inflight -= 1 + len(behind)
+        if abandon:
+            self._startThread()
+        for t in behind:
+            t.innocent = True
+            t.callback(("d", "handed back behind a task of its series that timed out"))
+        self._maybeReady()
+
+    def stop(self) -> Deferred[None]:
+        """Finish the tasks in hand, then end the thread."""
+        if self._stopD is None:
+            self._stopD = Deferred()
+            if self._crashed:
+                self._stopD.callback(None)
+            else:
+                self._quitting = True
+                self._doorbell.put(None)
+        return whenFired(self._stopD)
+
+    def crash(self) -> list[Task]:
+        """Stop now. The thread, if busy, is abandoned. Returns unfinished tasks."""
+        with self._lock:
+            self._crashed = True
+            self._quitting = True
+            self._generation += 1
+            unfinished = [] if self._current is None else [self._current]
+            calls = []
+            for kind, payload in self._vip:
+                if kind == _TASK:
+                    unfinished.append(payload)
+                else:
+                    calls.append(payload[3])
+            unfinished.extend(self._inbox)
+            self._vip.clear()
+            self._inbox.clear()
+            self._current = None
+        self._doorbell.put(None)  # a sleeping thread wakes up to end
+        for d in calls:
+            d.errback(Failure(errors.ThreadError("thread worker crashed")))
+        if self._stopD is not None and not self._stopD.called:
+            self._stopD.callback(None)
+        self._inflight = 0
+        return unfinished
+
+    # ---------------------------------------------------------------- thread side
+
+    def _startThread(self) -> None:
+        thread = threading.Thread(
+            target=self._loop,
+            args=(self._generation,),
+            name=f"asynqueue-ThreadWorker-{id(self):x}",
+            daemon=True,
+        )
+        thread.start()
+
+    def _loop(self, generation: int) -> None:
+        lock = self._lock
+        ring = self._doorbell.get
+        vip = self._vip
+        inbox = self._inbox
+        clock = time.perf_counter
+        while True:
+            ring()  # one token per item: blocks only when there is nothing to do
+            with lock:
+                if self._generation != generation:
+                    return  # abandoned (timeout or crash)
+                if vip:
+                    kind, payload = vip.popleft()
+                elif inbox:
+                    kind, payload = _TASK, inbox.popleft()
+                elif self._quitting:
+                    self._outbox.append((_EXIT, None, None, None))
+                    wake = len(self._outbox) == 1
+                    if wake:
+                        self._reactor.callFromThread(self._flush)
+                    return
+                else:
+                    continue  # a token left over by a withdrawn task or a stop
+                if kind == _TASK:
+                    self._current = payload
+            if kind == _TASK:
+                # The task runs inline (no helper call: this is the thread's
+                # hot path). A task without keywords is called without **.
+                t0 = clock()
+                payload.started()
+                f, args, kw = payload.callTuple
+                try:
+                    result = f(*args, **kw) if kw else f(*args)
+                except BaseException:
+                    item = (_TASK, payload, "e", Failure())
+                else:
+                    status = "r"
+                    if result is not None:
+                        raw = self.raw if payload.raw is None else payload.raw
+                        if not raw and isIterator(result):
+                            status = "i"
+                    item = (_TASK, payload, status, result)
+                result = None
+                runTime = clock() - t0
+                with lock:
+                    if self._generation != generation:
+                        return  # abandoned while running: the result is dropped
+                    self._runTime += runTime
+                    self._runCount += 1
+                    self._current = None
+                    outbox = self._outbox
+                    outbox.append(item)
+                    wake = len(outbox) == 1
+                # Drop the task and its result now (the outbox too, which the
+                # reactor empties and drops): held until the next task, a big
+                # result would be freed then, delaying that task.
+                item = payload = f = args = kw = outbox = None
+            else:
+                f, args, kw, d = payload
+                try:
+                    item = (_CALL, d, True, f(*args, **kw))
+                except BaseException:
+                    item = (_CALL, d, False, Failure())
+                with lock:
+                    if self._generation != generation:
+                        return
+                    outbox = self._outbox
+                    outbox.append(item)
+                    wake = len(outbox) == 1
+                item = payload = outbox = None
+            if wake:
+                self._reactor.callFromThread(self._flush)
+
+
+class ThreadQueue(TaskQueue):
+    """
+    A `TaskQueue` with thread workers (one by default).
+
+    ``ThreadQueue(raw=False, N=1, **kw)``; ``ThreadQueue(3)`` also makes three
+    workers. Other keywords go to `TaskQueue`.
+    """
+
+    def __init__(self, raw: bool | int = False, N: int = 1, **kw: Any) -> None:
+        if not isinstance(raw, bool) and isinstance(raw, int):
+            raw, N = False, raw
+        if N < 1:
+            raise ValueError(f"a ThreadQueue needs at least one worker, not {N}")
+        super().__init__(**kw)
+        self.worker = ThreadWorker(raw=bool(raw), reactor=self._reactor)
+        self.d = self.attachWorker(self.worker)
+        for _ in range(N - 1):
+            self.attachWorker(ThreadWorker(raw=bool(raw), reactor=self._reactor))
+
+    def deferToThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
+        """Run ``f(*args, **kw)`` on my first worker's thread, skipping the queue."""
+        return self.worker.deferToThread(f, *args, **kw)
+
+
+_sharedWorker: ThreadWorker | None = None
+
+
+def deferToThread(*fargs: Any, **kw: Any) -> Deferred[Any]:
+    """
+    Run ``f(*args, **kw)`` in a shared dedicated thread; a Deferred of its result.
+
+    Calls run one at a time, in order. Called with no arguments, stops that
+    thread (the Deferred fires when it has ended).
+    """
+    global _sharedWorker
+    if not fargs:
+        worker, _sharedWorker = _sharedWorker, None
+        return succeed(None) if worker is None else worker.stop()
+    if _sharedWorker is None:
+        from twisted.internet import reactor
+
+        _sharedWorker = ThreadWorker()
+        reactor.addSystemEventTrigger("before", "shutdown", deferToThread)
+    f, *args = fargs
+    return _sharedWorker.deferToThread(f, *args, **kw)

@@ -1,0 +1,395 @@
+"""ThreadWorker and ThreadQueue with real threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from asynqueue import ThreadQueue, ThreadWorker, deferToThread, errors
+
+from ..helpers import common as helpers
+
+
+def threadName(*_: Any) -> str:
+    return threading.current_thread().name
+
+
+def boom() -> None:
+    raise KeyError("thread boom")
+
+
+class Payload:
+    """A result that can be weakly referred to."""
+
+
+class ThreadQueueTests(TestCase):
+    timeout = 15
+
+    def setUp(self) -> None:
+        self.q = ThreadQueue(2, returnFailure=True)
+        self.addCleanup(self.q.shutdown)
+
+    @inlineCallbacks
+    def test_runs_off_the_reactor_thread(self) -> Any:
+        name = yield self.q.call(threadName)
+        self.assertIn("ThreadWorker", name)
+        self.assertNotEqual(name, threading.current_thread().name)
+        self.assertEqual(len(self.q), 2)
+
+    @inlineCallbacks
+    def test_an_idle_worker_keeps_no_result_alive(self) -> Any:
+        # A big result held by an idle worker would hold its memory, and be
+        # freed inside that worker's next call, delaying it.
+        result = yield self.q.call(Payload)
+        ref = weakref.ref(result)
+        del result
+        yield helpers.waitUntil(lambda: ref() is None, limit=5.0)
+
+    @inlineCallbacks
+    def test_many_calls_all_arrive_in_order(self) -> Any:
+        results = yield defer.gatherResults([self.q.call(abs, -i) for i in range(5000)])
+        self.assertEqual(results, list(range(5000)))
+
+    @inlineCallbacks
+    def test_both_workers_share_the_load(self) -> Any:
+        names = yield defer.gatherResults(
+            [self.q.call(lambda: (time.sleep(0.01), threadName())[1]) for _ in range(20)]
+        )
+        self.assertEqual(len(set(names)), 2)
+
+    @inlineCallbacks
+    def test_exception_keeps_type_and_worker_goes_on(self) -> Any:
+        with self.assertRaises(KeyError) as ctx:
+            yield self.q.call(boom)
+        self.assertIn("thread boom", str(ctx.exception))
+        self.assertEqual((yield self.q.call(abs, -1)), 1)
+
+    @inlineCallbacks
+    def test_series_dispatch_order_across_workers(self) -> Any:
+        starts: list[int] = []
+        lock = threading.Lock()
+
+        def work(i: int) -> int:
+            with lock:
+                starts.append(i)
+            time.sleep(0.002)
+            return i
+
+        results = yield defer.gatherResults([self.q.call(work, i, series="s") for i in range(40)])
+        self.assertEqual(results, list(range(40)))
+        # Dispatch is in order; with two threads two neighbours may swap at start.
+        for pos, i in enumerate(starts):
+            self.assertLessEqual(abs(pos - i), 1)
+
+    @inlineCallbacks
+    def test_unqualified_series_runs(self) -> Any:
+        # The original never ran this.
+        self.assertEqual((yield self.q.call(abs, -3, series="x")), 3)
+
+    @inlineCallbacks
+    def test_defer_to_thread_skips_the_queue(self) -> Any:
+        name = yield self.q.deferToThread(threadName)
+        self.assertIn("ThreadWorker", name)
+
+
+class ThreadTimeoutTests(TestCase):
+    timeout = 15
+
+    @inlineCallbacks
+    def test_stuck_thread_is_replaced_and_late_result_dropped(self) -> Any:
+        q = ThreadQueue(returnFailure=True)
+        release = threading.Event()
+        self.addCleanup(release.set)
+        calls = []
+
+        def stuck() -> str:
+            calls.append(threading.get_ident())
+            release.wait(10)
+            return "late"
+
+        with self.assertRaises(errors.TimeoutError):
+            yield q.call(stuck, timeout=0.2)
+        self.assertEqual(len(calls), 2)
+        # Two abandoned threads are still blocked; a fresh one serves the queue.
+        fresh = yield q.call(threading.get_ident)
+        self.assertEqual(len({*calls, fresh}), 3)
+        release.set()
+        yield q.shutdown()
+
+    @inlineCallbacks
+    def test_retry_after_timeout_can_succeed(self) -> Any:
+        q = ThreadQueue(returnFailure=True)
+        self.addCleanup(q.shutdown)
+        tries = []
+
+        def slowOnce() -> int:
+            tries.append(1)
+            if len(tries) == 1:
+                time.sleep(0.5)
+            return len(tries)
+
+        self.assertEqual((yield q.call(slowOnce, timeout=0.2)), 2)
+
+
+class ThreadShutdownTests(TestCase):
+    timeout = 15
+
+    @inlineCallbacks
+    def test_shutdown_finishes_queued_tasks_and_ends_threads(self) -> Any:
+        before = {t.name for t in threading.enumerate()}
+        q = ThreadQueue(2, returnFailure=True)
+        ds = [q.call(time.sleep, 0.02) for _ in range(10)]
+        yield q.shutdown()
+        for d in ds:
+            self.assertIsNone(self.successResultOf(d))
+        for _ in range(100):
+            extra = {t.name for t in threading.enumerate()} - before
+            if not [n for n in extra if "ThreadWorker" in n]:
+                break
+            yield _sleep(0.02)
+        self.assertFalse([n for n in extra if "ThreadWorker" in n])
+
+    @inlineCallbacks
+    def test_crash_detach_of_a_stuck_worker_reassigns(self) -> Any:
+        release = threading.Event()
+        self.addCleanup(release.set)
+        w1, w2 = ThreadWorker(), ThreadWorker()
+        from asynqueue import TaskQueue
+
+        q = TaskQueue(w1, returnFailure=True)
+        d = q.call(release.wait, 10)
+        yield _sleep(0.05)
+        q.attachWorker(w2)
+        left = yield q.detachWorker(w1, reassign=True, crash=True)
+        self.assertEqual(left, [])
+        release.set()
+        self.assertTrue((yield d))  # re-run on w2
+        yield q.shutdown()
+
+    @inlineCallbacks
+    def test_module_defer_to_thread(self) -> Any:
+        self.assertEqual((yield deferToThread(lambda a, b: a * b, 6, 7)), 42)
+        with self.assertRaises(ZeroDivisionError):
+            yield deferToThread(lambda: 1 / 0)
+        results = yield defer.gatherResults([deferToThread(abs, -i) for i in range(50)])
+        self.assertEqual(results, list(range(50)))
+        yield deferToThread()
+
+
+def _sleep(seconds: float) -> defer.Deferred[None]:
+    from twisted.internet import reactor
+
+    d: defer.Deferred[None] = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+class ThreadNothingLostTests(TestCase):
+    """Real threads: random calls, timeouts, detaches and crashes, then shutdown."""
+
+    timeout = 30
+
+    @inlineCallbacks
+    def test_every_deferred_fires_exactly_once(self) -> Any:
+        import random
+
+        from asynqueue import TaskQueue
+
+        rng = random.Random(1234)
+        q = TaskQueue(returnFailure=True, timeout=0.5)
+        workers = [ThreadWorker() for _ in range(2)]
+        for w in workers:
+            q.attachWorker(w)
+        fired: dict[int, int] = {}
+        ds = []
+
+        def record(result: Any, i: int) -> None:
+            fired[i] = fired.get(i, 0) + 1
+
+        def work(seconds: float, fail: bool) -> float:
+            time.sleep(seconds)
+            if fail:
+                raise ValueError("planned")
+            return seconds
+
+        for _ in range(300):
+            op = rng.random()
+            if op < 0.8:
+                i = len(ds)
+                d = q.call(
+                    work,
+                    rng.choice([0, 0, 0.001, 0.01, 0.3]),
+                    rng.random() < 0.1,
+                    timeout=rng.choice([None, 0.05, 1]),
+                    series=rng.choice([None, "a"]),
+                )
+                d.addBoth(record, i)
+                d.addErrback(lambda f: None)
+                ds.append(d)
+            elif op < 0.88:
+                w = ThreadWorker(series=rng.choice([(), ("a",)]))
+                workers.append(w)
+                q.attachWorker(w)
+            elif op < 0.96 and len(workers) > 1:
+                w = workers.pop(rng.randrange(len(workers)))
+                q.detachWorker(w, reassign=rng.random() < 0.5, crash=rng.random() < 0.5)
+            else:
+                yield _sleep(0.01)
+        yield q.shutdown()
+        yield _sleep(0.05)
+        self.assertEqual(sorted(fired), list(range(len(ds))))
+        self.assertEqual(set(fired.values()), {1})
+
+
+class ThreadSchedulingTests(TestCase):
+    """Niceness with real threads while the other worker is stuck in a long task."""
+
+    timeout = 15
+
+    @inlineCallbacks
+    def test_half_rate_while_one_worker_is_busy(self) -> Any:
+        q = ThreadQueue(2, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        # Tiny tasks first, so both workers pipeline deeply.
+        yield defer.gatherResults([q.call(abs, -i) for i in range(500)])
+        started = threading.Event()
+        release = threading.Event()
+        self.addCleanup(release.set)
+
+        def long() -> None:
+            started.set()
+            release.wait(10)
+
+        busy = q.call(long)
+        yield deferToThreadWait(started)
+        yield _sleep(0.02)  # well past the pipelining patience
+        order: list[str] = []
+        ds = []
+        for i in range(40):
+            ds.append(q.call(order.append, "A", series="A", niceness=0))
+            if i % 2 == 0:
+                ds.append(q.call(order.append, "B", series="B", niceness=10))
+        yield defer.gatherResults(ds)
+        release.set()
+        yield busy
+        window = order[:30]
+        self.assertEqual(window.count("A"), 20, order)
+        self.assertEqual(window.count("B"), 10, order)
+
+
+def deferToThreadWait(event: threading.Event) -> defer.Deferred[Any]:
+    from twisted.internet import threads
+
+    return threads.deferToThread(event.wait, 10)
+
+
+class ThreadWakeUpTests(TestCase):
+    """
+    The thread sleeps only when it has nothing to do and is woken by a
+    doorbell token per task: no task may be left waiting with the thread
+    asleep, whatever the timing.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def test_sequential_calls_with_random_pauses_all_complete(self) -> Any:
+        import random
+
+        rng = random.Random(42)
+        q = ThreadQueue(2, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        for i in range(400):
+            work = rng.choice([0, 0, 0, 0.0001, 0.0005])
+            result = yield q.call(lambda w=work, i=i: (time.sleep(w), i)[1])
+            self.assertEqual(result, i)
+            pause = rng.choice([0, 0, 0, 0.0002, 0.001, 0.003])
+            if pause:
+                # Long enough for the thread to go back to sleep (or not).
+                yield _sleep(pause)
+
+    @inlineCallbacks
+    def test_bursts_after_idle_spells(self) -> Any:
+        q = ThreadQueue(2, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        for size in (1, 2, 3, 50, 700, 5, 2000, 1):
+            results = yield defer.gatherResults([q.call(abs, -i) for i in range(size)])
+            self.assertEqual(results, list(range(size)))
+            yield _sleep(0.005)  # both threads fall asleep
+
+    @inlineCallbacks
+    def test_calls_submitted_as_results_arrive(self) -> Any:
+        # Each call is made from the callback of the previous result, that is
+        # while the thread is posting that result and about to sleep.
+        q = ThreadQueue(returnFailure=True)
+        self.addCleanup(q.shutdown)
+        done: defer.Deferred[int] = defer.Deferred()
+
+        def chain(n: int) -> None:
+            if n == 2000:
+                done.callback(n)
+            else:
+                q.call(abs, n + 1).addCallback(chain)
+
+        chain(0)
+        self.assertEqual((yield done), 2000)
+
+    @inlineCallbacks
+    def test_defer_to_thread_interleaved_with_calls(self) -> Any:
+        q = ThreadQueue(returnFailure=True)
+        self.addCleanup(q.shutdown)
+        for round in range(50):
+            ds = [q.call(abs, -i) for i in range(round)]
+            vip = q.deferToThread(lambda r=round: r * 2)
+            self.assertEqual((yield vip), round * 2)
+            self.assertEqual((yield defer.gatherResults(ds)), list(range(round)))
+            if round % 10 == 0:
+                yield _sleep(0.002)
+
+    @inlineCallbacks
+    def test_a_withdrawn_task_leaves_the_thread_responsive(self) -> Any:
+        # A task withdrawn from the inbox (timed out before it started)
+        # leaves its doorbell token behind: the thread must shrug it off and
+        # still wake up for the next task.
+        from asynqueue.tasks import Task
+
+        w = ThreadWorker(window=10)
+        release = threading.Event()
+        self.addCleanup(release.set)
+        blocker = Task(release.wait, (10,))
+        queued = Task(abs, (-1,))
+        w.run(blocker)
+        w.run(queued)
+        w.timedOut(queued)
+        release.set()
+        self.assertEqual((yield blocker.d), ("r", True))
+        yield _sleep(0.01)  # the thread takes the stale token, then sleeps
+        self.assertFalse(queued.reported)
+        later = Task(abs, (-2,))
+        w.run(later)
+        self.assertEqual((yield later.d), ("r", 2))
+        yield w.stop()
+
+    @inlineCallbacks
+    def test_stop_while_idle_ends_the_thread(self) -> Any:
+        before = {t.ident for t in threading.enumerate()}
+        w = ThreadWorker()
+        from asynqueue.tasks import Task
+
+        task = Task(threading.get_ident)
+        w.run(task)
+        _, ident = yield task.d
+        self.assertNotIn(ident, before)
+        yield _sleep(0.01)  # asleep in the doorbell
+        yield w.stop()
+        for _ in range(100):
+            if ident not in {t.ident for t in threading.enumerate()}:
+                break
+            yield _sleep(0.01)
+        self.assertNotIn(ident, {t.ident for t in threading.enumerate()})
