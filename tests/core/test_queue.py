@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import sys
@@ -376,6 +377,25 @@ class LostWorkerTests(TestCase):
         while w2.current:
             w2.finish("r", w2.current[0][0].callTuple[0]())
         self.assertEqual([self.successResultOf(d) for d in (d1, d2, d3)], [1, 2, 3])
+
+    def test_a_late_failed_deferred_result_is_not_an_unhandled_error(self) -> None:
+        # An iterator result that arrives after its worker was crashed: its
+        # first batch failed. The queue gave up on that attempt; the failure
+        # must not be logged as an unhandled error when it is collected.
+        w1 = ManualWorker()
+        q = TaskQueue(w1, returnFailure=True, reactor=Clock())
+        d = q.call(lambda: 1)
+        [(task, _)] = w1.current
+        q.detachWorker(w1, reassign=True, crash=True)
+        late = defer.fail(errors.ThreadError("thread worker is stopped"))
+        task.callback(("i", late))
+        del late
+        gc.collect()
+        self.assertEqual(self.flushLoggedErrors(errors.ThreadError), [])
+        w2 = ManualWorker()
+        q.attachWorker(w2)
+        w2.finish("r", 1)
+        self.assertEqual(self.successResultOf(d), 1)
 
 
 class DetachTests(TestCase):

@@ -345,7 +345,8 @@ class _Dispatcher:
             # The hot path: what _attemptDone, taskDone and _finish do with a
             # plain result (or None) of the current attempt, inlined.
             if call.attempt is not task or call.done:
-                return  # a late result of an attempt the queue gave up on
+                _dropLate(statusResult[1])  # an attempt the queue gave up on
+                return
             slot = call.slot
             if call.timer is None and call.series is None and slot is not None:
                 call.attempt = call.slot = None
@@ -373,7 +374,8 @@ class _Dispatcher:
 
     def _attemptDone(self, statusResult: Any, task: Task, call: _Call) -> None:
         if call.attempt is not task or call.done:
-            return  # a late result of an attempt the queue gave up on
+            _dropLate(_unpackStatus(statusResult)[1])  # an attempt the queue gave up on
+            return
         slot = call.slot
         self._closeAttempt(call)
         status, result = _unpackStatus(statusResult)
@@ -475,6 +477,16 @@ class _Dispatcher:
             outcome.chainDeferred(call)
         else:
             call.callback(outcome)
+
+
+def _dropLate(result: Any) -> None:
+    """
+    Drop the result of an attempt the queue gave up on. A Deferred one (an
+    iterator's first batch, say, failing because its worker was crashed)
+    must not log its failure as unhandled: nobody waits for it.
+    """
+    if isinstance(result, Deferred):
+        result.addErrback(lambda _: None)
 
 
 def _load(slot: _Slot) -> int:
