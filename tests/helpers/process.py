@@ -189,3 +189,28 @@ def slowTheFirstTime(path: str, tag: str, seconds: float) -> str:
         _append(path, f"b {tag}\n")
         time.sleep(seconds)
     return logRun(path, tag)
+
+
+# The soak's tasks (tests/test_soak.py).
+
+
+def soakValue(x: int, seconds: float = 0.0) -> int:
+    if seconds:
+        time.sleep(seconds)
+    return x
+
+
+def soakError(x: int) -> None:
+    raise ValueError(f"soak {x}")
+
+
+def soakExit() -> None:
+    os._exit(3)
+
+
+def soakLarge(tag: int, megabytes: int) -> bytes:
+    return bytes([tag]) * (megabytes << 20)
+
+
+def soakItems(n: int) -> Iterator[int]:
+    yield from range(n)
