@@ -48,6 +48,11 @@ KINDS = {
     "exit": 1,
 }
 
+# Kinds whose Deferred fires as their task ends (not later, as streamed or
+# chunked results do, nor earlier, as a cancel does): in a series, they fire
+# in submission order.
+IN_ORDER = {"value", "error", "sleep", "exit"}
+
 
 def workerChildren() -> list[int]:
     """PIDs of this process's worker children still there (running or not reaped)."""
@@ -87,6 +92,7 @@ class Soak:
         self.finished: Deferred[None] = Deferred()
         self.churns: Counter[str] = Counter()
         self.nextChurn: Any = None
+        self.order: dict[Any, list[int]] = {}  # series -> IN_ORDER calls, as they fired
 
     def start(self) -> Deferred[None]:
         self.topUp()
@@ -141,13 +147,15 @@ class Soak:
         else:
             d = q.call(h.soakExit, series=series)
             expect = errors.WorkerLost
-        d.addBoth(self.fired1, i, kind, expect)
+        d.addBoth(self.fired1, i, kind, expect, series)
 
-    def fired1(self, result: Any, i: int, kind: str, expect: Any) -> None:
+    def fired1(self, result: Any, i: int, kind: str, expect: Any, series: Any) -> None:
         self.fired[i] += 1
         if self.fired[i] > 1:
             self.wrong.append(f"call {i} ({kind}) fired {self.fired[i]} times")
             return
+        if series is not None and kind in IN_ORDER:
+            self.order.setdefault(series, []).append(i)
         if kind == "items" and isinstance(result, Deferator):
             collect(result).addBoth(self.itemsDone, i, expect)
         elif kind == "items":
@@ -227,6 +235,8 @@ class SoakTests(TestCase):
         self.assertEqual(soak.wrong, [])
         self.assertEqual(sorted(soak.fired), list(range(SIZE)))
         self.assertEqual(set(soak.fired.values()), {1})
+        for series, fired in soak.order.items():
+            self.assertEqual(fired, sorted(fired), f"series {series} out of order")
         # Every kind of call was made, and the right outcomes add up.
         self.assertEqual(set(soak.seen), set(kinds))
         self.assertEqual(sum(soak.outcomes.values()), SIZE)
