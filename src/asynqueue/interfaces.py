@@ -48,6 +48,12 @@ class IWorker(Interface):
       task really starts (useful when it holds several tasks in flight), so a
       timeout counts from then rather than from when the task was handed
       over.
+    - ``runsInOrder`` (True, or a property): a task it takes now will run
+      after every task it holds, one at a time. While true, the worker that
+      runs a task of a series may take that series' next tasks too, to run
+      right behind it (no other worker may start one before it finishes).
+      Such a worker's ``timedOut(task)`` must hand back unrun (innocent
+      status ``d``) the tasks of the same series that it holds behind it.
     """
 
     cQualified = Attribute(

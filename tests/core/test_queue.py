@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import sys
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from asynqueue import AsyncWorker, NullQueue, TaskQueue, errors
@@ -376,6 +378,25 @@ class LostWorkerTests(TestCase):
             w2.finish("r", w2.current[0][0].callTuple[0]())
         self.assertEqual([self.successResultOf(d) for d in (d1, d2, d3)], [1, 2, 3])
 
+    def test_a_late_failed_deferred_result_is_not_an_unhandled_error(self) -> None:
+        # An iterator result that arrives after its worker was crashed: its
+        # first batch failed. The queue gave up on that attempt; the failure
+        # must not be logged as an unhandled error when it is collected.
+        w1 = ManualWorker()
+        q = TaskQueue(w1, returnFailure=True, reactor=Clock())
+        d = q.call(lambda: 1)
+        [(task, _)] = w1.current
+        q.detachWorker(w1, reassign=True, crash=True)
+        late = defer.fail(errors.ThreadError("thread worker is stopped"))
+        task.callback(("i", late))
+        del late
+        gc.collect()
+        self.assertEqual(self.flushLoggedErrors(errors.ThreadError), [])
+        w2 = ManualWorker()
+        q.attachWorker(w2)
+        w2.finish("r", 1)
+        self.assertEqual(self.successResultOf(d), 1)
+
 
 class DetachTests(TestCase):
     timeout = 10
@@ -619,6 +640,8 @@ class RefusingWorkerTests(TestCase):
 class PipeliningWorker(ManualWorker):
     """A ManualWorker that takes up to *window* tasks at once, like ThreadWorker."""
 
+    runsInOrder = True
+
     def __init__(self, window: int, name: str = "w") -> None:
         super().__init__(name=name)
         self.window = window
@@ -690,30 +713,39 @@ class PipelineDispatchTests(TestCase):
         self.assertEqual([self.successResultOf(d) for d in ds], list(range(12)))
         self.successResultOf(q.shutdown())
 
-    def test_series_call_on_an_empty_queue_respects_busy_series(self) -> None:
-        # Nothing queued: each series call is handed over at once, but not to a
-        # worker that holds other tasks while another worker holds S tasks.
+    def test_only_the_worker_running_a_series_takes_its_next_calls(self) -> None:
+        # w1 runs its tasks in order: s2 and s3 may wait there behind s1. The
+        # idle w2 may not start them beside s1; plain calls still go there.
         w1, w2 = PipeliningWorker(5, "w1"), PipeliningWorker(5, "w2")
         q = TaskQueue(w1, w2, returnFailure=True, reactor=Clock())
-        d1 = q.call(lambda x: x, "s1", series="S")
-        d2 = q.call(lambda x: x, "s2", series="S")
-        self.assertEqual([t.callTuple[1][0] for t in w1.log], ["s1"])
-        self.assertEqual([t.callTuple[1][0] for t in w2.log], ["s2"])
-        # S is now on both workers, and both hold a task: s3 must wait.
-        d3 = q.call(lambda x: x, "s3", series="S")
-        self.assertEqual(q.counts()["queued"], 1)
-        self.assertEqual(len(w1.log) + len(w2.log), 2)
-        # A plain call is not held back by it.
-        d4 = q.call(lambda x: x, "plain")
-        self.assertEqual(len(w1.log) + len(w2.log), 3)
-        w2.finishAll()  # S is left on w1 alone, so w1 may take s3
-        self.assertEqual(q.counts()["queued"], 0)
-        self.assertIn("s3", [t.callTuple[1][0] for t in w1.log + w2.log])
+        ds = [q.call(lambda x: x, f"s{i}", series="S") for i in (1, 2, 3)]
+        self.assertEqual([t.callTuple[1][0] for t in w1.log], ["s1", "s2", "s3"])
+        self.assertEqual(w2.log, [])
+        ds.append(q.call(lambda x: x, "plain"))
+        self.assertEqual([t.callTuple[1][0] for t in w2.log], ["plain"])
         w1.finishAll()
         w2.finishAll()
-        self.assertEqual(
-            [self.successResultOf(d) for d in (d1, d2, d3, d4)], ["s1", "s2", "s3", "plain"]
-        )
+        self.assertEqual([self.successResultOf(d) for d in ds], ["s1", "s2", "s3", "plain"])
+        self.successResultOf(q.shutdown())
+
+    def test_a_worker_running_tasks_side_by_side_gets_one_task_of_a_series(self) -> None:
+        # Without runsInOrder, tasks held by a worker may run at once: the
+        # next task of a series waits in the queue until the previous one ends.
+        w1, w2 = PipeliningWorker(5, "w1"), PipeliningWorker(5, "w2")
+        w1.runsInOrder = w2.runsInOrder = False  # type: ignore[misc]
+        q = TaskQueue(w1, w2, returnFailure=True, reactor=Clock())
+        ds = [q.call(lambda x: x, f"s{i}", series="S") for i in (1, 2)]
+        self.assertEqual([t.callTuple[1][0] for t in w1.log + w2.log], ["s1"])
+        self.assertEqual(q.counts()["queued"], 1)
+        ds.append(q.call(lambda x: x, "plain"))  # not held back by S
+        self.assertEqual(len(w1.log) + len(w2.log), 2)
+        w1.finishAll()
+        w2.finishAll()
+        self.assertEqual(q.counts()["queued"], 0)
+        self.assertIn("s2", [t.callTuple[1][0] for t in w1.log + w2.log])
+        w1.finishAll()
+        w2.finishAll()
+        self.assertEqual([self.successResultOf(d) for d in ds], ["s1", "s2", "plain"])
         self.successResultOf(q.shutdown())
 
     def test_a_series_task_never_overtakes_one_waiting_behind_other_work(self) -> None:
@@ -747,15 +779,51 @@ class PipelineDispatchTests(TestCase):
 
 
 class _OneAtATimeWorker(PipeliningWorker):
-    """A pipelining worker whose tasks finish one at a time, oldest first."""
+    """A pipelining worker that runs its tasks one at a time, oldest first."""
 
-    def finishOne(self) -> None:
+    def running(self) -> list[Any]:
+        return [task for task, _ in self.current[:1]]
+
+    def finishOne(self, position: int = 0) -> None:
         task, _ = self.current.pop(0)
         task.callback(("r", task.callTuple[1][0]))
+        self._freed()
+
+    def crash(self) -> list[Any]:  # type: ignore[override]
+        """Its process dies: the running task is lost, the others are innocent."""
+        batch, self.current = self.current, []
+        for i, (task, _) in enumerate(batch):
+            task.innocent = i > 0
+            task.callback(("d", "died"))
+        self._freed()
+        return []
+
+    def _freed(self) -> None:
         waiter = self.waiter
         if waiter is not None and len(self.current) < self.window:
             self.waiter = None
             waiter.callback(None)
+
+
+class _SideBySideWorker(_OneAtATimeWorker):
+    """A pipelining worker that runs all the tasks it holds at once (like Dask)."""
+
+    runsInOrder = False
+
+    def running(self) -> list[Any]:
+        return [task for task, _ in self.current]
+
+    def finishOne(self, position: int = 0) -> None:
+        task, _ = self.current.pop(position % len(self.current))
+        task.callback(("r", task.callTuple[1][0]))
+        self._freed()
+
+    def crash(self) -> list[Any]:  # type: ignore[override]
+        batch, self.current = self.current, []
+        for task, _ in batch:  # all were running: all lost
+            task.callback(("d", "died"))
+        self._freed()
+        return []
 
 
 @settings(max_examples=300, deadline=None)
@@ -763,39 +831,50 @@ class _OneAtATimeWorker(PipeliningWorker):
     st.lists(
         st.one_of(
             st.tuples(st.just("call"), st.sampled_from(["A", "B", None])),
-            st.tuples(st.just("finish"), st.sampled_from([0, 1])),
+            st.tuples(st.just("finish"), st.integers(0, 2), st.integers(0, 2)),
+            st.tuples(st.just("crash"), st.integers(0, 2)),
         ),
         max_size=60,
     )
 )
-def test_series_tasks_start_in_submission_order_on_pipelining_workers(ops: list[Any]) -> None:
-    """Whatever the interleaving of calls and finishes, each series starts in order."""
-    workers = [_OneAtATimeWorker(3, "w1"), _OneAtATimeWorker(3, "w2")]
+def test_a_series_runs_in_sequence_on_pipelining_workers(ops: list[Any]) -> None:
+    """
+    Whatever the interleaving of calls, finishes and worker crashes: at most
+    one task of a series runs at a time, each series starts in submission
+    order (a re-run task in its old place), and every call fires once.
+    """
+    workers = [_OneAtATimeWorker(3, "w1"), _OneAtATimeWorker(3, "w2"), _SideBySideWorker(3, "w3")]
     q = TaskQueue(*workers, returnFailure=True, reactor=Clock())
     started: list[tuple[Any, int]] = []  # (series, submission number), in start order
-    seen: set[int] = set()
+    seen: set[Any] = set()  # attempts seen running
     results: list[Any] = []
 
     def noteStarts() -> None:
-        # A worker runs its tasks in order: its oldest task is the one running.
-        # Tasks that become the oldest in the same step start together.
+        # Attempts that start running in the same step start together.
+        running = [task for w in workers for task in w.running()]
+        perSeries: dict[Any, int] = {}
         new = []
-        for w in workers:
-            if w.current:
-                series, number = w.current[0][0].callTuple[1][0]
-                if number not in seen:
-                    seen.add(number)
-                    new.append((number, series))
+        for task in running:
+            series, number = task.callTuple[1][0]
+            if series is not None:
+                perSeries[series] = perSeries.get(series, 0) + 1
+                assert perSeries[series] == 1, (series, running)
+            if task not in seen:
+                seen.add(task)
+                new.append((number, series))
         started.extend((series, number) for number, series in sorted(new))
 
     submitted = 0
-    for op, arg in ops:
-        if op == "call":
-            d = q.call(lambda x: x, (arg, submitted), series=arg)
+    for op in ops:
+        if op[0] == "call":
+            d = q.call(lambda x: x, (op[1], submitted), series=op[1])
             d.addBoth(results.append)
             submitted += 1
-        elif workers[arg].current:
-            workers[arg].finishOne()
+        elif workers[op[1]].current:
+            if op[0] == "finish":
+                workers[op[1]].finishOne(op[2])
+            else:
+                workers[op[1]].crash()
         noteStarts()
     while any(w.current for w in workers):
         for w in workers:
@@ -805,7 +884,11 @@ def test_series_tasks_start_in_submission_order_on_pipelining_workers(ops: list[
     for series in ("A", "B"):
         numbers = [n for s, n in started if s == series]
         assert numbers == sorted(numbers), (series, started)
-    assert sorted(n for _, n in results) == list(range(submitted))
+    # Each call fired once: with its own value, or lost twice.
+    values = [r[1] for r in results if isinstance(r, tuple)]
+    lost = [r for r in results if isinstance(r, Failure) and r.check(errors.WorkerLost)]
+    assert len(set(values)) == len(values)
+    assert len(values) + len(lost) == len(results) == submitted
 
 
 class CancelledCallTests(TestCase):

@@ -221,7 +221,7 @@ def test_pop_respects_qualifications(pushes, restricted, qualified):
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["push", "pop", "remove", "front"]),
+            st.sampled_from(["push", "pop", "remove", "front", "hold", "release", "popMine"]),
             st.sampled_from(["A", "B", None]),
             niceness,
         ),
@@ -229,38 +229,76 @@ def test_pop_respects_qualifications(pushes, restricted, qualified):
     )
 )
 def test_every_item_comes_out_exactly_once(ops):
+    """And no pop gives an item of a held series, but to its holder (mine)."""
     s = Scheduler()
     counter = itertools.count()
     entries = {}
+    kinds = {}  # item -> (series, "push" or "front")
     live = set()
+    held = set()
     out = []
     for op, series, nice in ops:
         if op == "push":
             i = next(counter)
             entries[i] = s.push(i, series=series, niceness=nice)
-            live.add(i)
         elif op == "front":
             i = next(counter)
             entries[i] = s.pushFront(i, series=series)
-            live.add(i)
-        elif op == "pop":
-            item = s.pop()
+        elif op == "hold" and series is not None:
+            s.hold(series)
+            held.add(series)
+        elif op == "release":
+            s.release(series)
+            held.discard(series)
+        elif op in ("pop", "popMine"):
+            mine = [series] if op == "popMine" and series in held else []
+            item = s.pop(None, (), mine)
+            ready = {i for i in live if kinds[i][0] not in held}
             if item is None:
-                assert not live
+                assert not ready
             else:
                 assert item in live
+                itemSeries, kind = kinds[item]
+                if itemSeries in held:
+                    # Only the holder's normal tasks, and none while a retry waits.
+                    assert itemSeries in mine and kind == "push"
+                    assert not [i for i in live if kinds[i] == (itemSeries, "front")]
                 live.discard(item)
                 out.append(item)
-        elif live:
+        elif op == "remove" and live:
             victim = min(live)
             assert s.remove(entries[victim])
             assert not s.remove(entries[victim])
             live.discard(victim)
+        if op in ("push", "front"):
+            kinds[i] = (series, op)
+            live.add(i)
         assert len(s) == len(live)
     rest = s.drain()
     assert set(rest) == live
     assert len(rest) == len(live)
     assert len(s) == 0 and s.pop() is None
+
+
+def test_a_held_series_costs_a_pop_nothing():
+    """A thousand held series with work queued: each pop meets none of them."""
+    s = Scheduler()
+    for k in range(1000):
+        s.push(("held", k), series=k)
+        s.push(("held", k, 2), series=k)
+        s.hold(k)
+    for i in range(100):
+        s.push(i)
+    # The rows of the held heads are dropped once, on the first pop.
+    assert s.pop() == 0
+    assert len(s._heads) == 1
+    assert [s.pop() for _ in range(99)] == list(range(1, 100))
+    assert s.pop() is None
+    s.release(7)
+    assert s.pop() == ("held", 7)
+    s.hold(7)  # as the dispatcher does: its task is in flight now
+    assert s.pop() is None
+    assert s.pop(None, (), [7]) == ("held", 7, 2)  # for the worker that holds it
 
 
 def test_many_one_shot_series_do_not_leak():

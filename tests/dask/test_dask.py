@@ -327,6 +327,16 @@ class SchedulingTests(_ClusterTestCase):
         self.assertEqual([n for n in order if n.startswith("s-")], ["s-0", "s-1", "s-2"])
 
     @inlineCallbacks
+    def test_a_series_runs_one_call_at_a_time_in_order(self) -> Any:
+        q = self.queue(slots=4)
+        series = [q.call(span, 0.02, series="s") for _ in range(8)]
+        plain = [q.call(span, 0.02) for _ in range(8)]
+        spans = yield defer.gatherResults(series)
+        yield defer.gatherResults(plain)
+        self.assertEqual(mostAtOnce(spans), 1)
+        self.assertEqual(spans, sorted(spans))  # started in submission order
+
+    @inlineCallbacks
     def test_slots_bound_what_runs_on_the_cluster(self) -> Any:
         q = self.queue(slots=2)
         spans = yield defer.gatherResults([q.call(span, 0.05) for _ in range(12)])

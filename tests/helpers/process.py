@@ -150,3 +150,67 @@ class Counter(ProcessBase):
 
 def sigterm() -> int:
     return signal.SIGTERM
+
+
+def _append(path: str, line: str) -> None:
+    # One write to a file opened for appending: lines of several processes
+    # never mix, and the file keeps the order in which they happened.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def logRun(path: str, tag: str, seconds: float = 0.0) -> str:
+    """Note ``b tag`` and ``e tag`` in *path* around a sleep; returns *tag*."""
+    _append(path, f"b {tag}\n")
+    time.sleep(seconds)
+    _append(path, f"e {tag}\n")
+    return tag
+
+
+def meet(folder: str, me: str, other: str, limit: float = 20.0) -> bool:
+    """Say I am here, then wait for *other* to say so too: True if it did."""
+    _append(os.path.join(folder, me), "here\n")
+    deadline = time.monotonic() + limit
+    while not os.path.exists(os.path.join(folder, other)):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def slowTheFirstTime(path: str, tag: str, seconds: float) -> str:
+    """Like ``logRun``, but the first run only notes its start and sleeps."""
+    marker = f"{path}.{tag}"
+    if not os.path.exists(marker):
+        _append(marker, "ran\n")
+        _append(path, f"b {tag}\n")
+        time.sleep(seconds)
+    return logRun(path, tag)
+
+
+# The soak's tasks (tests/test_soak.py).
+
+
+def soakValue(x: int, seconds: float = 0.0) -> int:
+    if seconds:
+        time.sleep(seconds)
+    return x
+
+
+def soakError(x: int) -> None:
+    raise ValueError(f"soak {x}")
+
+
+def soakExit() -> None:
+    os._exit(3)
+
+
+def soakLarge(tag: int, megabytes: int) -> bytes:
+    return bytes([tag]) * (megabytes << 20)
+
+
+def soakItems(n: int) -> Iterator[int]:
+    yield from range(n)

@@ -151,6 +151,28 @@ class RemoteTestCase(TestCase):
         return proc, f"tcp:127.0.0.1:{listening.split(':')[1]}"
 
 
+class SeriesTest(RemoteTestCase):
+    @inlineCallbacks
+    def test_a_series_runs_in_sequence_and_other_calls_side_by_side(self) -> Any:
+        server = yield self.startServer()  # two worker threads
+        q = self.makeQueue(self.clientDescription(server))
+        yield q.whenConnected()
+        folder = self.tmpdir()
+        # One client's plain calls run at once on the server's two workers:
+        # each returns True only if the other started while it waited.
+        met = yield gatherResults(
+            [q.call(hp.meet, str(folder), me, other, 10) for me, other in ("ab", "ba")]
+        )
+        self.assertEqual(met, [True, True])
+        log = str(folder / "log")
+        yield gatherResults(
+            [q.call(hp.logRun, log, f"s:{i}", 0.002, series="s") for i in range(20)]
+        )
+        # Each call began after the one before it had ended, in order.
+        expected = [word for i in range(20) for word in ("b", f"s:{i}", "e", f"s:{i}")]
+        self.assertEqual((folder / "log").read_text().split(), expected)
+
+
 class CallsTest(RemoteTestCase):
     @inlineCallbacks
     def test_calls_results_and_errors_over_tcp_and_unix(self) -> Any:

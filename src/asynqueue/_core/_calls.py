@@ -116,6 +116,9 @@ class _Call(Deferred[Any], Entry):
     consumer: Any = None
     returnFailure = False
     raw: bool | None = None
+    # False for a call whose series only shares the workers fairly with
+    # other series, its tasks running side by side (see TaskQueue._callInFlow).
+    inSequence = True
     # False once a queue keyword other than series, raw or returnFailure was
     # given: its attempts need the full Task.
     plain = True
@@ -195,6 +198,7 @@ class _Slot:
         "ID",
         "attached",
         "bounced",
+        "held",
         "inflight",
         "qualified",
         "ready",
@@ -209,6 +213,8 @@ class _Slot:
         self.ID = ID
         self.qualified: frozenset[Hashable] = frozenset()
         self.inflight: dict[Task, _Call] = {}
+        # series -> how many of its tasks are in flight here
+        self.held: dict[Hashable, int] = {}
         self.ready = False
         self.attached = True
         self.stopping = False

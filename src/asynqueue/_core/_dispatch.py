@@ -4,6 +4,11 @@
 - Workers are *ready* when the Deferred from their last ``run`` has fired. The
   dispatcher gives each ready worker the best task it is qualified for, the
   least loaded worker first (`_Slot` is a worker as the dispatcher sees it).
+- A series runs in sequence: while one of its tasks is in flight on a worker,
+  the scheduler *holds* the series (``_track``), and no other worker gets its
+  next task. The worker holding it may, if it ``runsInOrder`` (see
+  `IWorker`), take the next ones to run right behind it (`_mine`). The
+  series is released when its last task in flight reports.
 - A timeout counts from when a worker takes the task (or, for workers that
   report it, from when it really starts). A task is retried once after a
   timeout and re-run once after its worker was lost (status ``d``); the second
@@ -63,7 +68,7 @@ class _Dispatcher:
     _drainWaiters: list[Deferred[None]]
     _dispatching: bool
     _redispatch: bool
-    _seriesRunning: dict[Hashable, dict[int, int]]
+    _seriesRunning: dict[Hashable, int]
     _slots: dict[int, _Slot]
     _reporter: Any
     _ownTaskDone: bool
@@ -147,7 +152,7 @@ class _Dispatcher:
             return False
         if slot.inflight and slot.reportsStart and self._stalled(slot, self._reactor.seconds()):
             return False
-        call = self._scheduler.pop(slot.qualified, self._busySeries(slot))
+        call = self._scheduler.pop(slot.qualified, (), self._mine(slot))
         if call is None:
             return False
         self._runOn(slot, call)
@@ -170,61 +175,52 @@ class _Dispatcher:
                 started = next(iter(inflight)).startedAt
                 if started is not None and seconds() - started > PIPELINE_PATIENCE:
                     return  # stalled (see _stalled)
-            busy = self._busySeries(slot) if self._seriesRunning else ()
-            call = scheduler.pop(slot.qualified, busy)
+            call = scheduler.pop(slot.qualified, (), self._mine(slot) if slot.held else ())
             if call is None:
                 return
             self._runOn(slot, call)
 
-    def _busySeries(self, slot: _Slot) -> Collection[Hashable]:
+    def _mine(self, slot: _Slot) -> Collection[Hashable]:
         """
-        Series that *slot* may not take now, so that the tasks of a series
-        start in submission order even when workers pipeline several tasks
-        (each runs its tasks in order):
-
-        - a worker that already holds other tasks takes a task of series S
-          only if no *other* worker holds S tasks;
-        - no worker takes a task of S while another worker holds an S task
-          that waits behind other work there (not the oldest it holds): the
-          new one could start first.
+        The held series whose next task *slot* may take: those it holds, if
+        its worker runs its tasks one at a time in the order given (then the
+        next task runs right behind the one it holds, never beside it).
         """
-        if not self._seriesRunning:
-            return ()
-        return [
-            series
-            for series, holders in self._seriesRunning.items()
-            if self._heldBack(slot, series, holders)
-        ]
+        if slot.held and getattr(slot.worker, "runsInOrder", False):
+            return slot.held
+        return ()
 
-    def _seriesBusy(self, slot: _Slot, series: Hashable) -> bool:
-        """Whether *series* is among `_busySeries` (slot), asked for that one series."""
-        holders = self._seriesRunning.get(series)
-        return holders is not None and self._heldBack(slot, series, holders)
-
-    def _heldBack(self, slot: _Slot, series: Hashable, holders: dict[int, int]) -> bool:
-        """The rules of `_busySeries`, for one series held by *holders*."""
-        if slot.inflight and (len(holders) > 1 or slot.ID not in holders):
-            return True
-        slots = self._slots
-        for holderID in holders:
-            holder = slots.get(holderID)
-            if holder is not None and holder is not slot and _waitsBehindOthers(holder, series):
-                return True
-        return False
+    def _mayStartSeries(self, slot: _Slot, series: Hashable) -> bool:
+        """Whether *slot* may take the next task of *series* (none queued before it)."""
+        return not self._scheduler.isHeld(series) or series in self._mine(slot)
 
     def _track(self, slot: _Slot, call: _Call) -> None:
-        holders = self._seriesRunning.setdefault(call.series, {})
-        holders[slot.ID] = holders.get(slot.ID, 0) + 1
+        series = call.series
+        held = slot.held
+        held[series] = held.get(series, 0) + 1
+        running = self._seriesRunning
+        n = running.get(series, 0)
+        running[series] = n + 1
+        if not n:
+            self._scheduler.hold(series)
 
     def _untrack(self, slot: _Slot, call: _Call) -> None:
-        holders = self._seriesRunning.get(call.series)
-        if holders is None or slot.ID not in holders:
+        series = call.series
+        held = slot.held
+        n = held.get(series)
+        if n is None:
             return
-        holders[slot.ID] -= 1
-        if not holders[slot.ID]:
-            del holders[slot.ID]
-            if not holders:
-                del self._seriesRunning[call.series]
+        if n > 1:
+            held[series] = n - 1
+        else:
+            del held[series]
+        running = self._seriesRunning
+        n = running[series] - 1
+        if n:
+            running[series] = n
+        else:
+            del running[series]
+            self._scheduler.release(series)  # its next task may start anywhere
 
     def _clearInflight(self, slot: _Slot) -> list[Task]:
         """Forget every attempt in flight on *slot*; returns them."""
@@ -274,7 +270,7 @@ class _Dispatcher:
         call.slot = slot
         task.owner = call
         slot.inflight[task] = call
-        if call.series is not None:
+        if call.series is not None and call.inSequence:
             self._track(slot, call)
         task.onReport = self._reporter
         if call.timeout is not None:
@@ -349,7 +345,8 @@ class _Dispatcher:
             # The hot path: what _attemptDone, taskDone and _finish do with a
             # plain result (or None) of the current attempt, inlined.
             if call.attempt is not task or call.done:
-                return  # a late result of an attempt the queue gave up on
+                _dropLate(statusResult[1])  # an attempt the queue gave up on
+                return
             slot = call.slot
             if call.timer is None and call.series is None and slot is not None:
                 call.attempt = call.slot = None
@@ -378,7 +375,8 @@ class _Dispatcher:
 
     def _attemptDone(self, statusResult: Any, task: Task, call: _Call) -> None:
         if call.attempt is not task or call.done:
-            return  # a late result of an attempt the queue gave up on
+            _dropLate(_unpackStatus(statusResult)[1])  # an attempt the queue gave up on
+            return
         slot = call.slot
         self._closeAttempt(call)
         status, result = _unpackStatus(statusResult)
@@ -425,9 +423,15 @@ class _Dispatcher:
 
     def _timedOut(self, call: _Call, task: Task, slot: _Slot | None, notifyWorker: bool) -> None:
         call.timeouts += 1
+        final = call.timeouts >= MAX_TIMEOUTS
+        if not final:
+            # Requeued before the worker hears of it: the tasks of its series
+            # that the worker hands back now must not overtake the retry.
+            self._requeue(call)
         if notifyWorker and slot is not None:
             self._tellWorker(slot, "timedOut", task)
-        if call.timeouts >= MAX_TIMEOUTS:
+        if final:
+            # After the worker has freed itself: the caller may use it at once.
             self._finish(
                 call,
                 Failure(
@@ -437,8 +441,6 @@ class _Dispatcher:
                     )
                 ),
             )
-        else:
-            self._requeue(call)
 
     def _cancelCall(self, call: _Call) -> None:
         """
@@ -511,14 +513,14 @@ class _Dispatcher:
             call.callback(outcome)
 
 
-def _waitsBehindOthers(slot: _Slot, series: Hashable) -> bool:
-    """True if *slot* holds a task of *series* that is not the oldest it holds."""
-    inflight = slot.inflight
-    if len(inflight) < 2:
-        return False
-    calls = iter(inflight.values())
-    next(calls)  # the oldest: running, or next to run
-    return any(call.series == series for call in calls)
+def _dropLate(result: Any) -> None:
+    """
+    Drop the result of an attempt the queue gave up on. A Deferred one (an
+    iterator's first batch, say, failing because its worker was crashed)
+    must not log its failure as unhandled: nobody waits for it.
+    """
+    if isinstance(result, Deferred):
+        result.addErrback(lambda _: None)
 
 
 def _load(slot: _Slot) -> int:

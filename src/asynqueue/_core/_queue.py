@@ -111,8 +111,9 @@ class TaskQueue(_Dispatcher):
         self._dispatching = False
         self._redispatch = False
         self._stoppingReactor = False
-        # series -> {worker ID: tasks of that series in flight on it}
-        self._seriesRunning: dict[Hashable, dict[int, int]] = {}
+        # series -> how many of its tasks are in flight (on one worker, or on
+        # none: a series runs in sequence)
+        self._seriesRunning: dict[Hashable, int] = {}
         # A subclass's taskDone sees every result; ours is inlined for plain ones.
         self._ownTaskDone = type(self).taskDone is TaskQueue.taskDone
         # Every attempt reports here: one bound method, not one per task.
@@ -344,8 +345,10 @@ class TaskQueue(_Dispatcher):
 
         - ``niceness``: int from -20 to 20 (default 0); a series at N+10 runs
           at half the rate of one at N.
-        - ``series``: hashable; tasks of a series start in submission order,
-          and run only on workers qualified for it if any is attached.
+        - ``series``: hashable; the tasks of a series run in sequence, in
+          submission order: one starts only after the one before it has
+          finished. They run only on workers qualified for the series if any
+          is attached.
         - ``doNext`` / ``doLast``: run before / after everything else.
         - ``timeout``: seconds from when a worker takes the task; retried
           once, then fails with `errors.TimeoutError`.
@@ -363,7 +366,25 @@ class TaskQueue(_Dispatcher):
             raise errors.QueueRunError(
                 f"Cannot call {describeCall(func, args, kw)}: the queue is shut down"
             )
+        return self._submit(self.newTask(func, args, kw))
+
+    def _callInFlow(self, flow: Hashable, func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """
+        Like `call` with ``series=flow``, except that the tasks of *flow* do
+        not run in sequence: the flow only shares the workers fairly with
+        other series (the worker server's flow per client connection).
+        """
+        if not self._running:
+            raise errors.QueueRunError(
+                f"Cannot call {describeCall(func, args, kw)}: the queue is shut down"
+            )
         call = self.newTask(func, args, kw)
+        call.series = flow
+        call.inSequence = False
+        return self._submit(call)
+
+    def _submit(self, call: _Call) -> _Call:
+        """Queue *call*, or hand it to a worker at once (see `call`)."""
         call.callID = nextCallID()
         self._pending.add(call)
         scheduler = self._scheduler
@@ -382,7 +403,7 @@ class TaskQueue(_Dispatcher):
             series = call.series
             if slot is not None and (
                 series is None
-                or (scheduler.mayRun(series, slot.qualified) and not self._seriesBusy(slot, series))
+                or (scheduler.mayRun(series, slot.qualified) and self._mayStartSeries(slot, series))
             ):
                 call.seq = scheduler.ticket()
                 self._dispatching = True

@@ -19,7 +19,22 @@ without a series (``series=None``) form one flow per niceness level, so plain
 calls at the same niceness run first in, first out, and plain calls at
 different niceness share the worker by weight just like two series do.
 
-Within a flow, tasks start strictly in submission order.
+Within a flow, tasks are handed out strictly in submission order. Plain
+calls of one flow may then run side by side; a series runs in sequence:
+
+A series runs in sequence
+-------------------------
+
+The dispatcher *holds* a series while one of its tasks is in flight on a
+worker (``hold`` / ``release``). A held series' head leaves the ready heap,
+so no other worker can start its next task before the running one has
+finished; with a thousand held series a pop still looks only at the ready
+ones. The one exception is the worker that holds the series, if it runs its
+tasks one at a time in the order given (a pipelining thread or process
+worker): ``pop(..., mine=...)`` lets it take the series' next task too, to
+run right behind the one it holds. A retried or doNext/doLast task of a held
+series waits until the series is released, and while a retried task waits,
+so does the rest of its series: the retry goes first then, on any worker.
 
 Between flows: start-time fair queuing
 --------------------------------------
@@ -157,13 +172,14 @@ def _retryKey(row: tuple[int, int, Entry]) -> tuple[int, int]:
 class _Flow:
     """The FIFO of one flow and the finish tag of its newest task."""
 
-    __slots__ = ("entries", "key", "lastFinish", "series")
+    __slots__ = ("entries", "held", "key", "lastFinish", "series")
 
-    def __init__(self, key: Hashable, series: Hashable) -> None:
+    def __init__(self, key: Hashable, series: Hashable, held: bool) -> None:
         self.key = key
         self.series = series
         self.entries: deque[Entry] = deque()
         self.lastFinish = 0
+        self.held = held  # a task of the series is in flight: head not indexed
 
 
 class Scheduler:
@@ -194,6 +210,10 @@ class Scheduler:
         # Empty flows whose last finish tag is still ahead of the virtual time.
         self._idle: set[Hashable] = set()
         self._sweepAt = _IDLE_SWEEP
+        # Series with a task in flight (see hold).
+        self._held: set[Hashable] = set()
+        # Series -> how many of its items wait in _retry.
+        self._retrySeries: dict[Hashable, int] = {}
 
     # ---------------------------------------------------------------- state
 
@@ -262,7 +282,7 @@ class Scheduler:
             entry.klass = NORMAL
             flow = self._flows.get(key)
             if flow is None:
-                flow = self._flows[key] = _Flow(key, series)
+                flow = self._flows[key] = _Flow(key, series, series in self._held)
             elif self._idle:
                 self._idle.discard(key)
             start = flow.lastFinish
@@ -295,6 +315,8 @@ class Scheduler:
         entry.start = entry.finish = 0
         entry.live = True
         bisect.insort(self._retry, (mine if seq is None else seq, mine, entry), key=_retryKey)
+        retrySeries = self._retrySeries
+        retrySeries[series] = retrySeries.get(series, 0) + 1
         self.count += 1
         return entry
 
@@ -322,13 +344,19 @@ class Scheduler:
         for i, row in enumerate(self._retry):
             if row[2] is entry:
                 del self._retry[i]
+                retrySeries = self._retrySeries
+                n = retrySeries[entry.series] - 1
+                if n:
+                    retrySeries[entry.series] = n
+                else:
+                    del retrySeries[entry.series]
                 return
 
     def drain(self) -> list[Any]:
         """Remove and return every queued item, in scheduling order."""
         out: list[Any] = []
         while True:
-            entry = self._best(None, ())
+            entry = self._best(None, (), self._held, True)
             if entry is None:
                 return out
             self._take(entry)
@@ -346,39 +374,80 @@ class Scheduler:
             if flow.entries:
                 self._index(flow)
 
+    def hold(self, series: Hashable) -> None:
+        """
+        A task of *series* is in flight: none of its tasks may start
+        elsewhere until `release` (only ``pop(mine=...)`` takes its head).
+        """
+        if series is None or series in self._held:
+            return
+        self._held.add(series)
+        flow = self._flows.get(("s", series))
+        if flow is not None:
+            flow.held = True
+            if self._restrictedFlows.get(series) is flow:
+                del self._restrictedFlows[series]
+            # Its heap row, if any, is now stale and skipped where met.
+
+    def release(self, series: Hashable) -> None:
+        """No task of *series* is in flight any more: its head is ready again."""
+        if series not in self._held:
+            return
+        self._held.discard(series)
+        flow = self._flows.get(("s", series))
+        if flow is not None:
+            flow.held = False
+            if flow.entries:
+                self._index(flow)
+
+    def isHeld(self, series: Hashable) -> bool:
+        """Whether *series* is held (a task of it is in flight)."""
+        return series in self._held
+
     # ---------------------------------------------------------------- output
 
     def peek(
         self,
         qualified: Collection[Hashable] | None = None,
         exclude: Collection[Hashable] = (),
+        mine: Collection[Hashable] = (),
     ) -> Any:
-        """The item ``pop(qualified, exclude)`` would return, left queued (or None)."""
-        entry = self._best(qualified, exclude)
+        """The item ``pop(qualified, exclude, mine)`` would return, left queued (or None)."""
+        entry = self._best(qualified, exclude, mine)
         return None if entry is None else entry.item
 
     def pop(
         self,
         qualified: Collection[Hashable] | None = None,
         exclude: Collection[Hashable] = (),
+        mine: Collection[Hashable] = (),
     ) -> Any:
         """
         Remove and return the best item for a worker qualified for the series
         in *qualified* (None: a worker that may run anything), skipping the
-        series in *exclude*; None if there is none.
+        series in *exclude*; None if there is none. *mine*: held series whose
+        next task this worker may take (it holds their running task and runs
+        its tasks in order).
         """
         heads = self._heads
-        if heads and not (self._retry or self._special[NEXT] or exclude or self._restrictedFlows):
+        if heads and not (
+            self._retry or self._special[NEXT] or exclude or mine or self._restrictedFlows
+        ):
             # The usual case (no retries, doNext items, exclusions or
             # restricted series): the best is the flow head on top of the
             # heap, if that row is current. What _best would find, sooner.
             row = heads[0]
             flow = self._flows.get(row[2])
-            if flow is not None and flow.entries and flow.entries[0].seq == row[1]:
+            if (
+                flow is not None
+                and not flow.held
+                and flow.entries
+                and flow.entries[0].seq == row[1]
+            ):
                 entry = flow.entries[0]
                 self._take(entry)
                 return entry.item
-        entry = self._best(qualified, exclude)
+        entry = self._best(qualified, exclude, mine)
         if entry is None:
             return None
         self._take(entry)
@@ -391,35 +460,45 @@ class Scheduler:
         series: Hashable,
         qualified: Collection[Hashable] | None,
         exclude: Collection[Hashable],
+        anyway: bool = False,
     ) -> bool:
         if series is None:
             return True
         if exclude and series in exclude:
             return False
+        if series in self._held and not anyway:
+            return False  # waits until its series' running task has finished
         return qualified is None or series not in self._restricted or series in qualified
 
     def _best(
-        self, qualified: Collection[Hashable] | None, exclude: Collection[Hashable]
+        self,
+        qualified: Collection[Hashable] | None,
+        exclude: Collection[Hashable],
+        mine: Collection[Hashable] = (),
+        anyway: bool = False,
     ) -> Entry | None:
         if self._retry:
             for _, _, e in self._retry:
-                if self._eligible(e.series, qualified, exclude):
+                if self._eligible(e.series, qualified, exclude, anyway):
                     return e
         special = self._special
         if special[NEXT]:
             for e in special[NEXT]:
-                if self._eligible(e.series, qualified, exclude):
+                if self._eligible(e.series, qualified, exclude, anyway):
                     return e
-        best = self._bestNormal(qualified, exclude)
+        best = self._bestNormal(qualified, exclude, mine)
         if best is not None:
             return best
         for e in special[LAST]:
-            if self._eligible(e.series, qualified, exclude):
+            if self._eligible(e.series, qualified, exclude, anyway):
                 return e
         return None
 
     def _bestNormal(
-        self, qualified: Collection[Hashable] | None, exclude: Collection[Hashable]
+        self,
+        qualified: Collection[Hashable] | None,
+        exclude: Collection[Hashable],
+        mine: Collection[Hashable],
     ) -> Entry | None:
         heads = self._heads
         flows = self._flows
@@ -428,7 +507,7 @@ class Scheduler:
         while heads:
             row = heads[0]
             flow = flows.get(row[2])
-            if flow is None or not flow.entries or flow.entries[0].seq != row[1]:
+            if flow is None or flow.held or not flow.entries or flow.entries[0].seq != row[1]:
                 heapq.heappop(heads)  # stale row
                 continue
             if exclude and flow.series is not None and flow.series in exclude:
@@ -452,6 +531,19 @@ class Scheduler:
                 e = self._restrictedFlows[s].entries[0]
                 if best is None or (e.finish, e.seq) < (best.finish, best.seq):
                     best = e
+        for s in mine:
+            # Held series this worker may go on with: their flows are in no
+            # index. Not while a retried task of the series waits: it goes first.
+            flow = flows.get(("s", s))
+            if flow is None or not flow.entries or (exclude and s in exclude):
+                continue
+            if s in self._retrySeries:
+                continue
+            if qualified is not None and s in self._restricted and s not in qualified:
+                continue
+            e = flow.entries[0]
+            if best is None or (e.finish, e.seq) < (best.finish, best.seq):
+                best = e
         return best
 
     def _take(self, entry: Entry) -> None:
@@ -468,6 +560,7 @@ class Scheduler:
                 entries
                 and heads
                 and heads[0][1] == entry.seq
+                and not flow.held
                 and (flow.series is None or flow.series not in self._restricted)
             ):
                 # The usual case: the row of the entry just taken is on top of
@@ -492,6 +585,8 @@ class Scheduler:
             self._dropFlow(flow)
 
     def _index(self, flow: _Flow) -> None:
+        if flow.held:
+            return  # indexed again on release
         if flow.series is not None and flow.series in self._restricted:
             self._restrictedFlows[flow.series] = flow
         else:

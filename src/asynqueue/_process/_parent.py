@@ -581,6 +581,20 @@ class ProcessWorker(PipelineWindow):
     def __repr__(self) -> str:
         return f"<ProcessWorker pids={self.pids}>"
 
+    @property
+    def runsInOrder(self) -> bool:
+        """
+        True while a task I take now goes to the child that holds all my
+        unfinished tasks (it runs them one at a time, in order): not while
+        a retiring child still works, nor when the next task starts a new one.
+        """
+        current = self._current
+        if current is None or current.state not in ("starting", "ready"):
+            return False
+        if self.maxTasks is not None and current.sent >= self.maxTasks:
+            return False
+        return all(c is current or not (c.inflight or c.firstBatch) for c in self._children)
+
     # ------------------------------------------------------------ IWorker
 
     def setResignator(self, callableObject: Callable[[], Any]) -> None:

@@ -7,7 +7,7 @@ Design
 ::
 
     WireWorker ══ TCP / UNIX / TLS ══► _ClientSession ──► internal TaskQueue ──► local workers
-    (client)      (Twisted endpoint)   one per client   series = connection   (ProcessWorkers,
+    (client)      (Twisted endpoint)   one per client   flow = connection     (ProcessWorkers,
                                                                                or threads)
 
 Handshake first
@@ -28,9 +28,10 @@ Calls
 The messages are those of a process worker's child (`asynqueue._wire`):
 CALLS in, RESULTS out, NEXT/ITEMS/CLOSE for iterator results, plus
 STARTED (for calls with a timeout), ABANDON (the client gave up on a call)
-and EXIT. Each call becomes a call of the internal TaskQueue, in a series of
+and EXIT. Each call becomes a call of the internal TaskQueue, in a flow of
 its connection's own, so that the queue's fair scheduler shares the local
-workers between clients.
+workers between clients (a flow is scheduled like a series, but its calls
+run side by side, not in sequence).
 
 - A plain call travels as a `PickledCall`: a process worker sends its bytes
   to its child as they came, and its pickled result (or error) comes back

@@ -365,7 +365,8 @@ class _ClientSession(BurstSender, FrameReceiver):
             d = queue.update(pc, ephemeral=ephemeral)
             d.addCallback(_updateOutcome)
         else:
-            d = queue.call(pc, series=self.series, raw=bool(flags & FLAG_RAW), returnFailure=True)
+            # The connection's own flow: fair between clients, not a sequence.
+            d = queue._callInFlow(self.series, pc, raw=bool(flags & FLAG_RAW), returnFailure=True)
             served.d = d  # cancelled if the client gives up on the call
         d.addCallbacks(self._done, self._failed, (served,), None, (served,))
 

@@ -83,6 +83,8 @@ class ThreadWorker:
 
     cQualified = ["thread", "local"]
     reportsStart = True
+    # One thread runs the tasks in the order given (see IWorker).
+    runsInOrder = True
 
     def __init__(
         self,
@@ -214,12 +216,21 @@ class ThreadWorker:
             waiter.callback(None)
 
     def timedOut(self, task: Task) -> None:
-        """Abandon the thread stuck in *task* and carry on in a fresh one."""
+        """
+        Abandon the thread stuck in *task* and carry on in a fresh one. Tasks
+        of its series waiting here go back unrun: the queue's retry of *task*
+        must run before them.
+        """
+        behind: list[Task] = []
         with self._lock:
             if self._current is task:
                 self._generation += 1
                 self._current = None
                 abandon = True
+                if task.series is not None:
+                    behind = [t for t in self._inbox if t.series == task.series]
+                    for t in behind:
+                        self._inbox.remove(t)
             else:
                 abandon = False
                 for box, item in ((self._vip, (_TASK, task)), (self._inbox, task)):
@@ -231,9 +242,12 @@ class ThreadWorker:
                     break
         if abandon is False:
             return  # already finished; its result is on the way and ignored
-        self._inflight -= 1
+        self._inflight -= 1 + len(behind)
         if abandon:
             self._startThread()
+        for t in behind:
+            t.innocent = True
+            t.callback(("d", "handed back behind a task of its series that timed out"))
         self._maybeReady()
 
     def stop(self) -> Deferred[None]:
