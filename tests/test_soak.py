@@ -11,6 +11,7 @@ A small size by default; ``ASYNQUEUE_SOAK=10000`` runs 10,000 calls per queue
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import time
@@ -48,6 +49,9 @@ KINDS = {
     "exit": 1,
 }
 
+# Some calls belong to a series (None: most do not).
+SERIES = (None, None, None, "s1", "s2", "s3")
+
 # Kinds whose Deferred fires as their task ends (not later, as streamed or
 # chunked results do, nor earlier, as a cancel does): in a series, they fire
 # in submission order.
@@ -79,7 +83,12 @@ class Soak:
     def __init__(self, q: Any, newWorker: Any, kinds: dict[str, int], size: int) -> None:
         self.q = q
         self.newWorker = newWorker
+        # The calls are the same for a seed; the churn's timing varies.
         self.rng = random.Random(SEED)
+        self.churnRng = random.Random(SEED + 1)
+        self.kinds: dict[int, str] = {}
+        self.calls: dict[int, Any] = {}
+        self.history: dict[int, str] = {}
         self.names = list(kinds)
         self.weights = list(kinds.values())
         self.size = size
@@ -114,10 +123,9 @@ class Soak:
         i = self.submitted
         self.submitted += 1
         self.outstanding += 1
-        kind = rng.choices(self.names, self.weights)[0]
+        kind = self.kinds[i] = rng.choices(self.names, self.weights)[0]
         self.seen[kind] += 1
-        # Some calls belong to a series, so that the sequencing is soaked too.
-        series = rng.choice([None, None, None, "s1", "s2", "s3"])
+        series = rng.choice(SERIES)
         q = self.q
         if kind == "value":
             d = q.call(h.soakValue, i, series=series)
@@ -147,6 +155,7 @@ class Soak:
         else:
             d = q.call(h.soakExit, series=series)
             expect = errors.WorkerLost
+        self.calls[i] = d
         d.addBoth(self.fired1, i, kind, expect, series)
 
     def fired1(self, result: Any, i: int, kind: str, expect: Any, series: Any) -> None:
@@ -156,6 +165,8 @@ class Soak:
             return
         if series is not None and kind in IN_ORDER:
             self.order.setdefault(series, []).append(i)
+        call = self.calls.pop(i)
+        self.history[i] = f"{kind} (timeouts {call.timeouts}, losses {call.losses})"
         if kind == "items" and isinstance(result, Deferator):
             collect(result).addBoth(self.itemsDone, i, expect)
         elif kind == "items":
@@ -202,7 +213,7 @@ class Soak:
 
     def churn(self) -> None:
         """Now and then detach a worker (its calls go back to the queue), attach another."""
-        rng = self.rng
+        rng = self.churnRng
         workers = self.q.workers()
         if workers:
             crash = rng.random() < 0.7
@@ -236,7 +247,12 @@ class SoakTests(TestCase):
         self.assertEqual(sorted(soak.fired), list(range(SIZE)))
         self.assertEqual(set(soak.fired.values()), {1})
         for series, fired in soak.order.items():
-            self.assertEqual(fired, sorted(fired), f"series {series} out of order")
+            late = [
+                f"{i} {soak.history[i]} before {j} {soak.history[j]}"
+                for i, j in itertools.pairwise(fired)
+                if i > j
+            ]
+            self.assertEqual(late, [], f"series {series}: fired after later calls")
         # Every kind of call was made, and the right outcomes add up.
         self.assertEqual(set(soak.seen), set(kinds))
         self.assertEqual(sum(soak.outcomes.values()), SIZE)
