@@ -575,6 +575,11 @@ class ProcessWorker(PipelineWindow):
         self._stopD: Deferred[None] | None = None
         self._broken: str | None = None
         self._fruitless = 0
+        # While a dead or killed child's tasks are handed back (each report
+        # may let the queue dispatch at once), I do not run in order: a later
+        # task of a series must not go to the new child before the earlier
+        # ones are back in the queue.
+        self._handingBack = 0
         self._trigger: Any = None
         self._current = self._spawn()
 
@@ -589,7 +594,7 @@ class ProcessWorker(PipelineWindow):
         a retiring child still works, nor when the next task starts a new one.
         """
         current = self._current
-        if current is None or current.state not in ("starting", "ready"):
+        if self._handingBack or current is None or not current.takesTasks:
             return False
         if self.maxTasks is not None and current.sent >= self.maxTasks:
             return False
@@ -781,6 +786,15 @@ class ProcessWorker(PipelineWindow):
 
     def _kill(self, child: _Child, why: str, culprit: Task | None) -> None:
         """Kill *child*; its tasks other than *culprit* are innocent."""
+        self._handingBack += 1
+        try:
+            self._killAndReport(child, why, culprit)
+        finally:
+            self._handingBack -= 1
+        self._checkReady()
+        self._checkStop()
+
+    def _killAndReport(self, child: _Child, why: str, culprit: Task | None) -> None:
         attempts = child.abandon()
         child.failIterators(f"the worker's {why}")
         child.terminate()
@@ -791,8 +805,6 @@ class ProcessWorker(PipelineWindow):
             if task is not None and task is not culprit:
                 task.innocent = True
                 task.callback(("d", why))
-        self._checkReady()
-        self._checkStop()
 
     def _childEnded(self, child: _Child, text: str) -> None:
         """*child* was reaped (processEnded)."""
@@ -811,6 +823,13 @@ class ProcessWorker(PipelineWindow):
 
     def _childDied(self, child: _Child, text: str) -> None:
         """*child* died on its own: report its tasks, replace it."""
+        self._handingBack += 1
+        try:
+            self._reportDeath(child, text)
+        finally:
+            self._handingBack -= 1
+
+    def _reportDeath(self, child: _Child, text: str) -> None:
         attempts = child.abandon()
         iterating = bool(child.itemWaiters)
         child.failIterators(f"the worker's {text}")
