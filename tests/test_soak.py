@@ -58,6 +58,12 @@ SERIES = (None, None, None, "s1", "s2", "s3")
 IN_ORDER = {"value", "error", "sleep", "exit"}
 
 
+def _dropTimer(result: Any, timer: Any) -> Any:
+    if timer.active():
+        timer.cancel()
+    return result
+
+
 def workerChildren() -> list[int]:
     """PIDs of this process's worker children still there (running or not reaped)."""
     me = str(os.getpid())
@@ -144,7 +150,8 @@ class Soak:
             if delay is None:
                 d.cancel()
             else:
-                reactor.callLater(delay, d.cancel)
+                timer = reactor.callLater(delay, d.cancel)
+                d.addBoth(_dropTimer, timer)  # fired first: no cancel left behind
         elif kind == "large":
             tag, megabytes = i % 251, rng.randint(1, 20)
             d = q.call(h.soakLarge, tag, megabytes, series=series)
