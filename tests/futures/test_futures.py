@@ -197,6 +197,11 @@ class ProcessPoolTests(UsesTrialsReactor):
                     stuck.result()
                 self.assertEqual(quick.submit(helpers_process.add, 1, 1).result(), 2)
                 self.assertEqual(list(quick.map(abs, [-1, -2])), [1, 2])
+                # In a map the timeout is per item: only the stuck one fails.
+                results = quick.map(helpers_process.pidAfter, [0, 30])
+                self.assertIsInstance(next(results), int)
+                with self.assertRaises(errors.TimeoutError):
+                    next(results)
 
         return blocking(body)
 
@@ -371,6 +376,32 @@ class ContractTests(UsesTrialsReactor):
 
         return blocking(body)
 
+    def test_shutdown_waits_for_a_map_still_sending_its_items(self) -> Any:
+        def body() -> None:
+            pool = ThreadPoolExecutor(1)
+            # One item per batch: most of them wait to be sent when shutdown comes.
+            results = pool.map(sleepThen, [0.005] * 40, range(40), chunksize=1)
+            pool.shutdown(wait=True)
+            self.assertEqual(list(results), list(range(40)))
+
+        return blocking(body)
+
+    def test_map_takes_its_inputs_at_the_call(self) -> Any:
+        def inputs() -> Any:
+            yield -1
+            raise KeyError("bad input")
+
+        def body() -> None:
+            with ThreadPoolExecutor(2) as pool:
+                with self.assertRaises(KeyError):
+                    pool.map(abs, inputs())  # here, not when iterating
+                seen = [-3, -4]
+                results = pool.map(abs, seen)
+                seen.append(-5)  # too late: it was read at the call
+                self.assertEqual(list(results), [3, 4])
+
+        return blocking(body)
+
     def test_leaving_map_early_cancels_the_rest(self) -> Any:
         def body() -> None:
             gate = Gate()
@@ -526,6 +557,8 @@ class ContractTests(UsesTrialsReactor):
                 future.exception()
             with self.assertRaises(RuntimeError):
                 pool.shutdown(wait=True)
+            with self.assertRaises(RuntimeError):
+                next(pool.map(abs, [-1, -2]))  # its results cannot have come yet
             gate.event.set()
             pool.shutdown(wait=False)
 

@@ -14,10 +14,12 @@ Data flow::
   inbox at once (20,000 submits at once cross in a handful of wake-ups).
 - A task per call would cost the reactor more than small calls themselves:
   plain calls (no options) of a batch travel in *groups* (`runGroup`, an
-  outcome per call), and ``map`` sends its items in *chunks* even with the
-  default ``chunksize=1`` (`runChunk`: the results before a failure, then
-  its exception, as call by call). A group whose worker died is re-run call
-  by call, so that only the call that kills its worker fails.
+  outcome per call). A group whose worker died is re-run call by call, so
+  that only the call that kills its worker fails.
+- ``map`` is the queue's own batching ``map`` (`TaskQueue.map`: adaptive
+  batches even with the default ``chunksize=1``, each item's result or
+  exception as if alone, a failed batch re-run item by item). Its results
+  cross to the caller a batch at a time (`_MapFuture`), not item by item.
 - Results cross back by ``Future.set_result`` in the reactor thread (thread
   workers call it themselves, `_runInto`, one hop less), so done callbacks
   run there (as the standard pools run them in their own threads): they
@@ -55,15 +57,9 @@ from twisted.python.failure import Failure
 from .. import errors
 from .._core._calls import QUEUE_KEYWORDS
 from .._core._scheduler import checkNiceness
-from ._work import applyKeywords, runChunk, runGroup
+from ._work import applyKeywords, runGroup
 
 __all__ = ["ProcessPoolExecutor", "QueueExecutor", "ThreadPoolExecutor", "theReactor"]
-
-# Executor.map with the default chunksize=1 sends items in chunks of up to
-# MAX_AUTO_CHUNK, at least CHUNKS_PER_WORKER chunks per worker (so that the
-# work spreads evenly and the first results come early).
-MAX_AUTO_CHUNK = 64
-CHUNKS_PER_WORKER = 8
 
 # Plain calls (no options) submitted in a burst travel in groups of up to
 # MAX_GROUP calls per task, at least GROUPS_PER_WORKER groups per worker: a
@@ -293,35 +289,54 @@ def _exceptionOf(failure: Failure) -> BaseException:
     return exc
 
 
-def _results(futures: list[_Future], end: float | None) -> Iterator[Any]:
-    """The results of *futures* in order; the ones left are cancelled on exit."""
-    # Reversed, so that each result is popped off the end: the generator holds
-    # no future (and no result) it has already yielded.
-    futures.reverse()
+class _MapFuture(_Future):
+    """
+    One ``map`` call: done when the queue's ``map`` has ended (with the
+    exception of the item that raised, if one did), meanwhile a hand-over of
+    results: the reactor thread appends each batch as it lands
+    (`_QueueExecutorBase._pumpMap`) and `_mapResults` takes them, both under
+    the Future's own condition, so a batch costs one wake-up of the caller.
+    Cancelling it stops the map: batches no worker has taken are withdrawn.
+    """
+
+    def __init__(self, fn: Callable[..., Any], columns: tuple[Any, ...], options: Any) -> None:
+        super().__init__()
+        self._aqMap: tuple[Any, ...] | None = (fn, columns, options)  # until it starts
+        self._aqItems: list[Any] = []  # results not taken yet (under _condition)
+        self._aqRun: Any = None  # the queue's Deferator while it runs (reactor thread)
+
+    def _withdraw(self) -> None:
+        run = self._aqRun
+        if run is not None:
+            run.stop()  # (its listener then ends the map, see `_pumpMap`)
+
+
+def _mapResults(future: _MapFuture, end: float | None) -> Iterator[Any]:
+    """
+    The results of a map, in order, then its exception if an item raised;
+    ``TimeoutError`` if one is not there by *end*. Leaving early (or a
+    timeout) cancels the rest.
+    """
+    condition = future._condition  # type: ignore[attr-defined]
     try:
-        while futures:
-            future = futures.pop()
-            try:
-                result = _wait(future, end)
-            except BaseException:
-                future.cancel()  # timed out (or the caller gave up): withdraw it too
-                raise
-            del future
-            yield result
-            del result
+        while True:
+            with condition:
+                while not future._aqItems and future._state not in _DONE_STATES:  # type: ignore[attr-defined]
+                    _refuseInReactor("Waiting for a map's results")
+                    wait = None if end is None else end - time.monotonic()
+                    if wait is not None and wait <= 0:
+                        raise TimeoutError("the map's next result did not come in time")
+                    condition.wait(wait)
+                items, future._aqItems = future._aqItems, []
+            if not items:
+                future.result()  # raises the item's exception (or CancelledError)
+                return
+            # Reversed and popped, so that I hold no result already yielded.
+            items.reverse()
+            while items:
+                yield items.pop()
     finally:
-        for future in futures:
-            future.cancel()
-
-
-def _wait(future: Future[Any], end: float | None) -> Any:
-    return future.result() if end is None else future.result(end - time.monotonic())
-
-
-def _chunks(items: Iterable[tuple[Any, ...]], size: int) -> Iterator[tuple[tuple[Any, ...], ...]]:
-    it = iter(items)
-    while chunk := tuple(itertools.islice(it, size)):
-        yield chunk
+        future.cancel()  # (nothing if the map is done)
 
 
 def checkOptions(options: dict[str, Any]) -> dict[str, Any]:
@@ -378,11 +393,12 @@ class _Submitting:
 
         The iterator raises ``TimeoutError`` if a result is not there
         *timeout* seconds after this call, and the first exception of a call
-        where its result would be. Each task runs a chunk of *chunksize*
-        calls; with the default 1, of as many as make the map quick (up to
-        `MAX_AUTO_CHUNK`; one call per task with a ``timeout`` option).
-        Either way the results are those of one call per item. Leaving the
-        iterator early cancels the tasks not yet done.
+        where its result would be. It runs on the queue's own ``map``
+        (`asynqueue.base.TaskQueue.map`): each task runs a batch of
+        *chunksize* calls; with the default 1, batches sized as it goes to
+        make the map quick. Either way the results are those of one call per
+        item, and a worker that dies fails only the item that killed it.
+        Leaving the iterator early cancels the batches not yet started.
         """
         return self._executor._map(fn, iterables, timeout, chunksize, self._keywords)
 
@@ -444,6 +460,7 @@ class _QueueExecutorBase(_Submitting, Executor):
         self._keywords = keywords or None
         self._unfinished: set[_Future] = set()  # reactor thread only
         self._idleWaiters: list[Deferred[None]] = []
+        self._mapWaiters: list[Deferred[None]] = []
         reactor = self._reactor = _Future._aqReactor = theReactor()
         self._readyD: Deferred[None] = Deferred()
         self.queue: Any = None
@@ -527,7 +544,7 @@ class _QueueExecutorBase(_Submitting, Executor):
             if _exiting:
                 raise RuntimeError("cannot schedule new futures after interpreter shutdown")
             inbox = self._inbox
-            wake = self._ready and not inbox
+            wake = bool(items) and self._ready and not inbox
             inbox.extend(items)
         if wake:
             if threadable.isInIOThread():
@@ -546,7 +563,11 @@ class _QueueExecutorBase(_Submitting, Executor):
         else:
             singles = [item for item in batch if item[3] is not None]
         for item in singles:
-            if not item[0]._aqCancelled:
+            if item[0]._aqCancelled:
+                continue
+            if isinstance(item[0], _MapFuture):
+                self._startMap(item[0])
+            else:
                 self._callOne(*item)
         for start in range(0, len(plain), max(size, 1)):
             self._callGroup(plain[start : start + size])
@@ -613,6 +634,17 @@ class _QueueExecutorBase(_Submitting, Executor):
             waiters, self._idleWaiters = self._idleWaiters, []
             for d in waiters:
                 d.callback(None)
+        if self._mapWaiters and not any(isinstance(f, _MapFuture) for f in self._unfinished):
+            waiters, self._mapWaiters = self._mapWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _mapsEnded(self) -> Deferred[None]:
+        """(Reactor thread) A Deferred that fires once no map runs."""
+        d: Deferred[None] = Deferred()
+        self._mapWaiters.append(d)
+        self._checkIdle()
+        return d
 
     @staticmethod
     def _settleFuture(result: Any, future: _Future) -> None:
@@ -637,70 +669,64 @@ class _QueueExecutorBase(_Submitting, Executor):
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be an int >= 1, not {chunksize!r}")
         end = None if timeout is None else timeout + time.monotonic()
-        calls: Iterable[tuple[Any, ...]] = list(zip(*iterables, strict=False))
-        if chunksize == 1 and not (keywords and "timeout" in keywords):
-            # The standard default, one task per item, costs a task per item;
-            # chunks of a few items each give the same results (runChunk keeps
-            # each item's own exception) at a fraction of the cost. A per-call
-            # timeout keeps one task per item.
-            workers = max(1, self._workerCount())
-            chunksize = max(1, min(MAX_AUTO_CHUNK, len(calls) // (CHUNKS_PER_WORKER * workers)))
-        chunks: list[tuple[tuple[Any, ...], ...]] = []
-        if chunksize == 1:
-            f = fn
+        # The inputs are taken here and now, as the standard pools take them
+        # (their iterable's errors raise here, in the caller's thread).
+        if len(iterables) == 1:
+            columns: tuple[Any, ...] = (list(iterables[0]),)
         else:
-            chunks = list(_chunks(calls, chunksize))
-            calls = [(fn, chunk) for chunk in chunks]
-            f = runChunk
-        futures = []
-        items = []
-        for args in calls:
-            future = _Future()
-            futures.append(future)
-            if self._inProcess:
-                items.append((future, _runInto, (future, f, args, {}), keywords))
-            else:
-                items.append((future, f, args, keywords))
-        # One crossing for the whole map, however many calls.
-        self._enqueue(items)
-        if chunksize == 1:
-            return _results(futures, end)
-        return self._chunkResults(futures, chunks, fn, keywords, end)
+            columns = tuple(zip(*zip(*iterables, strict=False), strict=True))
+        if not columns or not columns[0]:
+            self._enqueue([])  # refuses after shutdown all the same
+            return iter(())
+        # Only the queue options: the queue's map makes its own raw failures.
+        options = {k: v for k, v in (keywords or {}).items() if k in OPTIONS}
+        # The standard default, chunksize=1, becomes adaptive batches: the
+        # results are the same, at a fraction of a task per item.
+        options["chunksize"] = None if chunksize == 1 else chunksize
+        future = _MapFuture(fn, columns, options)
+        self._enqueue([(future, fn, (), options)])
+        return _mapResults(future, end)
 
-    def _chunkResults(
-        self,
-        futures: list[_Future],
-        chunks: list[tuple[tuple[Any, ...], ...]],
-        fn: Callable[..., Any],
-        keywords: dict[str, Any] | None,
-        end: float | None,
-    ) -> Iterator[Any]:
-        """
-        The results of each chunk (see `runChunk`), then its exception if any.
-        A chunk whose worker died runs again call by call, so that only the
-        call that kills its worker fails. Leaving early cancels the rest.
-        """
-        i = 0
+    def _startMap(self, future: _MapFuture) -> None:
+        """(Reactor thread) Start the queue's map of *future*'s inputs."""
+        assert future._aqMap is not None
+        fn, columns, options = future._aqMap
+        future._aqMap = None
         try:
-            for i, chunk in enumerate(chunks):
-                try:
-                    results, error, text = _wait(futures[i], end)
-                except errors.WorkerLost:
-                    if len(chunk) == 1:
-                        raise
-                    for single in [self._submit(fn, args, {}, keywords) for args in chunk]:
-                        yield _wait(single, end)
-                    continue
-                futures[i] = None  # type: ignore[call-overload]  (drop its results)
-                yield from results
-                if error is not None:
-                    if error.__traceback__ is None and error.__cause__ is None:
-                        error.__cause__ = _RemoteTraceback(f'\n"""\n{text.rstrip()}\n"""')
-                    raise error
-        finally:
-            for future in futures[i:]:
-                if future is not None:
-                    future.cancel()
+            run = self.queue.map(fn, *columns, ordered=True, **options)
+        except Exception as e:  # e.g. the queue was shut down under us
+            self._settleFuture(Failure(e), future)
+            return
+        future._aqRun = run
+        self._unfinished.add(future)
+        run._listener = lambda: self._pumpMap(future, run)
+        self._pumpMap(future, run)
+
+    def _pumpMap(self, future: _MapFuture, run: Any) -> None:
+        """
+        (Reactor thread, whenever a batch lands in the map's Deferator) Hand
+        its results over in one go; end the map, or fetch the next batch.
+        """
+        buffer = run._buffer
+        if buffer:
+            with future._condition:  # type: ignore[attr-defined]
+                future._aqItems.extend(buffer)
+                future._condition.notify_all()  # type: ignore[attr-defined]
+            buffer.clear()
+        if run._failure is not None:
+            self._endMap(future, run, run._takeFailure())
+        elif not run._more or run._done:
+            self._endMap(future, run, None)
+        else:
+            run._request()  # (a no-op while a fetch is out)
+
+    def _endMap(self, future: _MapFuture, run: Any, failure: Failure | None) -> None:
+        run._listener = None
+        run._end(failure is None)
+        future._aqRun = None
+        self._unfinished.discard(future)
+        self._settleFuture(failure, future)
+        self._checkIdle()
 
     # ------------------------------------------------------------ shutdown
 
@@ -746,7 +772,9 @@ class _QueueExecutorBase(_Submitting, Executor):
             self._drain()
             _executors.discard(self)
             if self._ownsQueue:
-                return self.queue.shutdown()
+                # A map sends its batches as workers free up: the queue
+                # shuts down once every map has sent (and got) them all.
+                return self._mapsEnded().addCallback(lambda _: self.queue.shutdown())
             if not self._unfinished:
                 return None
             idle: Deferred[None] = Deferred()

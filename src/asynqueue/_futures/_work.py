@@ -1,16 +1,17 @@
 """
 What the executors send to the workers besides plain calls: a call with the
-queue's own keyword names, a chunk of a ``map``, a group of calls submitted
-in a burst. Standard library only: lean child processes unpickle these.
+queue's own keyword names, a group of calls submitted in a burst (a ``map``
+sends `asynqueue._core._chunk.applyChunk` batches, through the queue's own
+``map``). Standard library only: lean child processes unpickle these.
 """
 
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["applyKeywords", "runChunk", "runGroup"]
+__all__ = ["applyKeywords", "runGroup"]
 
 
 def applyKeywords(f: Callable[..., Any], args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
@@ -19,24 +20,6 @@ def applyKeywords(f: Callable[..., Any], args: tuple[Any, ...], kw: dict[str, An
     queue would take as its own (``timeout``, ``series``, ...).
     """
     return f(*args, **kw)
-
-
-def runChunk(
-    f: Callable[..., Any], chunk: Iterable[tuple[Any, ...]]
-) -> tuple[list[Any], Exception | None, str]:
-    """
-    ``f(*args)`` for each *args* of *chunk*, one task for a chunk of a ``map``:
-    ``(results, None, "")``, or up to the first exception ``(results before
-    it, the exception, its traceback text)``, so that ``map`` yields the
-    results before a failure, as it does call by call.
-    """
-    results = []
-    for args in chunk:
-        try:
-            results.append(f(*args))
-        except Exception as e:
-            return results, e, traceback.format_exc()
-    return results, None, ""
 
 
 def runGroup(
