@@ -39,6 +39,7 @@ from twisted.trial.unittest import TestCase
 from asynqueue import ThreadQueue, errors
 from asynqueue.futures import ProcessPoolExecutor, QueueExecutor, ThreadPoolExecutor
 
+from ..helpers import cancel as helpers_cancel
 from ..helpers import common as helpers
 from ..helpers import process as helpers_process
 
@@ -319,6 +320,26 @@ class ContractTests(UsesTrialsReactor):
                 self.assertEqual(held.result(), "held")
                 self.assertFalse(held.cancel())  # done: too late
                 self.assertEqual(pool.submit(abs, -2).result(), 2)
+
+        return blocking(body)
+
+    def test_cancel_of_a_running_call_stops_it(self) -> Any:
+        # Beyond the standard library: a call already running in a worker
+        # process is interrupted, its side effect never happens, and the
+        # same pool serves the next call.
+        folder = self.mktemp()
+        os.makedirs(folder)
+        started, marker = os.path.join(folder, "started"), os.path.join(folder, "ran")
+
+        def body() -> None:
+            with ProcessPoolExecutor(1) as pool:
+                running = pool.submit(helpers_cancel.markThenSleepThenMark, started, marker, 30)
+                helpers.waitUntilSync(lambda: os.path.exists(started), 20)
+                self.assertTrue(running.cancel())
+                with self.assertRaises(CancelledError):
+                    running.result()
+                self.assertEqual(pool.submit(abs, -3).result(timeout=20), 3)
+            self.assertFalse(os.path.exists(marker))
 
         return blocking(body)
 

@@ -36,6 +36,12 @@ def stubbornSleepThenMark(path: str, seconds: float) -> int:
     return os.getpid()
 
 
+def markThenSleepThenMark(started: str, path: str, seconds: float) -> int:
+    """Write *started*, then `sleepThenMark`: the test knows the call is running."""
+    Path(started).write_text("started")
+    return sleepThenMark(path, seconds)
+
+
 def mark(path: str) -> str:
     Path(path).write_text("ran")
     return path

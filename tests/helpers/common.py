@@ -101,6 +101,15 @@ def waitUntil(predicate: Any, limit: float = 10.0) -> Any:
         yield deferLater(reactor, 0.01, lambda: None)
 
 
+def waitUntilSync(predicate: Any, limit: float = 10.0) -> None:
+    """`waitUntil` for a thread other than the reactor's: blocks while it polls."""
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting for {predicate}")
+        time.sleep(0.01)
+
+
 @inlineCallbacks
 def collect(dr: Any) -> Any:
     """The items of a Deferator, as a list."""
