@@ -45,7 +45,7 @@ __all__ = ["IteratorFeed", "MapBatch", "MapDeferator", "MapRun", "lengthHint", "
 #: Seconds of work on the worker that an adaptive batch aims at.
 TARGET_SECONDS = 0.005
 #: An adaptive batch is at most this many times the one before.
-GROWTH = 4
+GROWTH = 8
 #: Most inputs in one adaptive batch.
 MAX_CHUNK = 16384
 #: Adaptive batches stop growing at about this many bytes of input.
