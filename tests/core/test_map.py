@@ -204,6 +204,25 @@ class BatchingTests(MapBase):
         yield waitUntil(lambda: q.counts()["pending"] == 0)
         self.assertLessEqual(len(ran), 2 + WINDOW_PER_WORKER + 1)
 
+    @inlineCallbacks
+    def test_a_kept_map_resumes_after_a_break_inside_a_batch(self) -> Any:
+        # Breaking out of one ``async for`` inside a batch of 50 and going on
+        # with another over the same Deferator loses and repeats nothing.
+        q = self.threadQueue(2)
+
+        async def inTwoLoops() -> tuple[list[int], list[int]]:
+            dr = q.map(abs, range(-300, 0), chunksize=50)
+            first: list[int] = []
+            async for x in dr:
+                first.append(x)
+                if len(first) == 75:
+                    break
+            second = [x async for x in dr]
+            return first, second
+
+        first, second = yield run(inTwoLoops())
+        self.assertEqual(first + second, list(range(300, 0, -1)))
+
 
 class ErrorTests(MapBase):
     @inlineCallbacks

@@ -45,7 +45,7 @@ __all__ = ["IteratorFeed", "MapBatch", "MapDeferator", "MapRun", "lengthHint", "
 #: Seconds of work on the worker that an adaptive batch aims at.
 TARGET_SECONDS = 0.005
 #: An adaptive batch is at most this many times the one before.
-GROWTH = 4
+GROWTH = 8
 #: Most inputs in one adaptive batch.
 MAX_CHUNK = 16384
 #: Adaptive batches stop growing at about this many bytes of input.
@@ -477,12 +477,34 @@ class _MapSource:
 
 class MapDeferator(Deferator):
     """
-    The `Deferator` that ``map`` returns. Its ``__anext__`` is a coroutine:
-    ``async for`` takes an item that is already here without making a
-    Deferred for it (a third of the cost per item, which counts when each
-    input is trivial). ``for d in dr`` still gives Deferreds. Dropping it
-    before the end stops it.
+    The `Deferator` that ``map`` returns. ``async for`` runs an async
+    generator (`_items`) that hands out the items already here in a plain
+    loop, with no Deferred and no coroutine per item (the cost per item
+    counts when each input is trivial). ``for d in dr`` still gives
+    Deferreds. Dropping it before the end stops it.
     """
+
+    def __aiter__(self) -> Any:  # type: ignore[override]
+        return self._items()
+
+    async def _items(self) -> Any:
+        """The items, for ``async for``: the buffer's without waiting, the
+        others as `Deferator.__anext__` gives them."""
+        buffer = self._buffer
+        popleft = buffer.popleft
+        while True:
+            if buffer and self._waiter is None:
+                while buffer:
+                    item = popleft()
+                    if not buffer:
+                        self._prefetch()
+                    yield item
+                continue
+            try:
+                item = await Deferator.__anext__(self)
+            except StopAsyncIteration:
+                return
+            yield item
 
     async def __anext__(self) -> Any:  # type: ignore[override]
         buffer = self._buffer
