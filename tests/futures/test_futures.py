@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -327,8 +329,8 @@ class ContractTests(UsesTrialsReactor):
         # Beyond the standard library: a call already running in a worker
         # process is interrupted, its side effect never happens, and the
         # same pool serves the next call.
-        folder = self.mktemp()
-        os.makedirs(folder)
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
         started, marker = os.path.join(folder, "started"), os.path.join(folder, "ran")
 
         def body() -> None:
