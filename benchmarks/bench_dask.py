@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parent.parent
+
 CLUSTER = {"processes": False, "n_workers": 2, "threads_per_worker": 2, "dashboard_address": ":0"}
 CLUSTER_TEXT = "LocalCluster(processes=False, 2 workers x 2 threads)"
 WIDE_SLOTS = 256
@@ -139,18 +141,9 @@ def measureOurs(client: Any, n: dict[str, int]) -> list[dict[str, Any]]:
                 rows.append(row("latency", variant, n["latency"], **percentiles(samples)))
             yield q.shutdown()
 
-    failures: list[Any] = []
+    from benchmarks._reactor import runUntilDone
 
-    def start() -> None:
-        d = main(reactor)
-        d.addErrback(failures.append)
-        d.addBoth(lambda _: reactor.stop())
-
-    # Not task.react: it exits the process when done.
-    reactor.callWhenRunning(start)
-    reactor.run()
-    if failures:
-        failures[0].raiseException()
+    runUntilDone(lambda: main(reactor))
     return rows
 
 
@@ -214,4 +207,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))  # run as a script: find the benchmarks package
     sys.exit(main())

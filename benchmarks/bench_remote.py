@@ -216,7 +216,7 @@ class Floor:
 
 
 def measure(quick: bool) -> list[dict[str, Any]]:
-    from twisted.internet import defer, reactor
+    from twisted.internet import defer
 
     sys.path.insert(0, str(ROOT))
     from asynqueue.process import ProcessQueue
@@ -298,22 +298,14 @@ def measure(quick: bool) -> list[dict[str, Any]]:
         bare = statistics.median(floorTimes)
         rows.append(row("10 MB, bare socket", "loopback TCP floor", mb / bare, "MB/s"))
 
-    failures: list[Any] = []
+    from benchmarks._reactor import runUntilDone
 
-    def start() -> None:
-        d = main()
-        d.addErrback(failures.append)
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(start)
     try:
-        reactor.run()
+        runUntilDone(main)
     finally:
         server.close()
         threadServer.close()
         floor.close()
-    if failures:
-        failures[0].raiseException()
     return rows
 
 

@@ -45,7 +45,7 @@ def _rss() -> int:
 
 def measureOne(kind: str, n: int, series: int) -> dict[str, Any]:
     """One configuration, in this process (run it in a fresh one)."""
-    from twisted.internet import defer, reactor
+    from twisted.internet import defer
 
     from benchmarks import payloads
 
@@ -96,17 +96,9 @@ def measureOne(kind: str, n: int, series: int) -> dict[str, Any]:
         )
         yield q.shutdown()
 
-    failures: list[Any] = []
+    from benchmarks._reactor import runUntilDone
 
-    def start() -> None:
-        d = main()
-        d.addErrback(failures.append)
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    if failures:
-        failures[0].raiseException()
+    runUntilDone(main)
     return result
 
 
