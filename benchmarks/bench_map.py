@@ -261,7 +261,7 @@ def measure(quick: bool) -> list[dict[str, Any]]:
 
 
 def measureInReactor(sz: dict[str, Any], peers: Peers) -> list[dict[str, Any]]:
-    from twisted.internet import defer, reactor
+    from twisted.internet import defer
 
     from asynqueue.process import ProcessQueue
     from benchmarks import payloads
@@ -317,17 +317,9 @@ def measureInReactor(sz: dict[str, Any], peers: Peers) -> list[dict[str, Any]]:
         finally:
             await q.shutdown()
 
-    errors: list[Any] = []
+    from benchmarks._reactor import runUntilDone
 
-    def start() -> None:
-        d = defer.ensureDeferred(main())
-        d.addErrback(errors.append)
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    if errors:
-        errors[0].raiseException()
+    runUntilDone(lambda: defer.ensureDeferred(main()))
     return rows
 
 
