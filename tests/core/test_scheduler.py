@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from asynqueue._core._scheduler import Entry, Scheduler, checkNiceness, weight
@@ -299,6 +299,74 @@ def test_a_held_series_costs_a_pop_nothing():
     s.hold(7)  # as the dispatcher does: its task is in flight now
     assert s.pop() is None
     assert s.pop(None, (), [7]) == ("held", 7, 2)  # for the worker that holds it
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["push", "push", "hold", "release", "pop", "popOne", "popAll"]),
+            st.sampled_from(["A", "B", "C", "D", None]),
+            st.sampled_from([0, 0, 5, 10]),
+        ),
+        max_size=150,
+    )
+)
+@example(  # a tie of finish tags between a held head and a ready one
+    [("push", "A", 0), ("push", "B", 0)] * 2
+    + [("pop", None, 0), ("pop", None, 0), ("hold", "A", 0), ("popOne", "A", 0)]
+)
+def test_a_pop_takes_the_best_head_it_may_run(ops):
+    """
+    Held series left out, but those the pop's *mine* names: the head with the
+    smallest finish tag (ties: the first queued) of the rest, checked against
+    every flow's head, however the pop finds it.
+    """
+    s = Scheduler()
+    counter = itertools.count()
+    queued = {}  # item -> (its entry, its flow's key)
+    held = set()
+    for op, series, nice in ops:
+        if op == "push":
+            i = next(counter)
+            queued[i] = (s.push(i, series=series, niceness=nice), series or ("plain", nice))
+        elif op == "hold" and series is not None:
+            s.hold(series)
+            held.add(series)
+        elif op == "release":
+            s.release(series)
+            held.discard(series)
+        elif op.startswith("pop"):
+            mine = {"pop": [], "popOne": [series] if series in held else [], "popAll": held}[op]
+            heads = {}
+            for entry, key in queued.values():
+                if key not in heads or entry.seq < heads[key].seq:
+                    heads[key] = entry
+            mayRun = [
+                e
+                for e in heads.values()
+                if e.series is None or e.series not in held or e.series in mine
+            ]
+            best = min(mayRun, key=lambda e: (e.finish, e.seq), default=None)
+            item = s.pop(None, (), list(mine))
+            assert item == (None if best is None else best.item)
+            queued.pop(item, None)
+
+
+def test_held_heads_stay_bounded():
+    """The index of held heads does not grow with the tasks that pass through it."""
+    s = Scheduler()
+    s.push("first", series="long")
+    s.push("second", series="long")
+    assert s.pop() == "first"
+    s.hold("long")  # its head stays on top of the held index throughout
+    for k in range(20_000):
+        s.push(k, series="x")
+        s.hold("x")
+        assert s.pop(None, (), ["x"]) == k
+        s.release("x")
+    assert len(s._heldHeads) < 100
+    s.release("long")
+    assert s.pop() == "second"
 
 
 def test_many_one_shot_series_do_not_leak():

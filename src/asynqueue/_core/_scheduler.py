@@ -124,6 +124,23 @@ def stride(niceness: int) -> int:
 _STRIDES: Final = tuple(stride(n) for n in range(MIN_NICENESS, MAX_NICENESS + 1))
 
 
+class _PlainFlowKey:
+    """The flow key of plain calls at one niceness: equal to no series value."""
+
+    __slots__ = ("niceness",)
+
+    def __init__(self, niceness: int) -> None:
+        self.niceness = niceness
+
+    def __repr__(self) -> str:
+        return f"<plain calls at niceness {self.niceness}>"
+
+
+# A series' flow is keyed by the series itself (no key object per push, and
+# hold / release find it without building one); plain calls by these.
+_PLAIN_KEYS: Final = tuple(_PlainFlowKey(n) for n in range(MIN_NICENESS, MAX_NICENESS + 1))
+
+
 class Entry:
     """
     A queued item's place in the scheduler. Identity-compared.
@@ -138,7 +155,7 @@ class Entry:
 
     # Set by push / pushFront.
     series: Hashable
-    flow: Hashable  # the key of its flow (normal entries only)
+    flow: _Flow | None  # its flow (normal entries only)
     klass: int  # RETRY, NEXT, NORMAL or LAST
     seq: int  # submission number: ties go to the lower
     start: int  # virtual start and finish tags (normal entries only)
@@ -179,7 +196,12 @@ class _Flow:
         self.series = series
         self.entries: deque[Entry] = deque()
         self.lastFinish = 0
-        self.held = held  # a task of the series is in flight: head not indexed
+        self.held = held  # a task of the series is in flight: head not in _heads
+
+    def headRow(self) -> tuple[int, int, _Flow]:
+        """The heap row of its head: (finish tag, seq, the flow)."""
+        head = self.entries[0]
+        return head.finish, head.seq, self
 
 
 class Scheduler:
@@ -192,10 +214,15 @@ class Scheduler:
     def __init__(self) -> None:
         self._seq = itertools.count()
         self._vtime = 0
+        # Flows by key: the series, or _PLAIN_KEYS[niceness] for plain calls.
         self._flows: dict[Hashable, _Flow] = {}
-        # Heads of non-empty flows whose series is unrestricted: (F, seq, flow key).
+        # Heads of non-empty flows whose series is unrestricted: (F, seq, flow).
         # Stale rows (head changed, flow became restricted) are skipped lazily.
-        self._heads: list[tuple[int, int, Hashable]] = []
+        self._heads: list[tuple[int, int, _Flow]] = []
+        # The same for the heads of held flows: its top bounds what a pop's
+        # *mine* could offer, so a pop looks at its held series only when one
+        # of them could beat the best ready head (see _mineMayWin).
+        self._heldHeads: list[tuple[int, int, _Flow]] = []
         # Restricted series -> keys of its non-empty flows (one, or one per
         # niceness for series None, which is never restricted).
         self._restricted: frozenset[Hashable] = frozenset()
@@ -276,15 +303,14 @@ class Scheduler:
             entry.start = entry.finish = 0
             self._special[klass].append(entry)
         else:
-            # Flow keys: the niceness (an int) for plain calls, ("s", series)
-            # for a series; they never compare equal to each other.
-            key = entry.flow = niceness if series is None else ("s", series)
+            key = _PLAIN_KEYS[niceness - MIN_NICENESS] if series is None else series
             entry.klass = NORMAL
             flow = self._flows.get(key)
             if flow is None:
                 flow = self._flows[key] = _Flow(key, series, series in self._held)
             elif self._idle:
                 self._idle.discard(key)
+            entry.flow = flow
             start = flow.lastFinish
             if start < self._vtime:
                 start = self._vtime
@@ -327,7 +353,8 @@ class Scheduler:
         entry.live = False
         self.count -= 1
         if entry.klass == NORMAL:
-            flow = self._flows[entry.flow]
+            flow = entry.flow
+            assert flow is not None
             wasHead = flow.entries[0] is entry
             flow.entries.remove(entry)
             if wasHead:
@@ -382,19 +409,21 @@ class Scheduler:
         if series is None or series in self._held:
             return
         self._held.add(series)
-        flow = self._flows.get(("s", series))
+        flow = self._flows.get(series)
         if flow is not None:
             flow.held = True
             if self._restrictedFlows.get(series) is flow:
                 del self._restrictedFlows[series]
-            # Its heap row, if any, is now stale and skipped where met.
+            # Its row in _heads, if any, is now stale and skipped where met.
+            if flow.entries:
+                self._pushHeld(flow)
 
     def release(self, series: Hashable) -> None:
         """No task of *series* is in flight any more: its head is ready again."""
         if series not in self._held:
             return
         self._held.discard(series)
-        flow = self._flows.get(("s", series))
+        flow = self._flows.get(series)
         if flow is not None:
             flow.held = False
             if flow.entries:
@@ -430,21 +459,21 @@ class Scheduler:
         its tasks in order).
         """
         heads = self._heads
-        if heads and not (
-            self._retry or self._special[NEXT] or exclude or mine or self._restrictedFlows
-        ):
+        if heads and not (self._retry or self._special[NEXT] or exclude or self._restrictedFlows):
             # The usual case (no retries, doNext items, exclusions or
             # restricted series): the best is the flow head on top of the
-            # heap, if that row is current. What _best would find, sooner.
-            row = heads[0]
-            flow = self._flows.get(row[2])
-            if (
-                flow is not None
-                and not flow.held
-                and flow.entries
-                and flow.entries[0].seq == row[1]
-            ):
-                entry = flow.entries[0]
+            # heap, once stale rows are dropped, unless a held series of
+            # *mine* has a better head. What _best would find, sooner.
+            while heads:
+                row = heads[0]
+                flow = row[2]
+                entries = flow.entries
+                if flow.held or not entries or entries[0].seq != row[1]:
+                    heapq.heappop(heads)  # stale row
+                    continue
+                if mine and self._mineMayWin(row[0], row[1]):
+                    break
+                entry = entries[0]
                 self._take(entry)
                 return entry.item
         entry = self._best(qualified, exclude, mine)
@@ -503,11 +532,11 @@ class Scheduler:
         heads = self._heads
         flows = self._flows
         best: Entry | None = None
-        skipped: list[tuple[int, int, Hashable]] | None = None
+        skipped: list[tuple[int, int, _Flow]] | None = None
         while heads:
             row = heads[0]
-            flow = flows.get(row[2])
-            if flow is None or flow.held or not flow.entries or flow.entries[0].seq != row[1]:
+            flow = row[2]
+            if flow.held or not flow.entries or flow.entries[0].seq != row[1]:
                 heapq.heappop(heads)  # stale row
                 continue
             if exclude and flow.series is not None and flow.series in exclude:
@@ -531,10 +560,12 @@ class Scheduler:
                 e = self._restrictedFlows[s].entries[0]
                 if best is None or (e.finish, e.seq) < (best.finish, best.seq):
                     best = e
+        if not mine or (best is not None and not self._mineMayWin(best.finish, best.seq)):
+            return best
         for s in mine:
             # Held series this worker may go on with: their flows are in no
             # index. Not while a retried task of the series waits: it goes first.
-            flow = flows.get(("s", s))
+            flow = flows.get(s)
             if flow is None or not flow.entries or (exclude and s in exclude):
                 continue
             if s in self._retrySeries:
@@ -550,7 +581,8 @@ class Scheduler:
         entry.live = False
         self.count -= 1
         if entry.klass == NORMAL:
-            flow = self._flows[entry.flow]
+            flow = entry.flow
+            assert flow is not None
             entries = flow.entries
             entries.popleft()
             if entry.start > self._vtime:
@@ -567,7 +599,7 @@ class Scheduler:
                 # the heap; replace it with the flow's new head in one step
                 # (instead of a push now and a stale-row pop later).
                 head = entries[0]
-                heapq.heapreplace(heads, (head.finish, head.seq, flow.key))
+                heapq.heapreplace(heads, (head.finish, head.seq, flow))
             else:
                 self._headChanged(flow)
             idle = self._idle
@@ -586,12 +618,41 @@ class Scheduler:
 
     def _index(self, flow: _Flow) -> None:
         if flow.held:
-            return  # indexed again on release
-        if flow.series is not None and flow.series in self._restricted:
+            self._pushHeld(flow)  # in _heads again on release
+        elif flow.series is not None and flow.series in self._restricted:
             self._restrictedFlows[flow.series] = flow
         else:
             head = flow.entries[0]
-            heapq.heappush(self._heads, (head.finish, head.seq, flow.key))
+            heapq.heappush(self._heads, (head.finish, head.seq, flow))
+
+    def _pushHeld(self, flow: _Flow) -> None:
+        heldHeads = self._heldHeads
+        if len(heldHeads) > 2 * len(self._held) + 64:
+            # Stale rows under a current top are never met: rebuild now and
+            # then (amortised), so the heap stays as big as the held flows.
+            # (*flow* is held, so the rebuild has its row.)
+            heldHeads[:] = [
+                f.headRow() for f in map(self._flows.get, self._held) if f is not None and f.entries
+            ]
+            heapq.heapify(heldHeads)
+            return
+        head = flow.entries[0]
+        heapq.heappush(heldHeads, (head.finish, head.seq, flow))
+
+    def _mineMayWin(self, finish: int, seq: int) -> bool:
+        """
+        Whether some held flow's head comes before (*finish*, *seq*): if none
+        does, no series a pop's *mine* names can, and the pop need not look.
+        """
+        heldHeads = self._heldHeads
+        while heldHeads:
+            row = heldHeads[0]
+            flow = row[2]
+            entries = flow.entries
+            if flow.held and entries and entries[0].seq == row[1]:
+                return row[0] < finish or (row[0] == finish and row[1] < seq)
+            heapq.heappop(heldHeads)  # stale: released, emptied or moved on
+        return False
 
     def _dropFlow(self, flow: _Flow) -> None:
         # An empty flow is forgotten once the virtual time has passed its last
