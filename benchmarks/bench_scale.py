@@ -22,9 +22,11 @@ without series: 1.0 is a flat cost.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
 import json
 import os
+import pstats
 import resource
 import subprocess
 import sys
@@ -43,8 +45,11 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measureOne(kind: str, n: int, series: int) -> dict[str, Any]:
-    """One configuration, in this process (run it in a fresh one)."""
+def measureOne(kind: str, n: int, series: int, profile: int = 0) -> dict[str, Any]:
+    """
+    One configuration, in this process (run it in a fresh one). *profile*:
+    print the top *profile* functions of the drain under cProfile on stderr.
+    """
     from twisted.internet import defer
 
     from benchmarks import payloads
@@ -84,14 +89,25 @@ def measureOne(kind: str, n: int, series: int) -> dict[str, Any]:
         for d in ds:
             d.addBoth(one)
         del ds
+        profiler = cProfile.Profile() if profile else None
+        cpuStart = time.process_time()
         start = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
         yield finished
+        if profiler is not None:
+            profiler.disable()
         drain = time.perf_counter() - start
+        cpu = time.process_time() - cpuStart
+        if profiler is not None:
+            stats = pstats.Stats(profiler, stream=sys.stderr)
+            stats.sort_stats("tottime").print_stats(profile)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         result.update(
             enqueue_us=enqueue / n * 1e6,
             bytes_per_call=grown / n,
             drain=n / drain,
+            drain_cpu_us=cpu / n * 1e6,
             peak_growth_mb=max(0, peak - peakBefore) / 2**20,
         )
         yield q.shutdown()
@@ -151,10 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="100,000 instead of 1,000,000")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON line")
     parser.add_argument("--one", nargs=3, metavar=("KIND", "N", "SERIES"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="TOP",
+        help="with --one KIND N SERIES: cProfile the drain, print the TOP functions on stderr",
+    )
     args = parser.parse_args(argv)
     if args.one:
         kind, n, series = args.one
-        print(json.dumps(measureOne(kind, int(n), int(series))))
+        print(json.dumps(measureOne(kind, int(n), int(series), args.profile)))
         return 0
     rows = run(args.quick)
     print(json.dumps(rows) if args.json else markdown(rows))
