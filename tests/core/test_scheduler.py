@@ -228,6 +228,9 @@ def test_pop_respects_qualifications(pushes, restricted, qualified):
         max_size=120,
     )
 )
+@example(  # a retry of a held series goes before the series' next task, even for its holder
+    [("push", "A", 0), ("push", "A", 0), ("hold", "A", 0), ("front", "A", 0), ("popMine", "A", 0)]
+)
 def test_every_item_comes_out_exactly_once(ops):
     """And no pop gives an item of a held series, but to its holder (mine)."""
     s = Scheduler()
@@ -307,25 +310,44 @@ def test_a_held_series_costs_a_pop_nothing():
             st.sampled_from(["push", "push", "hold", "release", "pop", "popOne", "popAll"]),
             st.sampled_from(["A", "B", "C", "D", None]),
             st.sampled_from([0, 0, 5, 10]),
+            st.booleans(),
         ),
         max_size=150,
-    )
+    ),
+    st.sets(st.sampled_from(["A", "B"])),
 )
 @example(  # a tie of finish tags between a held head and a ready one
-    [("push", "A", 0), ("push", "B", 0)] * 2
-    + [("pop", None, 0), ("pop", None, 0), ("hold", "A", 0), ("popOne", "A", 0)]
+    [("push", "A", 0, False), ("push", "B", 0, False)] * 2
+    + [("pop", None, 0, False)] * 2
+    + [("hold", "A", 0, False), ("popOne", "A", 0, False)],
+    set(),
 )
-def test_a_pop_takes_the_best_head_it_may_run(ops):
+@example(  # a held head put aside by one pop, then the best for its holder
+    [("push", "A", 0, False), ("push", "B", 0, False)] * 2
+    + [("push", "B", 0, False)]
+    + [("pop", None, 0, False)] * 2
+    + [("hold", "A", 0, False), ("pop", None, 0, False), ("popOne", "A", 0, False)],
+    set(),
+)
+@example(  # the same for a restricted series
+    [("push", "A", 0, True), ("push", "B", 0, True)] * 2
+    + [("pop", None, 0, True)] * 2
+    + [("hold", "A", 0, True), ("popOne", "A", 0, True)],
+    {"A"},
+)
+def test_a_pop_takes_the_best_head_it_may_run(ops, restricted):
     """
-    Held series left out, but those the pop's *mine* names: the head with the
-    smallest finish tag (ties: the first queued) of the rest, checked against
-    every flow's head, however the pop finds it.
+    Held series left out, but those the pop's *mine* names, and restricted
+    series the worker is not qualified for: the head with the smallest finish
+    tag (ties: the first queued) of the rest, checked against every flow's
+    head, however the pop finds it.
     """
     s = Scheduler()
+    s.setRestricted(restricted)
     counter = itertools.count()
     queued = {}  # item -> (its entry, its flow's key)
     held = set()
-    for op, series, nice in ops:
+    for op, series, nice, anyWorker in ops:
         if op == "push":
             i = next(counter)
             queued[i] = (s.push(i, series=series, niceness=nice), series or ("plain", nice))
@@ -337,6 +359,7 @@ def test_a_pop_takes_the_best_head_it_may_run(ops):
             held.discard(series)
         elif op.startswith("pop"):
             mine = {"pop": [], "popOne": [series] if series in held else [], "popAll": held}[op]
+            qualified = None if anyWorker else {None, series}
             heads = {}
             for entry, key in queued.values():
                 if key not in heads or entry.seq < heads[key].seq:
@@ -344,10 +367,11 @@ def test_a_pop_takes_the_best_head_it_may_run(ops):
             mayRun = [
                 e
                 for e in heads.values()
-                if e.series is None or e.series not in held or e.series in mine
+                if (e.series not in held or e.series in mine)
+                and (qualified is None or e.series not in restricted or e.series in qualified)
             ]
             best = min(mayRun, key=lambda e: (e.finish, e.seq), default=None)
-            item = s.pop(None, (), list(mine))
+            item = s.pop(qualified, (), list(mine))
             assert item == (None if best is None else best.item)
             queued.pop(item, None)
 

@@ -26,15 +26,20 @@ A series runs in sequence
 -------------------------
 
 The dispatcher *holds* a series while one of its tasks is in flight on a
-worker (``hold`` / ``release``). A held series' head leaves the ready heap,
-so no other worker can start its next task before the running one has
-finished; with a thousand held series a pop still looks only at the ready
-ones. The one exception is the worker that holds the series, if it runs its
-tasks one at a time in the order given (a pipelining thread or process
-worker): ``pop(..., mine=...)`` lets it take the series' next task too, to
-run right behind the one it holds. A retried or doNext/doLast task of a held
-series waits until the series is released, and while a retried task waits,
-so does the rest of its series: the retry goes first then, on any worker.
+worker (``hold`` / ``release``), so that no other worker can start its next
+task before the running one has finished. The one exception is the worker
+that holds the series, if it runs its tasks one at a time in the order given
+(a pipelining thread or process worker): ``pop(..., mine=...)`` lets it take
+the series' next task too, to run right behind the one it holds. A retried
+or doNext/doLast task of a held series waits until the series is released,
+and while a retried task waits, so does the rest of its series: the retry
+goes first then, on any worker.
+
+Holding costs little: a held series' head stays in the ready heap until it
+comes to the top; only then is it put aside (*parked*) until release, and
+most series are released long before. With a thousand held series a pop
+still looks only at the ready ones, and at its own held ones (*mine*) only
+when the best parked head could beat the best ready one.
 
 Between flows: start-time fair queuing
 --------------------------------------
@@ -189,14 +194,15 @@ def _retryKey(row: tuple[int, int, Entry]) -> tuple[int, int]:
 class _Flow:
     """The FIFO of one flow and the finish tag of its newest task."""
 
-    __slots__ = ("entries", "held", "key", "lastFinish", "series")
+    __slots__ = ("entries", "held", "key", "lastFinish", "parked", "series")
 
     def __init__(self, key: Hashable, series: Hashable, held: bool) -> None:
         self.key = key
         self.series = series
         self.entries: deque[Entry] = deque()
         self.lastFinish = 0
-        self.held = held  # a task of the series is in flight: head not in _heads
+        self.held = held  # a task of the series is in flight
+        self.parked = False  # its head's row is in _heldHeads, not in _heads
 
     def headRow(self) -> tuple[int, int, _Flow]:
         """The heap row of its head: (finish tag, seq, the flow)."""
@@ -218,10 +224,16 @@ class Scheduler:
         self._flows: dict[Hashable, _Flow] = {}
         # Heads of non-empty flows whose series is unrestricted: (F, seq, flow).
         # Stale rows (head changed, flow became restricted) are skipped lazily.
+        # A held flow's row stays until it comes to the top: then, unless the
+        # pop may take it (mine), it is *parked* in _heldHeads until release.
+        # Most held series are released before their row comes up, so holding
+        # and releasing a series costs no heap operation.
         self._heads: list[tuple[int, int, _Flow]] = []
-        # The same for the heads of held flows: its top bounds what a pop's
-        # *mine* could offer, so a pop looks at its held series only when one
-        # of them could beat the best ready head (see _mineMayWin).
+        # The rows of parked flows (held, and their head came up, or held and
+        # restricted): with the rest of the held heads below the top of
+        # _heads, its top bounds what a pop's *mine* could offer, so a pop
+        # looks at its held series only when one of them could beat the best
+        # ready head (see _mineMayWin).
         self._heldHeads: list[tuple[int, int, _Flow]] = []
         # Restricted series -> keys of its non-empty flows (one, or one per
         # niceness for series None, which is never restricted).
@@ -397,7 +409,9 @@ class Scheduler:
         self._restricted = restricted
         self._restrictedFlows = {}
         self._heads = []
+        self._heldHeads = []
         for flow in self._flows.values():
+            flow.parked = False
             if flow.entries:
                 self._index(flow)
 
@@ -412,11 +426,11 @@ class Scheduler:
         flow = self._flows.get(series)
         if flow is not None:
             flow.held = True
-            if self._restrictedFlows.get(series) is flow:
+            # Its row in _heads, if any, stays (see _heads); a restricted one
+            # is parked.
+            if self._restrictedFlows and self._restrictedFlows.get(series) is flow:
                 del self._restrictedFlows[series]
-            # Its row in _heads, if any, is now stale and skipped where met.
-            if flow.entries:
-                self._pushHeld(flow)
+                self._park(flow)
 
     def release(self, series: Hashable) -> None:
         """No task of *series* is in flight any more: its head is ready again."""
@@ -426,8 +440,10 @@ class Scheduler:
         flow = self._flows.get(series)
         if flow is not None:
             flow.held = False
-            if flow.entries:
-                self._index(flow)
+            if flow.parked:
+                flow.parked = False
+                if flow.entries:
+                    self._index(flow)
 
     def isHeld(self, series: Hashable) -> bool:
         """Whether *series* is held (a task of it is in flight)."""
@@ -468,8 +484,12 @@ class Scheduler:
                 row = heads[0]
                 flow = row[2]
                 entries = flow.entries
-                if flow.held or not entries or entries[0].seq != row[1]:
+                if not entries or entries[0].seq != row[1]:
                     heapq.heappop(heads)  # stale row
+                    continue
+                if flow.held and not (mine and flow.series in mine):
+                    heapq.heappop(heads)
+                    self._park(flow)
                     continue
                 if mine and self._mineMayWin(row[0], row[1]):
                     break
@@ -536,8 +556,12 @@ class Scheduler:
         while heads:
             row = heads[0]
             flow = row[2]
-            if flow.held or not flow.entries or flow.entries[0].seq != row[1]:
+            if not flow.entries or flow.entries[0].seq != row[1]:
                 heapq.heappop(heads)  # stale row
+                continue
+            if flow.held and (flow.series not in mine or flow.series in self._retrySeries):
+                heapq.heappop(heads)
+                self._park(flow)
                 continue
             if exclude and flow.series is not None and flow.series in exclude:
                 if skipped is None:
@@ -592,7 +616,6 @@ class Scheduler:
                 entries
                 and heads
                 and heads[0][1] == entry.seq
-                and not flow.held
                 and (flow.series is None or flow.series not in self._restricted)
             ):
                 # The usual case: the row of the entry just taken is on top of
@@ -617,22 +640,29 @@ class Scheduler:
             self._dropFlow(flow)
 
     def _index(self, flow: _Flow) -> None:
-        if flow.held:
-            self._pushHeld(flow)  # in _heads again on release
-        elif flow.series is not None and flow.series in self._restricted:
-            self._restrictedFlows[flow.series] = flow
+        """Index the (new) head of non-empty *flow*."""
+        if flow.series is not None and flow.series in self._restricted:
+            if flow.held:
+                self._park(flow)  # in _restrictedFlows again on release
+            else:
+                flow.parked = False
+                self._restrictedFlows[flow.series] = flow
         else:
+            flow.parked = False
             head = flow.entries[0]
             heapq.heappush(self._heads, (head.finish, head.seq, flow))
 
-    def _pushHeld(self, flow: _Flow) -> None:
+    def _park(self, flow: _Flow) -> None:
+        """Put the row of held, non-empty *flow* in _heldHeads until release."""
+        flow.parked = True
         heldHeads = self._heldHeads
         if len(heldHeads) > 2 * len(self._held) + 64:
             # Stale rows under a current top are never met: rebuild now and
-            # then (amortised), so the heap stays as big as the held flows.
-            # (*flow* is held, so the rebuild has its row.)
+            # then (amortised), so the heap stays as big as the parked flows.
             heldHeads[:] = [
-                f.headRow() for f in map(self._flows.get, self._held) if f is not None and f.entries
+                f.headRow()
+                for f in map(self._flows.get, self._held)
+                if f is not None and f.parked and f.entries
             ]
             heapq.heapify(heldHeads)
             return
@@ -649,7 +679,7 @@ class Scheduler:
             row = heldHeads[0]
             flow = row[2]
             entries = flow.entries
-            if flow.held and entries and entries[0].seq == row[1]:
+            if flow.parked and flow.held and entries and entries[0].seq == row[1]:
                 return row[0] < finish or (row[0] == finish and row[1] < seq)
             heapq.heappop(heldHeads)  # stale: released, emptied or moved on
         return False
