@@ -222,13 +222,20 @@ class Scheduler:
         self._vtime = 0
         # Flows by key: the series, or _PLAIN_KEYS[niceness] for plain calls.
         self._flows: dict[Hashable, _Flow] = {}
-        # Heads of non-empty flows whose series is unrestricted: (F, seq, flow).
+        # Heads of non-empty flows whose series is unrestricted: rows
+        # (F, seq, flow), in two parts: _run, in ascending order, takes every
+        # row that comes after its last one; the heap _heads takes the rest.
+        # The best row is the smaller of their two tops. Flows served in turn
+        # (many series, or one flow of plain calls) each get their next row
+        # after all the others: those go to _run, at O(1) instead of a heap
+        # operation of O(log flows).
         # Stale rows (head changed, flow became restricted) are skipped lazily.
         # A held flow's row stays until it comes to the top: then, unless the
         # pop may take it (mine), it is *parked* in _heldHeads until release.
         # Most held series are released before their row comes up, so holding
         # and releasing a series costs no heap operation.
         self._heads: list[tuple[int, int, _Flow]] = []
+        self._run: deque[tuple[int, int, _Flow]] = deque()
         # The rows of parked flows (held, and their head came up, or held and
         # restricted): with the rest of the held heads below the top of
         # _heads, its top bounds what a pop's *mine* could offer, so a pop
@@ -373,6 +380,8 @@ class Scheduler:
                 self._headChanged(flow)
             elif not flow.entries:
                 self._dropFlow(flow)
+            if not self.count:
+                self._forgetRows()
         elif entry.klass == RETRY:
             self._removeRetry(entry)
         else:
@@ -409,6 +418,7 @@ class Scheduler:
         self._restricted = restricted
         self._restrictedFlows = {}
         self._heads = []
+        self._run = deque()
         self._heldHeads = []
         for flow in self._flows.values():
             flow.parked = False
@@ -475,23 +485,31 @@ class Scheduler:
         its tasks in order).
         """
         heads = self._heads
-        if heads and not (self._retry or self._special[NEXT] or exclude or self._restrictedFlows):
+        run = self._run
+        if (run or heads) and not (
+            self._retry or self._special[NEXT] or exclude or self._restrictedFlows
+        ):
             # The usual case (no retries, doNext items, exclusions or
-            # restricted series): the best is the flow head on top of the
-            # heap, once stale rows are dropped, unless a held series of
-            # *mine* has a better head. What _best would find, sooner.
-            while heads:
-                row = heads[0]
+            # restricted series): the best is the flow head of the top row,
+            # once stale rows are dropped, unless a held series of *mine*
+            # has a better head. What _best would find, sooner.
+            while True:
+                if run and (not heads or run[0] < heads[0]):
+                    row = run[0]
+                elif heads:
+                    row = heads[0]
+                else:
+                    break
                 flow = row[2]
                 entries = flow.entries
                 if not entries or entries[0].seq != row[1]:
-                    heapq.heappop(heads)  # stale row
+                    self._dropTop()  # stale row
                     continue
                 if flow.held and not (mine and flow.series in mine):
-                    heapq.heappop(heads)
+                    self._dropTop()
                     self._park(flow)
                     continue
-                if mine and self._mineMayWin(row[0], row[1]):
+                if mine and self._heldHeads and self._mineMayWin(row[0], row[1]):
                     break
                 entry = entries[0]
                 self._take(entry)
@@ -549,30 +567,32 @@ class Scheduler:
         exclude: Collection[Hashable],
         mine: Collection[Hashable],
     ) -> Entry | None:
-        heads = self._heads
         flows = self._flows
         best: Entry | None = None
         skipped: list[tuple[int, int, _Flow]] | None = None
-        while heads:
-            row = heads[0]
+        while True:
+            row = self._top()
+            if row is None:
+                break
             flow = row[2]
             if not flow.entries or flow.entries[0].seq != row[1]:
-                heapq.heappop(heads)  # stale row
+                self._dropTop()  # stale row
                 continue
             if flow.held and (flow.series not in mine or flow.series in self._retrySeries):
-                heapq.heappop(heads)
+                self._dropTop()
                 self._park(flow)
                 continue
             if exclude and flow.series is not None and flow.series in exclude:
                 if skipped is None:
                     skipped = []
-                skipped.append(heapq.heappop(heads))
+                skipped.append(row)
+                self._dropTop()
                 continue
             best = flow.entries[0]
             break
         if skipped is not None:
             for row in skipped:
-                heapq.heappush(heads, row)
+                self._addRow(row)
         if self._restrictedFlows:
             if qualified is None:
                 candidates: Collection[Hashable] = list(self._restrictedFlows)
@@ -611,27 +631,39 @@ class Scheduler:
             entries.popleft()
             if entry.start > self._vtime:
                 self._vtime = entry.start
-            heads = self._heads
-            if (
-                entries
-                and heads
-                and heads[0][1] == entry.seq
-                and (flow.series is None or flow.series not in self._restricted)
-            ):
-                # The usual case: the row of the entry just taken is on top of
-                # the heap; replace it with the flow's new head in one step
-                # (instead of a push now and a stale-row pop later).
+            # The usual case: the row of the entry just taken is a top row;
+            # drop it now (instead of meeting it as a stale row later).
+            run = self._run
+            if run and run[0][1] == entry.seq:
+                run.popleft()
+            elif self._heads and self._heads[0][1] == entry.seq:
+                heapq.heappop(self._heads)
+            if entries and (flow.series is None or flow.series not in self._restricted):
+                # _index, inlined: the row of the flow's new head.
+                flow.parked = False
                 head = entries[0]
-                heapq.heapreplace(heads, (head.finish, head.seq, flow))
+                row = (head.finish, head.seq, flow)
+                if not run or run[-1] < row:
+                    run.append(row)
+                else:
+                    heapq.heappush(self._heads, row)
             else:
                 self._headChanged(flow)
             idle = self._idle
             if idle and (len(idle) > self._sweepAt or len(idle) == len(self._flows)):
                 self._sweepIdle()
+            if not self.count:
+                self._forgetRows()
         elif entry.klass == RETRY:
             self._removeRetry(entry)
         else:
             self._special[entry.klass].remove(entry)
+
+    def _forgetRows(self) -> None:
+        """Nothing is queued, so every index row is stale: drop them at once."""
+        self._heads.clear()
+        self._run.clear()
+        self._heldHeads.clear()
 
     def _headChanged(self, flow: _Flow) -> None:
         if flow.entries:
@@ -649,8 +681,32 @@ class Scheduler:
                 self._restrictedFlows[flow.series] = flow
         else:
             flow.parked = False
-            head = flow.entries[0]
-            heapq.heappush(self._heads, (head.finish, head.seq, flow))
+            self._addRow(flow.headRow())
+
+    def _addRow(self, row: tuple[int, int, _Flow]) -> None:
+        """Add a row of an unrestricted flow's head (see _heads)."""
+        run = self._run
+        if not run or run[-1] < row:
+            run.append(row)
+        else:
+            heapq.heappush(self._heads, row)
+
+    def _top(self) -> tuple[int, int, _Flow] | None:
+        """The smallest row of _run and _heads (None if both are empty)."""
+        run = self._run
+        heads = self._heads
+        if run and (not heads or run[0] < heads[0]):
+            return run[0]
+        return heads[0] if heads else None
+
+    def _dropTop(self) -> None:
+        """Remove the row that `_top` returns."""
+        run = self._run
+        heads = self._heads
+        if run and (not heads or run[0] < heads[0]):
+            run.popleft()
+        else:
+            heapq.heappop(heads)
 
     def _park(self, flow: _Flow) -> None:
         """Put the row of held, non-empty *flow* in _heldHeads until release."""
