@@ -157,11 +157,16 @@ def takeQueueOptions(call: _Call, kw: dict[str, Any], returnFailure: bool) -> No
     series costs as little memory as a plain one (a call's instance dict
     grows past its shared layout with each extra attribute, ~460 bytes).
     """
-    niceness = checkNiceness(kw.pop("niceness", 0))
     series = kw.pop("series", None)
     if series is not None:
         hash(series)  # TypeError at the call site for an unhashable series
         call.series = series
+    if not kw:
+        # The usual case, a series and nothing else: every other option
+        # keeps its default (the queue's returnFailure is set already).
+        call._kw = None
+        return
+    niceness = checkNiceness(kw.pop("niceness", 0))
     doNext = bool(kw.pop("doNext", False))
     doLast = bool(kw.pop("doLast", False))
     timeout = kw.pop("timeout", None)
