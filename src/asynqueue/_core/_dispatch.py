@@ -54,7 +54,7 @@ class _Dispatcher:
     - ``_reactor``, ``_scheduler``, ``spew``;
     - ``_slots`` (`_Slot` objects by ID), ``_slotList`` (the attached ones),
       ``_pending`` (unfinished `_Call` objects), ``_drainWaiters``,
-      ``_dispatching``, ``_redispatch``, ``_seriesRunning``, ``_reporter``
+      ``_dispatching``, ``_redispatch``, ``_reporter``
       (the bound ``_onReport``) and ``_ownTaskDone``, all set by
       ``TaskQueue.__init__``;
     - the methods ``taskDone``, ``detachWorker`` and ``_checkDrained``.
@@ -68,7 +68,6 @@ class _Dispatcher:
     _drainWaiters: list[Deferred[None]]
     _dispatching: bool
     _redispatch: bool
-    _seriesRunning: dict[Hashable, int]
     _slots: dict[int, _Slot]
     _reporter: Any
     _ownTaskDone: bool
@@ -169,13 +168,15 @@ class _Dispatcher:
         """
         scheduler = self._scheduler
         seconds = self._reactor.seconds
+        # What _mine gives: slot.held itself (the same dict as it changes).
+        mine = slot.held if getattr(slot.worker, "runsInOrder", False) else ()
         while slot.ready and scheduler.count and not self._redispatch and slot.attached:
             inflight = slot.inflight
             if inflight and slot.reportsStart:
                 started = next(iter(inflight)).startedAt
                 if started is not None and seconds() - started > PIPELINE_PATIENCE:
                     return  # stalled (see _stalled)
-            call = scheduler.pop(slot.qualified, (), self._mine(slot) if slot.held else ())
+            call = scheduler.pop(slot.qualified, (), mine)
             if call is None:
                 return
             self._runOn(slot, call)
@@ -195,12 +196,12 @@ class _Dispatcher:
         return not self._scheduler.isHeld(series) or series in self._mine(slot)
 
     def _track(self, slot: _Slot, call: _Call) -> None:
+        # A series runs in sequence, so one slot at most has tasks of it in
+        # flight: its count there says when the series is held.
         series = call.series
         held = slot.held
-        held[series] = held.get(series, 0) + 1
-        running = self._seriesRunning
-        n = running.get(series, 0)
-        running[series] = n + 1
+        n = held.get(series, 0)
+        held[series] = n + 1
         if not n:
             self._scheduler.hold(series)
 
@@ -214,12 +215,6 @@ class _Dispatcher:
             held[series] = n - 1
         else:
             del held[series]
-        running = self._seriesRunning
-        n = running[series] - 1
-        if n:
-            running[series] = n
-        else:
-            del running[series]
             self._scheduler.release(series)  # its next task may start anywhere
 
     def _clearInflight(self, slot: _Slot) -> list[Task]:
@@ -348,9 +343,10 @@ class _Dispatcher:
                 _dropLate(statusResult[1])  # an attempt the queue gave up on
                 return
             slot = call.slot
-            if call.timer is None and call.series is None and slot is not None:
+            if call.timer is None and slot is not None:
                 call.attempt = call.slot = None
-                slot.inflight.pop(task, None)
+                if slot.inflight.pop(task, None) is not None and call.series is not None:
+                    self._untrack(slot, call)
             else:
                 self._closeAttempt(call)
             call.done = True

@@ -111,9 +111,6 @@ class TaskQueue(_Dispatcher):
         self._dispatching = False
         self._redispatch = False
         self._stoppingReactor = False
-        # series -> how many of its tasks are in flight (on one worker, or on
-        # none: a series runs in sequence)
-        self._seriesRunning: dict[Hashable, int] = {}
         # A subclass's taskDone sees every result; ours is inlined for plain ones.
         self._ownTaskDone = type(self).taskDone is TaskQueue.taskDone
         # Every attempt reports here: one bound method, not one per task.
