@@ -24,6 +24,7 @@ from .. import errors
 from .._iter._base import isIterator
 from .._iter._deferator import Deferator
 from .._process._child import FIRST_BATCH
+from .._support._status import Status
 from .._wire import _auth
 from .._wire._client import BurstSender
 from .._wire._codec import (
@@ -41,6 +42,10 @@ from .._wire._codec import (
     NEXT,
     RESULTS,
     STARTED,
+    WIRE_ERROR,
+    WIRE_ITERATOR,
+    WIRE_NONE,
+    WIRE_RESULT,
     WIRE_VERSION,
     dumps,
     dumpsError,
@@ -408,9 +413,9 @@ class _ClientSession(BurstSender, FrameReceiver):
             payload = value.sendable()
             # Whoever keeps the task's result must not keep the receive buffer too.
             value.parts, value.filling = [], None
-            self._entry(taskID, "r", payload, dt)
+            self._entry(taskID, WIRE_RESULT, payload, dt)
         elif value is None:
-            self._entry(taskID, "n", [], dt)
+            self._entry(taskID, WIRE_NONE, [], dt)
         elif isinstance(value, Deferator) or (
             isIterator(value) and not served.flags & FLAG_RAW and not served.flags & FLAG_UPDATE
         ):
@@ -418,7 +423,7 @@ class _ClientSession(BurstSender, FrameReceiver):
             iterID = next(self.iterIDs)
             it = _ServedIterator(iterID, dr)
             self.iterators[iterID] = it
-            self._entry(taskID, "i", [], dt, iterID)
+            self._entry(taskID, WIRE_ITERATOR, [], dt, iterID)
             self._next(iterID, FIRST_BATCH)
         else:
             try:
@@ -428,16 +433,16 @@ class _ClientSession(BurstSender, FrameReceiver):
                     f"cannot pickle the result ({type(value).__qualname__}):"
                     f" {type(e).__name__}: {e}"
                 )
-                self._entry(taskID, "e", errorParts(error), dt)
+                self._entry(taskID, WIRE_ERROR, errorParts(error), dt)
             else:
-                self._entry(taskID, "r", payload, dt)
+                self._entry(taskID, WIRE_RESULT, payload, dt)
 
     def _failed(self, failure: Failure, served: _Served) -> None:
         served.finished()
         if served.abandoned or self.calls.pop(served.taskID, None) is None:
             return
         dt = self.reactor.seconds() - (served.startedAt or served.receivedAt)
-        self._entry(served.taskID, "e", errorParts(failure), dt)
+        self._entry(served.taskID, WIRE_ERROR, errorParts(failure), dt)
 
     def _abandon(self, served: _Served, why: str) -> None:
         """
@@ -464,7 +469,7 @@ class _ClientSession(BurstSender, FrameReceiver):
                     hook(task)
                 except Exception:
                     log.exception("WireServer: worker %r failed to abandon a task", worker)
-        task.callback(("e", Failure(CancelledCall(f"{pc.name}: {why}"))))
+        task.callback((Status.ERROR, Failure(CancelledCall(f"{pc.name}: {why}"))))
 
     # ------------------------------------------------------------ iterators
 

@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 from .. import errors
 from .._core._task import Task
 from .._iter._deferator import Deferator
+from .._support._status import ERROR, ITERATOR, NONE, RESULT, Status
 from ._codec import (
     CALLS,
     CLOSE,
@@ -95,28 +96,28 @@ def statusResult(
     errorType: type[errors.WorkerError] = errors.WorkerError,
     relay: bool = False,
     filling: Any = None,
-) -> tuple[str, Any]:
+) -> tuple[Status, Any]:
     """
     ``(status, result)`` for a task, from a RESULTS entry. With *relay*, a
     result or error stays pickled (`PickledResult`, `PickledError`); a
     relayed result may still be arriving (its *filling*).
     """
-    if status == "r":
+    if status == RESULT:
         if relay:
-            return "r", PickledResult(payload, filling)
+            return RESULT, PickledResult(payload, filling)
         try:
-            return "r", loads(payload)
+            return RESULT, loads(payload)
         except Exception as e:
-            return "e", Failure(
+            return ERROR, Failure(
                 errorType(f"could not unpickle the result: {type(e).__name__}: {e}")
             )
-    if status == "n":
-        return "n", None
-    if status == "e":
+    if status == NONE:
+        return NONE, None
+    if status == ERROR:
         if relay:
-            return "e", Failure(PickledError(payload))
-        return "e", remoteFailure(payload, errorType)
-    return "e", Failure(errorType(f"unknown status {status!r} from the other side"))
+            return ERROR, Failure(PickledError(payload))
+        return ERROR, remoteFailure(payload, errorType)
+    return ERROR, Failure(errorType(f"unknown status {status!r} from the other side"))
 
 
 class _Attempt:
@@ -259,7 +260,7 @@ class WireClient(BurstSender):
         A result came for a task given up on (`forget`): an iterator it
         made is closed at once on the other side.
         """
-        if status == "i" and self.channel is not None and self.channel.connected:
+        if status == ITERATOR and self.channel is not None and self.channel.connected:
             self.channel.send(encode(CLOSE, [dumpsSmall([extra])]))
 
     # ------------------------------------------------------------ messages
@@ -298,7 +299,7 @@ class WireClient(BurstSender):
                     continue  # given up on: skipped either way
                 task = attempt.task
                 f = None if task is None else task.callTuple[0]
-                if type(f) is not PickledCall or not f.streamResult or (n and status != "r"):
+                if type(f) is not PickledCall or not f.streamResult or (n and status != RESULT):
                     return False
         except Exception:
             return False
@@ -351,13 +352,13 @@ class WireClient(BurstSender):
             payload = parts[pos : pos + n]
             pos += n
             placed = None
-            if status == "r" and extra is not None:
+            if status == RESULT and extra is not None:
                 # Parts placed in shared memory, still being written (given up
                 # on or not: dropping them frees the memory).
                 try:
                     payload, placed = self.placedParts(payload, extra)
                 except Exception as e:
-                    status = "e"
+                    status = ERROR
                     payload = dumpsError(errorType(f"a result could not be read: {e}"))
             attempt = self.inflight.pop(taskID, None)
             if attempt is None:
@@ -368,12 +369,12 @@ class WireClient(BurstSender):
                 self._startHead()
             task = attempt.task
             if task is None:
-                if status == "e":
+                if status == ERROR:
                     failure = remoteFailure(payload, errorType)
                     log.error("Replaying an update in %r failed: %s", self, failure.value)
                 continue
             worker._noteRun(dt, now - attempt.sentAt)
-            if status == "i":
+            if status == ITERATOR:
                 source = _RemoteSource(self, extra, worker.batchItems)
                 self.sources[extra] = source
                 self.firstBatch[extra] = (attempt, source)
@@ -383,7 +384,7 @@ class WireClient(BurstSender):
             if placed is not None:
                 if not relay:
                     error = errorType("a result came in shared memory for a call not relayed")
-                    task.callback(("e", Failure(error)))
+                    task.callback((ERROR, Failure(error)))
                     continue
                 filling = placed
             task.callback(statusResult(status, payload, errorType, relay, filling))
@@ -470,14 +471,14 @@ class WireClient(BurstSender):
         assert task is not None
         items, more, failure = batch
         if not items and not more and failure is None:
-            task.callback(("i", []))
+            task.callback((ITERATOR, []))
             return
         f = task.callTuple[0]
         name = getattr(f, "__qualname__", None) or repr(f)
         dr = Deferator._fromSource(source, batch, f"{name}(...) {self.location()}".rstrip())
         if more:
             weakref.finalize(dr, _forgetIterator, weakref.ref(self), source.iterID).atexit = False
-        task.callback(("i", dr))
+        task.callback((ITERATOR, dr))
 
     def failIterators(self, why: str) -> None:
         """Fail every pending item request and forget every iterator."""

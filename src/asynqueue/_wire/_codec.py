@@ -36,6 +36,7 @@ import pickle
 from collections import namedtuple
 from types import FunctionType
 
+from .._support._status import ERROR, ITERATOR, NONE, RESULT
 from ._framing import BYTES_MIN
 
 TYPE_CHECKING = False
@@ -90,6 +91,15 @@ HELLO = 16  # [info]: the child is up; {'pid': ...}
 # RESULTS: [envelope, result parts...];
 #   envelope = ([(taskID, status, nparts, dt, extra)], retire)
 RESULTS = 17
+# A RESULTS entry's status: the letter of its `Status`, a plain str (pickled,
+# a member would name its class in every entry). The receiver compares it
+# with the members, which equal their letters.
+WIRE_RESULT, WIRE_NONE, WIRE_ERROR, WIRE_ITERATOR = (
+    RESULT.value,
+    NONE.value,
+    ERROR.value,
+    ITERATOR.value,
+)
 # ITEMS: [envelope, item parts..., error parts...];
 #   envelope = (iterID, nItemParts, more, nErrorParts)
 ITEMS = 18
