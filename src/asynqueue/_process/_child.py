@@ -21,7 +21,10 @@ and:
 - CALLS: queues the calls; runs them one at a time, first in first out, and
   answers each with a RESULTS message as soon as it is done (so the parent
   learns at once that the next queued call has started). A call flagged
-  ``FLAG_INBOX`` has its large parts in the inbox.
+  ``FLAG_INBOX`` has its large parts in the inbox; one flagged
+  ``FLAG_SHARED_RESULT`` has the large parts of its result copied into the
+  arena when it is free, the RESULTS message saying where, and PLACED
+  messages how far the copy got.
 - NEXT: answers with the next batch of an iterator result (ITEMS), before
   the next queued call. CLOSE forgets iterators.
 - ABANDON (a cancelled call): a queued call is dropped unrun, and answered
@@ -55,9 +58,9 @@ from .._wire._codec import (
     CALLS,
     CLOSE,
     EXIT,
-    FLAG_ARENA,
     FLAG_INBOX,
     FLAG_RAW,
+    FLAG_SHARED_RESULT,
     HELLO,
     INIT,
     NEXT,
@@ -423,7 +426,7 @@ class ChildLoop:
             else:
                 status, payload, extra, following = self._classify(f, result, flags)
         placed = None
-        if status == WIRE_RESULT and flags & FLAG_ARENA and self.arena is not None:
+        if status == WIRE_RESULT and flags & FLAG_SHARED_RESULT and self.arena is not None:
             placed = self.arena.reserve(payload)
         if placed is not None:
             parts, extra = placed

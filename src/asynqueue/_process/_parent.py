@@ -119,7 +119,6 @@ from .._wire._client import WireClient
 from .._wire._codec import (
     ABANDON,
     EXIT,
-    FLAG_ARENA,
     FLAG_INBOX,
     FLAG_RAW,
     HELLO,
@@ -214,8 +213,9 @@ class _Child(WireClient, ProcessProtocol):
         self.process: Any = None
         self.channel: SocketChannel | None = None
         self._timers: list[Any] = []
-        # Shared memory for large relayed results (see `asynqueue._process._arena`),
-        # and the Filling of the result being written there.
+        # Shared memory for the large results of the calls whose flags ask for
+        # it (see `asynqueue._process._arena`), and the Filling of the result
+        # being written there.
         self.arena: Arena | None = None
         self._placing: Filling | None = None
         # Shared memory for the large arguments of its calls (the arena the
@@ -611,12 +611,14 @@ class ProcessWorker(PipelineWindow):
         if self._stopping or self._broken is not None:
             return self._refuse(task, self._broken or "the process worker is stopping")
         f, args, kw = task.callTuple
+        relay = None
         if type(f) is PickledCall:
-            # A call relayed by a worker server: its pickle goes as it came.
+            # A call relayed by a worker server: its pickle goes as it came,
+            # with the server's flags, and its result goes back pickled.
             if f.cancelled:
                 task.callback((Status.ERROR, Failure(CancelledError(f"{f.name} was given up on"))))
                 return succeed(None)
-            parts = f.parts
+            parts, relay = f.parts, f
         else:
             try:
                 parts = dumpsCall(f, args, kw)
@@ -625,18 +627,17 @@ class ProcessWorker(PipelineWindow):
                 return succeed(None)
         raw = self.raw if task.raw is None else task.raw
         flags = FLAG_RAW if raw else 0
+        if relay is not None:
+            flags |= relay.wireFlags
         child = self._childForTask()
         if child is None:
             return self._refuse(task, self._broken or "the process worker has no child process")
-        if child.arena is not None and type(f) is PickledCall and f.streamResult:
-            # Relayed to a socket as it is: large parts may come through shared memory.
-            flags |= FLAG_ARENA
         if task.update == "persistent":
             # Replayed to every later child (not to this one: it has it now).
             self._updates.append((parts, flags))
         if child.inbox is not None:
             parts, flags = _placeInInbox(child.inbox, parts, flags)
-        child.submit(task, parts, flags)
+        child.submit(task, parts, flags, relay)
         if self._hasRoom():
             return succeed(None)
         d: Deferred[None] = Deferred()

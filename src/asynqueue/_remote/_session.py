@@ -35,6 +35,7 @@ from .._wire._codec import (
     EXIT,
     FLAG_EPHEMERAL,
     FLAG_RAW,
+    FLAG_SHARED_RESULT,
     FLAG_STARTED,
     FLAG_UNIVERSE,
     FLAG_UPDATE,
@@ -362,8 +363,10 @@ class _ClientSession(BurstSender, FrameReceiver):
         if queue is None:
             raise errors.QueueRunError("the server is stopping")
         pc = PickledCall(parts, name, self._onStart(served), self.reactor)
-        # A large result from a worker process goes on to the client as it comes.
-        pc.streamResult = bool(getattr(self.link, "sendsPending", False))
+        if getattr(self.link, "sendsPending", False):
+            # Stream the result: a large one goes on to the client as it comes
+            # from a worker process, through shared memory from its child.
+            pc.early, pc.wireFlags = True, FLAG_SHARED_RESULT
         served.pc = pc
         if flags & FLAG_UPDATE:
             ephemeral = bool(flags & FLAG_EPHEMERAL) or not server._firstUpdate(parts)

@@ -10,10 +10,11 @@ of what is at the other end:
 - `submit` queues a call. A call after a pause goes out at once; calls
   that follow it closely (a burst) wait for the end of the reactor turn and
   go out together as one CALLS message (`flush`).
-- RESULTS report each task (``task.callback``) with the result unpickled, or
-  relayed as it is for a `PickledCall` (a server running a call it
-  received); an iterator result waits for its first ITEMS batch and becomes
-  a `Deferator` over a `_RemoteSource`, which asks for more with NEXT.
+- RESULTS report each task (``task.callback``) with the result unpickled,
+  or kept pickled for a call submitted with a *relay* (a server running a
+  call it received sends the result on as it is); an iterator result waits
+  for its first ITEMS batch and becomes a `Deferator` over a
+  `_RemoteSource`, which asks for more with NEXT.
 - A Deferator dropped unfinished has its iterator closed on the other side
   (a finalizer sends CLOSE).
 
@@ -56,7 +57,7 @@ from ._codec import (
     loadsError,
 )
 from ._framing import Message, encode
-from ._relay import PickledCall, PickledError, PickledResult
+from ._relay import PickledError, PickledResult
 
 __all__ = ["BURST_GAP", "BurstSender", "WireClient", "remoteFailure", "statusResult"]
 
@@ -121,14 +122,18 @@ def statusResult(
 
 
 class _Attempt:
-    """A task sent to the other side (``task`` is None for a replayed update)."""
+    """
+    A task sent to the other side (``task`` is None for a replayed update),
+    and the *relay* it was submitted with, if any (see `WireClient.submit`).
+    """
 
-    __slots__ = ("sentAt", "started", "task", "taskID")
+    __slots__ = ("relay", "sentAt", "started", "task", "taskID")
 
-    def __init__(self, task: Task | None, taskID: int, sentAt: float) -> None:
+    def __init__(self, task: Task | None, taskID: int, sentAt: float, relay: Any) -> None:
         self.task = task
         self.taskID = taskID
         self.sentAt = sentAt
+        self.relay = relay
         self.started = False
 
     def markStarted(self) -> None:
@@ -137,9 +142,9 @@ class _Attempt:
             task = self.task
             if task is not None:
                 task.started()
-                f = task.callTuple[0]
-                if type(f) is PickledCall and f.onStart is not None:
-                    f.onStart(task)
+                relay = self.relay
+                if relay is not None and relay.onStart is not None:
+                    relay.onStart(task)
 
 
 class _RemoteSource:
@@ -287,7 +292,7 @@ class WireClient(BurstSender):
         """
         A large RESULTS message whose head is in: take it now, before the
         rest arrives, if every result in it is to be relayed as it comes
-        (see `PickledCall.streamResult`).
+        (its relay is ``early``: see `submit`).
         """
         if message.kind != RESULTS:
             return False
@@ -297,9 +302,8 @@ class WireClient(BurstSender):
                 attempt = self.inflight.get(taskID)
                 if attempt is None:
                     continue  # given up on: skipped either way
-                task = attempt.task
-                f = None if task is None else task.callTuple[0]
-                if type(f) is not PickledCall or not f.streamResult or (n and status != RESULT):
+                relay = attempt.relay
+                if relay is None or not relay.early or (n and status != RESULT):
                     return False
         except Exception:
             return False
@@ -307,9 +311,20 @@ class WireClient(BurstSender):
 
     # ------------------------------------------------------------ tasks
 
-    def submit(self, task: Task | None, parts: list[Any], flags: int) -> _Attempt:
-        """Send a call (batched with others until the end of this reactor turn)."""
-        attempt = _Attempt(task, next(self.worker._taskIDs), self.reactor.seconds())
+    def submit(
+        self, task: Task | None, parts: list[Any], flags: int, relay: Any = None
+    ) -> _Attempt:
+        """
+        Send a call (batched with others until the end of this reactor turn).
+
+        With a *relay* (a server's `asynqueue._wire._relay.PickledCall`),
+        the result is to be sent on as it came: it is reported pickled
+        (`PickledResult`, `PickledError`), and if ``relay.early``, as soon as
+        its head is in, its parts (and those placed in shared memory) still
+        arriving. ``relay.onStart(task)``, if set, is called when the call
+        starts. What the flags ask of the other side is the caller's business.
+        """
+        attempt = _Attempt(task, next(self.worker._taskIDs), self.reactor.seconds(), relay)
         idle = not self.inflight
         self.inflight[attempt.taskID] = attempt
         if task is not None:
@@ -380,7 +395,7 @@ class WireClient(BurstSender):
                 self.firstBatch[extra] = (attempt, source)
                 continue
             worker._checkReady()  # room for the next task before this result's callbacks
-            relay = type(task.callTuple[0]) is PickledCall
+            relay = attempt.relay is not None
             if placed is not None:
                 if not relay:
                     error = errorType("a result came in shared memory for a call not relayed")

@@ -110,14 +110,16 @@ PLACED = 20
 # see `asynqueue._wire._auth`.
 AUTH = 32
 
-# CALLS flags. A child looks at FLAG_RAW, FLAG_ARENA and FLAG_INBOX; the others are for a
-# remote server.
+# CALLS flags. A child looks at FLAG_RAW, FLAG_SHARED_RESULT and FLAG_INBOX; the others
+# are for a remote server.
 FLAG_RAW = 1
 FLAG_STARTED = 2  # send STARTED when the call starts
 FLAG_UPDATE = 4  # an update: run it on every worker, and on later ones
 FLAG_EPHEMERAL = 8  # (with FLAG_UPDATE) an update not to remember
 FLAG_UNIVERSE = 16  # the callable is the name of a method of the server's universe
-FLAG_ARENA = 32  # (to a child) large parts of the result may go through the arena
+# (to a child) large parts of the result may come back through the child's
+# arena (see `_arena`): the result is then reported while they are written
+FLAG_SHARED_RESULT = 32
 # (to a child) large parts of the call are in the child's inbox arena: the
 # call's first part says where (see `_arena`), the others follow.
 FLAG_INBOX = 64
