@@ -14,7 +14,7 @@ it.
 A large result need not even be complete. Where the server's connection
 can send parts still being filled, it marks the call ``early`` and gives it
 ``wireFlags`` for the child (large results through shared memory): the
-process worker adds those flags to the call's unread, and its `WireClient`
+process worker adds those flags, unread, to the call's own, and its `WireClient`
 hands over the `PickledResult` as soon as the head of the child's message
 is in, with the `Filling` of its parts, and the server sends it on as its
 bytes arrive. So what the server wants stays the server's business: the
