@@ -238,9 +238,21 @@ def test_unpicklable_argument_is_named() -> None:
         _codec.dumpsCall(max, (1,), {"k": lock})
 
 
+def _refuse(*args: object) -> None:
+    raise TypeError("this exception does not unpickle")
+
+
 class _Stubborn(Exception):
+    """An exception that pickles but does not unpickle."""
+
     def __init__(self, a: int, b: int) -> None:
-        super().__init__(f"{a}/{b}")  # does not unpickle: args do not match __init__
+        super().__init__(f"{a}/{b}")
+
+    # Explicit, because args that do not match __init__ are not enough once
+    # something (Dask's distributed, through tblib) has patched how
+    # exceptions pickle, process-wide.
+    def __reduce__(self) -> Any:
+        return (_refuse, ())
 
 
 def test_errors_travel_with_type_and_traceback() -> None:
