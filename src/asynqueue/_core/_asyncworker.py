@@ -18,19 +18,20 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._iter._base import isIterator
+from .._support._status import Status
 from ..interfaces import IWorker
 from ._task import Task
 
 __all__ = ["AsyncWorker", "resultStatus"]
 
 
-def resultStatus(result: Any, raw: bool) -> tuple[str, Any]:
-    """``('i', Deferator)`` for an iterator (unless *raw*), else ``('r', result)``."""
+def resultStatus(result: Any, raw: bool) -> tuple[Status, Any]:
+    """``(ITERATOR, Deferator)`` for an iterator (unless *raw*), else ``(RESULT, result)``."""
     if not raw and isIterator(result):
         from .._iter._deferator import Deferator
 
-        return "i", Deferator(result)
-    return "r", result
+        return Status.ITERATOR, Deferator(result)
+    return Status.RESULT, result
 
 
 @implementer(IWorker)
@@ -93,7 +94,7 @@ class AsyncWorker:
                 if inspect.iscoroutine(result):
                     result = ensureDeferred(result)
             except BaseException:
-                self._finish(task, ready, ("e", Failure()))
+                self._finish(task, ready, (Status.ERROR, Failure()))
                 continue
             if isinstance(result, Deferred):
                 self._currentD = result
@@ -101,12 +102,12 @@ class AsyncWorker:
                     lambda value, t=task, r=ready, raw=raw: self._finish(
                         t, r, resultStatus(value, raw)
                     ),
-                    lambda failure, t=task, r=ready: self._finish(t, r, ("e", failure)),
+                    lambda failure, t=task, r=ready: self._finish(t, r, (Status.ERROR, failure)),
                 )
                 return
             self._finish(task, ready, resultStatus(result, raw))
 
-    def _finish(self, task: Task, ready: Deferred[None], statusResult: tuple[str, Any]) -> None:
+    def _finish(self, task: Task, ready: Deferred[None], statusResult: tuple[Status, Any]) -> None:
         if self._current is not task:
             return  # crashed or timed out meanwhile; the queue no longer waits
         self._current = None

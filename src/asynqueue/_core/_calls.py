@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from .. import errors
+from .._support._status import Status, asStatus
 from ._scheduler import Entry, checkNiceness
 
 if TYPE_CHECKING:
@@ -181,14 +182,20 @@ def takeQueueOptions(call: _Call, kw: dict[str, Any], returnFailure: bool) -> No
     )
 
 
-def _unpackStatus(statusResult: Any) -> tuple[str, Any]:
+def _unpackStatus(statusResult: object) -> tuple[Status | str, Any]:
+    """
+    A worker's report as ``(status, result)``: the status a `Status` if it
+    is one (a member, its letter, or the letter as bytes, as the original's
+    workers report it), else the code as text (``"?"`` if not a pair).
+    """
     try:
-        status, result = statusResult
+        code, result = statusResult  # type: ignore[misc]
     except (TypeError, ValueError):
         return "?", statusResult
-    if isinstance(status, bytes):
-        status = status.decode("ascii", "replace")
-    return status, result
+    status = asStatus(code)
+    if status is not None:
+        return status, result
+    return (code.decode("ascii", "replace") if isinstance(code, bytes) else str(code)), result
 
 
 class _Slot:

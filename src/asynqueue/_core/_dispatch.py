@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from .. import errors
+from .._support._status import Status
 from ._calls import _Call, _Slot, _unpackStatus
 from ._scheduler import Scheduler
 from ._task import DO_LAST_PRIORITY, DO_NEXT_PRIORITY, Task, plainTask
@@ -42,6 +43,11 @@ PIPELINE_PATIENCE = 0.005
 # How many times a call may be charged with a timeout / a lost worker.
 MAX_TIMEOUTS = 2
 MAX_LOSSES = 2
+
+# The statuses of the hot path, bound once (a member's lookup on the enum
+# class costs ten times a global's).
+RESULT = Status.RESULT
+NONE = Status.NONE
 
 
 class _Dispatcher:
@@ -281,7 +287,7 @@ class _Dispatcher:
         try:
             readyD = slot.worker.run(task)
         except Exception:
-            task.callback(("e", Failure()))
+            task.callback((Status.ERROR, Failure()))
             readyD = succeed(None)
         if slot.bounced and (readyD is None or readyD.called):
             # The worker refused the task on the spot (status d): rest a moment
@@ -338,7 +344,7 @@ class _Dispatcher:
         if (
             statusResult.__class__ is tuple
             and len(statusResult) == 2
-            and (statusResult[0] == "r" or statusResult[0] == "n")
+            and (statusResult[0] == RESULT or statusResult[0] == NONE)
             and self._ownTaskDone
             and not self.spew
         ):
@@ -358,7 +364,7 @@ class _Dispatcher:
             if call.entry is not None:
                 self._scheduler.remove(call.entry)
                 call.entry = None
-            result = statusResult[1] if statusResult[0] == "r" else None
+            result = statusResult[1] if statusResult[0] == RESULT else None
             # isinstance(result, Deferred) by the MRO: Deferred is an ABC
             # (Awaitable), whose isinstance costs a Python-level call.
             if Deferred in result.__class__.__mro__:
@@ -380,9 +386,9 @@ class _Dispatcher:
         slot = call.slot
         self._closeAttempt(call)
         status, result = _unpackStatus(statusResult)
-        if status == "t":
+        if status is Status.TIMEOUT:
             self._timedOut(call, task, slot, notifyWorker=False)
-        elif status == "d":
+        elif status is Status.NOT_RUN:
             if slot is not None:
                 slot.bounced = True
             if task.innocent:

@@ -34,6 +34,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.python.failure import Failure
 
 from .. import errors
+from .._support._status import Status
 from .._support._util import whenFired
 from ..interfaces import IWorker
 from ._calls import (
@@ -434,25 +435,23 @@ class TaskQueue(_Dispatcher):
         """
         call: _Call | None = kw.get("call")
         status, result = _unpackStatus(statusResult)
-        if not self.spew and (status == "r" or status == "n"):
-            return result if status == "r" else None  # the hot paths
+        if not self.spew and (status is Status.RESULT or status is Status.NONE):
+            return result if status is Status.RESULT else None  # the hot paths
         description = call.describe() if call is not None else repr(task)
         if self.spew:
             log.info("%s -> %r", description, result)
-        if status == "r":
+        if status is Status.RESULT or status is Status.CHUNKED:
             return result
-        if status == "n":
+        if status is Status.NONE:
             return None
-        if status == "c":
-            return result
-        if status == "i":
+        if status is Status.ITERATOR:
             consumer = call.consumer if call is not None else kw.get("consumer")
             if consumer is None:
                 return result
             from .._iter._producers import consumeInto
 
             return consumeInto(result, consumer)
-        if status == "e":
+        if status is Status.ERROR:
             failure = toFailure(result)
             returnFailure = (
                 call.returnFailure
@@ -460,9 +459,9 @@ class TaskQueue(_Dispatcher):
                 else kw.get("returnFailure", self.returnFailure)
             )
             return self._taskError(failure, description, returnFailure)
-        if status == "t":
+        if status is Status.TIMEOUT:
             return Failure(errors.TimeoutError(f"{description} timed out"))
-        if status == "d":
+        if status is Status.NOT_RUN:
             return Failure(errors.WorkerLost(f"{description} did not run"))
         return Failure(errors.WorkerError(f"Unknown status {status!r} for {description}"))
 
@@ -632,13 +631,13 @@ class TaskQueue(_Dispatcher):
         try:
             readyD = slot.worker.run(task)
         except Exception:
-            task.callback(("e", Failure()))
+            task.callback((Status.ERROR, Failure()))
             readyD = succeed(None)
         result: Deferred[Any] = Deferred()
 
         def done(statusResult: Any) -> None:
             status, value = _unpackStatus(statusResult)
-            if status == "e":
+            if status is Status.ERROR:
                 failure = toFailure(value)
                 log.error(
                     "Update %s failed on worker %r: %s",
@@ -647,12 +646,12 @@ class TaskQueue(_Dispatcher):
                     failure.value,
                 )
                 result.callback(failure)
-            elif status in ("t", "d"):
+            elif status is Status.TIMEOUT or status is Status.NOT_RUN:
                 result.callback(Failure(errors.WorkerError(f"update did not run ({status})")))
             elif isinstance(value, Deferred):
                 value.chainDeferred(result)  # e.g. an iterator result still arriving
             else:
-                result.callback(None if status == "n" else value)
+                result.callback(None if status is Status.NONE else value)
 
         task.d.addCallback(done)
         result.readyD = readyD  # type: ignore[attr-defined]

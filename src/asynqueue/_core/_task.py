@@ -18,6 +18,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from .._support._status import Status
+
 __all__ = ["DO_LAST_PRIORITY", "DO_NEXT_PRIORITY", "Task", "nextCallID", "plainTask"]
 
 # Priorities shown to workers for doNext/doLast tasks; plain tasks show their
@@ -194,7 +196,7 @@ class Task:
         """Report an error as status ``e``; ignored if already reported."""
         if not isinstance(failure, Failure):
             failure = Failure(failure)
-        self.callback(("e", failure))
+        self.callback((Status.ERROR, failure))
 
     def __repr__(self) -> str:
         f, args, kw = self.callTuple
