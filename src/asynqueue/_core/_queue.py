@@ -19,8 +19,9 @@ Data flow::
 
 The pieces live in their own modules: `_calls` holds the call record and the
 helpers that describe calls and read results; `_dispatch` holds the
-dispatcher (`_Dispatcher`, which `TaskQueue` inherits): worker readiness,
-pipelining, timeouts and retries.
+`Dispatcher` that the queue holds: the workers' slots, the unfinished calls,
+worker readiness, pipelining, timeouts and retries. The queue keeps the public
+API, the result policy (`TaskQueue.taskDone`), updates and shutdown.
 """
 
 from __future__ import annotations
@@ -47,17 +48,16 @@ from ._calls import (
     takeQueueOptions,
     toFailure,
 )
-from ._dispatch import _Dispatcher
+from ._dispatch import Dispatcher
 from ._named import UniverseMethod
-from ._scheduler import Scheduler
-from ._task import DO_NEXT_PRIORITY, Task, nextCallID
+from ._task import DO_NEXT_PRIORITY, Task
 
 __all__ = ["TaskQueue"]
 
 log = logging.getLogger("asynqueue")
 
 
-class TaskQueue(_Dispatcher):
+class TaskQueue:
     """
     A task queue for dispatching arbitrary callables to one or more workers.
 
@@ -97,64 +97,61 @@ class TaskQueue(_Dispatcher):
         self._reactor = reactor
         self.timeout = timeout
         self.warn = warn
-        self.spew = spew
         self.verbose = verbose or spew
         self.returnFailure = returnFailure
-        self._scheduler = Scheduler()
-        self._slots: dict[int, _Slot] = {}
-        self._slotList: list[_Slot] = []  # the same slots, for quick scans
-        self._nextID = 1
-        self._pending: set[_Call] = set()
+        self._dispatcher = Dispatcher(reactor, self.taskDone)
+        self.spew = spew
         self._updates: list[tuple[Any, tuple[Any, ...], dict[str, Any], Hashable]] = []
         self._running = True
         self._shutdownD: Deferred[None] | None = None
-        self._drainWaiters: list[Deferred[None]] = []
-        self._dispatching = False
-        self._redispatch = False
         self._stoppingReactor = False
-        # series -> how many of its tasks are in flight (on one worker, or on
-        # none: a series runs in sequence)
-        self._seriesRunning: dict[Hashable, int] = {}
-        # A subclass's taskDone sees every result; ours is inlined for plain ones.
-        self._ownTaskDone = type(self).taskDone is TaskQueue.taskDone
-        # Every attempt reports here: one bound method, not one per task.
-        self._reporter = self._onReport
-        # Every call's canceller (see _Dispatcher._cancelCall), bound once.
-        self._callCanceller = self._cancelCall
         if spew:
             _ensureLogOutput()
         for worker in workers:
             self.attachWorker(worker)
 
+    @property
+    def spew(self) -> bool:
+        """Log every call and its result (see the class docstring)."""
+        return self._spew
+
+    @spew.setter
+    def spew(self, value: bool) -> None:
+        self._spew = value
+        # A subclass's taskDone sees every result, and so does spew; ours
+        # is skipped for plain ones.
+        self._dispatcher.plainResults = not value and type(self).taskDone is TaskQueue.taskDone
+
     # ------------------------------------------------------------ state
 
     def __len__(self) -> int:
         """The number of workers attached."""
-        return len(self._slots)
+        return len(self._dispatcher.slots)
 
     def __bool__(self) -> bool:
         """True if I am running and have at least one worker."""
-        return self._running and bool(self._slots)
+        return self._running and bool(self._dispatcher.slots)
 
     def isRunning(self) -> bool:
         """True until ``shutdown`` has been called."""
         return self._running
 
     def __repr__(self) -> str:
+        dispatcher = self._dispatcher
         return (
-            f"<{type(self).__name__} workers={len(self._slots)}"
-            f" queued={len(self._scheduler)} pending={len(self._pending)}"
+            f"<{type(self).__name__} workers={len(dispatcher.slots)}"
+            f" queued={len(dispatcher.scheduler)} pending={len(dispatcher.pending)}"
             f"{'' if self._running else ' shut down'}>"
         )
 
     def counts(self) -> dict[str, int]:
         """Counts of attached workers, queued calls and unfinished calls."""
-        running = sum(len(s.inflight) for s in self._slots.values())
+        dispatcher = self._dispatcher
         return {
-            "workers": len(self._slots),
-            "queued": len(self._scheduler),
-            "running": running,
-            "pending": len(self._pending),
+            "workers": len(dispatcher.slots),
+            "queued": len(dispatcher.scheduler),
+            "running": dispatcher.running(),
+            "pending": len(dispatcher.pending),
         }
 
     # ------------------------------------------------------------ workers
@@ -169,32 +166,22 @@ class TaskQueue(_Dispatcher):
         if not IWorker.providedBy(worker):
             raise errors.ImplementationError(f"{worker!r} does not provide IWorker")
         IWorker.validateInvariants(worker)
-        for slot in self._slots.values():
+        for slot in self._dispatcher.slots.values():
             if slot.worker is worker:
                 return succeed(slot.ID)
-        ID = self._nextID
-        self._nextID += 1
-        slot = _Slot(worker, ID)
-        slot.refreshQualifications()
-        self._slots[ID] = slot
-        self._slotList.append(slot)
-        worker.ID = ID
-        worker.hired = True
-        worker.setResignator(lambda *_: self._resigned(ID))
-        self._refreshRestricted()
+        slot = self._dispatcher.attach(worker)
         d = self._replayUpdates(slot)
-        d.addCallback(lambda _: self._workerReady(slot))
-        return succeed(ID)
+        d.addCallback(lambda _: self._dispatcher.workerReady(slot))
+        return succeed(slot.ID)
 
-    def _resigned(self, ID: int) -> Deferred[list[Task]]:
-        return self.detachWorker(ID, reassign=True, crash=True)
-
-    def _getWorkerID(self, workerOrID: Any) -> int | None:
-        if isinstance(workerOrID, int) and workerOrID in self._slots:
-            return workerOrID
-        for ID, slot in self._slots.items():
+    def _getSlot(self, workerOrID: Any) -> _Slot | None:
+        """The slot of an attached worker, given the worker or its ID."""
+        slots = self._dispatcher.slots
+        if isinstance(workerOrID, int) and workerOrID in slots:
+            return slots[workerOrID]
+        for slot in slots.values():
             if slot.worker is workerOrID:
-                return ID
+                return slot
         return None
 
     def detachWorker(
@@ -209,117 +196,26 @@ class TaskQueue(_Dispatcher):
         `errors.TaskCancelled`. A graceful stop (no ``crash``) lets the worker
         finish the tasks in hand; after the queue's ``timeout`` it is crashed.
         """
-        ID = self._getWorkerID(workerOrID)
-        if ID is None:
+        slot = self._getSlot(workerOrID)
+        if slot is None:
             return succeed([])
-        slot = self._slots.pop(ID)
-        self._slotList.remove(slot)
-        slot.attached = False
-        slot.ready = False
-        if slot.rest is not None and slot.rest.active():
-            slot.rest.cancel()
-        slot.rest = None
-        slot.worker.hired = False
-        self._refreshRestricted()
-        if crash:
-            d: Deferred[list[Task]] = succeed(self._crashSlot(slot))
-        else:
-            d = self._stopSlot(slot)
-        d.addCallback(self._handleUnfinished, reassign)
-        d.addCallback(self._afterDetach)
-        return d
-
-    def _afterDetach(self, result: list[Task]) -> list[Task]:
-        self._dispatch()
-        self._checkDrained()
-        return result
-
-    def _crashSlot(self, slot: _Slot) -> list[Task]:
-        try:
-            slot.worker.crash()
-        except Exception:
-            log.exception("Worker %r failed to crash", slot.worker)
-        # Whatever the worker says, every attempt still in flight on it is
-        # unfinished as far as the queue is concerned.
-        return self._clearInflight(slot)
-
-    def _stopSlot(self, slot: _Slot) -> Deferred[list[Task]]:
-        slot.stopping = True
-        result: Deferred[list[Task]] = Deferred()
-        timer = None
-
-        def stopped(_: Any) -> None:
-            if timer is not None and timer.active():
-                timer.cancel()
-            if not result.called:
-                # Attempts the worker never reported are unfinished.
-                result.callback(self._clearInflight(slot))
-
-        def tooSlow() -> None:
-            if not result.called:
-                unfinished = self._crashSlot(slot)  # may fire the stop Deferred
-                if not result.called:
-                    result.callback(unfinished)
-
-        try:
-            stopD = slot.worker.stop()
-        except Exception:
-            log.exception("Worker %r failed to stop", slot.worker)
-            stopD = succeed(None)
-        if self.timeout is not None:
-            timer = self._reactor.callLater(self.timeout, tooSlow)
-        stopD.addBoth(stopped)
-        return result
-
-    def _handleUnfinished(self, unfinished: list[Task], reassign: bool) -> list[Task]:
-        calls = []
-        for task in unfinished:
-            call = self._callForAttempt(task)
-            if call is not None:
-                calls.append(call)
-        for call in calls:
-            self._closeAttempt(call)
-            if reassign:
-                self._requeue(call)
-            else:
-                self._finish(
-                    call,
-                    Failure(
-                        errors.TaskCancelled(
-                            f"{call.describe()}: its worker was detached before it finished"
-                        )
-                    ),
-                )
-        return [] if reassign else unfinished
-
-    def _callForAttempt(self, task: Task) -> _Call | None:
-        for call in self._pending:
-            if call.attempt is task:
-                return call
-        return None
+        return self._dispatcher.detach(slot, reassign, crash, self.timeout)
 
     def qualifyWorker(self, worker: Any, series: Hashable) -> None:
         """Add *series* to the qualifications of an attached *worker*."""
         if series not in worker.iQualified:
             worker.iQualified.append(series)
-        ID = self._getWorkerID(worker)
-        if ID is not None:
-            self._slots[ID].refreshQualifications()
-            self._refreshRestricted()
-            self._dispatch()
+        slot = self._getSlot(worker)
+        if slot is not None:
+            self._dispatcher.requalify(slot)
 
     def workers(self, ID: int | None = None) -> Any:
         """The worker with *ID* (None if not attached), or a list of all workers."""
+        slots = self._dispatcher.slots
         if ID is None:
-            return [slot.worker for slot in self._slots.values()]
-        slot = self._slots.get(ID)
+            return [slot.worker for slot in slots.values()]
+        slot = slots.get(ID)
         return None if slot is None else slot.worker
-
-    def _refreshRestricted(self) -> None:
-        restricted: set[Hashable] = set()
-        for slot in self._slots.values():
-            restricted.update(slot.qualified)
-        self._scheduler.setRestricted(restricted)
 
     # ------------------------------------------------------------ calls
 
@@ -331,7 +227,7 @@ class TaskQueue(_Dispatcher):
         elif not callable(func):
             raise TypeError(f"{func!r} is not callable")
         own = dict(kw) if kw else None
-        call = _Call(func, tuple(args), own, self._callCanceller)
+        call = _Call(func, tuple(args), own, self._dispatcher.canceller)
         if self.returnFailure:
             call.returnFailure = True
         if own and not QUEUE_KEYWORDS.isdisjoint(own):
@@ -367,7 +263,7 @@ class TaskQueue(_Dispatcher):
             raise errors.QueueRunError(
                 f"Cannot call {describeCall(func, args, kw)}: the queue is shut down"
             )
-        return self._submit(self.newTask(func, args, kw))
+        return self._dispatcher.submit(self.newTask(func, args, kw))
 
     def _callInFlow(self, flow: Hashable, func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """
@@ -382,43 +278,7 @@ class TaskQueue(_Dispatcher):
         call = self.newTask(func, args, kw)
         call.series = flow
         call.inSequence = False
-        return self._submit(call)
-
-    def _submit(self, call: _Call) -> _Call:
-        """Queue *call*, or hand it to a worker at once (see `call`)."""
-        call.callID = nextCallID()
-        self._pending.add(call)
-        scheduler = self._scheduler
-        if (
-            not scheduler.count
-            and not self._dispatching
-            and scheduler.vacant()
-            and not (call.doNext or call.doLast)
-        ):
-            # Fast path: nothing is queued, so this call is what the scheduler
-            # would pop next; hand it to the least loaded ready worker without
-            # a push, a pop and a dispatch pass (~9 µs of reactor time per call).
-            # A series call takes it only if that worker may run it now (else
-            # the dispatcher finds one that may).
-            slot = self._leastLoadedReady()
-            series = call.series
-            if slot is not None and (
-                series is None
-                or (scheduler.mayRun(series, slot.qualified) and self._mayStartSeries(slot, series))
-            ):
-                call.seq = scheduler.ticket()
-                self._dispatching = True
-                try:
-                    self._runOn(slot, call)
-                finally:
-                    self._dispatching = False
-                if self._redispatch and scheduler.count:
-                    self._dispatch()  # something was queued meanwhile (a retry)
-                return call
-        # The call is its own entry (push sets its seq).
-        call.entry = scheduler.push(call, call.series, call.niceness, call.doNext, call.doLast)
-        self._dispatch()
-        return call
+        return self._dispatcher.submit(call)
 
     def taskDone(self, statusResult: Any, task: Task, **kw: Any) -> Any:
         """
@@ -567,14 +427,7 @@ class TaskQueue(_Dispatcher):
         Take back *call* (a Deferred from `call`) if no worker has taken it:
         it fails with `errors.TaskCancelled`. False if it is no longer queued.
         """
-        if not isinstance(call, _Call) or call.done or call.entry is None:
-            return False
-        self._finish(
-            call,
-            Failure(errors.TaskCancelled(f"{call.describe()}: withdrawn before it started")),
-        )
-        self._checkDrained()
-        return True
+        return isinstance(call, _Call) and self._dispatcher.withdraw(call)
 
     def update(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[list[Any]]:
         """
@@ -604,7 +457,7 @@ class TaskQueue(_Dispatcher):
                 call.kw,
                 "ephemeral" if ephemeral else "persistent",
             )
-            for slot in list(self._slots.values())
+            for slot in list(self._dispatcher.slots.values())
             if call.series is None or call.series in slot.qualified
         ]
         return DeferredList(ds, consumeErrors=True).addCallback(
@@ -675,18 +528,6 @@ class TaskQueue(_Dispatcher):
 
     # ------------------------------------------------------------ shutdown
 
-    def _checkDrained(self) -> None:
-        if self._drainWaiters and (not self._pending or not self._slots):
-            waiters, self._drainWaiters = self._drainWaiters, []
-            for d in waiters:
-                d.callback(None)
-
-    def _drained(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self._drainWaiters.append(d)
-        self._checkDrained()
-        return d
-
     def shutdown(self) -> Deferred[None]:
         """
         Shut down; wait for the returned Deferred before dropping the queue.
@@ -708,25 +549,13 @@ class TaskQueue(_Dispatcher):
 
         @inlineCallbacks
         def steps() -> Any:
-            yield self._drained()
-            stops = [self.detachWorker(ID) for ID in list(self._slots)]
+            yield self._dispatcher.drained()
+            stops = [self.detachWorker(ID) for ID in list(self._dispatcher.slots)]
             results = yield DeferredList(stops, consumeErrors=True)
             for ok, value in results:
                 if not ok:
                     log.error("Stopping a worker failed: %s", value.value)
-            leftovers = self._scheduler.drain()
-            for call in leftovers:
-                call.entry = None
-            for call in list(self._pending):
-                self._closeAttempt(call)
-                self._finish(
-                    call,
-                    Failure(
-                        errors.QueueRunError(
-                            f"{call.describe()} never ran: the queue was shut down"
-                        )
-                    ),
-                )
+            self._dispatcher.abandon("never ran: the queue was shut down")
 
         return steps()
 
