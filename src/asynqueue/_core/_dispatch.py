@@ -48,6 +48,14 @@ MAX_LOSSES = 2
 # class costs ten times a global's).
 RESULT = Status.RESULT
 NONE = Status.NONE
+TIMEOUT = Status.TIMEOUT
+NOT_RUN = Status.NOT_RUN
+
+# Each status by its member, its letter and its bytes: `asStatus` without a
+# call, for the report of every attempt (_unpackStatus reads the rest).
+STATUS_OF: dict[object, Status] = {
+    code: status for status in Status for code in (status, status.value.encode())
+}
 
 
 class Dispatcher:
@@ -551,54 +559,28 @@ class Dispatcher:
         return task
 
     def _onReport(self, task: Task, statusResult: Any) -> None:
+        """
+        A worker reported on *task*, an attempt at a call: the call's result,
+        or a retry after a timeout (``t``) or a task not run (``d``).
+        Every attempt reports here, once (see `Task.callback`).
+        """
         call = task.owner
-        if (
-            statusResult.__class__ is tuple
-            and len(statusResult) == 2
-            and (statusResult[0] == RESULT or statusResult[0] == NONE)
-            and self.plainResults
-        ):
-            # The hot path: what _attemptDone, taskDone and _finish do with a
-            # plain result (or None) of the current attempt, inlined.
-            if call.attempt is not task or call.done:
-                _dropLate(statusResult[1])  # an attempt the queue gave up on
-                return
-            slot = call.slot
-            if call.timer is None and call.series is None and slot is not None:
-                call.attempt = call.slot = None
-                slot.inflight.pop(task, None)
-            else:
-                self._closeAttempt(call)
-            call.done = True
-            self.pending.discard(call)
-            if call.entry is not None:
-                self.scheduler.remove(call.entry)
-                call.entry = None
-            result = statusResult[1] if statusResult[0] == RESULT else None
-            # isinstance(result, Deferred) by the MRO: Deferred is an ABC
-            # (Awaitable), whose isinstance costs a Python-level call.
-            if Deferred in result.__class__.__mro__:
-                call.chained = result
-                result.chainDeferred(call)
-            else:
-                call.callback(result)
-            if self.scheduler.count:
-                self._dispatch()
-            if self._drainWaiters:
-                self.checkDrained()
-            return
-        self._attemptDone(statusResult, task, call)
-
-    def _attemptDone(self, statusResult: Any, task: Task, call: _Call) -> None:
+        try:
+            code, result = statusResult
+            status = STATUS_OF[code]
+        except (TypeError, ValueError, KeyError):  # not a pair, or not a status
+            status, result = _unpackStatus(statusResult)
         if call.attempt is not task or call.done:
-            _dropLate(_unpackStatus(statusResult)[1])  # an attempt the queue gave up on
+            _dropLate(result)  # an attempt the queue gave up on
             return
         slot = call.slot
         self._closeAttempt(call)
-        status, result = _unpackStatus(statusResult)
-        if status is Status.TIMEOUT:
+        if (status is RESULT or status is NONE) and self.plainResults:
+            # The hot path: what taskDone would make of it.
+            self._finish(call, result if status is RESULT else None)
+        elif status is TIMEOUT:
             self._timedOut(call, task, slot, notifyWorker=False)
-        elif status is Status.NOT_RUN:
+        elif status is NOT_RUN:
             if slot is not None:
                 slot.bounced = True
             if task.innocent:
@@ -611,10 +593,10 @@ class Dispatcher:
             except Exception:
                 outcome = Failure()
             self._finish(call, outcome)
-            if not self._drainWaiters and not self.scheduler:
-                return  # nothing queued, nobody waiting for the drain
-        self._dispatch()
-        self.checkDrained()
+        if self.scheduler.count:
+            self._dispatch()
+        if self._drainWaiters:
+            self.checkDrained()
 
     def _timerFired(self, task: Task, call: _Call) -> None:
         call.timer = None
@@ -721,7 +703,9 @@ class Dispatcher:
         if call.done:
             return
         self._settle(call)
-        if isinstance(outcome, Deferred):
+        # isinstance(outcome, Deferred) by the MRO: Deferred is an ABC
+        # (Awaitable), whose isinstance costs a Python-level call.
+        if Deferred in outcome.__class__.__mro__:
             # Chunked results and consumer runs finish later.
             call.chained = outcome
             outcome.chainDeferred(call)

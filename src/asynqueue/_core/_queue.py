@@ -6,7 +6,7 @@ Data flow::
     call(f, *a, **kw) ──► _Call ──► Scheduler ──► _dispatch ──► worker.run(Task)
         │                   ▲  (pure order)       (idle worker,    │
         │                   │                      best task)      ▼
-        ▼                   └── retry (t, d) ◄── _attemptDone ◄── task.callback((status, result))
+        ▼                   └── retry (t, d) ◄── _onReport ◄──── task.callback((status, result))
     caller's Deferred ◄────────────── taskDone (policy) ◄──┘
 
 - A `_Call` is what the caller asked for; it lives until it fires: it *is*
