@@ -21,7 +21,7 @@ import logging
 from collections.abc import Collection, Hashable
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.python.failure import Failure
 
 from .. import errors
@@ -37,7 +37,7 @@ log = logging.getLogger("asynqueue")
 REFUSAL_PAUSE = 0.005
 
 # A pipelining worker whose running task started longer ago than this gets
-# no more tasks until that one is done (see Dispatcher._stalled).
+# no more tasks until that one is done (the stall rule, see Dispatcher._offer).
 PIPELINE_PATIENCE = 0.005
 
 # How many times a call may be charged with a timeout / a lost worker.
@@ -76,6 +76,7 @@ class Dispatcher:
 
     def __init__(self, reactor: Any, taskDone: Any) -> None:
         self._reactor = reactor
+        self._seconds = reactor.seconds  # bound once: every attempt's clock
         self.taskDone = taskDone
         # True: a plain result (status r or n) goes to the caller as it is,
         # without a call of taskDone (the queue's own policy, no spew).
@@ -237,25 +238,22 @@ class Dispatcher:
             and not (call.doNext or call.doLast)
         ):
             # Fast path: nothing is queued, so this call is what the scheduler
-            # would pop next; hand it to the least loaded ready worker without
+            # would pop next; offer it to the least loaded ready worker without
             # a push, a pop and a dispatch pass (~9 µs of reactor time per call).
-            # A series call takes it only if that worker may run it now (else
-            # the dispatcher finds one that may).
-            slot = self._leastLoadedReady()
-            series = call.series
-            if slot is not None and (
-                series is None
-                or (scheduler.mayRun(series, slot.qualified) and self._mayStartSeries(slot, series))
-            ):
-                call.seq = scheduler.ticket()
+            best = None
+            for slot in self._slotList:
+                if slot.ready and (best is None or len(slot.inflight) < len(best.inflight)):
+                    best = slot
+            if best is not None:
                 self._dispatching = True
                 try:
-                    self._runOn(slot, call)
+                    taken = self._offer(best, call)
                 finally:
                     self._dispatching = False
-                if self._redispatch and scheduler.count:
-                    self._dispatch()  # something was queued meanwhile (a retry)
-                return call
+                if taken:
+                    if self._redispatch and scheduler.count:
+                        self._dispatch()  # something was queued meanwhile (a retry)
+                    return call
         # The call is its own entry (push sets its seq).
         call.entry = scheduler.push(call, call.series, call.niceness, call.doNext, call.doLast)
         self._dispatch()
@@ -299,37 +297,6 @@ class Dispatcher:
 
     # ------------------------------------------------------------ dispatch
 
-    def _leastLoadedReady(self) -> _Slot | None:
-        best = None
-        for slot in self._slotList:
-            if (
-                slot.ready
-                and slot.attached
-                and (best is None or len(slot.inflight) < len(best.inflight))
-            ):
-                best = slot
-        if (
-            best is not None
-            and best.inflight
-            and best.reportsStart
-            and self._stalled(best, self._reactor.seconds())
-        ):
-            return None  # every ready worker is stuck in a long task: queue it
-        return best
-
-    @staticmethod
-    def _stalled(slot: _Slot, now: float) -> bool:
-        """
-        True if *slot*'s running task has taken longer than `PIPELINE_PATIENCE`.
-
-        A pipelining worker gets more tasks while it works, to hide the
-        hand-off. Behind a long task that only delays them, and commits them
-        to that worker before the scheduler's later choices (niceness, new
-        series) can apply: so such a worker gets no more until it is done.
-        """
-        started = next(iter(slot.inflight)).startedAt
-        return started is not None and now - started > PIPELINE_PATIENCE
-
     def _requeue(self, call: _Call) -> None:
         """Put *call* back at the front, in its original place among retries."""
         call.entry = self.scheduler.pushFront(call, call.series, call.seq)
@@ -363,46 +330,58 @@ class Dispatcher:
                 for slot in ready:
                     if self._offer(slot):
                         if len(ready) == 1:
-                            self._feed(slot)
+                            # The only ready worker: fill it (until it is
+                            # full, it stalls or nothing is left for it)
+                            # without a pass for each task. Anything else
+                            # meanwhile (another worker ready, a retry) sets
+                            # _redispatch and hands back to the passes.
+                            while (
+                                slot.ready
+                                and scheduler.count
+                                and not self._redispatch
+                                and self._offer(slot)
+                            ):
+                                pass
                         again = again or slot.ready
                 if not (again or self._redispatch):
                     break
         finally:
             self._dispatching = False
 
-    def _offer(self, slot: _Slot) -> bool:
-        """Give *slot* the best task it may run now, if any; True if it got one."""
+    def _offer(self, slot: _Slot, call: _Call | None = None) -> bool:
+        """
+        Give *slot* a task if it may take one now: *call*, a new call that
+        nothing queued goes before (if its series lets *slot* run it), else
+        the best queued task for *slot*. True if it took one.
+        """
         if not slot.ready or not slot.attached:
             return False
-        if slot.inflight and slot.reportsStart and self._stalled(slot, self._reactor.seconds()):
-            return False
-        call = self.scheduler.pop(slot.qualified, (), self._mine(slot))
+        inflight = slot.inflight
+        if inflight and slot.reportsStart:
+            # The stall rule: a pipelining worker gets more tasks while it
+            # works, to hide the hand-off. Behind a long task that only delays
+            # them, and commits them to that worker before the scheduler's
+            # later choices (niceness, new series) can apply: so a worker whose
+            # running task started more than PIPELINE_PATIENCE ago gets no more.
+            started = next(iter(inflight)).startedAt
+            if started is not None and self._seconds() - started > PIPELINE_PATIENCE:
+                return False
+        scheduler = self.scheduler
+        mine = self._mine(slot) if slot.held else ()
         if call is None:
-            return False
+            call = scheduler.pop(slot.qualified, (), mine)
+            if call is None:
+                return False
+        else:
+            series = call.series
+            if series is not None and not (
+                scheduler.mayRun(series, slot.qualified)
+                and (not scheduler.isHeld(series) or series in mine)
+            ):
+                return False  # not on this worker, or not yet: queue it
+            call.seq = scheduler.ticket()
         self._runOn(slot, call)
         return True
-
-    def _feed(self, slot: _Slot) -> None:
-        """
-        The express path of `_dispatch` when *slot* is the only ready worker:
-        the passes would each give it one task until it is full, it stalls or
-        nothing is left for it; this loop does the same without rebuilding
-        the list of ready workers each time. Anything else that happens
-        meanwhile (another worker ready, a retry) sets ``_redispatch`` and
-        hands back to the passes.
-        """
-        scheduler = self.scheduler
-        seconds = self._reactor.seconds
-        while slot.ready and scheduler.count and not self._redispatch and slot.attached:
-            inflight = slot.inflight
-            if inflight and slot.reportsStart:
-                started = next(iter(inflight)).startedAt
-                if started is not None and seconds() - started > PIPELINE_PATIENCE:
-                    return  # stalled (see _stalled)
-            call = scheduler.pop(slot.qualified, (), self._mine(slot) if slot.held else ())
-            if call is None:
-                return
-            self._runOn(slot, call)
 
     def _mine(self, slot: _Slot) -> Collection[Hashable]:
         """
@@ -413,10 +392,6 @@ class Dispatcher:
         if slot.held and getattr(slot.worker, "runsInOrder", False):
             return slot.held
         return ()
-
-    def _mayStartSeries(self, slot: _Slot, series: Hashable) -> bool:
-        """Whether *slot* may take the next task of *series* (none queued before it)."""
-        return not self.scheduler.isHeld(series) or series in self._mine(slot)
 
     def _track(self, slot: _Slot, call: _Call) -> None:
         series = call.series
@@ -464,7 +439,7 @@ class Dispatcher:
         call.entry = None
         if call.plain and not (call.timeouts or call.losses):
             callTuple = (call.f, call.args, call._kw or {})  # (call.kw, minus a Python call)
-            task = plainTask(callTuple, call.callID, self._reactor.seconds)
+            task = plainTask(callTuple, call.callID, self._seconds)
             if call.series is not None:
                 task.series = call.series
             if call.raw is not None:
@@ -488,7 +463,7 @@ class Dispatcher:
                 consumer=call.consumer,
                 callID=call.callID,
                 attempt=call.timeouts + call.losses + 1,
-                clock=self._reactor.seconds,
+                clock=self._seconds,
             )
         call.attempt = task
         call.slot = slot
@@ -499,7 +474,7 @@ class Dispatcher:
         task.onReport = self._reporter
         if call.timeout is not None:
             if not getattr(slot.worker, "reportsStart", False):
-                task.startedAt = self._reactor.seconds()
+                task.startedAt = self._seconds()
             call.timer = self._reactor.callLater(call.timeout, self._timerFired, task, call)
         slot.bounced = False
         try:
@@ -602,7 +577,7 @@ class Dispatcher:
         call.timer = None
         if call.attempt is not task or call.done:
             return
-        now = self._reactor.seconds()
+        now = self._seconds()
         assert call.timeout is not None
         started = task.startedAt
         if started is None:
@@ -646,19 +621,19 @@ class Dispatcher:
         never runs, and its series moves on); a running one is given up on
         and its worker told to stop it (``cancelled``, else ``timedOut``);
         a result still arriving (a consumer being fed) is cancelled. The
-        Deferred then fails with ``CancelledError`` (Deferred.cancel does that).
+        Deferred fails with ``CancelledError``, as Deferred.cancel would.
         """
         if call.done:
             chained = call.chained
             if chained is not None:
                 chained.cancel()
             return
-        self._settle(call)
         slot = call.slot
         task = self._closeAttempt(call)
         if task is not None and slot is not None:  # (a worker being detached stops it too)
             name = "cancelled" if hasattr(slot.worker, "cancelled") else "timedOut"
             self._tellWorker(slot, name, task)
+        self._finish(call, Failure(CancelledError()))
         if self.scheduler.count:
             self._dispatch()
         self.checkDrained()
@@ -690,19 +665,15 @@ class Dispatcher:
         else:
             self._requeue(call)
 
-    def _settle(self, call: _Call) -> None:
-        """Mark *call* done: no longer pending, nor queued."""
-        call.done = True
-        self.pending.discard(call)
-        if call.entry is not None:
-            self.scheduler.remove(call.entry)
-            call.entry = None
-
     def _finish(self, call: _Call, outcome: Any) -> None:
         """Fire the caller's Deferred, exactly once."""
         if call.done:
             return
-        self._settle(call)
+        call.done = True  # no longer pending, nor queued
+        self.pending.discard(call)
+        if call.entry is not None:
+            self.scheduler.remove(call.entry)
+            call.entry = None
         # isinstance(outcome, Deferred) by the MRO: Deferred is an ABC
         # (Awaitable), whose isinstance costs a Python-level call.
         if Deferred in outcome.__class__.__mro__:
