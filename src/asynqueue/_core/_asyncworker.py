@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
@@ -46,7 +46,7 @@ class AsyncWorker:
 
     cQualified = ["async", "local"]
 
-    def __init__(self, series: list[Any] | tuple[Any, ...] = (), raw: bool = False) -> None:
+    def __init__(self, series: Sequence[Hashable] = (), raw: bool = False) -> None:
         self.iQualified = list(series)
         self.raw = raw
         self._queue: deque[tuple[Task, Deferred[None]]] = deque()
@@ -55,9 +55,9 @@ class AsyncWorker:
         self._stopWaiters: list[Deferred[None]] = []
         self._crashed = False
         self._looping = False
-        self._resignator: Callable[[], Any] | None = None
+        self._resignator: Callable[[], object] | None = None
 
-    def setResignator(self, callableObject: Callable[[], Any]) -> None:
+    def setResignator(self, callableObject: Callable[[], object]) -> None:
         self._resignator = callableObject
 
     def run(self, task: Task) -> Deferred[None]:

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Hashable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from .. import errors
 from .._support._status import Status
+from ..interfaces import IWorker
 from ._calls import _Call, _Slot, _unpackStatus
 from ._scheduler import Scheduler
-from ._task import DO_LAST_PRIORITY, DO_NEXT_PRIORITY, Task, nextCallID, plainTask
+from ._task import DO_LAST_PRIORITY, DO_NEXT_PRIORITY, Report, Task, nextCallID, plainTask
 
 log = logging.getLogger("asynqueue")
 
@@ -58,6 +60,12 @@ STATUS_OF: dict[object, Status] = {
 }
 
 
+class TaskDone(Protocol):
+    """The queue's result policy: what the caller gets for a finished attempt."""
+
+    def __call__(self, statusResult: Report, task: Task, *, call: _Call) -> Any: ...
+
+
 class Dispatcher:
     """
     The attached workers, the unfinished calls and how the two meet.
@@ -74,14 +82,14 @@ class Dispatcher:
             call=call)``: what the caller gets for a finished attempt.
     """
 
-    def __init__(self, reactor: Any, taskDone: Any) -> None:
+    def __init__(self, reactor: IReactorTime, taskDone: TaskDone) -> None:
         self._reactor = reactor
         self._seconds = reactor.seconds  # bound once: every attempt's clock
         self.taskDone = taskDone
         # True: a plain result (status r or n) goes to the caller as it is,
         # without a call of taskDone (the queue's own policy, no spew).
         self.plainResults = False
-        self.scheduler = Scheduler()
+        self.scheduler: Scheduler[_Call] = Scheduler()
         self.slots: dict[int, _Slot] = {}
         self._slotList: list[_Slot] = []  # the same slots, for quick scans
         self._nextID = 1
@@ -103,7 +111,7 @@ class Dispatcher:
 
     # ------------------------------------------------------------ workers
 
-    def attach(self, worker: Any) -> _Slot:
+    def attach(self, worker: IWorker) -> _Slot:
         """A new slot for *worker* (not ready yet: see `workerReady`)."""
         ID = self._nextID
         self._nextID += 1
@@ -111,8 +119,9 @@ class Dispatcher:
         slot.refreshQualifications()
         self.slots[ID] = slot
         self._slotList.append(slot)
-        worker.ID = ID
-        worker.hired = True
+        # (Not in IWorker: the original's queue set both on its workers.)
+        worker.ID = ID  # type: ignore[attr-defined]
+        worker.hired = True  # type: ignore[attr-defined]
         worker.setResignator(lambda *_: self.detach(slot, reassign=True, crash=True))
         self._refreshRestricted()
         return slot
@@ -130,7 +139,11 @@ class Dispatcher:
         self.scheduler.setRestricted(restricted)
 
     def detach(
-        self, slot: _Slot, reassign: bool = False, crash: bool = False, timeout: Any = None
+        self,
+        slot: _Slot,
+        reassign: bool = False,
+        crash: bool = False,
+        timeout: float | None = None,
     ) -> Deferred[list[Task]]:
         """
         Detach and stop *slot*'s worker; see `TaskQueue.detachWorker`.
@@ -145,7 +158,7 @@ class Dispatcher:
         if slot.rest is not None and slot.rest.active():
             slot.rest.cancel()
         slot.rest = None
-        slot.worker.hired = False
+        slot.worker.hired = False  # type: ignore[attr-defined]
         self._refreshRestricted()
         if crash:
             d: Deferred[list[Task]] = succeed(self._crashSlot(slot))
@@ -169,12 +182,12 @@ class Dispatcher:
         # unfinished as far as the queue is concerned.
         return self._clearInflight(slot)
 
-    def _stopSlot(self, slot: _Slot, timeout: Any) -> Deferred[list[Task]]:
+    def _stopSlot(self, slot: _Slot, timeout: float | None) -> Deferred[list[Task]]:
         slot.stopping = True
         result: Deferred[list[Task]] = Deferred()
         timer = None
 
-        def stopped(_: Any) -> None:
+        def stopped(_: object) -> None:
             if timer is not None and timer.active():
                 timer.cancel()
             if not result.called:
@@ -502,7 +515,7 @@ class Dispatcher:
         slot.rest = None
         self.workerReady(slot)
 
-    def _onReady(self, _: Any, slot: _Slot) -> None:
+    def _onReady(self, _: object, slot: _Slot) -> None:
         self.workerReady(slot)
 
     def _onReadyFailed(self, failure: Failure, slot: _Slot) -> None:
@@ -533,13 +546,14 @@ class Dispatcher:
                 self._untrack(slot, call)
         return task
 
-    def _onReport(self, task: Task, statusResult: Any) -> None:
+    def _onReport(self, task: Task, statusResult: Report) -> None:
         """
         A worker reported on *task*, an attempt at a call: the call's result,
         or a retry after a timeout (``t``) or a task not run (``d``).
         Every attempt reports here, once (see `Task.callback`).
         """
-        call = task.owner
+        call: _Call = task.owner  # type: ignore[assignment]  # (set by _runOn)
+        status: Status | str
         try:
             code, result = statusResult
             status = STATUS_OF[code]
@@ -648,7 +662,7 @@ class Dispatcher:
             except Exception:
                 log.exception("Worker %r failed in %s(%r)", slot.worker, hookName, task)
 
-    def _lost(self, call: _Call, reason: Any) -> None:
+    def _lost(self, call: _Call, reason: object) -> None:
         call.losses += 1
         if call.losses >= MAX_LOSSES:
             text = str(reason.value if isinstance(reason, Failure) else reason or "")
@@ -684,7 +698,7 @@ class Dispatcher:
             call.callback(outcome)
 
 
-def _dropLate(result: Any) -> None:
+def _dropLate(result: object) -> None:
     """
     Drop the result of an attempt the queue gave up on. A Deferred one (an
     iterator's first batch, say, failing because its worker was crashed)

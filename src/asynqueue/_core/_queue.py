@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Hashable
-from typing import Any
+from collections.abc import Callable, Generator, Hashable, Iterable
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.python.failure import Failure
 
 from .. import errors
@@ -50,7 +51,13 @@ from ._calls import (
 )
 from ._dispatch import Dispatcher
 from ._named import UniverseMethod
-from ._task import DO_NEXT_PRIORITY, Task
+from ._task import DO_NEXT_PRIORITY, Report, Task
+
+if TYPE_CHECKING:
+    from .._iter._deferator import Deferator
+
+# An update remembered for workers attached later: (func, args, kw, series).
+_Update = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Hashable]
 
 __all__ = ["TaskQueue"]
 
@@ -81,19 +88,19 @@ class TaskQueue:
 
     def __init__(
         self,
-        *workers: Any,
+        *workers: IWorker,
         timeout: float | None = None,
         warn: bool = False,
         verbose: bool = False,
         spew: bool = False,
         returnFailure: bool = False,
-        reactor: Any = None,
+        reactor: IReactorTime | None = None,
         **kw: Any,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as globalReactor
 
-            reactor = globalReactor
+            reactor = cast(IReactorTime, globalReactor)
         self._reactor = reactor
         self.timeout = timeout
         self.warn = warn
@@ -101,7 +108,7 @@ class TaskQueue:
         self.returnFailure = returnFailure
         self._dispatcher = Dispatcher(reactor, self.taskDone)
         self.spew = spew
-        self._updates: list[tuple[Any, tuple[Any, ...], dict[str, Any], Hashable]] = []
+        self._updates: list[_Update] = []
         self._running = True
         self._shutdownD: Deferred[None] | None = None
         self._stoppingReactor = False
@@ -156,7 +163,7 @@ class TaskQueue:
 
     # ------------------------------------------------------------ workers
 
-    def attachWorker(self, worker: Any) -> Deferred[int]:
+    def attachWorker(self, worker: IWorker) -> Deferred[int]:
         """
         Register a new provider of `IWorker`.
 
@@ -174,7 +181,7 @@ class TaskQueue:
         d.addCallback(lambda _: self._dispatcher.workerReady(slot))
         return succeed(slot.ID)
 
-    def _getSlot(self, workerOrID: Any) -> _Slot | None:
+    def _getSlot(self, workerOrID: IWorker | int) -> _Slot | None:
         """The slot of an attached worker, given the worker or its ID."""
         slots = self._dispatcher.slots
         if isinstance(workerOrID, int) and workerOrID in slots:
@@ -185,7 +192,7 @@ class TaskQueue:
         return None
 
     def detachWorker(
-        self, workerOrID: Any, reassign: bool = False, crash: bool = False
+        self, workerOrID: IWorker | int, reassign: bool = False, crash: bool = False
     ) -> Deferred[list[Task]]:
         """
         Detach and stop a worker (the object or its ID).
@@ -201,7 +208,7 @@ class TaskQueue:
             return succeed([])
         return self._dispatcher.detach(slot, reassign, crash, self.timeout)
 
-    def qualifyWorker(self, worker: Any, series: Hashable) -> None:
+    def qualifyWorker(self, worker: IWorker, series: Hashable) -> None:
         """Add *series* to the qualifications of an attached *worker*."""
         if series not in worker.iQualified:
             worker.iQualified.append(series)
@@ -209,7 +216,13 @@ class TaskQueue:
         if slot is not None:
             self._dispatcher.requalify(slot)
 
-    def workers(self, ID: int | None = None) -> Any:
+    @overload
+    def workers(self) -> list[IWorker]: ...
+
+    @overload
+    def workers(self, ID: int) -> IWorker | None: ...
+
+    def workers(self, ID: int | None = None) -> list[IWorker] | IWorker | None:
         """The worker with *ID* (None if not attached), or a list of all workers."""
         slots = self._dispatcher.slots
         if ID is None:
@@ -219,7 +232,9 @@ class TaskQueue:
 
     # ------------------------------------------------------------ calls
 
-    def newTask(self, func: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> _Call:
+    def newTask(
+        self, func: Callable[..., Any] | str, args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> _Call:
         """Make the record of a queued call from a func-args-kw combo."""
         if isinstance(func, str):
             # As in the original: a name is a method of a wire server's universe.
@@ -265,7 +280,9 @@ class TaskQueue:
             )
         return self._dispatcher.submit(self.newTask(func, args, kw))
 
-    def _callInFlow(self, flow: Hashable, func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    def _callInFlow(
+        self, flow: Hashable, func: Callable[..., Any], *args: Any, **kw: Any
+    ) -> Deferred[Any]:
         """
         Like `call` with ``series=flow``, except that the tasks of *flow* do
         not run in sequence: the flow only shares the workers fairly with
@@ -280,7 +297,7 @@ class TaskQueue:
         call.inSequence = False
         return self._dispatcher.submit(call)
 
-    def taskDone(self, statusResult: Any, task: Task, **kw: Any) -> Any:
+    def taskDone(self, statusResult: Report, task: Task, **kw: Any) -> Any:
         """
         Turn a worker's ``(status, result)`` into what the caller gets.
 
@@ -325,7 +342,7 @@ class TaskQueue:
             return Failure(errors.WorkerLost(f"{description} did not run"))
         return Failure(errors.WorkerError(f"Unknown status {status!r} for {description}"))
 
-    def _taskError(self, failure: Failure, description: str, returnFailure: bool) -> Any:
+    def _taskError(self, failure: Failure, description: str, returnFailure: bool) -> Failure | str:
         text = errorText(failure, description)
         prefix = description if self.verbose else "TASK"
         if self.warn or self.spew:
@@ -345,9 +362,9 @@ class TaskQueue:
         sys.stderr.write("Shutting down the queue and stopping the reactor.\n")
         sys.stderr.flush()
 
-        def stopReactor(_: Any) -> None:
+        def stopReactor(_: object) -> None:
             if getattr(self._reactor, "running", False):
-                self._reactor.stop()
+                cast(IReactorCore, self._reactor).stop()
 
         self._reactor.callLater(0, lambda: self.shutdown().addBoth(stopReactor))
 
@@ -356,11 +373,11 @@ class TaskQueue:
     def map(
         self,
         func: Callable[..., Any],
-        *iterables: Any,
+        *iterables: Iterable[Any],
         chunksize: int | None = None,
         ordered: bool = True,
         **callKeywords: Any,
-    ) -> Any:
+    ) -> Deferator:
         """
         ``func`` applied to every input, in parallel: a `Deferator` of the results.
 
@@ -422,7 +439,7 @@ class TaskQueue:
         )
         return mapDeferator(run, f"map({describeCall(func, (), {})[:-2]}, ...)")
 
-    def _withdraw(self, call: Any) -> bool:
+    def _withdraw(self, call: Deferred[Any]) -> bool:
         """
         Take back *call* (a Deferred from `call`) if no worker has taken it:
         it fails with `errors.TaskCancelled`. False if it is no longer queued.
@@ -456,7 +473,7 @@ class TaskQueue:
                 call.args,
                 call.kw,
                 "ephemeral" if ephemeral else "persistent",
-            )
+            )[0]
             for slot in list(self._dispatcher.slots.values())
             if call.series is None or call.series in slot.qualified
         ]
@@ -467,11 +484,15 @@ class TaskQueue:
     def _runUpdate(
         self,
         slot: _Slot,
-        func: Any,
+        func: Callable[..., Any],
         args: tuple[Any, ...],
         kw: dict[str, Any],
         kind: str,
-    ) -> Deferred[Any]:
+    ) -> tuple[Deferred[Any], Deferred[None] | None]:
+        """
+        Run an update on *slot*'s worker: a Deferred of its result, and the
+        worker's ready Deferred (None: ready at once).
+        """
         task = Task(
             func,
             args,
@@ -488,7 +509,7 @@ class TaskQueue:
             readyD = succeed(None)
         result: Deferred[Any] = Deferred()
 
-        def done(statusResult: Any) -> None:
+        def done(statusResult: Report) -> None:
             status, value = _unpackStatus(statusResult)
             if status is Status.ERROR:
                 failure = toFailure(value)
@@ -507,8 +528,7 @@ class TaskQueue:
                 result.callback(None if status is Status.NONE else value)
 
         task.d.addCallback(done)
-        result.readyD = readyD  # type: ignore[attr-defined]
-        return result
+        return result, readyD
 
     def _replayUpdates(self, slot: _Slot) -> Deferred[None]:
         """Run remembered updates on a new worker, waiting until it takes each."""
@@ -517,10 +537,15 @@ class TaskQueue:
             if series is not None and series not in slot.qualified:
                 continue
 
-            def runOne(_: Any, func: Any = func, args: Any = args, kw: Any = kw) -> Any:
+            def runOne(
+                _: object,
+                func: Callable[..., Any] = func,
+                args: tuple[Any, ...] = args,
+                kw: dict[str, Any] = kw,
+            ) -> Deferred[None] | None:
                 if not slot.attached:
                     return None
-                return self._runUpdate(slot, func, args, kw, "persistent").readyD  # type: ignore[attr-defined]
+                return self._runUpdate(slot, func, args, kw, "persistent")[1]
 
             d.addCallback(runOne)
         d.addErrback(lambda f: log.error("Replaying updates failed: %s", f.value))
@@ -548,7 +573,7 @@ class TaskQueue:
         from twisted.internet.defer import inlineCallbacks
 
         @inlineCallbacks
-        def steps() -> Any:
+        def steps() -> Generator[Deferred[Any], Any, None]:
             yield self._dispatcher.drained()
             stops = [self.detachWorker(ID) for ID in list(self._dispatcher.slots)]
             results = yield DeferredList(stops, consumeErrors=True)
