@@ -13,6 +13,10 @@
   report it, from when it really starts). A task is retried once after a
   timeout and re-run once after its worker was lost (status ``d``); the second
   time it fails with `errors.TimeoutError` or `errors.WorkerLost`.
+
+The hot path is two methods: `Dispatcher._offer` gives a slot a task (a new
+call on the fast path of ``submit``, or the scheduler's pick in a dispatch
+pass), and `Dispatcher._onReport` takes every report of an attempt.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ class Dispatcher:
     caller's result.
 
     Args:
-        reactor: the clock for timeouts and pauses (a `Clock` in tests).
+        reactor: the clock for timeouts and pauses (a ``Clock`` in tests).
         taskDone: the queue's result policy, ``taskDone(statusResult, task,
             call=call)``: what the caller gets for a finished attempt.
     """
