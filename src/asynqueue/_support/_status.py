@@ -2,7 +2,7 @@
 `Status`: what a worker reports about a task, as the first item of the
 ``(status, result)`` pair it fires the task's Deferred with.
 
-The values are the original's one-letter codes, and `Status` is a `str`
+The values are the original's one-letter codes, and `Status` is a ``str``
 enum: a member equals its letter (``Status.RESULT == "r"``), so workers that
 report plain letters, and code that compares with them, keep working. Only the
 standard library is imported here: the lean process child loads this module
