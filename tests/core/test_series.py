@@ -106,9 +106,10 @@ class _SeriesTests(TestCase):
             ds.append(d)
         yield DeferredList(ds, fireOnOneErrback=True, consumeErrors=True)
         self.assertEqual(finished, {s: list(range(s, 4000, 400)) for s in range(400)})
-        scheduler = self.q._scheduler
+        dispatcher = self.q._dispatcher
+        scheduler = dispatcher.scheduler
         self.assertEqual(len(scheduler), 0)
-        self.assertFalse(any(slot.held for slot in self.q._slotList))
+        self.assertFalse(any(slot.held for slot in dispatcher.slots.values()))
         self.assertEqual(scheduler._held, set())
         self.assertEqual(scheduler._flows, {})
         self.assertEqual(len(scheduler._heads) + len(scheduler._run), 0)

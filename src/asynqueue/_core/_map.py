@@ -27,9 +27,9 @@ from __future__ import annotations
 import operator
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import islice
-from typing import Any
+from typing import Any, Final, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
@@ -37,8 +37,9 @@ from twisted.python.failure import Failure
 from .. import errors
 from .._iter._base import Batch
 from .._iter._deferator import Deferator
+from ..interfaces import IWorker
 from ._calls import describeCall
-from ._chunk import ItemError, applyChunk
+from ._chunk import ChunkResult, ItemError, applyChunk
 
 __all__ = ["IteratorFeed", "MapBatch", "MapDeferator", "MapRun", "lengthHint", "mapDeferator"]
 
@@ -57,7 +58,29 @@ RAMP_WINDOWS = 4
 #: A worker that runs tasks side by side counts as at most this many.
 MAX_SLOTS = 16
 
-_NOTHING: Any = object()
+_NOTHING: Final = object()
+
+
+class MapQueue(Protocol):
+    """What a map needs of its queue (a `TaskQueue`)."""
+
+    def call(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]: ...
+
+    def workers(self) -> list[IWorker]: ...
+
+    def isRunning(self) -> bool: ...
+
+
+class Feed(Protocol):
+    """Where a map's inputs come from; see `IteratorFeed`."""
+
+    error: Failure | None
+    onMore: Callable[[], None] | None
+
+    @property
+    def exhausted(self) -> bool: ...
+
+    def take(self, n: int) -> list[Any]: ...
 
 
 class IteratorFeed:
@@ -74,13 +97,13 @@ class IteratorFeed:
         self._iterator = iterator
         self.error: Failure | None = None
         self.onMore: Callable[[], None] | None = None
-        self._ahead = self._pull()
+        self._ahead: object = self._pull()
 
     @property
     def exhausted(self) -> bool:
         return self._ahead is _NOTHING
 
-    def _pull(self) -> Any:
+    def _pull(self) -> object:
         try:
             return next(self._iterator)
         except StopIteration:
@@ -136,9 +159,9 @@ class MapRun:
 
     def __init__(
         self,
-        queue: Any,
+        queue: MapQueue,
         func: Callable[..., Any],
-        feed: Any,
+        feed: Feed,
         *,
         star: bool = False,
         chunksize: int | None = None,
@@ -343,9 +366,11 @@ class MapRun:
             self._failAll(batch, Failure())
             return
         batch.calls.append(d)
-        d.addCallbacks(self._batchDone, self._batchFailed, (batch,), None, (batch,))
+        d.addCallbacks(
+            self._batchDone, self._batchFailed, callbackArgs=(batch,), errbackArgs=(batch,)
+        )
 
-    def _batchDone(self, result: Any, batch: MapBatch) -> None:
+    def _batchDone(self, result: ChunkResult, batch: MapBatch) -> None:
         results, count, seconds = result
         # Time over inputs of the recent batches, each batch weighing half
         # as much as the next: bigger batches count for more (a small one's
@@ -381,9 +406,14 @@ class MapRun:
                 self._singleFailed(Failure(), batch, i)
                 continue
             batch.calls.append(d)
-            d.addCallbacks(self._singleDone, self._singleFailed, (batch, i), None, (batch, i))
+            d.addCallbacks(
+                self._singleDone,
+                self._singleFailed,
+                callbackArgs=(batch, i),
+                errbackArgs=(batch, i),
+            )
 
-    def _singleDone(self, result: Any, batch: MapBatch, i: int) -> None:
+    def _singleDone(self, result: ChunkResult, batch: MapBatch, i: int) -> None:
         results, count, _ = result
         batch.results[i] = results[0]
         batch.errors += count
@@ -437,7 +467,7 @@ def _sizeOf(x: Any, star: bool) -> int:
         return 64
 
 
-def lengthHint(iterables: tuple[Any, ...]) -> int | None:
+def lengthHint(iterables: tuple[object, ...]) -> int | None:
     """How many inputs ``zip(*iterables)`` gives, if every one says; else None."""
     try:
         hints = [operator.length_hint(it, -1) for it in iterables]
@@ -484,10 +514,10 @@ class MapDeferator(Deferator):
     Deferreds. Dropping it before the end stops it.
     """
 
-    def __aiter__(self) -> Any:  # type: ignore[override]
+    def __aiter__(self) -> AsyncIterator[Any]:  # type: ignore[override]
         return self._items()
 
-    async def _items(self) -> Any:
+    async def _items(self) -> AsyncIterator[Any]:
         """The items, for ``async for``: the buffer's without waiting, the
         others as `Deferator.__anext__` gives them."""
         buffer = self._buffer

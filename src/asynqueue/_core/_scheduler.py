@@ -77,7 +77,7 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Collection, Hashable, Iterator
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 __all__ = [
     "MAX_NICENESS",
@@ -145,6 +145,8 @@ class _PlainFlowKey:
 # hold / release find it without building one); plain calls by these.
 _PLAIN_KEYS: Final = tuple(_PlainFlowKey(n) for n in range(MIN_NICENESS, MAX_NICENESS + 1))
 
+T = TypeVar("T")
+
 
 class Entry:
     """
@@ -153,7 +155,7 @@ class Entry:
     An item that is itself an Entry (an instance of a subclass) is pushed as
     its own entry: one object fewer per queued item for the garbage collector
     to count and scan (a burst of queued calls triggers full collections).
-    Any other item is boxed in a `_Boxed` entry.
+    Other items are boxed in a `_Boxed` entry.
     """
 
     __slots__ = ("finish", "flow", "klass", "live", "seq", "series", "start")
@@ -175,10 +177,14 @@ class Entry:
 class _Boxed(Entry):
     """The entry of an item that is not an `Entry` itself."""
 
-    __slots__ = ("item",)
+    __slots__ = ("_item",)
 
-    def __init__(self, item: Any) -> None:
-        self.item = item
+    def __init__(self, item: object) -> None:
+        self._item = item
+
+    @property
+    def item(self) -> Any:
+        return self._item
 
     def __repr__(self) -> str:
         return (
@@ -210,11 +216,12 @@ class _Flow:
         return head.finish, head.seq, self
 
 
-class Scheduler:
+class Scheduler(Generic[T]):
     """
     Queued items in scheduling order; see the module docstring for the rules.
 
-    Items are opaque. ``push`` returns an `Entry` that ``remove`` accepts.
+    Items (of type T) are opaque. ``push`` returns an `Entry` that ``remove``
+    accepts.
     """
 
     def __init__(self) -> None:
@@ -285,7 +292,7 @@ class Scheduler:
         """A submission number, as `push` would give (for items that skip the queue)."""
         return next(self._seq)
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[T]:
         """Every queued item, in no promised order."""
         for _, _, e in self._retry:
             yield e.item
@@ -302,7 +309,7 @@ class Scheduler:
 
     def push(
         self,
-        item: Any,
+        item: T,
         series: Hashable = None,
         niceness: int = 0,
         doNext: bool = False,
@@ -342,7 +349,7 @@ class Scheduler:
         self.count += 1
         return entry
 
-    def pushFront(self, item: Any, series: Hashable = None, seq: int | None = None) -> Entry:
+    def pushFront(self, item: T, series: Hashable = None, seq: int | None = None) -> Entry:
         """
         Queue *item* ahead of everything, even doNext tasks (for retries).
 
@@ -400,9 +407,9 @@ class Scheduler:
                     del retrySeries[entry.series]
                 return
 
-    def drain(self) -> list[Any]:
+    def drain(self) -> list[T]:
         """Remove and return every queued item, in scheduling order."""
-        out: list[Any] = []
+        out: list[T] = []
         while True:
             entry = self._best(None, (), self._held, True)
             if entry is None:
@@ -466,7 +473,7 @@ class Scheduler:
         qualified: Collection[Hashable] | None = None,
         exclude: Collection[Hashable] = (),
         mine: Collection[Hashable] = (),
-    ) -> Any:
+    ) -> T | None:
         """The item ``pop(qualified, exclude, mine)`` would return, left queued (or None)."""
         entry = self._best(qualified, exclude, mine)
         return None if entry is None else entry.item
@@ -476,7 +483,7 @@ class Scheduler:
         qualified: Collection[Hashable] | None = None,
         exclude: Collection[Hashable] = (),
         mine: Collection[Hashable] = (),
-    ) -> Any:
+    ) -> T | None:
         """
         Remove and return the best item for a worker qualified for the series
         in *qualified* (None: a worker that may run anything), skipping the
@@ -511,9 +518,9 @@ class Scheduler:
                     continue
                 if mine and self._heldHeads and self._mineMayWin(row[0], row[1]):
                     break
-                entry = entries[0]
-                self._take(entry)
-                return entry.item
+                head = entries[0]
+                self._take(head)
+                return head.item
         entry = self._best(qualified, exclude, mine)
         if entry is None:
             return None
@@ -607,16 +614,17 @@ class Scheduler:
         if not mine or (best is not None and not self._mineMayWin(best.finish, best.seq)):
             return best
         for s in mine:
-            # Held series this worker may go on with: their flows are in no
-            # index. Not while a retried task of the series waits: it goes first.
-            flow = flows.get(s)
-            if flow is None or not flow.entries or (exclude and s in exclude):
+            # Held series this worker may go on with (their rows may be
+            # parked, or anywhere in the ready index). Not while a retried
+            # task of the series waits: it goes first.
+            heldFlow = flows.get(s)
+            if heldFlow is None or not heldFlow.entries or (exclude and s in exclude):
                 continue
             if s in self._retrySeries:
                 continue
             if qualified is not None and s in self._restricted and s not in qualified:
                 continue
-            e = flow.entries[0]
+            e = heldFlow.entries[0]
             if best is None or (e.finish, e.seq) < (best.finish, best.seq):
                 best = e
         return best

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sized
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -58,7 +58,7 @@ class PipelineWindow:
     _avgRun: float | None
     _readyWaiters: deque[Deferred[None]]
     _stopping: bool
-    _broken: Any
+    _broken: str | None  # why the worker broke
     # Whether a task may be accepted while no client is active (a process
     # worker starts a child for it; a remote worker waits for its link).
     _roomWithoutClient = True
