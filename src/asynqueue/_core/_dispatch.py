@@ -381,7 +381,9 @@ class Dispatcher:
             if started is not None and self._seconds() - started > PIPELINE_PATIENCE:
                 return False
         scheduler = self.scheduler
-        mine = self._mine(slot) if slot.held else ()
+        # _mine, inlined (once per task handed out)
+        held = slot.held
+        mine = held if held and getattr(slot.worker, "runsInOrder", False) else ()
         if call is None:
             call = scheduler.pop(slot.qualified, (), mine)
             if call is None:
