@@ -253,7 +253,7 @@ class Dispatcher:
         ):
             # Fast path: nothing is queued, so this call is what the scheduler
             # would pop next; offer it to the least loaded ready worker without
-            # a push, a pop and a dispatch pass (~9 µs of reactor time per call).
+            # a push, a pop and a dispatch pass.
             best = None
             for slot in self._slotList:
                 if slot.ready and (best is None or len(slot.inflight) < len(best.inflight)):
