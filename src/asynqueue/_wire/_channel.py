@@ -115,6 +115,9 @@ class SocketChannel:
         # The early message whose bytes the front of the send queue waits for.
         self._stalled: Filling | None = None
         self._readingPaused = False
+        # The receiver's ``holdSends(bool)``, if it has one: told before and
+        # after each read, so that what it sends in answer goes out once.
+        self._holdSends = getattr(receiver, "holdSends", None)
         self.connected = True
         reactor.addReader(self)
 
@@ -130,6 +133,16 @@ class SocketChannel:
         return "SocketChannel"
 
     def doRead(self) -> None:
+        hold = self._holdSends
+        if hold is None:
+            return self._read()
+        hold(True)
+        try:
+            return self._read()
+        finally:
+            hold(False)
+
+    def _read(self) -> None:
         decoder = self._decoder
         recvInto = self.socket.recv_into
         receiver = self._receiver

@@ -188,10 +188,30 @@ class BurstSender:
     reactor: Any
     _sendCall: Any = None
     _lastSent = 0.0
+    _holding = False
+    _held: Callable[[], None] | None = None
+
+    def holdSends(self, hold: bool) -> None:
+        """
+        The channel reads (True) or has read what there was (False): what
+        handling those messages queues goes out after them, in one message
+        (the answers to a batch of results, one call each, in one CALLS).
+        """
+        if hold:
+            self._holding = True
+            return
+        self._holding = False
+        send, self._held = self._held, None
+        if send is not None:
+            self._lastSent = perf_counter()
+            send()
 
     def sendSoon(self, send: Callable[[], None]) -> None:
         """Call *send()* now after a pause, else once at the end of this reactor turn."""
         if self._sendCall is None:
+            if self._holding:
+                self._held = send
+                return
             now = perf_counter()
             if now - self._lastSent > BURST_GAP:
                 self._lastSent = now
@@ -201,6 +221,7 @@ class BurstSender:
 
     def unscheduleSend(self) -> None:
         """Forget a send scheduled by `sendSoon` (it is being done now, or not at all)."""
+        self._held = None
         call, self._sendCall = self._sendCall, None
         if call is not None and call.active():
             call.cancel()
