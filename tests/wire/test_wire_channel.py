@@ -1,0 +1,93 @@
+"""A channel over a real socketpair: what a receiver sends in answer to one read."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from asynqueue._wire._channel import SocketChannel
+from asynqueue._wire._client import BurstSender
+from asynqueue._wire._framing import FrameDecoder, encode
+
+
+class _Answerer(BurstSender):
+    """
+    Answers every message it gets with its parts, through `sendSoon` (as
+    `WireClient` does). ``allIn`` fires a reactor turn after the *expected*
+    number of messages came in; ``leftAfterRead`` says whether answers were
+    still waiting when the last read ended (None: no read ended).
+    """
+
+    def __init__(self, expected: int) -> None:
+        self.reactor = reactor
+        self.channel: SocketChannel | None = None
+        self.outbox: list[bytes] = []
+        self.received = 0
+        self.expected = expected
+        self.allIn: Deferred[None] = Deferred()
+        self.leftAfterRead: bool | None = None
+
+    def flush(self) -> None:
+        self.unscheduleSend()
+        outbox, self.outbox = self.outbox, []
+        if outbox and self.channel is not None:
+            self.channel.send(encode(7, outbox))
+
+    def messageReceived(self, message: Any) -> None:
+        self.outbox.extend(bytes(p) for p in message.parts)
+        self.sendSoon(self.flush)
+        self.received += 1
+        if self.received == self.expected:
+            reactor.callLater(0, self.allIn.callback, None)
+
+    def holdSends(self, hold: bool) -> None:
+        BurstSender.holdSends(self, hold)
+        if not hold:
+            self.leftAfterRead = self._sendCall is not None or bool(self.outbox)
+
+    def channelLost(self, reason: Any) -> None:
+        pass
+
+
+class HeldSendsTest(TestCase):
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.peer, side = socket.socketpair()
+        self.addCleanup(self.peer.close)
+        self.answerer = _Answerer(5)
+        self.channel = self.answerer.channel = SocketChannel(side, self.answerer, reactor)
+        self.addCleanup(self.channel.loseConnection)
+
+    def _answers(self) -> list[list[bytes]]:
+        """Every message the channel sent to the peer so far."""
+        self.peer.setblocking(False)
+        data = b""
+        while True:
+            try:
+                chunk = self.peer.recv(65536)
+            except BlockingIOError:
+                break
+            data += chunk
+        return [[bytes(p) for p in m.parts] for m in FrameDecoder().feed(data)]
+
+    @inlineCallbacks
+    def test_answers_to_one_read_go_out_as_one_message(self) -> Any:
+        # Five messages in one write arrive in one read: although the first
+        # comes after a pause, its answer waits for the other four.
+        self.peer.sendall(b"".join(b"".join(encode(3, [b"m%d" % i])) for i in range(5)))
+        yield self.answerer.allIn
+        self.assertEqual(self._answers(), [[b"m0", b"m1", b"m2", b"m3", b"m4"]])
+
+    @inlineCallbacks
+    def test_a_lone_answer_goes_out_within_the_read(self) -> Any:
+        self.answerer.expected = 1
+        self.peer.sendall(b"".join(encode(3, [b"alone"])))
+        yield self.answerer.allIn
+        # Sent when the read ended, not at a later reactor turn.
+        self.assertIs(self.answerer.leftAfterRead, False)
+        self.assertEqual(self._answers(), [[b"alone"]])
