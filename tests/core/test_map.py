@@ -223,6 +223,38 @@ class BatchingTests(MapBase):
         first, second = yield run(inTwoLoops())
         self.assertEqual(first + second, list(range(300, 0, -1)))
 
+    @inlineCallbacks
+    def test_every_way_to_take_items_goes_on_where_async_for_left(self) -> Any:
+        # ``async for`` hands out a batch's items from the batch itself; the
+        # old protocol, moreLeft and stop() all see what it left.
+        q = self.threadQueue(2)
+        dr = q.map(abs, range(-100, 0), chunksize=50)
+
+        async def firstOf(dr: Any, n: int) -> list[int]:
+            got: list[int] = []
+            async for x in dr:
+                got.append(x)
+                if len(got) == n:
+                    break
+            return got
+
+        self.assertEqual((yield run(firstOf(dr, 10))), list(range(100, 90, -1)))
+        self.assertEqual((yield next(dr)), 90)
+        self.assertEqual((yield run(firstOf(dr, 2))), [89, 88])
+        self.assertTrue(dr.moreLeft)
+
+        async def stopInside(dr: Any) -> list[int]:
+            got: list[int] = []
+            async for x in dr:
+                got.append(x)
+                if x == 85:
+                    dr.stop()
+            return got
+
+        self.assertEqual((yield run(stopInside(dr))), [87, 86, 85])
+        self.assertFalse(dr.moreLeft)
+        self.assertFalse((yield dr.d))
+
 
 class ErrorTests(MapBase):
     @inlineCallbacks

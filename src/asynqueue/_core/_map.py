@@ -478,42 +478,69 @@ class _MapSource:
 class MapDeferator(Deferator):
     """
     The `Deferator` that ``map`` returns. ``async for`` runs an async
-    generator (`_items`) that hands out the items already here in a plain
-    loop, with no Deferred and no coroutine per item (the cost per item
-    counts when each input is trivial). ``for d in dr`` still gives
-    Deferreds. Dropping it before the end stops it.
+    generator (`_items`) that hands out a landed batch's items in a plain
+    loop over the batch itself (its *spool*), with no Deferred, coroutine or
+    deque operation per item (the cost per item counts when each input is
+    trivial). ``for d in dr`` still gives Deferreds. Dropping it before the
+    end stops it.
     """
+
+    # The rest of the batch an ``async for`` is handing out, or None. Every
+    # other way to take items first puts it back into the buffer (`_unspool`).
+    _spool: Iterator[Any] | None = None
 
     def __aiter__(self) -> Any:  # type: ignore[override]
         return self._items()
 
     async def _items(self) -> Any:
-        """The items, for ``async for``: the buffer's without waiting, the
+        """The items, for ``async for``: those landed without waiting, the
         others as `Deferator.__anext__` gives them."""
-        buffer = self._buffer
-        popleft = buffer.popleft
         while True:
-            if buffer and self._waiter is None:
-                while buffer:
-                    item = popleft()
-                    if not buffer:
-                        self._prefetch()
+            spool = self._spool
+            if spool is None:
+                buffer = self._buffer
+                if not buffer or self._waiter is not None:
+                    try:
+                        item = await Deferator.__anext__(self)
+                    except StopAsyncIteration:
+                        return
                     yield item
-                continue
-            try:
-                item = await Deferator.__anext__(self)
-            except StopAsyncIteration:
-                return
-            yield item
+                    continue
+                # The buffer's items become the spool (a loop that breaks
+                # leaves the rest there for the next one).
+                spool = self._spool = iter(buffer)
+                self._buffer = deque()
+            for item in spool:
+                yield item
+            if self._spool is spool:
+                self._spool = None
+                self._prefetch()
+
+    def _unspool(self) -> None:
+        """Put what the spool holds back in front of the buffer."""
+        spool = self._spool
+        if spool is not None:
+            self._spool = None
+            rest = list(spool)  # (an ``async for`` still over it sees its end)
+            rest.extend(self._buffer)
+            self._buffer = deque(rest)
+
+    @property
+    def moreLeft(self) -> bool:
+        self._unspool()
+        return Deferator.moreLeft.fget(self)  # type: ignore[attr-defined,no-any-return]
+
+    def __next__(self) -> Deferred[Any]:
+        self._unspool()
+        return Deferator.__next__(self)
 
     async def __anext__(self) -> Any:  # type: ignore[override]
-        buffer = self._buffer
-        if buffer and self._waiter is None:
-            item = buffer.popleft()
-            if not buffer:
-                self._prefetch()
-            return item
+        self._unspool()
         return await Deferator.__anext__(self)
+
+    def stop(self) -> None:
+        self._unspool()
+        Deferator.stop(self)
 
     def __del__(self) -> None:
         # Dropped before the end (``break`` out of ``async for``, which does
