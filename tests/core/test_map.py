@@ -22,12 +22,13 @@ from ..helpers.common import collect, waitUntil
 
 
 class Counting:
-    """Counts the queue's calls (each batch is one)."""
+    """Counts the queue's calls (each batch is one) and notes the type of each batch."""
 
     calls = 0
 
     def call(self, *args: Any, **kw: Any) -> Any:
         self.calls += 1
+        self.batchTypes = getattr(self, "batchTypes", set()) | {type(args[2])}
         return super().call(*args, **kw)  # type: ignore[misc]
 
 
@@ -139,6 +140,23 @@ class BatchingTests(MapBase):
         got = yield run(take(q.map(hm.square, range(n))))
         self.assertEqual(got, [x * x for x in range(n)])
         self.assertLess(q.calls, n // 20)
+
+    @inlineCallbacks
+    def test_a_list_tuple_or_range_goes_in_slices(self) -> Any:
+        # A lone list, tuple or range is sliced (a range's slice is a range);
+        # other iterables are pulled input by input into lists.
+        inputs = range(-5000, 5000, 3)
+        for given, batchType in (
+            (list(inputs), list),
+            (tuple(inputs), tuple),
+            (inputs, range),
+            (iter(inputs), list),
+        ):
+            q = self.threadQueue()
+            got = yield run(take(q.map(abs, given)))
+            self.assertEqual(got, [abs(x) for x in inputs])
+            self.assertEqual(q.batchTypes, {batchType})
+            self.assertGreater(q.calls, 1)
 
     @inlineCallbacks
     def test_long_inputs_go_one_per_call(self) -> Any:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import operator
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
@@ -40,7 +40,16 @@ from .._iter._deferator import Deferator
 from ._calls import describeCall
 from ._chunk import ItemError, applyChunk
 
-__all__ = ["IteratorFeed", "MapBatch", "MapDeferator", "MapRun", "lengthHint", "mapDeferator"]
+__all__ = [
+    "IteratorFeed",
+    "MapBatch",
+    "MapDeferator",
+    "MapRun",
+    "SequenceFeed",
+    "feedOf",
+    "lengthHint",
+    "mapDeferator",
+]
 
 #: Seconds of work on the worker that an adaptive batch aims at.
 TARGET_SECONDS = 0.005
@@ -104,6 +113,40 @@ class IteratorFeed:
         return items
 
 
+class SequenceFeed:
+    """
+    Inputs sliced from a list, tuple or range (a feed, see `IteratorFeed`):
+    a batch is one slice, taken in one go instead of input by input (and a
+    range's slice is a range: three numbers to send, whatever its length).
+    """
+
+    def __init__(self, sequence: Sequence[Any]) -> None:
+        self._sequence = sequence
+        self._at = 0
+        self.error: Failure | None = None
+        self.onMore: Callable[[], None] | None = None
+
+    @property
+    def exhausted(self) -> bool:
+        return self._at >= len(self._sequence)
+
+    def take(self, n: int) -> Sequence[Any]:
+        at = self._at
+        items = self._sequence[at : at + n]
+        self._at = at + len(items)
+        return items
+
+
+def feedOf(iterables: tuple[Any, ...], iterators: list[Iterator[Any]]) -> Any:
+    """
+    The feed of ``map``'s inputs: slices of a lone list, tuple or range;
+    else the *iterators* (those of *iterables*), zipped if several.
+    """
+    if len(iterables) == 1 and type(iterables[0]) in (list, tuple, range):
+        return SequenceFeed(iterables[0])
+    return IteratorFeed(zip(*iterators, strict=False) if len(iterators) > 1 else iterators[0])
+
+
 class MapBatch:
     """
     Consecutive inputs sent together, from input number *start*.
@@ -115,7 +158,7 @@ class MapBatch:
 
     __slots__ = ("calls", "done", "errors", "inputs", "left", "results", "start")
 
-    def __init__(self, start: int, inputs: list[Any]) -> None:
+    def __init__(self, start: int, inputs: Sequence[Any]) -> None:
         self.start = start
         self.inputs = inputs
         self.results: list[Any] = []
@@ -326,7 +369,7 @@ class MapRun:
         self._lastSize = size = max(1, size)
         return size
 
-    def _send(self, inputs: list[Any]) -> None:
+    def _send(self, inputs: Sequence[Any]) -> None:
         batch = MapBatch(self._sent, inputs)
         self._sent += len(inputs)
         self._outInputs += len(inputs)
