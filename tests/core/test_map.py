@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from asynqueue import AsyncWorker, TaskQueue, ThreadQueue, errors
-from asynqueue._core._map import MAX_CHUNK, WINDOW_PER_WORKER
+from asynqueue._core._map import MAX_CHUNK, WINDOW_PER_WORKER, MapRun, SequenceFeed
 from asynqueue.process import ProcessQueue
 
 from ..helpers import map as hm
@@ -157,6 +157,23 @@ class BatchingTests(MapBase):
             self.assertEqual(got, [abs(x) for x in inputs])
             self.assertEqual(q.batchTypes, {batchType})
             self.assertGreater(q.calls, 1)
+
+    def test_the_fixed_part_of_a_batch_is_not_counted_per_input(self) -> None:
+        # Inputs of 50 ns in batches that cost 10 µs each besides: the first
+        # batches, of one input, take 10 µs; batches of 8 then count their
+        # inputs' 0.4 µs, not 10.4 µs over 8 inputs.
+        run = MapRun(self.asyncQueue(), abs, SequenceFeed([]))
+        for _ in range(3):
+            run._measured(1, 10e-6)
+        self.assertAlmostEqual(run._perItem, 10e-6)  # one input: counted whole
+        for _ in range(6):
+            run._measured(8, 10e-6 + 8 * 50e-9)
+        self.assertLess(run._perItem, 0.2e-6)  # (whole, it would be ~1.3 µs)
+        # Slow inputs, one per batch: counted whole, they stay one per batch.
+        run = MapRun(self.asyncQueue(), abs, SequenceFeed([]))
+        for _ in range(3):
+            run._measured(1, 0.005)
+        self.assertEqual(run._size(), 1)
 
     @inlineCallbacks
     def test_long_inputs_go_one_per_call(self) -> Any:

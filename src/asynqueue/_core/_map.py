@@ -11,10 +11,13 @@ Batch size (``chunksize=None``): the first batches hold one input each.
 Every result says how long its batch took on the worker, and the next batch
 is sized to take about `TARGET_SECONDS` there (at most `GROWTH` times the
 batch before, at most `MAX_CHUNK` inputs and about `MAX_CHUNK_BYTES` of
-input). Inputs that take longer than the target go one per call; when the
-number of inputs is known, batches near the end shrink (to a quarter of the
-target's work at least) so that no worker is left with a long tail while
-another idles.
+input). A batch of several inputs counts its time less a fixed part (what
+the quickest batch took, up to `FIXED_COST_MAX`): the first batches, of one
+input each, are mostly that part when inputs are trivial, and would make
+the larger batches after them look dearer per input than they are. Inputs
+that take longer than the target go one per call; when the number of inputs
+is known, batches near the end shrink (to a quarter of the target's work at
+least) so that no worker is left with a long tail while another idles.
 
 A batch that fails as a whole (a timeout, a lost worker, a result that
 cannot be sent back) is run again one input per call, so that the failure
@@ -53,6 +56,8 @@ __all__ = [
 
 #: Seconds of work on the worker that an adaptive batch aims at.
 TARGET_SECONDS = 0.005
+#: At most this much of a batch's time is its fixed part (see the module docstring).
+FIXED_COST_MAX = 20e-6
 #: An adaptive batch is at most this many times the one before.
 GROWTH = 8
 #: Most inputs in one adaptive batch.
@@ -204,6 +209,7 @@ class MapRun:
         self._lengthHint = lengthHint
         self._perItem: float | None = None  # seconds per input, as measured
         self._seconds = self._inputs = 0.0  # what it is measured from
+        self._quickest: float | None = None  # the least time a batch took
         self._lastSize = 1  # of the batch sent last
         self._outInputs = 0  # inputs in the batches sent and not yet taken
         self._byteCap: int | None = None
@@ -390,15 +396,28 @@ class MapRun:
 
     def _batchDone(self, result: Any, batch: MapBatch) -> None:
         results, count, seconds = result
-        # Time over inputs of the recent batches, each batch weighing half
-        # as much as the next: bigger batches count for more (a small one's
-        # time is mostly the helper's own), and one odd batch does not swing it.
-        self._seconds = self._seconds / 2 + seconds
-        self._inputs = self._inputs / 2 + len(results)
-        self._perItem = self._seconds / self._inputs
+        self._measured(len(results), seconds)
         batch.results = results
         batch.errors = count
         self._finished(batch)
+
+    def _measured(self, n: int, seconds: float) -> None:
+        """
+        Learn from a batch of *n* inputs that took *seconds* on its worker:
+        time over inputs of the recent batches, each batch weighing half as
+        much as the next (bigger batches count for more, and one odd batch
+        does not swing it). A batch of several inputs counts without its
+        fixed part; one of a single input counts whole (its input's share
+        cannot be told from the fixed part).
+        """
+        quickest = self._quickest
+        if quickest is None or seconds < quickest:
+            self._quickest = quickest = seconds
+        if n > 1:
+            seconds = max(seconds - min(quickest, FIXED_COST_MAX), 0.0)
+        self._seconds = self._seconds / 2 + seconds
+        self._inputs = self._inputs / 2 + n
+        self._perItem = self._seconds / self._inputs
 
     def _batchFailed(self, failure: Failure, batch: MapBatch) -> None:
         if self._closed:
