@@ -148,3 +148,12 @@ def test_futures_module_is_light_and_resolves_its_names():
         "assert 'twisted.internet.reactor' not in sys.modules, 'installed a reactor'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_status_is_public_beside_task():
+    import asynqueue.tasks
+    from asynqueue._support._status import Status
+
+    assert asynqueue.tasks.Status is Status
+    assert asynqueue.Status is Status
+    assert "Status" in asynqueue.tasks.__all__

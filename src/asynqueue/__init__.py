@@ -28,6 +28,7 @@ from ._support._version import __version__ as __version__
 _EXPORTS: dict[str, str] = {
     "TaskQueue": ".base",
     "Task": ".tasks",
+    "Status": ".tasks",
     "IWorker": ".interfaces",
     "AsyncWorker": ".workers",
     "NullQueue": ".null",
@@ -69,6 +70,7 @@ __all__ = [
     "ProcessQueue",
     "ProcessWorker",
     "RemoteQueue",
+    "Status",
     "Task",
     "TaskQueue",
     "ThreadQueue",
@@ -114,6 +116,7 @@ if TYPE_CHECKING:
     from ._process._parent import ProcessWorker as ProcessWorker
     from ._support._info import Info as Info
     from ._support._info import showResult as showResult
+    from ._support._status import Status as Status
     from ._support._util import DeferredLock as DeferredLock
     from ._support._util import DeferredTracker as DeferredTracker
     from ._threads._worker import ThreadQueue as ThreadQueue

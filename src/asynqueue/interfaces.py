@@ -53,7 +53,7 @@ class IWorker(Interface):
       runs a task of a series may take that series' next tasks too, to run
       right behind it (no other worker may start one before it finishes).
       Such a worker's ``timedOut(task)`` must hand back unrun (innocent
-      status ``d``) the tasks of the same series that it holds behind it.
+      ``Status.NOT_RUN``) the tasks of the same series that it holds behind it.
     """
 
     cQualified = Attribute(
@@ -75,7 +75,10 @@ class IWorker(Interface):
         Start running *task* (a `asynqueue.tasks.Task`).
 
         Call ``task.callback((status, result))`` with the outcome, status being
-        one of ``e r i c t n d`` (see `asynqueue.base.TaskQueue.taskDone`).
+        a member of `asynqueue.tasks.Status` (``Status.RESULT``,
+        ``Status.ERROR``, ...), or its letter (``r e i c t n d``), in ``str``
+        or, as the original's workers report it, in ``bytes``; see
+        `asynqueue.base.TaskQueue.taskDone`.
         Keywords the queue consumes never appear in ``task.callTuple``; the
         per-call ``raw`` and ``consumer`` options are task attributes.
 

@@ -1,5 +1,6 @@
 """
 `Task`, one attempt at running a queued call (original path ``asynqueue.tasks``),
+`Status`, what a worker reports about it (``task.callback((status, result))``),
 and the original's `TaskHandler`, `Assignment` and `AssignmentFactory`.
 
 `Assignment` and `AssignmentFactory` live here, in the original's module, so
@@ -16,12 +17,14 @@ from twisted.internet.defer import Deferred, succeed
 
 from ._core._task import DO_LAST_PRIORITY, DO_NEXT_PRIORITY, Task
 from ._core._taskhandler import TaskHandler
+from ._support._status import Status
 
 __all__ = [
     "DO_LAST_PRIORITY",
     "DO_NEXT_PRIORITY",
     "Assignment",
     "AssignmentFactory",
+    "Status",
     "Task",
     "TaskHandler",
 ]

@@ -1,11 +1,14 @@
 """
-The dispatcher alone: hand-driven workers and a `Clock`, no real workers.
+The `Dispatcher` alone: hand-driven in-memory workers and a `Clock`, no
+`TaskQueue` and no real workers.
 
-What happens to an attempt after it leaves the queue: its timer and the
-worker's ``timedOut`` hook, retries and re-runs (and where they go back in
-line), refusals on the spot and the pause after them, the patience with a
-pipelining worker stuck in a long task, and detaching with reassignment.
-Ordering and series rules are in test_queue and test_scheduler.
+How calls meet workers (the fast path of a new call, the passes, the feed of
+a lone pipelining worker, the stall rule, series held and released), and what
+happens to an attempt after it leaves: its report (a result, an error through
+the queue's policy, a late one dropped), its timer and the worker's
+``timedOut`` hook, retries and re-runs (and where they go back in line),
+refusals on the spot and the pause after them, cancelling, and detaching with
+reassignment. The scheduler's ordering rules are in test_scheduler.
 """
 
 from __future__ import annotations
@@ -14,12 +17,22 @@ import logging
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from asynqueue import TaskQueue, errors
-from asynqueue._core._dispatch import MAX_LOSSES, MAX_TIMEOUTS, PIPELINE_PATIENCE, REFUSAL_PAUSE
+from asynqueue import errors
+from asynqueue._core._calls import _Call, _Slot, takeQueueOptions
+from asynqueue._core._dispatch import (
+    MAX_LOSSES,
+    MAX_TIMEOUTS,
+    PIPELINE_PATIENCE,
+    REFUSAL_PAUSE,
+    Dispatcher,
+)
+from asynqueue._core._task import Task
+from asynqueue._support._status import Status
 
 from ..helpers.common import ManualWorker
 from .test_queue import PipeliningWorker
@@ -73,14 +86,57 @@ class StartingWorker(PipeliningWorker):
         task.callback(("r", arg(task)))
 
 
+class InOrderWorker(PipeliningWorker):
+    """A PipeliningWorker that runs its tasks one at a time, oldest first."""
+
+    def finishOldest(self, status: Any = "r") -> Task:
+        task, _ = self.current.pop(0)
+        task.callback((status, arg(task)))
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            waiter.callback(None)
+        return task
+
+
 class DispatchTestCase(TestCase):
     timeout = 10
 
     def setUp(self) -> None:
         self.clock = Clock()
+        # What reached the policy (the queue's taskDone), in order.
+        self.reports: list[tuple[Any, Any]] = []
+        self.dispatcher = Dispatcher(self.clock, self.taskDone)
+        self.dispatcher.plainResults = True
 
-    def queue(self, *workers: Any, **kw: Any) -> TaskQueue:
-        return TaskQueue(*workers, returnFailure=True, reactor=self.clock, **kw)
+    def taskDone(self, statusResult: tuple[Any, Any], task: Task, *, call: _Call) -> Any:
+        """A small policy: a Failure for an error, the result for the rest."""
+        self.reports.append(statusResult)
+        status, result = statusResult
+        if status is Status.ERROR:
+            return result if isinstance(result, Failure) else Failure(RuntimeError(result))
+        return None if status is Status.NONE else result
+
+    def attach(self, *workers: Any) -> list[_Slot]:
+        """Attach *workers*, ready at once (a queue replays its updates first)."""
+        slots = [self.dispatcher.attach(w) for w in workers]
+        for slot in slots:
+            self.dispatcher.workerReady(slot)
+        return slots
+
+    def call(self, f: Any, *args: Any, **kw: Any) -> _Call:
+        """Submit ``f(*args)`` with the queue keywords *kw*, as `TaskQueue.call` does."""
+        own = dict(kw)
+        call = _Call(f, args, own or None, self.dispatcher.canceller)
+        if own:
+            takeQueueOptions(call, own, True)
+        return self.dispatcher.submit(call)
+
+    def queued(self) -> int:
+        return len(self.dispatcher.scheduler)
+
+    def pending(self) -> int:
+        return len(self.dispatcher.pending)
 
     def assertNoTimers(self) -> None:
         """Nothing left on the clock: no timer outlives the attempt it was for."""
@@ -96,11 +152,238 @@ class DispatchTestCase(TestCase):
         return records
 
 
+class ReportTests(DispatchTestCase):
+    """A finished attempt: what its report does to the call and the worker."""
+
+    def test_a_plain_result_fires_the_call_without_the_policy(self) -> None:
+        w = ManualWorker()
+        (slot,) = self.attach(w)
+        d = self.call(identity, "a")
+        self.assertEqual(len(slot.inflight), 1)
+        w.finish("r", "done")
+        self.assertEqual(self.successResultOf(d), "done")
+        self.assertEqual(self.reports, [])
+        self.assertEqual((self.pending(), slot.inflight), (0, {}))
+
+    def test_statuses_as_members_letters_and_the_originals_bytes(self) -> None:
+        w = ManualWorker()
+        self.attach(w)
+        for code, expected in (
+            (Status.RESULT, 1),
+            ("r", 2),
+            (b"r", 3),
+            (Status.NONE, None),
+            (b"n", None),
+        ):
+            d = self.call(identity, expected)
+            w.finish(code, expected)
+            self.assertEqual(self.successResultOf(d), expected, code)
+        # A bytes timeout is a timeout: retried, not given to the policy.
+        d = self.call(identity, "t")
+        w.finish(b"t", None)
+        self.assertEqual([t.attempt for t in w.log[-2:]], [1, 2])
+        w.finish("r", "t")
+        self.assertEqual(self.successResultOf(d), "t")
+        self.assertEqual(self.reports, [])
+
+    def test_without_plain_results_every_result_goes_through_the_policy(self) -> None:
+        self.dispatcher.plainResults = False
+        w = ManualWorker()
+        self.attach(w)
+        d1, d2 = self.call(identity, "a"), self.call(identity, "b")
+        w.finish("r", "a")
+        w.finish(b"n", "ignored")
+        self.assertEqual((self.successResultOf(d1), self.successResultOf(d2)), ("a", None))
+        self.assertEqual(self.reports, [(Status.RESULT, "a"), (Status.NONE, "ignored")])
+        self.assertIs(self.reports[1][0], Status.NONE)  # read from the bytes
+
+    def test_an_error_and_an_unknown_status_go_through_the_policy(self) -> None:
+        w = ManualWorker()
+        self.attach(w)
+        d1, d2 = self.call(identity, "a"), self.call(identity, "b")
+        w.finish("e", "it broke")
+        w.finish("x", "what?")
+        self.assertIn("it broke", str(self.failureResultOf(d1, RuntimeError).value))
+        self.assertEqual(self.successResultOf(d2), "what?")
+        self.assertEqual(self.reports, [(Status.ERROR, "it broke"), ("x", "what?")])
+
+    def test_a_policy_that_raises_fails_that_call_only(self) -> None:
+        def broken(statusResult: Any, task: Task, *, call: _Call) -> Any:
+            raise ValueError("policy broke")
+
+        self.dispatcher.taskDone = broken
+        w = ManualWorker()
+        self.attach(w)
+        d1, d2 = self.call(identity, "a"), self.call(identity, "b")
+        w.finish("e", "x")
+        w.finish("r", "b")
+        self.failureResultOf(d1, ValueError)
+        self.assertEqual(self.successResultOf(d2), "b")
+
+    def test_a_deferred_result_is_chained_and_cancelled_with_the_call(self) -> None:
+        w = ManualWorker()
+        self.attach(w)
+        d = self.call(identity, "a")
+        cancelled: list[Any] = []
+        later: Deferred[Any] = Deferred(cancelled.append)
+        w.finish("r", later)
+        self.assertNoResult(d)
+        self.assertEqual(self.pending(), 0)  # done as far as the dispatcher goes
+        d.cancel()
+        self.assertEqual(cancelled, [later])
+        self.failureResultOf(d, CancelledError)
+
+    def test_a_report_on_an_abandoned_attempt_is_dropped(self) -> None:
+        w = ManualWorker()
+        self.attach(w)
+        d = self.call(identity, "a", timeout=1)
+        first = w.current[0][0]
+        self.clock.advance(1)  # no hook: the first attempt is given up on
+        failed: Deferred[Any] = defer.fail(RuntimeError("its worker crashed"))
+        first.callback(("r", failed))  # late, and a failing Deferred at that
+        self.assertIsNone(self.successResultOf(failed))  # handled: not logged as unhandled
+        self.assertNoResult(d)
+
+    def test_a_report_frees_the_worker_for_the_next_queued_call(self) -> None:
+        w = ManualWorker()
+        self.attach(w)
+        ds = [self.call(identity, x) for x in "abc"]
+        self.assertEqual(self.queued(), 2)
+        for x in "abc":
+            w.finish("r", x)
+        self.assertEqual([self.successResultOf(d) for d in ds], list("abc"))
+        self.assertEqual([arg(t) for t in w.log], list("abc"))
+
+    def test_drained_fires_once_every_call_has_reported(self) -> None:
+        w = ManualWorker()
+        self.attach(w)
+        self.call(identity, "a")
+        self.call(identity, "b")
+        drained = self.dispatcher.drained()
+        w.finish("r", "a")
+        self.assertNoResult(drained)
+        w.finish("r", "b")
+        self.successResultOf(drained)
+
+
+class OfferTests(DispatchTestCase):
+    """Who gets a task: the fast path, the passes and the feed of a lone worker."""
+
+    def test_a_new_call_goes_to_the_least_loaded_ready_worker_unqueued(self) -> None:
+        w1, w2 = PipeliningWorker(3, "w1"), PipeliningWorker(3, "w2")
+        self.attach(w1, w2)
+        self.call(identity, "a")
+        self.call(identity, "b")
+        self.call(identity, "c")
+        self.assertEqual(([arg(t) for t in w1.log], [arg(t) for t in w2.log]), (["a", "c"], ["b"]))
+        self.assertEqual(self.queued(), 0)
+
+    def test_a_call_waits_while_no_worker_is_ready_then_goes_in_order(self) -> None:
+        w = ManualWorker()
+        ds = [self.call(identity, x) for x in "ab"]
+        self.assertEqual(self.queued(), 2)
+        self.attach(w)
+        self.assertEqual([arg(t) for t in w.log], ["a"])
+        w.finish("r", "a")
+        w.finish("r", "b")
+        self.assertEqual([self.successResultOf(d) for d in ds], ["a", "b"])
+
+    def test_the_lone_ready_worker_is_fed_until_full_in_submission_order(self) -> None:
+        w = PipeliningWorker(4, "w")
+        ds = [self.call(identity, i) for i in range(6)]
+        self.attach(w)
+        self.assertEqual([arg(t) for t in w.log], [0, 1, 2, 3])
+        self.assertEqual(self.queued(), 2)
+        w.finishAll()  # its waiter fires: fed again
+        self.assertEqual([arg(t) for t in w.log], list(range(6)))
+        w.finishAll()
+        self.assertEqual([self.successResultOf(d) for d in ds], list(range(6)))
+
+    def test_a_retry_during_the_feed_goes_before_later_calls(self) -> None:
+        w = InOrderWorker(2, "w")
+        ds = [self.call(identity, x) for x in "abcd"]
+        self.attach(w)
+        self.assertEqual([arg(t) for t in w.log], ["a", "b"])
+        w.finishOldest("d")  # a is lost: re-run before c and d
+        self.assertEqual([arg(t) for t in w.log], ["a", "b", "a"])
+        while w.current:
+            w.finishOldest()
+        self.assertEqual([self.successResultOf(d) for d in ds], list("abcd"))
+
+    def test_a_worker_qualified_for_a_series_gets_its_calls(self) -> None:
+        plain, special = ManualWorker(name="plain"), ManualWorker(("s",), name="special")
+        self.attach(plain, special)
+        self.call(identity, "other")  # the least loaded: plain (attached first)
+        self.call(identity, "s1", series="s")
+        self.assertEqual([arg(t) for t in plain.log], ["other"])
+        self.assertEqual([arg(t) for t in special.log], ["s1"])
+
+
+class SeriesTests(DispatchTestCase):
+    """A series runs in sequence: held while one of its tasks is in flight."""
+
+    def test_a_held_series_waits_for_its_running_task_on_another_worker(self) -> None:
+        w1, w2 = ManualWorker(name="w1"), ManualWorker(name="w2")
+        self.attach(w1, w2)
+        d1 = self.call(identity, "s1", series="s")
+        d2 = self.call(identity, "s2", series="s")
+        d3 = self.call(identity, "x")
+        self.assertTrue(self.dispatcher.scheduler.isHeld("s"))
+        # w2 is free, but s2 must wait for s1: it gets x.
+        self.assertEqual([arg(t) for t in w2.log], ["x"])
+        w1.finish("r", "s1")
+        self.assertEqual([arg(t) for t in w1.log], ["s1", "s2"])
+        w1.finish("r", "s2")
+        self.assertFalse(self.dispatcher.scheduler.isHeld("s"))
+        w2.finish("r", "x")
+        self.assertEqual([self.successResultOf(d) for d in (d1, d2, d3)], ["s1", "s2", "x"])
+
+    def test_the_worker_running_in_order_takes_the_next_task_right_behind(self) -> None:
+        w = InOrderWorker(3, "w")
+        other = PipeliningWorker(3, "other")
+        (slot,) = self.attach(w)
+        ds = [self.call(identity, f"s{i}", series="s") for i in range(3)]
+        self.attach(other)
+        self.assertEqual([arg(t) for t in w.log], ["s0", "s1", "s2"])
+        self.assertEqual(other.log, [])
+        self.assertEqual(slot.held, {"s": 3})
+        while w.current:
+            w.finishOldest()
+        self.assertEqual(slot.held, {})
+        self.assertFalse(self.dispatcher.scheduler.isHeld("s"))
+        self.assertEqual([self.successResultOf(d) for d in ds], ["s0", "s1", "s2"])
+
+    def test_a_series_is_released_when_its_worker_is_detached(self) -> None:
+        w1, w2 = ManualWorker(name="w1"), ManualWorker(name="w2")
+        slot1, _ = self.attach(w1, w2)
+        d1 = self.call(identity, "s1", series="s")
+        d2 = self.call(identity, "s2", series="s")
+        self.assertEqual(w2.log, [])
+        self.dispatcher.detach(slot1, reassign=True, crash=True)
+        # s1 goes first again, on w2; s2 still waits behind it.
+        self.assertEqual([arg(t) for t in w2.log], ["s1"])
+        w2.finish("r", "s1")
+        w2.finish("r", "s2")
+        self.assertEqual((self.successResultOf(d1), self.successResultOf(d2)), ("s1", "s2"))
+        self.assertEqual(self.dispatcher._seriesRunning, {})
+
+    def test_a_flow_call_does_not_hold_its_series(self) -> None:
+        w1, w2 = ManualWorker(name="w1"), ManualWorker(name="w2")
+        self.attach(w1, w2)
+        for x in "ab":
+            call = _Call(identity, (x,), None, self.dispatcher.canceller)
+            call.series = "flow"
+            call.inSequence = False
+            self.dispatcher.submit(call)
+        self.assertEqual(([arg(t) for t in w1.log], [arg(t) for t in w2.log]), (["a"], ["b"]))
+        self.assertFalse(self.dispatcher.scheduler.isHeld("flow"))
+
+
 class TimeoutTests(DispatchTestCase):
     def test_the_hook_frees_the_worker_for_the_retry_then_the_call_fails(self) -> None:
         w = HookedWorker()
-        q = self.queue(w)
-        d = q.call(identity, "a", timeout=2)
+        self.attach(w)
+        d = self.call(identity, "a", timeout=2)
         first = w.log[0]
         self.clock.advance(1.99)
         self.assertEqual(w.timedOutTasks, [])
@@ -118,7 +401,7 @@ class TimeoutTests(DispatchTestCase):
         self.assertIn(f"{MAX_TIMEOUTS} times", str(failure.value))
         self.assertEqual(len(w.log), MAX_TIMEOUTS)  # never a third attempt
         self.assertNoTimers()
-        self.assertEqual(q.counts()["pending"], 0)
+        self.assertEqual(self.pending(), 0)
 
     def test_a_hook_that_raises_is_logged_and_the_call_still_retried(self) -> None:
         records = self.captureLog()
@@ -128,23 +411,23 @@ class TimeoutTests(DispatchTestCase):
                 raise RuntimeError("hook broke")
 
         bad, good = BadHook(name="bad"), ManualWorker(name="good")
-        q = self.queue(bad)
-        d = q.call(identity, "a", timeout=1)
+        self.attach(bad)
+        d = self.call(identity, "a", timeout=1)
         self.clock.advance(1)
         # Logged with the hook's exception.
         self.assertEqual(records[-1].levelno, logging.ERROR)
         exc_info = records[-1].exc_info
         assert exc_info is not None
         self.assertEqual(str(exc_info[1]), "hook broke")
-        q.attachWorker(good)  # the bad one is still busy: the retry goes here
+        self.attach(good)  # the bad one is still busy: the retry goes here
         self.assertEqual([arg(t) for t in good.log], ["a"])
         good.finish("r", "done")
         self.assertEqual(self.successResultOf(d), "done")
 
-    def test_a_timeout_the_worker_reports_counts_like_the_queues_own(self) -> None:
+    def test_a_timeout_the_worker_reports_counts_like_the_dispatchers_own(self) -> None:
         w = HookedWorker()
-        q = self.queue(w)
-        d = q.call(identity, "a", timeout=60)
+        self.attach(w)
+        d = self.call(identity, "a", timeout=60)
         w.finish("t", None)
         self.assertEqual(len(w.log), 2)  # retried at once, on the worker now free
         w.finish("t", None)
@@ -154,8 +437,8 @@ class TimeoutTests(DispatchTestCase):
 
     def test_timeouts_and_losses_are_counted_apart(self) -> None:
         w = ManualWorker()
-        q = self.queue(w)
-        d = q.call(identity, "a", timeout=5)
+        self.attach(w)
+        d = self.call(identity, "a", timeout=5)
         w.finish("t", None)
         w.finish("d", "connection lost")
         # One of each so far: neither limit is reached.
@@ -167,8 +450,8 @@ class TimeoutTests(DispatchTestCase):
 
     def test_a_result_in_time_cancels_the_timer(self) -> None:
         w = HookedWorker()
-        q = self.queue(w)
-        ds = [q.call(identity, i, timeout=3) for i in range(3)]
+        self.attach(w)
+        ds = [self.call(identity, i, timeout=3) for i in range(3)]
         for i in range(3):
             self.clock.advance(1)
             w.finish("r", i)
@@ -179,8 +462,8 @@ class TimeoutTests(DispatchTestCase):
 
     def test_each_attempt_gets_the_full_timeout(self) -> None:
         w = HookedWorker()
-        q = self.queue(w)
-        d = q.call(identity, "a", timeout=2)
+        self.attach(w)
+        d = self.call(identity, "a", timeout=2)
         self.clock.advance(2)  # first attempt timed out; the retry starts now
         self.clock.advance(1.5)
         self.assertNoResult(d)
@@ -191,8 +474,8 @@ class TimeoutTests(DispatchTestCase):
 class RetryTests(DispatchTestCase):
     def test_a_lost_call_is_rerun_on_a_new_attempt_before_later_calls(self) -> None:
         w = ManualWorker()
-        q = self.queue(w)
-        ds = [q.call(identity, x) for x in "abc"]
+        self.attach(w)
+        ds = [self.call(identity, x) for x in "abc"]
         w.finish("d", "child died")
         self.assertEqual([arg(t) for t in w.log], ["a", "a"])
         self.assertEqual(w.log[1].attempt, 2)
@@ -203,8 +486,8 @@ class RetryTests(DispatchTestCase):
 
     def test_the_rerun_goes_to_a_ready_worker_and_a_second_loss_fails_the_call(self) -> None:
         w1, w2 = ManualWorker(name="w1"), ManualWorker(name="w2")
-        q = self.queue(w1, w2)
-        d = q.call(identity, "a")
+        self.attach(w1, w2)
+        d = self.call(identity, "a")
         w1.finish("d", "first")
         # Reported before w1 was ready again: the idle w2 took the re-run.
         self.assertEqual([arg(t) for t in w2.log], ["a"])
@@ -216,8 +499,8 @@ class RetryTests(DispatchTestCase):
 
     def test_retries_go_back_in_their_original_order(self) -> None:
         w1, w2 = ManualWorker(name="w1"), ManualWorker(name="w2")
-        q = self.queue(w1, w2)
-        ds = [q.call(identity, x) for x in "abcd"]
+        self.attach(w1, w2)
+        ds = [self.call(identity, x) for x in "abcd"]
         (a, readyA), (b, readyB) = w1.current[0], w2.current[0]
         self.assertEqual((arg(a), arg(b)), ("a", "b"))
         # Both are lost, b first, while neither worker is ready yet.
@@ -225,7 +508,7 @@ class RetryTests(DispatchTestCase):
         w1.current.clear()
         b.callback(("d", "gone"))
         a.callback(("d", "gone"))
-        self.assertEqual(q.counts()["queued"], 4)
+        self.assertEqual(self.queued(), 4)
         # a was submitted first: it runs first, though it was lost last.
         readyB.callback(None)
         self.assertEqual(arg(w2.log[-1]), "a")
@@ -238,12 +521,12 @@ class RetryTests(DispatchTestCase):
 
     def test_a_late_result_after_the_final_failure_is_ignored(self) -> None:
         w = ManualWorker()
-        q = self.queue(w)
-        d = q.call(identity, "a", timeout=1)
+        self.attach(w)
+        d = self.call(identity, "a", timeout=1)
         first = w.current[0][0]
         self.clock.advance(1)  # no hook: w still holds the first attempt
         w2 = ManualWorker(name="w2")
-        q.attachWorker(w2)
+        self.attach(w2)
         self.clock.advance(1)
         self.failureResultOf(d, errors.TimeoutError)
         seen: list[Any] = []
@@ -251,14 +534,14 @@ class RetryTests(DispatchTestCase):
         first.callback(("r", "late"))
         w2.finish("r", "also late")
         self.assertEqual(seen, [None])  # nothing fired d again
-        self.assertEqual(q.counts()["pending"], 0)
+        self.assertEqual(self.pending(), 0)
 
 
 class RefusalTests(DispatchTestCase):
     def test_an_innocent_refusal_waits_out_the_pause_and_costs_nothing(self) -> None:
         w = Refuser(innocent=True)
-        q = self.queue(w)
-        d = q.call(identity, "a")
+        (slot,) = self.attach(w)
+        d = self.call(identity, "a")
         self.assertEqual(len(w.log), 1)
         self.clock.advance(REFUSAL_PAUSE * 0.9)
         self.assertEqual(len(w.log), 1)  # resting
@@ -267,13 +550,13 @@ class RefusalTests(DispatchTestCase):
         for _ in range(MAX_LOSSES + 3):
             self.clock.advance(REFUSAL_PAUSE)
         self.assertNoResult(d)  # never charged as lost
-        q.detachWorker(w, crash=True)
+        self.dispatcher.detach(slot, crash=True)
         self.assertNoTimers()  # the pause ended with the detach
 
     def test_a_charged_refusal_is_a_loss(self) -> None:
         w = Refuser(innocent=False)
-        q = self.queue(w)
-        d = q.call(identity, "a")
+        self.attach(w)
+        d = self.call(identity, "a")
         self.assertNoResult(d)
         self.clock.advance(REFUSAL_PAUSE)
         failure = self.failureResultOf(d, errors.WorkerLost)
@@ -282,32 +565,32 @@ class RefusalTests(DispatchTestCase):
 
     def test_another_worker_takes_a_refused_call_during_the_pause(self) -> None:
         refuser, other = Refuser(innocent=True), ManualWorker(name="other")
-        q = self.queue(refuser)
-        d = q.call(identity, "a")
-        q.attachWorker(other)
+        self.attach(refuser)
+        d = self.call(identity, "a")
+        self.attach(other)
         self.assertEqual([arg(t) for t in other.log], ["a"])
         other.finish("r", "a")
         self.assertEqual(self.successResultOf(d), "a")
         self.assertEqual(len(refuser.log), 1)
 
 
-class PatienceTests(DispatchTestCase):
-    """A pipelining worker that reports starts gets no more work behind a long task."""
+class StallTests(DispatchTestCase):
+    """The stall rule: a worker that reports starts gets no more work behind a long task."""
 
     def test_no_more_tasks_behind_a_task_running_past_the_patience(self) -> None:
         w = StartingWorker(5)
-        q = self.queue(w)
-        q.call(identity, "long")
+        self.attach(w)
+        self.call(identity, "long")
         w.current[0][0].started()
         self.clock.advance(PIPELINE_PATIENCE * 2)
-        ds = [q.call(identity, x) for x in "xy"]
+        ds = [self.call(identity, x) for x in "xy"]
         self.assertEqual([arg(t) for t in w.log], ["long"])
-        self.assertEqual(q.counts()["queued"], 2)
+        self.assertEqual(self.queued(), 2)
         # Another worker takes them meanwhile...
         other = ManualWorker(name="other")
-        q.attachWorker(other)
+        (slot,) = self.attach(other)
         self.assertEqual([arg(t) for t in other.log], ["x"])
-        q.detachWorker(other, reassign=True, crash=True)
+        self.dispatcher.detach(slot, reassign=True, crash=True)
         # ... and once the long task is done, the pipelining worker goes on.
         w.finishOldest()
         self.assertEqual([arg(t) for t in w.log], ["long", "x", "y"])
@@ -315,36 +598,50 @@ class PatienceTests(DispatchTestCase):
             w.finishOldest()
         self.assertEqual([self.successResultOf(d) for d in ds], ["x", "y"])
 
+    def test_the_stalled_worker_is_passed_over_for_a_busier_one(self) -> None:
+        stuck, busy = StartingWorker(5, "stuck"), StartingWorker(5, "busy")
+        self.attach(stuck, busy)
+        self.call(identity, "long")  # to stuck (attached first)
+        self.call(identity, "b1")
+        self.call(identity, "b2")
+        self.assertEqual([arg(t) for t in busy.log], ["b1"])
+        stuck.current[0][0].started()
+        self.clock.advance(PIPELINE_PATIENCE * 2)
+        # stuck is the least loaded ready worker, but stalled: busy takes it.
+        self.call(identity, "next")
+        self.assertEqual([arg(t) for t in stuck.log], ["long", "b2"])
+        self.assertEqual([arg(t) for t in busy.log], ["b1", "next"])
+
     def test_more_tasks_within_the_patience(self) -> None:
         w = StartingWorker(5)
-        q = self.queue(w)
-        q.call(identity, "short")
+        self.attach(w)
+        self.call(identity, "short")
         w.current[0][0].started()
         self.clock.advance(PIPELINE_PATIENCE / 2)
-        q.call(identity, "next")
+        self.call(identity, "next")
         self.assertEqual([arg(t) for t in w.log], ["short", "next"])
 
     def test_a_task_not_started_yet_does_not_count_as_long(self) -> None:
         w = StartingWorker(5)
-        q = self.queue(w)
-        q.call(identity, "waiting")
+        self.attach(w)
+        self.call(identity, "waiting")
         self.clock.advance(PIPELINE_PATIENCE * 100)
-        q.call(identity, "next")
+        self.call(identity, "next")
         self.assertEqual([arg(t) for t in w.log], ["waiting", "next"])
 
     def test_a_worker_that_does_not_report_starts_is_never_held_back(self) -> None:
         w = PipeliningWorker(5)
-        q = self.queue(w)
-        q.call(identity, "first")
+        self.attach(w)
+        self.call(identity, "first")
         self.clock.advance(PIPELINE_PATIENCE * 100)
-        q.call(identity, "second")
+        self.call(identity, "second")
         self.assertEqual([arg(t) for t in w.log], ["first", "second"])
 
     def test_a_timeout_counts_from_the_reported_start(self) -> None:
         w = StartingWorker(5)
-        q = self.queue(w)
-        q.call(identity, "ahead")
-        d = q.call(identity, "timed", timeout=1)
+        self.attach(w)
+        self.call(identity, "ahead")
+        d = self.call(identity, "timed", timeout=1)
         self.clock.advance(3)  # still waiting behind "ahead": no timeout
         self.assertNoResult(d)
         w.finishOldest()
@@ -356,30 +653,78 @@ class PatienceTests(DispatchTestCase):
         self.assertEqual(arg(w.log[2]), "timed")
 
 
+class CancelTests(DispatchTestCase):
+    def test_a_queued_call_is_withdrawn_and_never_runs(self) -> None:
+        w = ManualWorker()
+        self.attach(w)
+        self.call(identity, "a")
+        d = self.call(identity, "b")
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual((self.queued(), self.pending()), (0, 1))
+        w.finish("r", "a")
+        self.assertEqual([arg(t) for t in w.log], ["a"])
+
+    def test_a_running_call_is_given_up_on_and_its_worker_told(self) -> None:
+        w = HookedWorker()
+        self.attach(w)
+        d = self.call(identity, "a")
+        next_ = self.call(identity, "b")
+        task = w.log[0]
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(w.timedOutTasks, [task])  # no cancelled hook: timedOut
+        self.assertEqual([arg(t) for t in w.log], ["a", "b"])  # freed by its hook
+        task.callback(("r", "late"))  # ignored
+        w.finish("r", "b")
+        self.assertEqual(self.successResultOf(next_), "b")
+
+    def test_withdraw_takes_back_a_queued_call_only(self) -> None:
+        w = ManualWorker()
+        self.attach(w)
+        running, queued = self.call(identity, "a"), self.call(identity, "b")
+        self.assertFalse(self.dispatcher.withdraw(running))
+        self.assertTrue(self.dispatcher.withdraw(queued))
+        self.failureResultOf(queued, errors.TaskCancelled)
+        self.assertFalse(self.dispatcher.withdraw(queued))
+
+
 class DetachTests(DispatchTestCase):
     def test_reassigned_calls_go_first_in_their_original_order(self) -> None:
         w1 = PipeliningWorker(3, "w1")
-        q = self.queue(w1)
-        ds = [q.call(identity, x) for x in "abcde"]
+        (slot,) = self.attach(w1)
+        ds = [self.call(identity, x) for x in "abcde"]
         self.assertEqual([arg(t) for t in w1.log], ["a", "b", "c"])
-        self.assertEqual(self.successResultOf(q.detachWorker(w1, reassign=True, crash=True)), [])
-        self.assertEqual(q.counts()["queued"], 5)
+        unfinished = self.dispatcher.detach(slot, reassign=True, crash=True)
+        self.assertEqual(self.successResultOf(unfinished), [])
+        self.assertEqual(self.queued(), 5)
+        self.assertFalse(w1.hired)
         w2 = ManualWorker(name="w2")
-        q.attachWorker(w2)
+        self.attach(w2)
         while w2.current:
             w2.finish("r", arg(w2.current[0][0]))
         self.assertEqual([arg(t) for t in w2.log], list("abcde"))
         self.assertEqual([self.successResultOf(d) for d in ds], list("abcde"))
 
+    def test_without_reassign_the_unfinished_calls_fail(self) -> None:
+        w = ManualWorker()
+        (slot,) = self.attach(w)
+        running, queued = self.call(identity, "a"), self.call(identity, "b")
+        unfinished = self.successResultOf(self.dispatcher.detach(slot, crash=True))
+        self.assertEqual(unfinished, [w.log[0]])
+        self.failureResultOf(running, errors.TaskCancelled)
+        self.assertNoResult(queued)  # still queued, for another worker
+        self.assertEqual(self.queued(), 1)
+
     def test_a_reassigned_call_is_not_charged_and_its_timer_goes(self) -> None:
         w1 = ManualWorker(name="w1")
-        q = self.queue(w1)
-        d = q.call(identity, "a", timeout=5)
+        (slot,) = self.attach(w1)
+        d = self.call(identity, "a", timeout=5)
         self.clock.advance(3)
-        q.detachWorker(w1, reassign=True, crash=True)
+        self.dispatcher.detach(slot, reassign=True, crash=True)
         self.assertNoTimers()
         w2 = ManualWorker(name="w2")
-        q.attachWorker(w2)
+        self.attach(w2)
         self.clock.advance(3)  # 6 s since the first attempt, 3 since this one
         self.assertNoResult(d)
         # Being reassigned was no loss: it may still be lost once.
@@ -391,14 +736,44 @@ class DetachTests(DispatchTestCase):
 
     def test_a_graceful_stop_that_leaves_tasks_unreported_reassigns_them(self) -> None:
         w1 = ManualWorker(name="w1")  # its stop() fires at once, its task unfinished
-        q = self.queue(w1)
-        d = q.call(identity, "a")
-        self.assertEqual(self.successResultOf(q.detachWorker(w1, reassign=True)), [])
+        (slot,) = self.attach(w1)
+        d = self.call(identity, "a")
+        self.assertEqual(self.successResultOf(self.dispatcher.detach(slot, reassign=True)), [])
         self.assertTrue(w1.stopped)
         self.assertFalse(w1.crashed)
         w2 = ManualWorker(name="w2")
-        q.attachWorker(w2)
+        self.attach(w2)
         w2.finish("r", "a")
+        self.assertEqual(self.successResultOf(d), "a")
+
+    def test_a_graceful_stop_too_slow_is_a_crash_after_the_timeout(self) -> None:
+        class Slow(ManualWorker):
+            def stop(self) -> Deferred[None]:
+                self.stopped = True
+                return Deferred()
+
+        w = Slow()
+        (slot,) = self.attach(w)
+        d = self.call(identity, "a")
+        detached = self.dispatcher.detach(slot, reassign=True, timeout=2)
+        self.clock.advance(1.9)
+        self.assertNoResult(detached)
+        self.assertFalse(w.crashed)
+        self.clock.advance(0.2)
+        self.assertTrue(w.crashed)
+        self.assertEqual(self.successResultOf(detached), [])
+        self.assertEqual(self.queued(), 1)
+        self.assertNoResult(d)
+
+    def test_a_worker_that_resigns_is_detached_and_its_calls_reassigned(self) -> None:
+        quitter, spare = ManualWorker(name="quitter"), ManualWorker(name="spare")
+        self.attach(quitter)
+        d = self.call(identity, "a")
+        quitter.resignator()
+        self.assertTrue(quitter.crashed)
+        self.assertEqual(self.dispatcher.slots, {})
+        self.attach(spare)
+        spare.finish("r", "a")
         self.assertEqual(self.successResultOf(d), "a")
 
     def test_a_worker_whose_ready_deferred_fails_is_detached_and_its_calls_reassigned(
@@ -413,12 +788,12 @@ class DetachTests(DispatchTestCase):
                 return defer.fail(RuntimeError("ready broke"))
 
         broken, spare = Broken(name="broken"), ManualWorker(name="spare")
-        q = self.queue(broken)
-        d = q.call(identity, "a")
+        self.attach(broken)
+        d = self.call(identity, "a")
         self.assertTrue(broken.crashed)
-        self.assertEqual(q.workers(), [])
+        self.assertEqual(self.dispatcher.slots, {})
         self.assertIn("ready broke", records[0].getMessage())
-        q.attachWorker(spare)
+        self.attach(spare)
         spare.finish("r", "a")
         self.assertEqual(self.successResultOf(d), "a")
 
@@ -430,10 +805,23 @@ class DetachTests(DispatchTestCase):
                 return super().run(task)
 
         w = Flaky()
-        q = self.queue(w)
-        bad = q.call(identity, "bad")
-        good = q.call(identity, "good")
+        self.attach(w)
+        bad = self.call(identity, "bad")
+        good = self.call(identity, "good")
         self.assertIn("cannot take it", str(self.failureResultOf(bad, ValueError).value))
         w.finish("r", "good")
         self.assertEqual(self.successResultOf(good), "good")
-        self.assertEqual(q.workers(), [w])
+        self.assertEqual([s.worker for s in self.dispatcher.slots.values()], [w])
+
+    def test_detached_workers_leave_the_drain_to_nobody(self) -> None:
+        w = ManualWorker()
+        (slot,) = self.attach(w)
+        d = self.call(identity, "a")
+        drained = self.dispatcher.drained()
+        self.assertNoResult(drained)
+        self.dispatcher.detach(slot, reassign=True, crash=True)
+        self.successResultOf(drained)  # no worker left to run it
+        self.dispatcher.abandon("never ran: the test gave up")
+        failure = self.failureResultOf(d, errors.QueueRunError)
+        self.assertIn("identity('a') never ran: the test gave up", str(failure.value))
+        self.assertEqual((self.pending(), self.queued()), (0, 0))

@@ -18,6 +18,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from asynqueue import AsyncWorker, NullQueue, TaskQueue, errors
+from asynqueue._core._task import Task
+from asynqueue._support._status import Status
 from asynqueue.interfaces import IWorker
 
 from ..helpers.common import FakeReactor, ManualWorker
@@ -271,6 +273,23 @@ class PolicyTests(TestCase):
         reactor.advance(0)
         self.assertFalse(q.isRunning())
         self.assertEqual(reactor.stopped, 1)
+
+    def test_taskdone_reads_members_letters_and_the_originals_bytes(self) -> None:
+        q = TaskQueue(returnFailure=True, reactor=Clock())
+        task = Task(abs, (1,))
+        for code in (Status.RESULT, "r", b"r"):
+            self.assertEqual(q.taskDone((code, 5), task), 5)
+        for code in (Status.NONE, "n", b"n"):
+            self.assertIsNone(q.taskDone((code, 5), task))
+        for code, error in (
+            ("e", ZeroDivisionError),
+            (b"t", errors.TimeoutError),
+            (Status.NOT_RUN, errors.WorkerLost),
+            ("x", errors.WorkerError),
+        ):
+            failure = q.taskDone((code, Failure(ZeroDivisionError("boom"))), task)
+            self.assertIsInstance(failure, Failure)
+            self.assertTrue(failure.check(error), (code, failure))
 
 
 class TimeoutTests(TestCase):

@@ -35,7 +35,9 @@ from asynqueue._wire._framing import (
     encode,
     encodeBytes,
 )
-from asynqueue._wire._relay import PickledCall
+from asynqueue._wire._relay import PickledCall, PickledResult
+from asynqueue.process import ProcessWorker
+from asynqueue.tasks import Status, Task
 from asynqueue.wire import RemoteQueue, WireServer
 
 from ..helpers import common as helpers
@@ -549,6 +551,38 @@ class WorkerTest(TestCase):
         for fill in range(3):
             self.assertEqual((yield q.call(hl.pattern, size, fill)), hl.pattern(size, fill))
         self.assertEqual(_framing.POOL.size, pooled)  # released buffers were used again
+
+    @inlineCallbacks
+    def test_a_relayed_call_gets_what_its_relay_asks_for_and_no_more(self) -> Any:
+        # The worker passes a relayed call's wire flags on unread, and hands
+        # its result over pickled, early only if the relay is `early`.
+        worker = ProcessWorker()
+        self.addCleanup(worker.stop)
+        size = 3 * ARENA_MIN + 17
+
+        def relayed(seed: int, early: bool, flags: int) -> Deferred[Any]:
+            pc = PickledCall(_codec.dumpsCall(hl.pattern, (size, seed), {}), "pattern")
+            pc.early, pc.wireFlags = early, flags
+            task = Task(pc)
+            worker.run(task)
+            return task.d
+
+        status, plain = yield relayed(1, False, 0)
+        self.assertIs(status, Status.RESULT)
+        self.assertIsInstance(plain, PickledResult)
+        self.assertIsNone(plain.filling)  # read whole before it was handed over
+        self.assertEqual(_codec.loads(plain.parts), hl.pattern(size, 1))
+        (child,) = worker._children
+        if child.arena is None:
+            raise SkipTest("no memfd_create here: process workers run without an arena")
+        status, shared = yield relayed(2, True, _codec.FLAG_SHARED_RESULT)
+        self.assertIs(status, Status.RESULT)
+        self.assertIsNotNone(shared.filling)  # handed over while the child wrote it
+        yield helpers.waitUntil(lambda: shared.filling.done)
+        self.assertEqual(_codec.loads(shared.parts), hl.pattern(size, 2))
+        start = mmap.PAGESIZE
+        self.assertEqual(child.arena.map[start : start + size], hl.pattern(size, 2))
+        shared.parts = []  # (frees the arena)
 
     @inlineCallbacks
     def test_large_arguments_go_through_the_inbox_and_are_never_overwritten(self) -> Any:

@@ -6,7 +6,7 @@ import pickle
 
 from twisted.trial import unittest
 
-from asynqueue._support._status import Status, asStatus
+from asynqueue._support._status import ERROR, ITERATOR, NONE, RESULT, Status, asStatus
 
 
 class StatusTest(unittest.TestCase):
@@ -27,3 +27,11 @@ class StatusTest(unittest.TestCase):
 
     def test_a_member_survives_pickling(self) -> None:
         self.assertIs(pickle.loads(pickle.dumps(Status.ITERATOR)), Status.ITERATOR)
+
+    def test_the_hot_path_constants_are_the_members(self) -> None:
+        self.assertEqual(
+            (RESULT, NONE, ERROR, ITERATOR),
+            (Status.RESULT, Status.NONE, Status.ERROR, Status.ITERATOR),
+        )
+        for constant in (RESULT, NONE, ERROR, ITERATOR):
+            self.assertIs(type(constant), Status)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
@@ -18,19 +18,20 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._iter._base import isIterator
+from .._support._status import Status
 from ..interfaces import IWorker
 from ._task import Task
 
 __all__ = ["AsyncWorker", "resultStatus"]
 
 
-def resultStatus(result: Any, raw: bool) -> tuple[str, Any]:
-    """``('i', Deferator)`` for an iterator (unless *raw*), else ``('r', result)``."""
+def resultStatus(result: Any, raw: bool) -> tuple[Status, Any]:
+    """``(ITERATOR, Deferator)`` for an iterator (unless *raw*), else ``(RESULT, result)``."""
     if not raw and isIterator(result):
         from .._iter._deferator import Deferator
 
-        return "i", Deferator(result)
-    return "r", result
+        return Status.ITERATOR, Deferator(result)
+    return Status.RESULT, result
 
 
 @implementer(IWorker)
@@ -45,7 +46,7 @@ class AsyncWorker:
 
     cQualified = ["async", "local"]
 
-    def __init__(self, series: list[Any] | tuple[Any, ...] = (), raw: bool = False) -> None:
+    def __init__(self, series: Sequence[Hashable] = (), raw: bool = False) -> None:
         self.iQualified = list(series)
         self.raw = raw
         self._queue: deque[tuple[Task, Deferred[None]]] = deque()
@@ -54,9 +55,9 @@ class AsyncWorker:
         self._stopWaiters: list[Deferred[None]] = []
         self._crashed = False
         self._looping = False
-        self._resignator: Callable[[], Any] | None = None
+        self._resignator: Callable[[], object] | None = None
 
-    def setResignator(self, callableObject: Callable[[], Any]) -> None:
+    def setResignator(self, callableObject: Callable[[], object]) -> None:
         self._resignator = callableObject
 
     def run(self, task: Task) -> Deferred[None]:
@@ -93,7 +94,7 @@ class AsyncWorker:
                 if inspect.iscoroutine(result):
                     result = ensureDeferred(result)
             except BaseException:
-                self._finish(task, ready, ("e", Failure()))
+                self._finish(task, ready, (Status.ERROR, Failure()))
                 continue
             if isinstance(result, Deferred):
                 self._currentD = result
@@ -101,12 +102,12 @@ class AsyncWorker:
                     lambda value, t=task, r=ready, raw=raw: self._finish(
                         t, r, resultStatus(value, raw)
                     ),
-                    lambda failure, t=task, r=ready: self._finish(t, r, ("e", failure)),
+                    lambda failure, t=task, r=ready: self._finish(t, r, (Status.ERROR, failure)),
                 )
                 return
             self._finish(task, ready, resultStatus(result, raw))
 
-    def _finish(self, task: Task, ready: Deferred[None], statusResult: tuple[str, Any]) -> None:
+    def _finish(self, task: Task, ready: Deferred[None], statusResult: tuple[Status, Any]) -> None:
         if self._current is not task:
             return  # crashed or timed out meanwhile; the queue no longer waits
         self._current = None

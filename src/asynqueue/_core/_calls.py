@@ -16,9 +16,12 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IDelayedCall
 from twisted.python.failure import Failure
 
 from .. import errors
+from .._support._status import Status, asStatus
+from ..interfaces import IWorker
 from ._scheduler import Entry, checkNiceness
 
 if TYPE_CHECKING:
@@ -39,7 +42,7 @@ QUEUE_KEYWORDS = frozenset(
 )
 
 
-def describeCall(f: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> str:
+def describeCall(f: object, args: tuple[object, ...], kw: dict[str, object]) -> str:
     """A one-line ``name(arg, k=v)`` description of a call, for messages and logs."""
     name = getattr(f, "__qualname__", None) or getattr(f, "__name__", None) or repr(f)
     module = getattr(f, "__module__", None)
@@ -49,7 +52,7 @@ def describeCall(f: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> str:
     return f"{name}({', '.join(parts)})"
 
 
-def _short(value: Any, limit: int = 40) -> str:
+def _short(value: object, limit: int = 40) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -79,7 +82,7 @@ def errorText(failure: Failure, description: str) -> str:
     )
 
 
-def toFailure(result: Any, errorType: type[errors.WorkerError] = errors.WorkerError) -> Failure:
+def toFailure(result: object, errorType: type[errors.WorkerError] = errors.WorkerError) -> Failure:
     """Turn what a worker reported with status ``e`` into a Failure."""
     if isinstance(result, Failure):
         return result
@@ -100,8 +103,8 @@ class _Call(Deferred[Any], Entry):
     # instance only stores what differs (cheaper than setting every field).
     attempt: Task | None = None
     slot: _Slot | None = None
-    entry: Any = None
-    timer: Any = None
+    entry: Entry | None = None
+    timer: IDelayedCall | None = None
     # The Deferred of a result still arriving (chunks, a consumer being fed)
     # once the call is done: cancelling the call cancels it.
     chained: Deferred[Any] | None = None
@@ -113,7 +116,7 @@ class _Call(Deferred[Any], Entry):
     doNext = False
     doLast = False
     timeout: float | None = None
-    consumer: Any = None
+    consumer: IConsumer | None = None
     returnFailure = False
     raw: bool | None = None
     # False for a call whose series only shares the workers fairly with
@@ -125,12 +128,13 @@ class _Call(Deferred[Any], Entry):
 
     def __init__(
         self,
-        f: Any,
+        f: Callable[..., Any],
         args: tuple[Any, ...],
         kw: dict[str, Any] | None,
-        canceller: Callable[[Deferred[Any]], None] | None = None,
+        canceller: Callable[[_Call], None] | None = None,
     ) -> None:
-        Deferred.__init__(self, canceller)
+        # (A Deferred's canceller gets that Deferred: this _Call.)
+        Deferred.__init__(self, canceller)  # type: ignore[arg-type]
         self.series: Hashable = None
         self.f = f
         self.args = args
@@ -181,14 +185,22 @@ def takeQueueOptions(call: _Call, kw: dict[str, Any], returnFailure: bool) -> No
     )
 
 
-def _unpackStatus(statusResult: Any) -> tuple[str, Any]:
+def _unpackStatus(statusResult: object) -> tuple[Status | str, Any]:
+    """
+    A worker's report as ``(status, result)``: the status a `Status` if it
+    is one (a member, its letter, or the letter as bytes, as the original's
+    workers report it), else the code as text (``"?"`` if not a pair).
+    """
+    code: object
+    result: Any
     try:
-        status, result = statusResult
+        code, result = statusResult  # type: ignore[misc]
     except (TypeError, ValueError):
         return "?", statusResult
-    if isinstance(status, bytes):
-        status = status.decode("ascii", "replace")
-    return status, result
+    status = asStatus(code)
+    if status is not None:
+        return status, result
+    return (code.decode("ascii", "replace") if isinstance(code, bytes) else str(code)), result
 
 
 class _Slot:
@@ -208,7 +220,7 @@ class _Slot:
         "worker",
     )
 
-    def __init__(self, worker: Any, ID: int) -> None:
+    def __init__(self, worker: IWorker, ID: int) -> None:
         self.worker = worker
         self.ID = ID
         self.qualified: frozenset[Hashable] = frozenset()
@@ -219,7 +231,7 @@ class _Slot:
         self.attached = True
         self.stopping = False
         self.bounced = False
-        self.rest: Any = None  # the delayed call that ends a refusal pause
+        self.rest: IDelayedCall | None = None  # the delayed call that ends a refusal pause
         self.reportsStart = bool(getattr(worker, "reportsStart", False))
 
     def refreshQualifications(self) -> None:

@@ -12,13 +12,20 @@ from __future__ import annotations
 import pickle
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from itertools import starmap
 from time import perf_counter
 from types import CoroutineType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ItemError", "applyChunk", "awaitableTypes"]
+if TYPE_CHECKING:  # (the child imports no Twisted)
+    from twisted.internet.defer import Deferred
+
+__all__ = ["ChunkResult", "ItemError", "applyChunk", "awaitableTypes"]
+
+# What a chunk gives: its results (an `ItemError` for each input whose call
+# raised), how many raised, and the seconds it took.
+ChunkResult = tuple[list[Any], int, float]
 
 
 class ItemError:
@@ -35,7 +42,7 @@ class ItemError:
     def __init__(self, exception: BaseException) -> None:
         self.exception = exception
 
-    def __reduce__(self) -> tuple[Any, ...]:
+    def __reduce__(self) -> tuple[type[ItemError], tuple[BaseException]]:
         return (ItemError, (_portable(self.exception),))
 
     def __repr__(self) -> str:
@@ -56,7 +63,7 @@ def _portable(exc: BaseException) -> BaseException:
     return WorkerError(f"{typeName}: {exc}", remoteTraceback=text, typeName=typeName)
 
 
-def awaitableTypes() -> tuple[type, ...]:
+def awaitableTypes() -> tuple[type[Awaitable[Any]], ...]:
     """
     The result types to wait for: Deferreds and coroutines, but only in the
     reactor thread (elsewhere, and where Twisted is not loaded, none).
@@ -71,7 +78,9 @@ def awaitableTypes() -> tuple[type, ...]:
     return (defer.Deferred, CoroutineType)
 
 
-def applyChunk(func: Callable[..., Any], chunk: Sequence[Any], star: bool = False) -> Any:
+def applyChunk(
+    func: Callable[..., Any], chunk: Sequence[Any], star: bool = False
+) -> ChunkResult | Deferred[ChunkResult]:
     """
     ``([result, ...], errors, seconds)``: *func* applied to each input of *chunk*.
 
@@ -120,12 +129,12 @@ async def _finishAsync(
     func: Callable[..., Any],
     chunk: Sequence[Any],
     i: int,
-    pending: Any,
+    pending: object,
     results: list[Any],
     errors: int,
     star: bool,
     started: float,
-) -> Any:
+) -> ChunkResult:
     """The rest of `applyChunk` once input *i* gave an awaitable (*pending*)."""
     from twisted.internet.defer import CancelledError as cancelled
 

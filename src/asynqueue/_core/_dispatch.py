@@ -1,5 +1,5 @@
 """
-`_Dispatcher`: how `TaskQueue` hands calls to workers and takes back reports.
+`Dispatcher`: how `TaskQueue` hands calls to workers and takes back reports.
 
 - Workers are *ready* when the Deferred from their last ``run`` has fired. The
   dispatcher gives each ready worker the best task it is qualified for, the
@@ -13,21 +13,28 @@
   report it, from when it really starts). A task is retried once after a
   timeout and re-run once after its worker was lost (status ``d``); the second
   time it fails with `errors.TimeoutError` or `errors.WorkerLost`.
+
+The hot path is two methods: `Dispatcher._offer` gives a slot a task (a new
+call on the fast path of ``submit``, or the scheduler's pick in a dispatch
+pass), and `Dispatcher._onReport` takes every report of an attempt.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Hashable
-from typing import Any
+from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from .. import errors
+from .._support._status import Status
+from ..interfaces import IWorker
 from ._calls import _Call, _Slot, _unpackStatus
 from ._scheduler import Scheduler
-from ._task import DO_LAST_PRIORITY, DO_NEXT_PRIORITY, Task, plainTask
+from ._task import DO_LAST_PRIORITY, DO_NEXT_PRIORITY, Report, Task, nextCallID, plainTask
 
 log = logging.getLogger("asynqueue")
 
@@ -36,86 +43,287 @@ log = logging.getLogger("asynqueue")
 REFUSAL_PAUSE = 0.005
 
 # A pipelining worker whose running task started longer ago than this gets
-# no more tasks until that one is done (see _Dispatcher._stalled).
+# no more tasks until that one is done (the stall rule, see Dispatcher._offer).
 PIPELINE_PATIENCE = 0.005
 
 # How many times a call may be charged with a timeout / a lost worker.
 MAX_TIMEOUTS = 2
 MAX_LOSSES = 2
 
+# The statuses of the hot path, bound once (a member's lookup on the enum
+# class costs ten times a global's).
+RESULT = Status.RESULT
+NONE = Status.NONE
+TIMEOUT = Status.TIMEOUT
+NOT_RUN = Status.NOT_RUN
 
-class _Dispatcher:
+# Each status by its member, its letter and its bytes: `asStatus` without a
+# call, for the report of every attempt (_unpackStatus reads the rest).
+STATUS_OF: dict[object, Status] = {
+    code: status for status in Status for code in (status, status.value.encode())
+}
+
+
+class TaskDone(Protocol):
+    """The queue's result policy: what the caller gets for a finished attempt."""
+
+    def __call__(self, statusResult: Report, task: Task, *, call: _Call) -> Any: ...
+
+
+class Dispatcher:
     """
-    The dispatcher and report handling of `TaskQueue`, which inherits it.
+    The attached workers, the unfinished calls and how the two meet.
 
-    A mixin, so that the hot path stays plain method calls on one object. It
-    keeps no state of its own: it expects the queue to provide
+    `TaskQueue` holds one and keeps the public API; this object owns the
+    scheduler, the slots (`_Slot`, a worker as the dispatcher sees it), the
+    pending calls and which series run where, hands queued calls to ready
+    workers and turns every report of an attempt into a retry or the
+    caller's result.
 
-    - ``_reactor``, ``_scheduler``, ``spew``;
-    - ``_slots`` (`_Slot` objects by ID), ``_slotList`` (the attached ones),
-      ``_pending`` (unfinished `_Call` objects), ``_drainWaiters``,
-      ``_dispatching``, ``_redispatch``, ``_seriesRunning``, ``_reporter``
-      (the bound ``_onReport``) and ``_ownTaskDone``, all set by
-      ``TaskQueue.__init__``;
-    - the methods ``taskDone``, ``detachWorker`` and ``_checkDrained``.
+    Args:
+        reactor: the clock for timeouts and pauses (a ``Clock`` in tests).
+        taskDone: the queue's result policy, ``taskDone(statusResult, task,
+            call=call)``: what the caller gets for a finished attempt.
     """
 
-    _reactor: Any
-    _scheduler: Scheduler
-    spew: bool
-    _slotList: list[_Slot]
-    _pending: set[_Call]
-    _drainWaiters: list[Deferred[None]]
-    _dispatching: bool
-    _redispatch: bool
-    _seriesRunning: dict[Hashable, int]
-    _slots: dict[int, _Slot]
-    _reporter: Any
-    _ownTaskDone: bool
+    def __init__(self, reactor: IReactorTime, taskDone: TaskDone) -> None:
+        self._reactor = reactor
+        self._seconds = reactor.seconds  # bound once: every attempt's clock
+        self.taskDone = taskDone
+        # True: a plain result (status r or n) goes to the caller as it is,
+        # without a call of taskDone (the queue's own policy, no spew).
+        self.plainResults = False
+        self.scheduler: Scheduler[_Call] = Scheduler()
+        self.slots: dict[int, _Slot] = {}
+        self._slotList: list[_Slot] = []  # the same slots, for quick scans
+        self._nextID = 1
+        self.pending: set[_Call] = set()
+        self._drainWaiters: list[Deferred[None]] = []
+        self._dispatching = False
+        self._redispatch = False
+        # series -> how many of its tasks are in flight (on one worker, or on
+        # none: a series runs in sequence)
+        self._seriesRunning: dict[Hashable, int] = {}
+        # Every attempt reports here: one bound method, not one per task.
+        self._reporter = self._onReport
+        # Every call's canceller, bound once.
+        self.canceller = self.cancel
+
+    def running(self) -> int:
+        """How many attempts are in flight."""
+        return sum(len(slot.inflight) for slot in self._slotList)
+
+    # ------------------------------------------------------------ workers
+
+    def attach(self, worker: IWorker) -> _Slot:
+        """A new slot for *worker* (not ready yet: see `workerReady`)."""
+        ID = self._nextID
+        self._nextID += 1
+        slot = _Slot(worker, ID)
+        slot.refreshQualifications()
+        self.slots[ID] = slot
+        self._slotList.append(slot)
+        # (Not in IWorker: the original's queue set both on its workers.)
+        worker.ID = ID  # type: ignore[attr-defined]
+        worker.hired = True  # type: ignore[attr-defined]
+        worker.setResignator(lambda *_: self.detach(slot, reassign=True, crash=True))
+        self._refreshRestricted()
+        return slot
+
+    def requalify(self, slot: _Slot) -> None:
+        """*slot*'s worker is qualified for other series now."""
+        slot.refreshQualifications()
+        self._refreshRestricted()
+        self._dispatch()
+
+    def _refreshRestricted(self) -> None:
+        restricted: set[Hashable] = set()
+        for slot in self._slotList:
+            restricted.update(slot.qualified)
+        self.scheduler.setRestricted(restricted)
+
+    def detach(
+        self,
+        slot: _Slot,
+        reassign: bool = False,
+        crash: bool = False,
+        timeout: float | None = None,
+    ) -> Deferred[list[Task]]:
+        """
+        Detach and stop *slot*'s worker; see `TaskQueue.detachWorker`.
+        *timeout*: seconds a graceful stop may take before the worker is
+        crashed (None waits).
+        """
+        if self.slots.pop(slot.ID, None) is None:
+            return succeed([])
+        self._slotList.remove(slot)
+        slot.attached = False
+        slot.ready = False
+        if slot.rest is not None and slot.rest.active():
+            slot.rest.cancel()
+        slot.rest = None
+        slot.worker.hired = False  # type: ignore[attr-defined]
+        self._refreshRestricted()
+        if crash:
+            d: Deferred[list[Task]] = succeed(self._crashSlot(slot))
+        else:
+            d = self._stopSlot(slot, timeout)
+        d.addCallback(self._handleUnfinished, reassign)
+        d.addCallback(self._afterDetach)
+        return d
+
+    def _afterDetach(self, result: list[Task]) -> list[Task]:
+        self._dispatch()
+        self.checkDrained()
+        return result
+
+    def _crashSlot(self, slot: _Slot) -> list[Task]:
+        try:
+            slot.worker.crash()
+        except Exception:
+            log.exception("Worker %r failed to crash", slot.worker)
+        # Whatever the worker says, every attempt still in flight on it is
+        # unfinished as far as the queue is concerned.
+        return self._clearInflight(slot)
+
+    def _stopSlot(self, slot: _Slot, timeout: float | None) -> Deferred[list[Task]]:
+        slot.stopping = True
+        result: Deferred[list[Task]] = Deferred()
+        timer = None
+
+        def stopped(_: object) -> None:
+            if timer is not None and timer.active():
+                timer.cancel()
+            if not result.called:
+                # Attempts the worker never reported are unfinished.
+                result.callback(self._clearInflight(slot))
+
+        def tooSlow() -> None:
+            if not result.called:
+                unfinished = self._crashSlot(slot)  # may fire the stop Deferred
+                if not result.called:
+                    result.callback(unfinished)
+
+        try:
+            stopD = slot.worker.stop()
+        except Exception:
+            log.exception("Worker %r failed to stop", slot.worker)
+            stopD = succeed(None)
+        if timeout is not None:
+            timer = self._reactor.callLater(timeout, tooSlow)
+        stopD.addBoth(stopped)
+        return result
+
+    def _handleUnfinished(self, unfinished: list[Task], reassign: bool) -> list[Task]:
+        calls = []
+        for task in unfinished:
+            call = self._callForAttempt(task)
+            if call is not None:
+                calls.append(call)
+        for call in calls:
+            self._closeAttempt(call)
+            if reassign:
+                self._requeue(call)
+            else:
+                self._finish(
+                    call,
+                    Failure(
+                        errors.TaskCancelled(
+                            f"{call.describe()}: its worker was detached before it finished"
+                        )
+                    ),
+                )
+        return [] if reassign else unfinished
+
+    def _callForAttempt(self, task: Task) -> _Call | None:
+        for call in self.pending:
+            if call.attempt is task:
+                return call
+        return None
+
+    # ------------------------------------------------------------ calls
+
+    def submit(self, call: _Call) -> _Call:
+        """Queue *call*, or hand it to a worker at once."""
+        call.callID = nextCallID()
+        self.pending.add(call)
+        scheduler = self.scheduler
+        if (
+            not scheduler.count
+            and not self._dispatching
+            and scheduler.vacant()
+            and not (call.doNext or call.doLast)
+        ):
+            # Fast path: nothing is queued, so this call is what the scheduler
+            # would pop next; offer it to the least loaded ready worker without
+            # a push, a pop and a dispatch pass (~9 µs of reactor time per call).
+            best = None
+            for slot in self._slotList:
+                if slot.ready and (best is None or len(slot.inflight) < len(best.inflight)):
+                    best = slot
+            if best is not None:
+                self._dispatching = True
+                try:
+                    taken = self._offer(best, call)
+                finally:
+                    self._dispatching = False
+                if taken:
+                    if self._redispatch and scheduler.count:
+                        self._dispatch()  # something was queued meanwhile (a retry)
+                    return call
+        # The call is its own entry (push sets its seq).
+        call.entry = scheduler.push(call, call.series, call.niceness, call.doNext, call.doLast)
+        self._dispatch()
+        return call
+
+    def withdraw(self, call: _Call) -> bool:
+        """
+        Take back *call* if no worker has taken it: it fails with
+        `errors.TaskCancelled`. False if it is no longer queued.
+        """
+        if call.done or call.entry is None:
+            return False
+        self._finish(
+            call,
+            Failure(errors.TaskCancelled(f"{call.describe()}: withdrawn before it started")),
+        )
+        self.checkDrained()
+        return True
+
+    def checkDrained(self) -> None:
+        """Fire the `drained` waiters if no call is unfinished, or no worker left."""
+        if self._drainWaiters and (not self.pending or not self.slots):
+            waiters, self._drainWaiters = self._drainWaiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def drained(self) -> Deferred[None]:
+        """Fires once every call has finished, or no worker is left to run them."""
+        d: Deferred[None] = Deferred()
+        self._drainWaiters.append(d)
+        self.checkDrained()
+        return d
+
+    def abandon(self, why: str) -> None:
+        """Fail every unfinished call with `errors.QueueRunError`: it *why*."""
+        for call in self.scheduler.drain():
+            call.entry = None
+        for call in list(self.pending):
+            self._closeAttempt(call)
+            self._finish(call, Failure(errors.QueueRunError(f"{call.describe()} {why}")))
 
     # ------------------------------------------------------------ dispatch
 
-    def _leastLoadedReady(self) -> _Slot | None:
-        best = None
-        for slot in self._slotList:
-            if (
-                slot.ready
-                and slot.attached
-                and (best is None or len(slot.inflight) < len(best.inflight))
-            ):
-                best = slot
-        if (
-            best is not None
-            and best.inflight
-            and best.reportsStart
-            and self._stalled(best, self._reactor.seconds())
-        ):
-            return None  # every ready worker is stuck in a long task: queue it
-        return best
-
-    @staticmethod
-    def _stalled(slot: _Slot, now: float) -> bool:
-        """
-        True if *slot*'s running task has taken longer than `PIPELINE_PATIENCE`.
-
-        A pipelining worker gets more tasks while it works, to hide the
-        hand-off. Behind a long task that only delays them, and commits them
-        to that worker before the scheduler's later choices (niceness, new
-        series) can apply: so such a worker gets no more until it is done.
-        """
-        started = next(iter(slot.inflight)).startedAt
-        return started is not None and now - started > PIPELINE_PATIENCE
-
     def _requeue(self, call: _Call) -> None:
         """Put *call* back at the front, in its original place among retries."""
-        call.entry = self._scheduler.pushFront(call, call.series, call.seq)
+        call.entry = self.scheduler.pushFront(call, call.series, call.seq)
 
     def _dispatch(self) -> None:
         """Give every ready worker the best task it may run."""
         if self._dispatching:
             self._redispatch = True
             return
-        scheduler = self._scheduler
+        scheduler = self.scheduler
         if not scheduler.count:
             return
         for slot in self._slotList:
@@ -139,46 +347,58 @@ class _Dispatcher:
                 for slot in ready:
                     if self._offer(slot):
                         if len(ready) == 1:
-                            self._feed(slot)
+                            # The only ready worker: fill it (until it is
+                            # full, it stalls or nothing is left for it)
+                            # without a pass for each task. Anything else
+                            # meanwhile (another worker ready, a retry) sets
+                            # _redispatch and hands back to the passes.
+                            while (
+                                slot.ready
+                                and scheduler.count
+                                and not self._redispatch
+                                and self._offer(slot)
+                            ):
+                                pass
                         again = again or slot.ready
                 if not (again or self._redispatch):
                     break
         finally:
             self._dispatching = False
 
-    def _offer(self, slot: _Slot) -> bool:
-        """Give *slot* the best task it may run now, if any; True if it got one."""
+    def _offer(self, slot: _Slot, call: _Call | None = None) -> bool:
+        """
+        Give *slot* a task if it may take one now: *call*, a new call that
+        nothing queued goes before (if its series lets *slot* run it), else
+        the best queued task for *slot*. True if it took one.
+        """
         if not slot.ready or not slot.attached:
             return False
-        if slot.inflight and slot.reportsStart and self._stalled(slot, self._reactor.seconds()):
-            return False
-        call = self._scheduler.pop(slot.qualified, (), self._mine(slot))
+        inflight = slot.inflight
+        if inflight and slot.reportsStart:
+            # The stall rule: a pipelining worker gets more tasks while it
+            # works, to hide the hand-off. Behind a long task that only delays
+            # them, and commits them to that worker before the scheduler's
+            # later choices (niceness, new series) can apply: so a worker whose
+            # running task started more than PIPELINE_PATIENCE ago gets no more.
+            started = next(iter(inflight)).startedAt
+            if started is not None and self._seconds() - started > PIPELINE_PATIENCE:
+                return False
+        scheduler = self.scheduler
+        mine = self._mine(slot) if slot.held else ()
         if call is None:
-            return False
+            call = scheduler.pop(slot.qualified, (), mine)
+            if call is None:
+                return False
+        else:
+            series = call.series
+            if series is not None and not (
+                scheduler.mayRun(series, slot.qualified)
+                and (not scheduler.isHeld(series) or series in mine)
+            ):
+                return False  # not on this worker, or not yet: queue it
+            call.seq = scheduler.ticket()
         self._runOn(slot, call)
         return True
-
-    def _feed(self, slot: _Slot) -> None:
-        """
-        The express path of `_dispatch` when *slot* is the only ready worker:
-        the passes would each give it one task until it is full, it stalls or
-        nothing is left for it; this loop does the same without rebuilding
-        the list of ready workers each time. Anything else that happens
-        meanwhile (another worker ready, a retry) sets ``_redispatch`` and
-        hands back to the passes.
-        """
-        scheduler = self._scheduler
-        seconds = self._reactor.seconds
-        while slot.ready and scheduler.count and not self._redispatch and slot.attached:
-            inflight = slot.inflight
-            if inflight and slot.reportsStart:
-                started = next(iter(inflight)).startedAt
-                if started is not None and seconds() - started > PIPELINE_PATIENCE:
-                    return  # stalled (see _stalled)
-            call = scheduler.pop(slot.qualified, (), self._mine(slot) if slot.held else ())
-            if call is None:
-                return
-            self._runOn(slot, call)
 
     def _mine(self, slot: _Slot) -> Collection[Hashable]:
         """
@@ -190,10 +410,6 @@ class _Dispatcher:
             return slot.held
         return ()
 
-    def _mayStartSeries(self, slot: _Slot, series: Hashable) -> bool:
-        """Whether *slot* may take the next task of *series* (none queued before it)."""
-        return not self._scheduler.isHeld(series) or series in self._mine(slot)
-
     def _track(self, slot: _Slot, call: _Call) -> None:
         series = call.series
         held = slot.held
@@ -202,7 +418,7 @@ class _Dispatcher:
         n = running.get(series, 0)
         running[series] = n + 1
         if not n:
-            self._scheduler.hold(series)
+            self.scheduler.hold(series)
 
     def _untrack(self, slot: _Slot, call: _Call) -> None:
         series = call.series
@@ -220,7 +436,7 @@ class _Dispatcher:
             running[series] = n
         else:
             del running[series]
-            self._scheduler.release(series)  # its next task may start anywhere
+            self.scheduler.release(series)  # its next task may start anywhere
 
     def _clearInflight(self, slot: _Slot) -> list[Task]:
         """Forget every attempt in flight on *slot*; returns them."""
@@ -240,7 +456,7 @@ class _Dispatcher:
         call.entry = None
         if call.plain and not (call.timeouts or call.losses):
             callTuple = (call.f, call.args, call._kw or {})  # (call.kw, minus a Python call)
-            task = plainTask(callTuple, call.callID, self._reactor.seconds)
+            task = plainTask(callTuple, call.callID, self._seconds)
             if call.series is not None:
                 task.series = call.series
             if call.raw is not None:
@@ -264,7 +480,7 @@ class _Dispatcher:
                 consumer=call.consumer,
                 callID=call.callID,
                 attempt=call.timeouts + call.losses + 1,
-                clock=self._reactor.seconds,
+                clock=self._seconds,
             )
         call.attempt = task
         call.slot = slot
@@ -275,13 +491,13 @@ class _Dispatcher:
         task.onReport = self._reporter
         if call.timeout is not None:
             if not getattr(slot.worker, "reportsStart", False):
-                task.startedAt = self._reactor.seconds()
+                task.startedAt = self._seconds()
             call.timer = self._reactor.callLater(call.timeout, self._timerFired, task, call)
         slot.bounced = False
         try:
             readyD = slot.worker.run(task)
         except Exception:
-            task.callback(("e", Failure()))
+            task.callback((Status.ERROR, Failure()))
             readyD = succeed(None)
         if slot.bounced and (readyD is None or readyD.called):
             # The worker refused the task on the spot (status d): rest a moment
@@ -301,17 +517,18 @@ class _Dispatcher:
 
     def _rested(self, slot: _Slot) -> None:
         slot.rest = None
-        self._workerReady(slot)
+        self.workerReady(slot)
 
-    def _onReady(self, _: Any, slot: _Slot) -> None:
-        self._workerReady(slot)
+    def _onReady(self, _: object, slot: _Slot) -> None:
+        self.workerReady(slot)
 
     def _onReadyFailed(self, failure: Failure, slot: _Slot) -> None:
         log.error("Worker %r failed while running a task: %s", slot.worker, failure.value)
         if slot.attached:
-            self.detachWorker(slot.ID, reassign=True, crash=True)
+            self.detach(slot, reassign=True, crash=True)
 
-    def _workerReady(self, slot: _Slot) -> None:
+    def workerReady(self, slot: _Slot) -> None:
+        """*slot*'s worker may take a task: give it one if any is queued."""
         if slot.attached and not slot.stopping:
             slot.ready = True
             self._dispatch()
@@ -333,56 +550,30 @@ class _Dispatcher:
                 self._untrack(slot, call)
         return task
 
-    def _onReport(self, task: Task, statusResult: Any) -> None:
-        call = task.owner
-        if (
-            statusResult.__class__ is tuple
-            and len(statusResult) == 2
-            and (statusResult[0] == "r" or statusResult[0] == "n")
-            and self._ownTaskDone
-            and not self.spew
-        ):
-            # The hot path: what _attemptDone, taskDone and _finish do with a
-            # plain result (or None) of the current attempt, inlined.
-            if call.attempt is not task or call.done:
-                _dropLate(statusResult[1])  # an attempt the queue gave up on
-                return
-            slot = call.slot
-            if call.timer is None and call.series is None and slot is not None:
-                call.attempt = call.slot = None
-                slot.inflight.pop(task, None)
-            else:
-                self._closeAttempt(call)
-            call.done = True
-            self._pending.discard(call)
-            if call.entry is not None:
-                self._scheduler.remove(call.entry)
-                call.entry = None
-            result = statusResult[1] if statusResult[0] == "r" else None
-            # isinstance(result, Deferred) by the MRO: Deferred is an ABC
-            # (Awaitable), whose isinstance costs a Python-level call.
-            if Deferred in result.__class__.__mro__:
-                call.chained = result
-                result.chainDeferred(call)
-            else:
-                call.callback(result)
-            if self._scheduler.count:
-                self._dispatch()
-            if self._drainWaiters:
-                self._checkDrained()
-            return
-        self._attemptDone(statusResult, task, call)
-
-    def _attemptDone(self, statusResult: Any, task: Task, call: _Call) -> None:
+    def _onReport(self, task: Task, statusResult: Report) -> None:
+        """
+        A worker reported on *task*, an attempt at a call: the call's result,
+        or a retry after a timeout (``t``) or a task not run (``d``).
+        Every attempt reports here, once (see `Task.callback`).
+        """
+        call: _Call = task.owner  # type: ignore[assignment]  # (set by _runOn)
+        status: Status | str
+        try:
+            code, result = statusResult
+            status = STATUS_OF[code]
+        except (TypeError, ValueError, KeyError):  # not a pair, or not a status
+            status, result = _unpackStatus(statusResult)
         if call.attempt is not task or call.done:
-            _dropLate(_unpackStatus(statusResult)[1])  # an attempt the queue gave up on
+            _dropLate(result)  # an attempt the queue gave up on
             return
         slot = call.slot
         self._closeAttempt(call)
-        status, result = _unpackStatus(statusResult)
-        if status == "t":
+        if (status is RESULT or status is NONE) and self.plainResults:
+            # The hot path: what taskDone would make of it.
+            self._finish(call, result if status is RESULT else None)
+        elif status is TIMEOUT:
             self._timedOut(call, task, slot, notifyWorker=False)
-        elif status == "d":
+        elif status is NOT_RUN:
             if slot is not None:
                 slot.bounced = True
             if task.innocent:
@@ -395,16 +586,16 @@ class _Dispatcher:
             except Exception:
                 outcome = Failure()
             self._finish(call, outcome)
-            if not self._drainWaiters and not self._scheduler:
-                return  # nothing queued, nobody waiting for the drain
-        self._dispatch()
-        self._checkDrained()
+        if self.scheduler.count:
+            self._dispatch()
+        if self._drainWaiters:
+            self.checkDrained()
 
     def _timerFired(self, task: Task, call: _Call) -> None:
         call.timer = None
         if call.attempt is not task or call.done:
             return
-        now = self._reactor.seconds()
+        now = self._seconds()
         assert call.timeout is not None
         started = task.startedAt
         if started is None:
@@ -419,7 +610,7 @@ class _Dispatcher:
         self._closeAttempt(call)
         self._timedOut(call, task, slot, notifyWorker=True)
         self._dispatch()
-        self._checkDrained()
+        self.checkDrained()
 
     def _timedOut(self, call: _Call, task: Task, slot: _Slot | None, notifyWorker: bool) -> None:
         call.timeouts += 1
@@ -442,28 +633,28 @@ class _Dispatcher:
                 ),
             )
 
-    def _cancelCall(self, call: _Call) -> None:
+    def cancel(self, call: _Call) -> None:
         """
         The canceller of a call's Deferred. A queued call is withdrawn (it
         never runs, and its series moves on); a running one is given up on
         and its worker told to stop it (``cancelled``, else ``timedOut``);
         a result still arriving (a consumer being fed) is cancelled. The
-        Deferred then fails with ``CancelledError`` (Deferred.cancel does that).
+        Deferred fails with ``CancelledError``, as Deferred.cancel would.
         """
         if call.done:
             chained = call.chained
             if chained is not None:
                 chained.cancel()
             return
-        self._settle(call)
         slot = call.slot
         task = self._closeAttempt(call)
         if task is not None and slot is not None:  # (a worker being detached stops it too)
             name = "cancelled" if hasattr(slot.worker, "cancelled") else "timedOut"
             self._tellWorker(slot, name, task)
-        if self._scheduler.count:
+        self._finish(call, Failure(CancelledError()))
+        if self.scheduler.count:
             self._dispatch()
-        self._checkDrained()
+        self.checkDrained()
 
     @staticmethod
     def _tellWorker(slot: _Slot, hookName: str, task: Task) -> None:
@@ -475,7 +666,7 @@ class _Dispatcher:
             except Exception:
                 log.exception("Worker %r failed in %s(%r)", slot.worker, hookName, task)
 
-    def _lost(self, call: _Call, reason: Any) -> None:
+    def _lost(self, call: _Call, reason: object) -> None:
         call.losses += 1
         if call.losses >= MAX_LOSSES:
             text = str(reason.value if isinstance(reason, Failure) else reason or "")
@@ -492,20 +683,18 @@ class _Dispatcher:
         else:
             self._requeue(call)
 
-    def _settle(self, call: _Call) -> None:
-        """Mark *call* done: no longer pending, nor queued."""
-        call.done = True
-        self._pending.discard(call)
-        if call.entry is not None:
-            self._scheduler.remove(call.entry)
-            call.entry = None
-
     def _finish(self, call: _Call, outcome: Any) -> None:
         """Fire the caller's Deferred, exactly once."""
         if call.done:
             return
-        self._settle(call)
-        if isinstance(outcome, Deferred):
+        call.done = True  # no longer pending, nor queued
+        self.pending.discard(call)
+        if call.entry is not None:
+            self.scheduler.remove(call.entry)
+            call.entry = None
+        # isinstance(outcome, Deferred) by the MRO: Deferred is an ABC
+        # (Awaitable), whose isinstance costs a Python-level call.
+        if Deferred in outcome.__class__.__mro__:
             # Chunked results and consumer runs finish later.
             call.chained = outcome
             outcome.chainDeferred(call)
@@ -513,7 +702,7 @@ class _Dispatcher:
             call.callback(outcome)
 
 
-def _dropLate(result: Any) -> None:
+def _dropLate(result: object) -> None:
     """
     Drop the result of an attempt the queue gave up on. A Deferred one (an
     iterator's first batch, say, failing because its worker was crashed)

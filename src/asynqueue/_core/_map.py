@@ -30,9 +30,9 @@ from __future__ import annotations
 import operator
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from itertools import islice
-from typing import Any
+from typing import Any, Final, Protocol, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
@@ -40,8 +40,9 @@ from twisted.python.failure import Failure
 from .. import errors
 from .._iter._base import Batch
 from .._iter._deferator import Deferator
+from ..interfaces import IWorker
 from ._calls import describeCall
-from ._chunk import ItemError, applyChunk
+from ._chunk import ChunkResult, ItemError, applyChunk
 
 __all__ = [
     "IteratorFeed",
@@ -71,7 +72,29 @@ RAMP_WINDOWS = 4
 #: A worker that runs tasks side by side counts as at most this many.
 MAX_SLOTS = 16
 
-_NOTHING: Any = object()
+_NOTHING: Final = object()
+
+
+class MapQueue(Protocol):
+    """What a map needs of its queue (a `TaskQueue`)."""
+
+    def call(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]: ...
+
+    def workers(self) -> list[IWorker]: ...
+
+    def isRunning(self) -> bool: ...
+
+
+class Feed(Protocol):
+    """Where a map's inputs come from; see `IteratorFeed`."""
+
+    error: Failure | None
+    onMore: Callable[[], None] | None
+
+    @property
+    def exhausted(self) -> bool: ...
+
+    def take(self, n: int) -> Sequence[Any]: ...
 
 
 class IteratorFeed:
@@ -88,13 +111,13 @@ class IteratorFeed:
         self._iterator = iterator
         self.error: Failure | None = None
         self.onMore: Callable[[], None] | None = None
-        self._ahead = self._pull()
+        self._ahead: object = self._pull()
 
     @property
     def exhausted(self) -> bool:
         return self._ahead is _NOTHING
 
-    def _pull(self) -> Any:
+    def _pull(self) -> object:
         try:
             return next(self._iterator)
         except StopIteration:
@@ -142,13 +165,14 @@ class SequenceFeed:
         return items
 
 
-def feedOf(iterables: tuple[Any, ...], iterators: list[Iterator[Any]]) -> Any:
+def feedOf(iterables: tuple[object, ...], iterators: list[Iterator[Any]]) -> Feed:
     """
     The feed of ``map``'s inputs: slices of a lone list, tuple or range;
     else the *iterators* (those of *iterables*), zipped if several.
     """
-    if len(iterables) == 1 and type(iterables[0]) in (list, tuple, range):
-        return SequenceFeed(iterables[0])
+    first = iterables[0] if len(iterables) == 1 else None
+    if type(first) in (list, tuple, range):  # exactly: a subclass may slice otherwise
+        return SequenceFeed(cast("Sequence[Any]", first))
     return IteratorFeed(zip(*iterators, strict=False) if len(iterators) > 1 else iterators[0])
 
 
@@ -184,9 +208,9 @@ class MapRun:
 
     def __init__(
         self,
-        queue: Any,
+        queue: MapQueue,
         func: Callable[..., Any],
-        feed: Any,
+        feed: Feed,
         *,
         star: bool = False,
         chunksize: int | None = None,
@@ -392,9 +416,11 @@ class MapRun:
             self._failAll(batch, Failure())
             return
         batch.calls.append(d)
-        d.addCallbacks(self._batchDone, self._batchFailed, (batch,), None, (batch,))
+        d.addCallbacks(
+            self._batchDone, self._batchFailed, callbackArgs=(batch,), errbackArgs=(batch,)
+        )
 
-    def _batchDone(self, result: Any, batch: MapBatch) -> None:
+    def _batchDone(self, result: ChunkResult, batch: MapBatch) -> None:
         results, count, seconds = result
         self._measured(len(results), seconds)
         batch.results = results
@@ -443,9 +469,14 @@ class MapRun:
                 self._singleFailed(Failure(), batch, i)
                 continue
             batch.calls.append(d)
-            d.addCallbacks(self._singleDone, self._singleFailed, (batch, i), None, (batch, i))
+            d.addCallbacks(
+                self._singleDone,
+                self._singleFailed,
+                callbackArgs=(batch, i),
+                errbackArgs=(batch, i),
+            )
 
-    def _singleDone(self, result: Any, batch: MapBatch, i: int) -> None:
+    def _singleDone(self, result: ChunkResult, batch: MapBatch, i: int) -> None:
         results, count, _ = result
         batch.results[i] = results[0]
         batch.errors += count
@@ -499,7 +530,7 @@ def _sizeOf(x: Any, star: bool) -> int:
         return 64
 
 
-def lengthHint(iterables: tuple[Any, ...]) -> int | None:
+def lengthHint(iterables: tuple[object, ...]) -> int | None:
     """How many inputs ``zip(*iterables)`` gives, if every one says; else None."""
     try:
         hints = [operator.length_hint(it, -1) for it in iterables]
@@ -551,10 +582,10 @@ class MapDeferator(Deferator):
     # other way to take items first puts it back into the buffer (`_unspool`).
     _spool: Iterator[Any] | None = None
 
-    def __aiter__(self) -> Any:  # type: ignore[override]
+    def __aiter__(self) -> AsyncIterator[Any]:  # type: ignore[override]
         return self._items()
 
-    async def _items(self) -> Any:
+    async def _items(self) -> AsyncIterator[Any]:
         """The items, for ``async for``: those landed without waiting, the
         others as `Deferator.__anext__` gives them."""
         while True:
@@ -590,7 +621,7 @@ class MapDeferator(Deferator):
     @property
     def moreLeft(self) -> bool:
         self._unspool()
-        return Deferator.moreLeft.fget(self)  # type: ignore[attr-defined,no-any-return]
+        return Deferator.moreLeft.fget(self)  # type: ignore[attr-defined]
 
     def __next__(self) -> Deferred[Any]:
         self._unspool()

@@ -5,7 +5,7 @@ Imports only `errors`, since a child process may unpickle one.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import errors
 
@@ -25,12 +25,12 @@ class UniverseMethod:
         self.name = name
         self.__name__ = self.__qualname__ = name
 
-    def __call__(self, *args: Any, **kw: Any) -> Any:
+    def __call__(self, *args: Any, **kw: Any) -> NoReturn:
         raise errors.ImplementationError(
             f"{self.name!r} names a method of a WireServer's universe; it runs only on a WireWorker"
         )
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> tuple[type[UniverseMethod], tuple[str]]:
         return (UniverseMethod, (self.name,))
 
     def __eq__(self, other: object) -> bool:

@@ -6,7 +6,7 @@ Data flow::
     call(f, *a, **kw) ──► _Call ──► Scheduler ──► _dispatch ──► worker.run(Task)
         │                   ▲  (pure order)       (idle worker,    │
         │                   │                      best task)      ▼
-        ▼                   └── retry (t, d) ◄── _attemptDone ◄── task.callback((status, result))
+        ▼                   └── retry (t, d) ◄── _onReport ◄──── task.callback((status, result))
     caller's Deferred ◄────────────── taskDone (policy) ◄──┘
 
 - A `_Call` is what the caller asked for; it lives until it fires: it *is*
@@ -19,21 +19,24 @@ Data flow::
 
 The pieces live in their own modules: `_calls` holds the call record and the
 helpers that describe calls and read results; `_dispatch` holds the
-dispatcher (`_Dispatcher`, which `TaskQueue` inherits): worker readiness,
-pipelining, timeouts and retries.
+`Dispatcher` that the queue holds: the workers' slots, the unfinished calls,
+worker readiness, pipelining, timeouts and retries. The queue keeps the public
+API, the result policy (`TaskQueue.taskDone`), updates and shutdown.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Hashable
-from typing import Any
+from collections.abc import Callable, Generator, Hashable, Iterable
+from typing import TYPE_CHECKING, Any, cast, overload
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.python.failure import Failure
 
 from .. import errors
+from .._support._status import Status
 from .._support._util import whenFired
 from ..interfaces import IWorker
 from ._calls import (
@@ -46,17 +49,22 @@ from ._calls import (
     takeQueueOptions,
     toFailure,
 )
-from ._dispatch import _Dispatcher
+from ._dispatch import Dispatcher
 from ._named import UniverseMethod
-from ._scheduler import Scheduler
-from ._task import DO_NEXT_PRIORITY, Task, nextCallID
+from ._task import DO_NEXT_PRIORITY, Report, Task
+
+if TYPE_CHECKING:
+    from .._iter._deferator import Deferator
+
+# An update remembered for workers attached later: (func, args, kw, series).
+_Update = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Hashable]
 
 __all__ = ["TaskQueue"]
 
 log = logging.getLogger("asynqueue")
 
 
-class TaskQueue(_Dispatcher):
+class TaskQueue:
     """
     A task queue for dispatching arbitrary callables to one or more workers.
 
@@ -80,85 +88,82 @@ class TaskQueue(_Dispatcher):
 
     def __init__(
         self,
-        *workers: Any,
+        *workers: IWorker,
         timeout: float | None = None,
         warn: bool = False,
         verbose: bool = False,
         spew: bool = False,
         returnFailure: bool = False,
-        reactor: Any = None,
+        reactor: IReactorTime | None = None,
         **kw: Any,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as globalReactor
 
-            reactor = globalReactor
+            reactor = cast(IReactorTime, globalReactor)
         self._reactor = reactor
         self.timeout = timeout
         self.warn = warn
-        self.spew = spew
         self.verbose = verbose or spew
         self.returnFailure = returnFailure
-        self._scheduler = Scheduler()
-        self._slots: dict[int, _Slot] = {}
-        self._slotList: list[_Slot] = []  # the same slots, for quick scans
-        self._nextID = 1
-        self._pending: set[_Call] = set()
-        self._updates: list[tuple[Any, tuple[Any, ...], dict[str, Any], Hashable]] = []
+        self._dispatcher = Dispatcher(reactor, self.taskDone)
+        self.spew = spew
+        self._updates: list[_Update] = []
         self._running = True
         self._shutdownD: Deferred[None] | None = None
-        self._drainWaiters: list[Deferred[None]] = []
-        self._dispatching = False
-        self._redispatch = False
         self._stoppingReactor = False
-        # series -> how many of its tasks are in flight (on one worker, or on
-        # none: a series runs in sequence)
-        self._seriesRunning: dict[Hashable, int] = {}
-        # A subclass's taskDone sees every result; ours is inlined for plain ones.
-        self._ownTaskDone = type(self).taskDone is TaskQueue.taskDone
-        # Every attempt reports here: one bound method, not one per task.
-        self._reporter = self._onReport
-        # Every call's canceller (see _Dispatcher._cancelCall), bound once.
-        self._callCanceller = self._cancelCall
         if spew:
             _ensureLogOutput()
         for worker in workers:
             self.attachWorker(worker)
 
+    @property
+    def spew(self) -> bool:
+        """Log every call and its result (see the class docstring)."""
+        return self._spew
+
+    @spew.setter
+    def spew(self, value: bool) -> None:
+        self._spew = value
+        # A subclass's taskDone sees every result, and so does spew; ours
+        # is skipped for plain ones.
+        self._dispatcher.plainResults = not value and type(self).taskDone is TaskQueue.taskDone
+
     # ------------------------------------------------------------ state
 
     def __len__(self) -> int:
         """The number of workers attached."""
-        return len(self._slots)
+        return len(self._dispatcher.slots)
 
     def __bool__(self) -> bool:
         """True if I am running and have at least one worker."""
-        return self._running and bool(self._slots)
+        return self._running and bool(self._dispatcher.slots)
 
     def isRunning(self) -> bool:
         """True until ``shutdown`` has been called."""
         return self._running
 
     def __repr__(self) -> str:
+        dispatcher = self._dispatcher
         return (
-            f"<{type(self).__name__} workers={len(self._slots)}"
-            f" queued={len(self._scheduler)} pending={len(self._pending)}"
+            f"<{type(self).__name__} workers={len(dispatcher.slots)}"
+            f" queued={len(dispatcher.scheduler)} pending={len(dispatcher.pending)}"
             f"{'' if self._running else ' shut down'}>"
         )
 
     def counts(self) -> dict[str, int]:
         """Counts of attached workers, queued calls and unfinished calls."""
-        running = sum(len(s.inflight) for s in self._slots.values())
+        dispatcher = self._dispatcher
         return {
-            "workers": len(self._slots),
-            "queued": len(self._scheduler),
-            "running": running,
-            "pending": len(self._pending),
+            "workers": len(dispatcher.slots),
+            "queued": len(dispatcher.scheduler),
+            "running": dispatcher.running(),
+            "pending": len(dispatcher.pending),
         }
 
     # ------------------------------------------------------------ workers
 
-    def attachWorker(self, worker: Any) -> Deferred[int]:
+    def attachWorker(self, worker: IWorker) -> Deferred[int]:
         """
         Register a new provider of `IWorker`.
 
@@ -168,36 +173,26 @@ class TaskQueue(_Dispatcher):
         if not IWorker.providedBy(worker):
             raise errors.ImplementationError(f"{worker!r} does not provide IWorker")
         IWorker.validateInvariants(worker)
-        for slot in self._slots.values():
+        for slot in self._dispatcher.slots.values():
             if slot.worker is worker:
                 return succeed(slot.ID)
-        ID = self._nextID
-        self._nextID += 1
-        slot = _Slot(worker, ID)
-        slot.refreshQualifications()
-        self._slots[ID] = slot
-        self._slotList.append(slot)
-        worker.ID = ID
-        worker.hired = True
-        worker.setResignator(lambda *_: self._resigned(ID))
-        self._refreshRestricted()
+        slot = self._dispatcher.attach(worker)
         d = self._replayUpdates(slot)
-        d.addCallback(lambda _: self._workerReady(slot))
-        return succeed(ID)
+        d.addCallback(lambda _: self._dispatcher.workerReady(slot))
+        return succeed(slot.ID)
 
-    def _resigned(self, ID: int) -> Deferred[list[Task]]:
-        return self.detachWorker(ID, reassign=True, crash=True)
-
-    def _getWorkerID(self, workerOrID: Any) -> int | None:
-        if isinstance(workerOrID, int) and workerOrID in self._slots:
-            return workerOrID
-        for ID, slot in self._slots.items():
+    def _getSlot(self, workerOrID: IWorker | int) -> _Slot | None:
+        """The slot of an attached worker, given the worker or its ID."""
+        slots = self._dispatcher.slots
+        if isinstance(workerOrID, int) and workerOrID in slots:
+            return slots[workerOrID]
+        for slot in slots.values():
             if slot.worker is workerOrID:
-                return ID
+                return slot
         return None
 
     def detachWorker(
-        self, workerOrID: Any, reassign: bool = False, crash: bool = False
+        self, workerOrID: IWorker | int, reassign: bool = False, crash: bool = False
     ) -> Deferred[list[Task]]:
         """
         Detach and stop a worker (the object or its ID).
@@ -208,121 +203,38 @@ class TaskQueue(_Dispatcher):
         `errors.TaskCancelled`. A graceful stop (no ``crash``) lets the worker
         finish the tasks in hand; after the queue's ``timeout`` it is crashed.
         """
-        ID = self._getWorkerID(workerOrID)
-        if ID is None:
+        slot = self._getSlot(workerOrID)
+        if slot is None:
             return succeed([])
-        slot = self._slots.pop(ID)
-        self._slotList.remove(slot)
-        slot.attached = False
-        slot.ready = False
-        if slot.rest is not None and slot.rest.active():
-            slot.rest.cancel()
-        slot.rest = None
-        slot.worker.hired = False
-        self._refreshRestricted()
-        if crash:
-            d: Deferred[list[Task]] = succeed(self._crashSlot(slot))
-        else:
-            d = self._stopSlot(slot)
-        d.addCallback(self._handleUnfinished, reassign)
-        d.addCallback(self._afterDetach)
-        return d
+        return self._dispatcher.detach(slot, reassign, crash, self.timeout)
 
-    def _afterDetach(self, result: list[Task]) -> list[Task]:
-        self._dispatch()
-        self._checkDrained()
-        return result
-
-    def _crashSlot(self, slot: _Slot) -> list[Task]:
-        try:
-            slot.worker.crash()
-        except Exception:
-            log.exception("Worker %r failed to crash", slot.worker)
-        # Whatever the worker says, every attempt still in flight on it is
-        # unfinished as far as the queue is concerned.
-        return self._clearInflight(slot)
-
-    def _stopSlot(self, slot: _Slot) -> Deferred[list[Task]]:
-        slot.stopping = True
-        result: Deferred[list[Task]] = Deferred()
-        timer = None
-
-        def stopped(_: Any) -> None:
-            if timer is not None and timer.active():
-                timer.cancel()
-            if not result.called:
-                # Attempts the worker never reported are unfinished.
-                result.callback(self._clearInflight(slot))
-
-        def tooSlow() -> None:
-            if not result.called:
-                unfinished = self._crashSlot(slot)  # may fire the stop Deferred
-                if not result.called:
-                    result.callback(unfinished)
-
-        try:
-            stopD = slot.worker.stop()
-        except Exception:
-            log.exception("Worker %r failed to stop", slot.worker)
-            stopD = succeed(None)
-        if self.timeout is not None:
-            timer = self._reactor.callLater(self.timeout, tooSlow)
-        stopD.addBoth(stopped)
-        return result
-
-    def _handleUnfinished(self, unfinished: list[Task], reassign: bool) -> list[Task]:
-        calls = []
-        for task in unfinished:
-            call = self._callForAttempt(task)
-            if call is not None:
-                calls.append(call)
-        for call in calls:
-            self._closeAttempt(call)
-            if reassign:
-                self._requeue(call)
-            else:
-                self._finish(
-                    call,
-                    Failure(
-                        errors.TaskCancelled(
-                            f"{call.describe()}: its worker was detached before it finished"
-                        )
-                    ),
-                )
-        return [] if reassign else unfinished
-
-    def _callForAttempt(self, task: Task) -> _Call | None:
-        for call in self._pending:
-            if call.attempt is task:
-                return call
-        return None
-
-    def qualifyWorker(self, worker: Any, series: Hashable) -> None:
+    def qualifyWorker(self, worker: IWorker, series: Hashable) -> None:
         """Add *series* to the qualifications of an attached *worker*."""
         if series not in worker.iQualified:
             worker.iQualified.append(series)
-        ID = self._getWorkerID(worker)
-        if ID is not None:
-            self._slots[ID].refreshQualifications()
-            self._refreshRestricted()
-            self._dispatch()
+        slot = self._getSlot(worker)
+        if slot is not None:
+            self._dispatcher.requalify(slot)
 
-    def workers(self, ID: int | None = None) -> Any:
+    @overload
+    def workers(self) -> list[IWorker]: ...
+
+    @overload
+    def workers(self, ID: int) -> IWorker | None: ...
+
+    def workers(self, ID: int | None = None) -> list[IWorker] | IWorker | None:
         """The worker with *ID* (None if not attached), or a list of all workers."""
+        slots = self._dispatcher.slots
         if ID is None:
-            return [slot.worker for slot in self._slots.values()]
-        slot = self._slots.get(ID)
+            return [slot.worker for slot in slots.values()]
+        slot = slots.get(ID)
         return None if slot is None else slot.worker
-
-    def _refreshRestricted(self) -> None:
-        restricted: set[Hashable] = set()
-        for slot in self._slots.values():
-            restricted.update(slot.qualified)
-        self._scheduler.setRestricted(restricted)
 
     # ------------------------------------------------------------ calls
 
-    def newTask(self, func: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> _Call:
+    def newTask(
+        self, func: Callable[..., Any] | str, args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> _Call:
         """Make the record of a queued call from a func-args-kw combo."""
         if isinstance(func, str):
             # As in the original: a name is a method of a wire server's universe.
@@ -330,7 +242,7 @@ class TaskQueue(_Dispatcher):
         elif not callable(func):
             raise TypeError(f"{func!r} is not callable")
         own = dict(kw) if kw else None
-        call = _Call(func, tuple(args), own, self._callCanceller)
+        call = _Call(func, tuple(args), own, self._dispatcher.canceller)
         if self.returnFailure:
             call.returnFailure = True
         if own and not QUEUE_KEYWORDS.isdisjoint(own):
@@ -366,9 +278,11 @@ class TaskQueue(_Dispatcher):
             raise errors.QueueRunError(
                 f"Cannot call {describeCall(func, args, kw)}: the queue is shut down"
             )
-        return self._submit(self.newTask(func, args, kw))
+        return self._dispatcher.submit(self.newTask(func, args, kw))
 
-    def _callInFlow(self, flow: Hashable, func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    def _callInFlow(
+        self, flow: Hashable, func: Callable[..., Any], *args: Any, **kw: Any
+    ) -> Deferred[Any]:
         """
         Like `call` with ``series=flow``, except that the tasks of *flow* do
         not run in sequence: the flow only shares the workers fairly with
@@ -381,45 +295,9 @@ class TaskQueue(_Dispatcher):
         call = self.newTask(func, args, kw)
         call.series = flow
         call.inSequence = False
-        return self._submit(call)
+        return self._dispatcher.submit(call)
 
-    def _submit(self, call: _Call) -> _Call:
-        """Queue *call*, or hand it to a worker at once (see `call`)."""
-        call.callID = nextCallID()
-        self._pending.add(call)
-        scheduler = self._scheduler
-        if (
-            not scheduler.count
-            and not self._dispatching
-            and scheduler.vacant()
-            and not (call.doNext or call.doLast)
-        ):
-            # Fast path: nothing is queued, so this call is what the scheduler
-            # would pop next; hand it to the least loaded ready worker without
-            # a push, a pop and a dispatch pass (~9 µs of reactor time per call).
-            # A series call takes it only if that worker may run it now (else
-            # the dispatcher finds one that may).
-            slot = self._leastLoadedReady()
-            series = call.series
-            if slot is not None and (
-                series is None
-                or (scheduler.mayRun(series, slot.qualified) and self._mayStartSeries(slot, series))
-            ):
-                call.seq = scheduler.ticket()
-                self._dispatching = True
-                try:
-                    self._runOn(slot, call)
-                finally:
-                    self._dispatching = False
-                if self._redispatch and scheduler.count:
-                    self._dispatch()  # something was queued meanwhile (a retry)
-                return call
-        # The call is its own entry (push sets its seq).
-        call.entry = scheduler.push(call, call.series, call.niceness, call.doNext, call.doLast)
-        self._dispatch()
-        return call
-
-    def taskDone(self, statusResult: Any, task: Task, **kw: Any) -> Any:
+    def taskDone(self, statusResult: Report, task: Task, **kw: Any) -> Any:
         """
         Turn a worker's ``(status, result)`` into what the caller gets.
 
@@ -434,25 +312,23 @@ class TaskQueue(_Dispatcher):
         """
         call: _Call | None = kw.get("call")
         status, result = _unpackStatus(statusResult)
-        if not self.spew and (status == "r" or status == "n"):
-            return result if status == "r" else None  # the hot paths
+        if not self.spew and (status is Status.RESULT or status is Status.NONE):
+            return result if status is Status.RESULT else None  # the hot paths
         description = call.describe() if call is not None else repr(task)
         if self.spew:
             log.info("%s -> %r", description, result)
-        if status == "r":
+        if status is Status.RESULT or status is Status.CHUNKED:
             return result
-        if status == "n":
+        if status is Status.NONE:
             return None
-        if status == "c":
-            return result
-        if status == "i":
+        if status is Status.ITERATOR:
             consumer = call.consumer if call is not None else kw.get("consumer")
             if consumer is None:
                 return result
             from .._iter._producers import consumeInto
 
             return consumeInto(result, consumer)
-        if status == "e":
+        if status is Status.ERROR:
             failure = toFailure(result)
             returnFailure = (
                 call.returnFailure
@@ -460,13 +336,13 @@ class TaskQueue(_Dispatcher):
                 else kw.get("returnFailure", self.returnFailure)
             )
             return self._taskError(failure, description, returnFailure)
-        if status == "t":
+        if status is Status.TIMEOUT:
             return Failure(errors.TimeoutError(f"{description} timed out"))
-        if status == "d":
+        if status is Status.NOT_RUN:
             return Failure(errors.WorkerLost(f"{description} did not run"))
         return Failure(errors.WorkerError(f"Unknown status {status!r} for {description}"))
 
-    def _taskError(self, failure: Failure, description: str, returnFailure: bool) -> Any:
+    def _taskError(self, failure: Failure, description: str, returnFailure: bool) -> Failure | str:
         text = errorText(failure, description)
         prefix = description if self.verbose else "TASK"
         if self.warn or self.spew:
@@ -486,9 +362,9 @@ class TaskQueue(_Dispatcher):
         sys.stderr.write("Shutting down the queue and stopping the reactor.\n")
         sys.stderr.flush()
 
-        def stopReactor(_: Any) -> None:
+        def stopReactor(_: object) -> None:
             if getattr(self._reactor, "running", False):
-                self._reactor.stop()
+                cast(IReactorCore, self._reactor).stop()
 
         self._reactor.callLater(0, lambda: self.shutdown().addBoth(stopReactor))
 
@@ -497,11 +373,11 @@ class TaskQueue(_Dispatcher):
     def map(
         self,
         func: Callable[..., Any],
-        *iterables: Any,
+        *iterables: Iterable[Any],
         chunksize: int | None = None,
         ordered: bool = True,
         **callKeywords: Any,
-    ) -> Any:
+    ) -> Deferator:
         """
         ``func`` applied to every input, in parallel: a `Deferator` of the results.
 
@@ -563,19 +439,12 @@ class TaskQueue(_Dispatcher):
         )
         return mapDeferator(run, f"map({describeCall(func, (), {})[:-2]}, ...)")
 
-    def _withdraw(self, call: Any) -> bool:
+    def _withdraw(self, call: Deferred[Any]) -> bool:
         """
         Take back *call* (a Deferred from `call`) if no worker has taken it:
         it fails with `errors.TaskCancelled`. False if it is no longer queued.
         """
-        if not isinstance(call, _Call) or call.done or call.entry is None:
-            return False
-        self._finish(
-            call,
-            Failure(errors.TaskCancelled(f"{call.describe()}: withdrawn before it started")),
-        )
-        self._checkDrained()
-        return True
+        return isinstance(call, _Call) and self._dispatcher.withdraw(call)
 
     def update(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[list[Any]]:
         """
@@ -604,8 +473,8 @@ class TaskQueue(_Dispatcher):
                 call.args,
                 call.kw,
                 "ephemeral" if ephemeral else "persistent",
-            )
-            for slot in list(self._slots.values())
+            )[0]
+            for slot in list(self._dispatcher.slots.values())
             if call.series is None or call.series in slot.qualified
         ]
         return DeferredList(ds, consumeErrors=True).addCallback(
@@ -615,11 +484,15 @@ class TaskQueue(_Dispatcher):
     def _runUpdate(
         self,
         slot: _Slot,
-        func: Any,
+        func: Callable[..., Any],
         args: tuple[Any, ...],
         kw: dict[str, Any],
         kind: str,
-    ) -> Deferred[Any]:
+    ) -> tuple[Deferred[Any], Deferred[None] | None]:
+        """
+        Run an update on *slot*'s worker: a Deferred of its result, and the
+        worker's ready Deferred (None: ready at once).
+        """
         task = Task(
             func,
             args,
@@ -632,13 +505,13 @@ class TaskQueue(_Dispatcher):
         try:
             readyD = slot.worker.run(task)
         except Exception:
-            task.callback(("e", Failure()))
+            task.callback((Status.ERROR, Failure()))
             readyD = succeed(None)
         result: Deferred[Any] = Deferred()
 
-        def done(statusResult: Any) -> None:
+        def done(statusResult: Report) -> None:
             status, value = _unpackStatus(statusResult)
-            if status == "e":
+            if status is Status.ERROR:
                 failure = toFailure(value)
                 log.error(
                     "Update %s failed on worker %r: %s",
@@ -647,16 +520,15 @@ class TaskQueue(_Dispatcher):
                     failure.value,
                 )
                 result.callback(failure)
-            elif status in ("t", "d"):
+            elif status is Status.TIMEOUT or status is Status.NOT_RUN:
                 result.callback(Failure(errors.WorkerError(f"update did not run ({status})")))
             elif isinstance(value, Deferred):
                 value.chainDeferred(result)  # e.g. an iterator result still arriving
             else:
-                result.callback(None if status == "n" else value)
+                result.callback(None if status is Status.NONE else value)
 
         task.d.addCallback(done)
-        result.readyD = readyD  # type: ignore[attr-defined]
-        return result
+        return result, readyD
 
     def _replayUpdates(self, slot: _Slot) -> Deferred[None]:
         """Run remembered updates on a new worker, waiting until it takes each."""
@@ -665,28 +537,21 @@ class TaskQueue(_Dispatcher):
             if series is not None and series not in slot.qualified:
                 continue
 
-            def runOne(_: Any, func: Any = func, args: Any = args, kw: Any = kw) -> Any:
+            def runOne(
+                _: object,
+                func: Callable[..., Any] = func,
+                args: tuple[Any, ...] = args,
+                kw: dict[str, Any] = kw,
+            ) -> Deferred[None] | None:
                 if not slot.attached:
                     return None
-                return self._runUpdate(slot, func, args, kw, "persistent").readyD  # type: ignore[attr-defined]
+                return self._runUpdate(slot, func, args, kw, "persistent")[1]
 
             d.addCallback(runOne)
         d.addErrback(lambda f: log.error("Replaying updates failed: %s", f.value))
         return d
 
     # ------------------------------------------------------------ shutdown
-
-    def _checkDrained(self) -> None:
-        if self._drainWaiters and (not self._pending or not self._slots):
-            waiters, self._drainWaiters = self._drainWaiters, []
-            for d in waiters:
-                d.callback(None)
-
-    def _drained(self) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self._drainWaiters.append(d)
-        self._checkDrained()
-        return d
 
     def shutdown(self) -> Deferred[None]:
         """
@@ -708,26 +573,14 @@ class TaskQueue(_Dispatcher):
         from twisted.internet.defer import inlineCallbacks
 
         @inlineCallbacks
-        def steps() -> Any:
-            yield self._drained()
-            stops = [self.detachWorker(ID) for ID in list(self._slots)]
+        def steps() -> Generator[Deferred[Any], Any, None]:
+            yield self._dispatcher.drained()
+            stops = [self.detachWorker(ID) for ID in list(self._dispatcher.slots)]
             results = yield DeferredList(stops, consumeErrors=True)
             for ok, value in results:
                 if not ok:
                     log.error("Stopping a worker failed: %s", value.value)
-            leftovers = self._scheduler.drain()
-            for call in leftovers:
-                call.entry = None
-            for call in list(self._pending):
-                self._closeAttempt(call)
-                self._finish(
-                    call,
-                    Failure(
-                        errors.QueueRunError(
-                            f"{call.describe()} never ran: the queue was shut down"
-                        )
-                    ),
-                )
+            self._dispatcher.abandon("never ran: the queue was shut down")
 
         return steps()
 

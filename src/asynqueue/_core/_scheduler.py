@@ -72,7 +72,7 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Collection, Hashable, Iterator
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 __all__ = [
     "MAX_NICENESS",
@@ -124,6 +124,9 @@ def stride(niceness: int) -> int:
 _STRIDES: Final = tuple(stride(n) for n in range(MIN_NICENESS, MAX_NICENESS + 1))
 
 
+T = TypeVar("T")
+
+
 class Entry:
     """
     A queued item's place in the scheduler. Identity-compared.
@@ -131,7 +134,7 @@ class Entry:
     An item that is itself an Entry (an instance of a subclass) is pushed as
     its own entry: one object fewer per queued item for the garbage collector
     to count and scan (a burst of queued calls triggers full collections).
-    Any other item is boxed in a `_Boxed` entry.
+    Other items are boxed in a `_Boxed` entry.
     """
 
     __slots__ = ("finish", "flow", "klass", "live", "seq", "series", "start")
@@ -153,10 +156,14 @@ class Entry:
 class _Boxed(Entry):
     """The entry of an item that is not an `Entry` itself."""
 
-    __slots__ = ("item",)
+    __slots__ = ("_item",)
 
-    def __init__(self, item: Any) -> None:
-        self.item = item
+    def __init__(self, item: object) -> None:
+        self._item = item
+
+    @property
+    def item(self) -> Any:
+        return self._item
 
     def __repr__(self) -> str:
         return (
@@ -182,11 +189,12 @@ class _Flow:
         self.held = held  # a task of the series is in flight: head not indexed
 
 
-class Scheduler:
+class Scheduler(Generic[T]):
     """
     Queued items in scheduling order; see the module docstring for the rules.
 
-    Items are opaque. ``push`` returns an `Entry` that ``remove`` accepts.
+    Items (of type T) are opaque. ``push`` returns an `Entry` that ``remove``
+    accepts.
     """
 
     def __init__(self) -> None:
@@ -239,7 +247,7 @@ class Scheduler:
         """A submission number, as `push` would give (for items that skip the queue)."""
         return next(self._seq)
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[T]:
         """Every queued item, in no promised order."""
         for _, _, e in self._retry:
             yield e.item
@@ -256,7 +264,7 @@ class Scheduler:
 
     def push(
         self,
-        item: Any,
+        item: T,
         series: Hashable = None,
         niceness: int = 0,
         doNext: bool = False,
@@ -297,7 +305,7 @@ class Scheduler:
         self.count += 1
         return entry
 
-    def pushFront(self, item: Any, series: Hashable = None, seq: int | None = None) -> Entry:
+    def pushFront(self, item: T, series: Hashable = None, seq: int | None = None) -> Entry:
         """
         Queue *item* ahead of everything, even doNext tasks (for retries).
 
@@ -352,9 +360,9 @@ class Scheduler:
                     del retrySeries[entry.series]
                 return
 
-    def drain(self) -> list[Any]:
+    def drain(self) -> list[T]:
         """Remove and return every queued item, in scheduling order."""
-        out: list[Any] = []
+        out: list[T] = []
         while True:
             entry = self._best(None, (), self._held, True)
             if entry is None:
@@ -411,7 +419,7 @@ class Scheduler:
         qualified: Collection[Hashable] | None = None,
         exclude: Collection[Hashable] = (),
         mine: Collection[Hashable] = (),
-    ) -> Any:
+    ) -> T | None:
         """The item ``pop(qualified, exclude, mine)`` would return, left queued (or None)."""
         entry = self._best(qualified, exclude, mine)
         return None if entry is None else entry.item
@@ -421,7 +429,7 @@ class Scheduler:
         qualified: Collection[Hashable] | None = None,
         exclude: Collection[Hashable] = (),
         mine: Collection[Hashable] = (),
-    ) -> Any:
+    ) -> T | None:
         """
         Remove and return the best item for a worker qualified for the series
         in *qualified* (None: a worker that may run anything), skipping the
@@ -444,9 +452,9 @@ class Scheduler:
                 and flow.entries
                 and flow.entries[0].seq == row[1]
             ):
-                entry = flow.entries[0]
-                self._take(entry)
-                return entry.item
+                head = flow.entries[0]
+                self._take(head)
+                return head.item
         entry = self._best(qualified, exclude, mine)
         if entry is None:
             return None

@@ -16,9 +16,16 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer
 from twisted.python.failure import Failure
 
-__all__ = ["DO_LAST_PRIORITY", "DO_NEXT_PRIORITY", "Task", "nextCallID", "plainTask"]
+from .._support._status import Status
+
+__all__ = ["DO_LAST_PRIORITY", "DO_NEXT_PRIORITY", "Report", "Task", "nextCallID", "plainTask"]
+
+# A worker's report on a task: ``(status, result)``, the status a `Status`,
+# its letter, or the letter as bytes (the original's workers).
+Report = tuple[Status | str | bytes, Any]
 
 # Priorities shown to workers for doNext/doLast tasks; plain tasks show their
 # niceness. A worker may treat ``task.priority <= -20`` as "run me first".
@@ -64,15 +71,15 @@ class Task:
     doNext = False
     doLast = False
     raw: bool | None = None
-    consumer: Any = None
+    consumer: IConsumer | None = None
     update: str | None = None
     attempt = 1
     innocent = False
     startedAt: float | None = None
-    _d: Deferred[tuple[Any, Any]] | None = None
-    _reported: tuple[Any, Any] | None = None
-    onReport: Callable[[Task, tuple[Any, Any]], None] | None = None
-    owner: Any = None
+    _d: Deferred[Report] | None = None
+    _reported: Report | None = None
+    onReport: Callable[[Task, Report], None] | None = None
+    owner: object = None
 
     def __init__(
         self,
@@ -87,7 +94,7 @@ class Task:
         doNext: bool = False,
         doLast: bool = False,
         raw: bool | None = None,
-        consumer: Any = None,
+        consumer: IConsumer | None = None,
         update: str | None = None,
         callID: int | None = None,
         attempt: int = 1,
@@ -114,12 +121,12 @@ class Task:
         self.innocent = False
         self.startedAt: float | None = None
         self._clock = clock
-        self._d: Deferred[tuple[Any, Any]] | None = None
-        self._reported: tuple[Any, Any] | None = None
+        self._d: Deferred[Report] | None = None
+        self._reported: Report | None = None
         # The queue's own receiver: called directly, without a Deferred, on
         # the hot path. Set by whoever dispatches the task.
-        self.onReport: Callable[[Task, tuple[Any, Any]], None] | None = None
-        self.owner: Any = None  # opaque, for the dispatcher's bookkeeping
+        self.onReport: Callable[[Task, Report], None] | None = None
+        self.owner: object = None  # opaque, for the dispatcher's bookkeeping
 
     # Identity semantics: two tasks are never "equal" because they share a
     # priority (the original compared priorities, corrupting list removal).
@@ -130,7 +137,7 @@ class Task:
 
     # Ordering, as in the original: by priority (lower runs first), then by
     # age; any task sorts before None.
-    def _sortKey(self) -> tuple[Any, int]:
+    def _sortKey(self) -> tuple[int, int]:
         return self.priority, self.callID
 
     def __lt__(self, other: object) -> bool:
@@ -156,7 +163,7 @@ class Task:
         self.startedAt = self._clock()
 
     @property
-    def d(self) -> Deferred[tuple[Any, Any]]:
+    def d(self) -> Deferred[Report]:
         """A Deferred that fires with ``(status, result)`` (made on first use)."""
         if self._d is None:
             self._d = Deferred()
@@ -168,7 +175,7 @@ class Task:
                 self._d.addCallback(self._firedDirectly)
         return self._d
 
-    def _firedDirectly(self, statusResult: tuple[Any, Any]) -> tuple[Any, Any]:
+    def _firedDirectly(self, statusResult: Report) -> Report:
         if self._reported is None:
             self._reported = statusResult
             if self.onReport is not None:
@@ -180,7 +187,7 @@ class Task:
         """True once the worker has reported an outcome."""
         return self._reported is not None
 
-    def callback(self, statusResult: tuple[Any, Any]) -> None:
+    def callback(self, statusResult: Report) -> None:
         """Report ``(status, result)``; ignored if already reported."""
         if self._reported is not None:
             return
@@ -194,7 +201,7 @@ class Task:
         """Report an error as status ``e``; ignored if already reported."""
         if not isinstance(failure, Failure):
             failure = Failure(failure)
-        self.callback(("e", failure))
+        self.callback((Status.ERROR, failure))
 
     def __repr__(self) -> str:
         f, args, kw = self.callTuple

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Hashable
-from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.python.failure import Failure
 
 from ..errors import ImplementationError, QueueRunError
 from ..interfaces import IWorker
+from ._task import Task
 
 __all__ = ["TaskHandler"]
 
+# A task waiting for a worker: (priority, order, task, Deferred of its acceptance).
+_Waiting = tuple[int, int, Task, Deferred[None]]
 
-def _qualified(worker: Any, series: Hashable) -> bool:
+
+def _qualified(worker: IWorker, series: Hashable) -> bool:
     return (
         series is None
         or series in getattr(worker, "cQualified", ())
@@ -45,37 +48,36 @@ class TaskHandler:
 
     def __init__(self) -> None:
         self.isRunning = True
-        self.workers: dict[int, Any] = {}
+        self.workers: dict[int, IWorker] = {}
         self._IDs = itertools.count(1)
         self._order = itertools.count()
         self._free: dict[int, None] = {}  # free worker IDs, in the order they freed up
-        # [priority, order, task, accepted]
-        self._waiting: list[list[Any]] = []
+        self._waiting: list[_Waiting] = []
         self._assigning = False
         self._again = False
 
-    def hire(self, worker: Any) -> Deferred[int]:
+    def hire(self, worker: IWorker) -> Deferred[int]:
         """Add *worker* (sets its ``ID``); fires with that ID."""
         if not IWorker.providedBy(worker):
             raise ImplementationError(f"{worker!r} does not provide IWorker")
         IWorker.validateInvariants(worker)
         ID = next(self._IDs)
-        worker.ID = ID
+        worker.ID = ID  # type: ignore[attr-defined]  # (not in IWorker: the original set it)
         self.workers[ID] = worker
         worker.setResignator(lambda: self.terminate(ID, crash=True, reassign=True))
         self._free[ID] = None
         self._assign()
         return succeed(ID)
 
-    def roster(self, series: Hashable = None) -> list[Any]:
+    def roster(self, series: Hashable = None) -> list[IWorker]:
         """The workers qualified for *series* (all of them for None)."""
         return [w for w in self.workers.values() if _qualified(w, series)]
 
-    def __call__(self, task: Any) -> Deferred[None]:
+    def __call__(self, task: Task) -> Deferred[None]:
         if not self.isRunning:
             raise QueueRunError("The task handler has been shut down")
         accepted: Deferred[None] = Deferred()
-        self._waiting.append([getattr(task, "priority", 0), next(self._order), task, accepted])
+        self._waiting.append((getattr(task, "priority", 0), next(self._order), task, accepted))
         self._assign()
         return accepted
 
@@ -85,7 +87,7 @@ class TaskHandler:
         timeout: float | None = None,
         crash: bool = False,
         reassign: bool = False,
-    ) -> Deferred[list[Any]]:
+    ) -> Deferred[list[Task]]:
         """
         Let a worker go: ``stop`` it, or ``crash`` it at once (``crash=True``)
         or after *timeout* seconds without stopping. Fires with the tasks it
@@ -97,14 +99,14 @@ class TaskHandler:
         if worker is None:
             return succeed([])
         if crash:
-            d: Deferred[list[Any]] = succeed(list(worker.crash() or []))
+            d: Deferred[list[Task]] = succeed(list(worker.crash() or []))
         else:
             d = self._stop(worker, timeout)
         if reassign:
             d.addCallback(self._reassign)
         return d
 
-    def shutdown(self, timeout: float | None = None) -> Deferred[list[Any]]:
+    def shutdown(self, timeout: float | None = None) -> Deferred[list[Task]]:
         """Terminate every worker; fires with all tasks they left unfinished."""
         self.isRunning = False
         waiting, self._waiting = self._waiting, []
@@ -116,11 +118,11 @@ class TaskHandler:
     # ------------------------------------------------------------ internals
 
     @staticmethod
-    def _stop(worker: Any, timeout: float | None) -> Deferred[list[Any]]:
-        result: Deferred[list[Any]] = Deferred()
+    def _stop(worker: IWorker, timeout: float | None) -> Deferred[list[Task]]:
+        result: Deferred[list[Task]] = Deferred()
         call = None
 
-        def stopped(_: Any) -> None:
+        def stopped(_: object) -> None:
             if call is not None and call.active():
                 call.cancel()
             if not result.called:
@@ -137,7 +139,7 @@ class TaskHandler:
         worker.stop().addBoth(stopped)
         return result
 
-    def _reassign(self, unfinished: list[Any]) -> list[Any]:
+    def _reassign(self, unfinished: list[Task]) -> list[Task]:
         for task in unfinished:
             self(task).addErrback(lambda _: None)  # shut down meanwhile: nothing to do
         return []
@@ -153,7 +155,7 @@ class TaskHandler:
             while self._again:
                 self._again = False
                 for ID in list(self._free):
-                    worker = self.workers.get(ID)
+                    worker = self.workers[ID]  # (a worker let go leaves _free too)
                     entry = self._pick(worker)
                     if entry is None:
                         continue
@@ -170,11 +172,11 @@ class TaskHandler:
         finally:
             self._assigning = False
 
-    def _pick(self, worker: Any) -> list[Any] | None:
+    def _pick(self, worker: IWorker) -> _Waiting | None:
         candidates = [e for e in self._waiting if _qualified(worker, e[2].series)]
         return min(candidates, key=lambda e: (e[0], e[1])) if candidates else None
 
-    def _freed(self, _: Any, ID: int) -> None:
+    def _freed(self, _: object, ID: int) -> None:
         if ID in self.workers:
             self._free[ID] = None
             self._assign()

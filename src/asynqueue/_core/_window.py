@@ -22,12 +22,13 @@ later choices can apply.)
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sized
-from typing import Any, Protocol
+from collections.abc import Mapping, Sized
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
 from ._chunk import applyChunk
+from ._task import Task
 
 __all__ = ["BATCH_BEHIND_LIMIT", "WINDOW_WORK", "PipelineWindow", "smoothed", "windowFor"]
 
@@ -49,10 +50,16 @@ def windowFor(averageRun: float, maxWindow: int, workers: int = 1) -> int:
     return max(1, min(maxWindow, int(WINDOW_WORK * workers / max(averageRun, 1e-7))))
 
 
+class Attempt(Protocol):
+    """A task sent over a wire client (None: a worker update of its own)."""
+
+    task: Task | None
+
+
 class Pipe(Protocol):
     """What the window counts on a wire client: tasks sent and not yet done."""
 
-    inflight: Sized
+    inflight: Mapping[int, Attempt]
     firstBatch: Sized
 
 
@@ -72,7 +79,7 @@ class PipelineWindow:
     _avgRun: float | None
     _readyWaiters: deque[Deferred[None]]
     _stopping: bool
-    _broken: Any
+    _broken: str | None  # why the worker broke
     # Whether a task may be accepted while no client is active (a process
     # worker starts a child for it; a remote worker waits for its link).
     _roomWithoutClient = True
@@ -104,7 +111,7 @@ class PipelineWindow:
             return True
         return held == window == 1 and self._batchBehind(client)
 
-    def _batchBehind(self, client: Any) -> bool:
+    def _batchBehind(self, client: Pipe) -> bool:
         """Whether the one task in flight is a short map batch (see the module docstring)."""
         avg = self._avgRun
         if avg is None or avg > BATCH_BEHIND_LIMIT or client.firstBatch:

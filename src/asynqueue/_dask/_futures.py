@@ -12,12 +12,13 @@ from distributed.scheduler import KilledWorker
 from twisted.python.failure import Failure
 
 from .. import errors
+from .._support._status import ERROR, RESULT, Status
 
 # Dask's Future.status values that mean "done one way or another".
 _CANCELLED = "cancelled"
 
 
-async def _outcomes(batch: list[Any]) -> list[tuple[str, str, Any]]:
+async def _outcomes(batch: list[Any]) -> list[tuple[str, Status, Any]]:
     """On the client's loop: gather *batch*, ``(key, status, value)`` for each future."""
     client = batch[0].client
     finished = {f.key: f for f in batch if f.status == "finished"}
@@ -28,53 +29,55 @@ async def _outcomes(batch: list[Any]) -> list[tuple[str, str, Any]]:
             values = await client.gather(finished, errors="skip", asynchronous=True)
         except Exception as e:
             gatherError = e
-    outcomes: list[tuple[str, str, Any]] = []
+    outcomes: list[tuple[str, Status, Any]] = []
     for future in batch:
         key, status = future.key, future.status
         if status == "finished":
             if gatherError is None and key in values:
-                outcomes.append((key, "r", values[key]))
+                outcomes.append((key, RESULT, values[key]))
             else:
-                outcomes.append((key, "d", f"its result could not be fetched: {gatherError!r}"))
+                outcomes.append(
+                    (key, Status.NOT_RUN, f"its result could not be fetched: {gatherError!r}")
+                )
         elif status == "error":
             try:
                 exc = await future.exception(asynchronous=True)
                 tb = await future.traceback(asynchronous=True)
             except Exception as e:
                 exc, tb = e, None
-            outcomes.append((key, "e", (exc, tb)))
+            outcomes.append((key, ERROR, (exc, tb)))
         elif status == _CANCELLED:
-            outcomes.append((key, "d", _cancelReason(future)))
+            outcomes.append((key, Status.NOT_RUN, _cancelReason(future)))
         elif status == "pending":
             # Dask is computing it again (its result was lost while we
             # gathered): our rule says lost.
-            outcomes.append((key, "d", "its result was lost before it was fetched"))
+            outcomes.append((key, Status.NOT_RUN, "its result was lost before it was fetched"))
         else:
-            outcomes.append((key, "d", f"its Dask future is {status}"))
+            outcomes.append((key, Status.NOT_RUN, f"its Dask future is {status}"))
     return outcomes
 
 
-def _errorResult(exc: Any, tb: Any) -> tuple[str, Any]:
+def _errorResult(exc: Any, tb: Any) -> tuple[Status, Any]:
     """The status result of a task whose future ended in *exc* (traceback *tb*)."""
     if isinstance(exc, Failure):
-        return "e", exc
+        return ERROR, exc
     if isinstance(exc, KilledWorker):
         where = getattr(getattr(exc, "last_worker", None), "address", "?")
-        return "d", f"its Dask worker died ({where})"
+        return Status.NOT_RUN, f"its Dask worker died ({where})"
     if not getattr(exc, "remoteTraceback", None):
         text = "".join(traceback.format_exception(type(exc), exc, tb))
         try:
             exc.remoteTraceback = text
         except Exception:
             pass
-    return "e", Failure(exc)
+    return ERROR, Failure(exc)
 
 
-def _asFailure(statusResult: tuple[str, Any]) -> Failure:
+def _asFailure(statusResult: tuple[Status, Any]) -> Failure:
     status, value = statusResult
     if isinstance(value, Failure):
         return value
-    if status == "d":
+    if status == Status.NOT_RUN:
         return Failure(errors.WorkerLost(f"the Dask worker was lost: {value}", reason=str(value)))
     return Failure(errors.WorkerError(str(value)))
 

@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from .. import errors
 from .._core._task import Task
+from .._support._status import ERROR, ITERATOR, RESULT, Status
 from .._support._util import dropTrigger, whenFired
 from ..interfaces import IWorker
 from ._cluster import _applyUpdate, _closeAll, _connect, _onLoop, _totalThreads
@@ -271,7 +272,7 @@ class DaskWorker:
         buffered, self._buffer = self._buffer, []
         self._inflight -= len(buffered)
         for task in buffered:
-            task.callback(("d", f"no Dask cluster: {failure.value}"))
+            task.callback((Status.NOT_RUN, f"no Dask cluster: {failure.value}"))
         self._maybeReady()
         self._checkStopped()
 
@@ -283,12 +284,12 @@ class DaskWorker:
     def run(self, task: Task) -> Deferred[None]:
         """Submit *task*; the Deferred fires while fewer than ``slots`` are in flight."""
         if self._stopping or self._crashed:
-            task.callback(("d", "the Dask worker is stopped"))
+            task.callback((Status.NOT_RUN, "the Dask worker is stopped"))
             return succeed(None)
         if task.update is not None:
             return self._runUpdate(task)
         if self._connectFailure is not None:
-            task.callback(("d", f"no Dask cluster: {self._connectFailure.value}"))
+            task.callback((Status.NOT_RUN, f"no Dask cluster: {self._connectFailure.value}"))
             return succeed(None)
         self._inflight += 1
         if self.client is None:
@@ -392,16 +393,16 @@ class DaskWorker:
         client = self.client
         assert client is not None
         if client.status != "running":
-            self._deliver([(key, "d", f"the Dask client is {client.status}")])
+            self._deliver([(key, Status.NOT_RUN, f"the Dask client is {client.status}")])
             return
         try:
             future = client.submit(func, *args, key=key, retries=0, pure=False, **options)
         except Exception as e:
             if isinstance(e, ClosedClientError):
-                self._deliver([(key, "d", f"the Dask client is closed: {e}")])
+                self._deliver([(key, Status.NOT_RUN, f"the Dask client is closed: {e}")])
             else:
                 # Typically a call that does not pickle: the task's own error.
-                self._deliver([(key, "e", (Failure(), None))])
+                self._deliver([(key, ERROR, (Failure(), None))])
             return
         pending.future = future
         future.add_done_callback(self._futureDone)
@@ -426,7 +427,7 @@ class DaskWorker:
             return
         self._reactor.callFromThread(self._deliver, await _outcomes(batch))
 
-    def _deliver(self, outcomes: list[tuple[str, str, Any]]) -> None:
+    def _deliver(self, outcomes: list[tuple[str, Status, Any]]) -> None:
         """In the reactor: report a batch of outcomes."""
         lost = []
         now = time.perf_counter()
@@ -434,10 +435,10 @@ class DaskWorker:
             pending = self._running.pop(key, None)
             if pending is None:
                 continue  # timed out or crashed meanwhile: nobody waits
-            if status == "d" and pending.future is not None:
+            if status == Status.NOT_RUN and pending.future is not None:
                 lost.append(pending.future)  # keep Dask from re-running it
             if pending.task is not None:
-                if status == "r":
+                if status == RESULT:
                     value, seconds = value  # see _Submitted
                     if self._fixedSlots is None:
                         self._noteRun(seconds, pending.submitted, now)
@@ -445,7 +446,7 @@ class DaskWorker:
                 self._inflight -= 1
                 pending.task.callback(self._statusResult(status, value))
             elif pending.d is not None:
-                if status == "r":
+                if status == RESULT:
                     pending.d.callback(value)
                 else:
                     pending.d.errback(_asFailure(self._statusResult(status, value)))
@@ -463,23 +464,23 @@ class DaskWorker:
             avg = self._avgTrip
             self._avgTrip = trip if avg is None else avg + SMOOTHING * (trip - avg)
 
-    def _statusResult(self, status: str, value: Any) -> tuple[str, Any]:
-        if status == "r":
+    def _statusResult(self, status: Status, value: Any) -> tuple[Status, Any]:
+        if status == RESULT:
             if isinstance(value, _Chunk):
                 return self._iterResult(value)
-            return "r", value
-        if status == "e":
+            return RESULT, value
+        if status == ERROR:
             exc, tb = value
             return _errorResult(exc, tb)
         return status, value
 
-    def _iterResult(self, chunk: _Chunk) -> tuple[str, Any]:
+    def _iterResult(self, chunk: _Chunk) -> tuple[Status, Any]:
         if not chunk.items and not chunk.more and chunk.error is None:
-            return "i", []
+            return ITERATOR, []
         from .._iter._deferator import Deferator
 
         remote = _RemoteIterator(self, chunk)
-        return "i", Deferator("iterator on Dask", remote.getNext)
+        return ITERATOR, Deferator("iterator on Dask", remote.getNext)
 
     # ---------------------------------------------------------------- iterators
 
@@ -552,14 +553,14 @@ class DaskWorker:
         def done(result: Any) -> None:
             if isinstance(result, Failure):
                 if self.client is None:
-                    task.callback(("d", f"no Dask cluster: {result.value}"))
+                    task.callback((Status.NOT_RUN, f"no Dask cluster: {result.value}"))
                 else:
-                    task.callback(("e", result))
+                    task.callback((ERROR, result))
             else:
                 name, results = result
                 if task.update == "persistent":
                     self._plugins.append(name)
-                task.callback(("r", results))
+                task.callback((RESULT, results))
             self._updates -= 1
             ready.callback(None)
             self._checkStopped()
@@ -610,7 +611,10 @@ class DaskWorker:
             return
         if client.status in ("closing", "closed") and self._running:
             self._deliver(
-                [(key, "d", f"the Dask client is {client.status}") for key in list(self._running)]
+                [
+                    (key, Status.NOT_RUN, f"the Dask client is {client.status}")
+                    for key in list(self._running)
+                ]
             )
         elif self._fixedSlots is None and client.status == "running" and not self._refreshing:
             self._refreshing = True

@@ -306,7 +306,7 @@ def consumeInto(result: Any, consumer: Any, streaming: bool | None = None) -> De
     """
     Write the items of *result* to *consumer*; fires with the consumer.
 
-    *result* is what a worker reported with status ``i``: a `Deferator`, a
+    *result* is what a worker reported with ``Status.ITERATOR``: a `Deferator`, a
     plain iterator (pulled in the reactor thread), ``[]``/None (nothing to
     write), an `IterationProducer`, or a Deferred of any of these.
 

@@ -21,7 +21,10 @@ and:
 - CALLS: queues the calls; runs them one at a time, first in first out, and
   answers each with a RESULTS message as soon as it is done (so the parent
   learns at once that the next queued call has started). A call flagged
-  ``FLAG_INBOX`` has its large parts in the inbox.
+  ``FLAG_INBOX`` has its large parts in the inbox; one flagged
+  ``FLAG_SHARED_RESULT`` has the large parts of its result copied into the
+  arena when it is free, the RESULTS message saying where, and PLACED
+  messages how far the copy got.
 - NEXT: answers with the next batch of an iterator result (ITEMS), before
   the next queued call. CLOSE forgets iterators.
 - ABANDON (a cancelled call): a queued call is dropped unrun, and answered
@@ -55,14 +58,18 @@ from .._wire._codec import (
     CALLS,
     CLOSE,
     EXIT,
-    FLAG_ARENA,
     FLAG_INBOX,
     FLAG_RAW,
+    FLAG_SHARED_RESULT,
     HELLO,
     INIT,
     NEXT,
     PLACED,
     RESULTS,
+    WIRE_ERROR,
+    WIRE_ITERATOR,
+    WIRE_NONE,
+    WIRE_RESULT,
     dumps,
     dumpsError,
     dumpsSmall,
@@ -84,6 +91,7 @@ __all__ = ["BOOTSTRAP", "LEAN_MODULES", "CallCancelled", "ProcessBase", "leanCod
 LEAN_MODULES = (
     ("asynqueue._wire._framing", "_wire/_framing.py"),
     ("asynqueue._process._arena", "_process/_arena.py"),
+    ("asynqueue._support._status", "_support/_status.py"),
     ("asynqueue._wire._codec", "_wire/_codec.py"),
     ("asynqueue._wire._streams", "_wire/_streams.py"),
     ("asynqueue._process._child", "_process/_child.py"),
@@ -349,7 +357,9 @@ class ChildLoop:
                     self.inbox.lend(call[1][1:], pickle.loads(call[1][0]))
                 except Exception:
                     pass
-        envelope = dumpsSmall(([(taskID, "n", 0, 0.0, None) for taskID, _, _ in dropped], False))
+        envelope = dumpsSmall(
+            ([(taskID, WIRE_NONE, 0, 0.0, None) for taskID, _, _ in dropped], False)
+        )
         self._write(encode(RESULTS, [envelope]))
 
     def interrupt(self, signum: int, frame: Any) -> None:
@@ -398,7 +408,10 @@ class ChildLoop:
                 parts = self.inbox.lend(parts[1:], pickle.loads(parts[0]))  # type: ignore[union-attr]
             f, args, kw = loads(parts)
         except BaseException as e:
-            status, payload = "e", dumpsError(e, "The call could not be unpickled in the child:")
+            status, payload = (
+                WIRE_ERROR,
+                dumpsError(e, "The call could not be unpickled in the child:"),
+            )
         else:
             del parts
             try:
@@ -409,11 +422,11 @@ class ChildLoop:
                 finally:
                     self.current = None
             except BaseException as e:
-                status, payload = "e", dumpsError(e)
+                status, payload = WIRE_ERROR, dumpsError(e)
             else:
                 status, payload, extra, following = self._classify(f, result, flags)
         placed = None
-        if status == "r" and flags & FLAG_ARENA and self.arena is not None:
+        if status == WIRE_RESULT and flags & FLAG_SHARED_RESULT and self.arena is not None:
             placed = self.arena.reserve(payload)
         if placed is not None:
             parts, extra = placed
@@ -436,19 +449,19 @@ class ChildLoop:
 
     def _classify(self, f: Any, result: Any, flags: int) -> tuple[str, list[Any], Any, list[Any]]:
         if result is None:
-            return "n", [], None, []
+            return WIRE_NONE, [], None, []
         if not flags & FLAG_RAW and isIterator(result):
             iterID = self.iterators.add(result)
-            return "i", [], iterID, self._items(iterID, self.firstBatch)
+            return WIRE_ITERATOR, [], iterID, self._items(iterID, self.firstBatch)
         try:
-            return "r", dumps(result), None, []
+            return WIRE_RESULT, dumps(result), None, []
         except Exception as e:
             name = getattr(f, "__qualname__", None) or repr(f)
             error = pickle.PicklingError(
                 f"cannot pickle the result of {name} ({type(result).__qualname__}):"
                 f" {type(e).__name__}: {e}"
             )
-            return "e", dumpsError(error), None, []
+            return WIRE_ERROR, dumpsError(error), None, []
 
     def _items(self, iterID: int, maxItems: int) -> list[Any]:
         """An encoded ITEMS message with the next batch of iterator *iterID*."""

@@ -58,9 +58,9 @@ Faults
 
 - The child dies (exit, signal, crash, OOM kill): seen at once as end of
   file on the socket, reported when the process has been reaped (with the
-  exit code or signal). The task it was running gets status ``d`` (the
+  exit code or signal). The task it was running gets `Status.NOT_RUN` (the
   queue re-runs it once, then fails it with `errors.WorkerLost`); the tasks
-  queued behind it are *innocent* (``task.innocent = True``, ``d``), and the
+  queued behind it are *innocent* (``task.innocent = True``, `Status.NOT_RUN`), and the
   queue requeues them free of charge. Iterators of that child fail with
   `errors.ProcessError`. A new child replaces it.
 - A timeout: the queue calls ``timedOut(task)``; the child is killed
@@ -112,6 +112,7 @@ from .._core._queue import TaskQueue
 from .._core._task import Task
 from .._core._window import PipelineWindow
 from .._iter._base import BATCH_ITEMS, BATCH_SECONDS
+from .._support._status import Status
 from .._support._system import cores, parseSize
 from .._support._util import dropTrigger
 from .._wire._channel import SocketChannel
@@ -119,7 +120,6 @@ from .._wire._client import WireClient
 from .._wire._codec import (
     ABANDON,
     EXIT,
-    FLAG_ARENA,
     FLAG_INBOX,
     FLAG_RAW,
     HELLO,
@@ -214,8 +214,9 @@ class _Child(WireClient, ProcessProtocol):
         self.process: Any = None
         self.channel: SocketChannel | None = None
         self._timers: list[Any] = []
-        # Shared memory for large relayed results (see `asynqueue._process._arena`),
-        # and the Filling of the result being written there.
+        # Shared memory for the large results of the calls whose flags ask for
+        # it (see `asynqueue._process._arena`), and the Filling of the result
+        # being written there.
         self.arena: Arena | None = None
         self._placing: Filling | None = None
         # Shared memory for the large arguments of its calls (the arena the
@@ -611,32 +612,33 @@ class ProcessWorker(PipelineWindow):
         if self._stopping or self._broken is not None:
             return self._refuse(task, self._broken or "the process worker is stopping")
         f, args, kw = task.callTuple
+        relay = None
         if type(f) is PickledCall:
-            # A call relayed by a worker server: its pickle goes as it came.
+            # A call relayed by a worker server: its pickle goes as it came,
+            # with the server's flags, and its result goes back pickled.
             if f.cancelled:
-                task.callback(("e", Failure(CancelledError(f"{f.name} was given up on"))))
+                task.callback((Status.ERROR, Failure(CancelledError(f"{f.name} was given up on"))))
                 return succeed(None)
-            parts = f.parts
+            parts, relay = f.parts, f
         else:
             try:
                 parts = dumpsCall(f, args, kw)
             except Exception:
-                task.callback(("e", Failure()))
+                task.callback((Status.ERROR, Failure()))
                 return succeed(None)
         raw = self.raw if task.raw is None else task.raw
         flags = FLAG_RAW if raw else 0
+        if relay is not None:
+            flags |= relay.wireFlags
         child = self._childForTask()
         if child is None:
             return self._refuse(task, self._broken or "the process worker has no child process")
-        if child.arena is not None and type(f) is PickledCall and f.streamResult:
-            # Relayed to a socket as it is: large parts may come through shared memory.
-            flags |= FLAG_ARENA
         if task.update == "persistent":
             # Replayed to every later child (not to this one: it has it now).
             self._updates.append((parts, flags))
         if child.inbox is not None:
             parts, flags = _placeInInbox(child.inbox, parts, flags)
-        child.submit(task, parts, flags)
+        child.submit(task, parts, flags, relay)
         if self._hasRoom():
             return succeed(None)
         d: Deferred[None] = Deferred()
@@ -645,12 +647,13 @@ class ProcessWorker(PipelineWindow):
 
     def _refuse(self, task: Task, why: str) -> Deferred[None]:
         """
-        Hand *task* back unrun (innocent ``d``). The Deferred returned never
-        fires: a worker that cannot run tasks must not look ready for more,
-        or a queue would hand the same task back and forth forever.
+        Hand *task* back unrun (innocent, `Status.NOT_RUN`). The Deferred
+        returned never fires: a worker that cannot run tasks must not look
+        ready for more, or a queue would hand the same task back and forth
+        forever.
         """
         task.innocent = True
-        task.callback(("d", why))
+        task.callback((Status.NOT_RUN, why))
         return Deferred()
 
     def timedOut(self, task: Task) -> None:
@@ -805,7 +808,7 @@ class ProcessWorker(PipelineWindow):
             task = attempt.task
             if task is not None and task is not culprit:
                 task.innocent = True
-                task.callback(("d", why))
+                task.callback((Status.NOT_RUN, why))
 
     def _childEnded(self, child: _Child, text: str) -> None:
         """*child* was reaped (processEnded)."""
@@ -848,7 +851,7 @@ class ProcessWorker(PipelineWindow):
                 continue
             if attempt is not head:
                 task.innocent = True
-            task.callback(("d", text))
+            task.callback((Status.NOT_RUN, text))
 
     def _giveUp(self, why: str) -> None:
         if self._broken is not None:

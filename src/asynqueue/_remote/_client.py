@@ -49,6 +49,7 @@ from .._core._queue import TaskQueue
 from .._core._task import Task
 from .._core._window import PipelineWindow
 from .._iter._base import BATCH_ITEMS
+from .._support._status import Status
 from .._wire import _auth
 from .._wire._auth import HANDSHAKE_TIMEOUT
 from .._wire._client import WireClient
@@ -298,7 +299,7 @@ class WireWorker(PipelineWindow):
             else:
                 parts = dumpsCall(f, args, kw)
         except Exception:
-            task.callback(("e", Failure()))
+            task.callback((Status.ERROR, Failure()))
             return None
         if task.update is not None:
             flags |= FLAG_UPDATE | (FLAG_EPHEMERAL if task.update == "ephemeral" else 0)
@@ -310,7 +311,7 @@ class WireWorker(PipelineWindow):
                 self._held.append((task, parts, flags))  # sent on connection
             else:
                 task.innocent = True
-                task.callback(("d", f"not connected to {self.description}"))
+                task.callback((Status.NOT_RUN, f"not connected to {self.description}"))
             return self._waitForRoom()
         self._send(conn, task, parts, flags)
         if self._hasRoom():
@@ -504,7 +505,7 @@ class WireWorker(PipelineWindow):
                 continue
             if attempt.taskID in unsent:
                 task.innocent = True
-            task.callback(("d", text))
+            task.callback((Status.NOT_RUN, text))
         if self._stopping:
             self._checkStop()
         else:
@@ -534,7 +535,7 @@ class WireWorker(PipelineWindow):
         held, self._held = self._held, []
         for task, _, _ in held:
             task.innocent = True
-            task.callback(("d", why))
+            task.callback((Status.NOT_RUN, why))
 
     # ------------------------------------------------------------ tasks
 
@@ -546,7 +547,7 @@ class WireWorker(PipelineWindow):
     def _refuse(self, task: Task, why: str) -> Deferred[None]:
         """Hand *task* back unrun; the Deferred never fires (see `ProcessWorker`)."""
         task.innocent = True
-        task.callback(("d", why))
+        task.callback((Status.NOT_RUN, why))
         return Deferred()
 
     def _waitForRoom(self) -> Deferred[None]:

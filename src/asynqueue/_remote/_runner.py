@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from .._iter._base import isIterator
 from .._support._compat import ChunkyString
 from .._support._info import Info
+from .._support._status import Status, asStatus
 from .._support._util import o2p, whenFired
 
 __all__ = ["WireRunner"]
@@ -23,7 +24,8 @@ __all__ = ["WireRunner"]
 
 class WireRunner:
     """
-    Runs calls and answers in the original's response dicts.
+    Runs calls and answers in the original's response dicts, whose statuses
+    are the bytes of a `Status`'s letter.
 
     ``call(f, *args, **kw)`` fires with ``{"status": s, "result": r}``:
     ``b"r"`` and the pickled result; ``b"n"`` and ``b""`` for None;
@@ -54,7 +56,7 @@ class WireRunner:
             d = self._inThread(f, args, kw)
         else:
             d = maybeDeferred(f, *args, **kw).addCallbacks(
-                lambda r: (b"r", r), lambda f_: (b"e", f_)
+                lambda r: (Status.RESULT, r), lambda f_: (Status.ERROR, f_)
             )
         d.addCallback(self._respond, Info().setCall(f, args, kw), raw)
         self._pending.add(d)
@@ -71,20 +73,22 @@ class WireRunner:
             self._looper = ThreadLooper(raw=True)
         return self._looper.call(f, *args, **kw)
 
-    def _respond(self, statusResult: tuple[bytes, Any], info: Info, raw: bool) -> dict[str, Any]:
+    def _respond(self, statusResult: tuple[Any, Any], info: Info, raw: bool) -> dict[str, Any]:
+        """The response dict; *statusResult* from a call or, in bytes, from a `ThreadLooper`."""
         status, result = statusResult
-        if status == b"e":
+        if asStatus(status) is Status.ERROR:
+            status = Status.ERROR
             if isinstance(result, Failure):
                 result = info.aboutFailure(result)
         elif result is None:
-            status, result = b"n", b""
+            status, result = Status.NONE, b""
         elif not raw and isIterator(result):
-            status, result = b"i", self._save(result)
+            status, result = Status.ITERATOR, self._save(result)
         else:
-            status, result = b"r", o2p(result)
+            status, result = Status.RESULT, o2p(result)
             if len(result) > ChunkyString.chunkSize:
-                status, result = b"c", self._save(ChunkyString(result))
-        return {"status": status, "result": result}
+                status, result = Status.CHUNKED, self._save(ChunkyString(result))
+        return {"status": status.encode(), "result": result}
 
     def _save(self, iterator: Any) -> bytes:
         ID = b"%d" % next(self._IDs)

@@ -38,9 +38,10 @@ run side by side, not in sequence).
   and goes out as it is. The server's own process unpickles neither.
 - A large result goes out *as it comes in*: over plain TCP and UNIX
   connections (whose `SocketChannel` can send parts still being filled) the
-  call is marked ``streamResult``, the process worker hands over the
-  `PickledResult` as soon as the head of the child's message is in, and
-  this connection's channel sends each chunk as it arrives from the child
+  session marks the call ``early`` (and gives it flags that ask the child
+  for shared memory, which the process worker passes on unread): the
+  process worker hands over the `PickledResult` as soon as the head of the
+  child's message is in, and this connection's channel sends each chunk as it arrives from the child
   (see `asynqueue._wire._framing`, "Early delivery"). So the child's socket
   and the client's connection carry the 10 MB at the same time instead of
   one after the other, through one pooled buffer and no copy but the

@@ -24,6 +24,7 @@ from .. import errors
 from .._iter._base import isIterator
 from .._iter._deferator import Deferator
 from .._process._child import FIRST_BATCH
+from .._support._status import Status
 from .._wire import _auth
 from .._wire._client import BurstSender
 from .._wire._codec import (
@@ -34,6 +35,7 @@ from .._wire._codec import (
     EXIT,
     FLAG_EPHEMERAL,
     FLAG_RAW,
+    FLAG_SHARED_RESULT,
     FLAG_STARTED,
     FLAG_UNIVERSE,
     FLAG_UPDATE,
@@ -41,6 +43,10 @@ from .._wire._codec import (
     NEXT,
     RESULTS,
     STARTED,
+    WIRE_ERROR,
+    WIRE_ITERATOR,
+    WIRE_NONE,
+    WIRE_RESULT,
     WIRE_VERSION,
     dumps,
     dumpsError,
@@ -357,8 +363,10 @@ class _ClientSession(BurstSender, FrameReceiver):
         if queue is None:
             raise errors.QueueRunError("the server is stopping")
         pc = PickledCall(parts, name, self._onStart(served), self.reactor)
-        # A large result from a worker process goes on to the client as it comes.
-        pc.streamResult = bool(getattr(self.link, "sendsPending", False))
+        if getattr(self.link, "sendsPending", False):
+            # Stream the result: a large one goes on to the client as it comes
+            # from a worker process, through shared memory from its child.
+            pc.early, pc.wireFlags = True, FLAG_SHARED_RESULT
         served.pc = pc
         if flags & FLAG_UPDATE:
             ephemeral = bool(flags & FLAG_EPHEMERAL) or not server._firstUpdate(parts)
@@ -408,9 +416,9 @@ class _ClientSession(BurstSender, FrameReceiver):
             payload = value.sendable()
             # Whoever keeps the task's result must not keep the receive buffer too.
             value.parts, value.filling = [], None
-            self._entry(taskID, "r", payload, dt)
+            self._entry(taskID, WIRE_RESULT, payload, dt)
         elif value is None:
-            self._entry(taskID, "n", [], dt)
+            self._entry(taskID, WIRE_NONE, [], dt)
         elif isinstance(value, Deferator) or (
             isIterator(value) and not served.flags & FLAG_RAW and not served.flags & FLAG_UPDATE
         ):
@@ -418,7 +426,7 @@ class _ClientSession(BurstSender, FrameReceiver):
             iterID = next(self.iterIDs)
             it = _ServedIterator(iterID, dr)
             self.iterators[iterID] = it
-            self._entry(taskID, "i", [], dt, iterID)
+            self._entry(taskID, WIRE_ITERATOR, [], dt, iterID)
             self._next(iterID, FIRST_BATCH)
         else:
             try:
@@ -428,16 +436,16 @@ class _ClientSession(BurstSender, FrameReceiver):
                     f"cannot pickle the result ({type(value).__qualname__}):"
                     f" {type(e).__name__}: {e}"
                 )
-                self._entry(taskID, "e", errorParts(error), dt)
+                self._entry(taskID, WIRE_ERROR, errorParts(error), dt)
             else:
-                self._entry(taskID, "r", payload, dt)
+                self._entry(taskID, WIRE_RESULT, payload, dt)
 
     def _failed(self, failure: Failure, served: _Served) -> None:
         served.finished()
         if served.abandoned or self.calls.pop(served.taskID, None) is None:
             return
         dt = self.reactor.seconds() - (served.startedAt or served.receivedAt)
-        self._entry(served.taskID, "e", errorParts(failure), dt)
+        self._entry(served.taskID, WIRE_ERROR, errorParts(failure), dt)
 
     def _abandon(self, served: _Served, why: str) -> None:
         """
@@ -464,7 +472,7 @@ class _ClientSession(BurstSender, FrameReceiver):
                     hook(task)
                 except Exception:
                     log.exception("WireServer: worker %r failed to abandon a task", worker)
-        task.callback(("e", Failure(CancelledCall(f"{pc.name}: {why}"))))
+        task.callback((Status.ERROR, Failure(CancelledCall(f"{pc.name}: {why}"))))
 
     # ------------------------------------------------------------ iterators
 

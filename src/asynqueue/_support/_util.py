@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._iter._base import isIterator
+from ._status import Status
 
 __all__ = [
     "CallRunner",
@@ -395,8 +396,8 @@ class DeferredLock:
 class CallRunner:
     """
     Runs a ``(f, args, kw)`` call tuple and reports ``(status, result)``:
-    ``("e", Failure)`` if it raised, ``("i", iterator)`` for an iterator
-    (unless raw), else ``("r", result)``. A ``raw`` keyword in *kw* is
+    ``(Status.ERROR, Failure)`` if it raised, ``(Status.ITERATOR, iterator)``
+    for an iterator (unless raw), else ``(Status.RESULT, result)``. A ``raw`` keyword in *kw* is
     removed and overrides the runner's ``raw`` for that call.
 
     With ``callStats=True``, the duration of every call that did not raise
@@ -408,7 +409,7 @@ class CallRunner:
         self.callStats = callStats
         self.callTimes: list[float] = []
 
-    def __call__(self, callTuple: tuple[Callable[..., Any], Any, Any]) -> tuple[str, Any]:
+    def __call__(self, callTuple: tuple[Callable[..., Any], Any, Any]) -> tuple[Status, Any]:
         f, args, kw = callTuple
         kw = dict(kw or {})
         raw = kw.pop("raw", None)
@@ -418,12 +419,12 @@ class CallRunner:
         try:
             result = f(*(args or ()), **kw)
         except Exception:
-            return "e", Failure()
+            return Status.ERROR, Failure()
         if self.callStats:
             self.callTimes.append(time.perf_counter() - started)
         if not raw and isIterator(result):
-            return "i", result
-        return "r", result
+            return Status.ITERATOR, result
+        return Status.RESULT, result
 
 
 def callAfterDeferred(

@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from .. import errors
 from .._core._calls import _unpackStatus, tracebackText
 from .._core._task import Task
+from .._support._status import Status, asStatus
 from ._worker import ThreadWorker
 
 __all__ = ["ThreadLooper"]
@@ -76,9 +77,10 @@ class ThreadLooper:
 
         def done(statusResult: tuple[bytes, Any]) -> Any:
             status, result = statusResult
-            if status == b"e":
+            status = asStatus(status)
+            if status is Status.ERROR:
                 return Failure(errors.ThreadError(result))
-            if status == b"i" and consumer is not None:
+            if status is Status.ITERATOR and consumer is not None:
                 from .._iter._producers import consumeInto
 
                 return consumeInto(result, consumer)
@@ -104,14 +106,15 @@ class ThreadLooper:
 
     @staticmethod
     def _original(statusResult: Any) -> Any:
-        """Our worker's report as the original's ``(status, result)``."""
+        """Our worker's report as the original's ``(status, result)``, its status in bytes."""
         status, result = _unpackStatus(statusResult)
-        if status == "i":
+        if status == Status.ITERATOR:
             # A thread worker's iterator result is a Deferred of a Deferator.
-            return maybeDeferred(lambda: result).addCallback(lambda dr: (b"i", dr))
-        if status in ("e", "d", "t"):
+            iterating = Status.ITERATOR.encode()
+            return maybeDeferred(lambda: result).addCallback(lambda dr: (iterating, dr))
+        if status in (Status.ERROR, Status.NOT_RUN, Status.TIMEOUT):
             text = tracebackText(result) if isinstance(result, Failure) else str(result)
-            return b"e", text
+            return Status.ERROR.encode(), text
         return status.encode(), result
 
     def _finished(self, statusResult: Any, d: Deferred[Any]) -> None:

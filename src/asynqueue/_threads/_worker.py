@@ -51,6 +51,7 @@ from .._core._queue import TaskQueue
 from .._core._task import Task
 from .._core._window import smoothed, windowFor
 from .._iter._base import isIterator
+from .._support._status import ERROR, ITERATOR, RESULT, Status
 from .._support._util import whenFired
 from ..interfaces import IWorker
 
@@ -150,7 +151,7 @@ class ThreadWorker:
         (the queue's fast path), else a Deferred that fires when I can.
         """
         if self._crashed or self._quitting:
-            task.callback(("d", "thread worker is stopped"))
+            task.callback((Status.NOT_RUN, "thread worker is stopped"))
             return None
         # No lock: a deque append is atomic, and the thread takes the item
         # (under its lock) only after the token that follows it.
@@ -189,7 +190,7 @@ class ThreadWorker:
         for kind, target, ok, value in batch:
             if kind == _TASK:
                 self._inflight -= 1
-                if ok == "i":
+                if ok is ITERATOR:
                     from .._iter._deferator import threadDeferator
 
                     value = threadDeferator(value, self.deferToThread)  # asks for a batch
@@ -247,7 +248,7 @@ class ThreadWorker:
             self._startThread()
         for t in behind:
             t.innocent = True
-            t.callback(("d", "handed back behind a task of its series that timed out"))
+            t.callback((Status.NOT_RUN, "handed back behind a task of its series that timed out"))
         self._maybeReady()
 
     def stop(self) -> Deferred[None]:
@@ -338,13 +339,13 @@ class ThreadWorker:
                 try:
                     result = f(*args, **kw) if kw else f(*args)
                 except BaseException:
-                    item = (_TASK, payload, "e", Failure())
+                    item = (_TASK, payload, ERROR, Failure())
                 else:
-                    status = "r"
+                    status = RESULT
                     if result is not None:
                         raw = self.raw if payload.raw is None else payload.raw
                         if not raw and isIterator(result):
-                            status = "i"
+                            status = ITERATOR
                     item = (_TASK, payload, status, result)
                 result = None
                 runTime = clock() - t0
@@ -354,7 +355,7 @@ class ThreadWorker:
                     self._runTime += runTime
                     self._runCount += 1
                     self._current = None
-                    if item[2] == "i":
+                    if item[2] is ITERATOR:
                         self._firstBatches += 1
                     outbox = self._outbox
                     outbox.append(item)

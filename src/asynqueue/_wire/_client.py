@@ -10,10 +10,11 @@ of what is at the other end:
 - `submit` queues a call. A call after a pause goes out at once; calls
   that follow it closely (a burst) wait for the end of the reactor turn and
   go out together as one CALLS message (`flush`).
-- RESULTS report each task (``task.callback``) with the result unpickled, or
-  relayed as it is for a `PickledCall` (a server running a call it
-  received); an iterator result waits for its first ITEMS batch and becomes
-  a `Deferator` over a `_RemoteSource`, which asks for more with NEXT.
+- RESULTS report each task (``task.callback``) with the result unpickled,
+  or kept pickled for a call submitted with a *relay* (a server running a
+  call it received sends the result on as it is); an iterator result waits
+  for its first ITEMS batch and becomes a `Deferator` over a
+  `_RemoteSource`, which asks for more with NEXT.
 - A Deferator dropped unfinished has its iterator closed on the other side
   (a finalizer sends CLOSE).
 
@@ -41,6 +42,7 @@ from twisted.python.failure import Failure
 from .. import errors
 from .._core._task import Task
 from .._iter._deferator import Deferator
+from .._support._status import ERROR, ITERATOR, NONE, RESULT, Status
 from ._codec import (
     CALLS,
     CLOSE,
@@ -55,7 +57,7 @@ from ._codec import (
     loadsError,
 )
 from ._framing import Message, encode
-from ._relay import PickledCall, PickledError, PickledResult
+from ._relay import PickledError, PickledResult
 
 __all__ = ["BURST_GAP", "BurstSender", "WireClient", "remoteFailure", "statusResult"]
 
@@ -95,39 +97,43 @@ def statusResult(
     errorType: type[errors.WorkerError] = errors.WorkerError,
     relay: bool = False,
     filling: Any = None,
-) -> tuple[str, Any]:
+) -> tuple[Status, Any]:
     """
     ``(status, result)`` for a task, from a RESULTS entry. With *relay*, a
     result or error stays pickled (`PickledResult`, `PickledError`); a
     relayed result may still be arriving (its *filling*).
     """
-    if status == "r":
+    if status == RESULT:
         if relay:
-            return "r", PickledResult(payload, filling)
+            return RESULT, PickledResult(payload, filling)
         try:
-            return "r", loads(payload)
+            return RESULT, loads(payload)
         except Exception as e:
-            return "e", Failure(
+            return ERROR, Failure(
                 errorType(f"could not unpickle the result: {type(e).__name__}: {e}")
             )
-    if status == "n":
-        return "n", None
-    if status == "e":
+    if status == NONE:
+        return NONE, None
+    if status == ERROR:
         if relay:
-            return "e", Failure(PickledError(payload))
-        return "e", remoteFailure(payload, errorType)
-    return "e", Failure(errorType(f"unknown status {status!r} from the other side"))
+            return ERROR, Failure(PickledError(payload))
+        return ERROR, remoteFailure(payload, errorType)
+    return ERROR, Failure(errorType(f"unknown status {status!r} from the other side"))
 
 
 class _Attempt:
-    """A task sent to the other side (``task`` is None for a replayed update)."""
+    """
+    A task sent to the other side (``task`` is None for a replayed update),
+    and the *relay* it was submitted with, if any (see `WireClient.submit`).
+    """
 
-    __slots__ = ("sentAt", "started", "task", "taskID")
+    __slots__ = ("relay", "sentAt", "started", "task", "taskID")
 
-    def __init__(self, task: Task | None, taskID: int, sentAt: float) -> None:
+    def __init__(self, task: Task | None, taskID: int, sentAt: float, relay: Any) -> None:
         self.task = task
         self.taskID = taskID
         self.sentAt = sentAt
+        self.relay = relay
         self.started = False
 
     def markStarted(self) -> None:
@@ -136,9 +142,9 @@ class _Attempt:
             task = self.task
             if task is not None:
                 task.started()
-                f = task.callTuple[0]
-                if type(f) is PickledCall and f.onStart is not None:
-                    f.onStart(task)
+                relay = self.relay
+                if relay is not None and relay.onStart is not None:
+                    relay.onStart(task)
 
 
 class _RemoteSource:
@@ -259,7 +265,7 @@ class WireClient(BurstSender):
         A result came for a task given up on (`forget`): an iterator it
         made is closed at once on the other side.
         """
-        if status == "i" and self.channel is not None and self.channel.connected:
+        if status == ITERATOR and self.channel is not None and self.channel.connected:
             self.channel.send(encode(CLOSE, [dumpsSmall([extra])]))
 
     # ------------------------------------------------------------ messages
@@ -286,7 +292,7 @@ class WireClient(BurstSender):
         """
         A large RESULTS message whose head is in: take it now, before the
         rest arrives, if every result in it is to be relayed as it comes
-        (see `PickledCall.streamResult`).
+        (its relay is ``early``: see `submit`).
         """
         if message.kind != RESULTS:
             return False
@@ -296,9 +302,8 @@ class WireClient(BurstSender):
                 attempt = self.inflight.get(taskID)
                 if attempt is None:
                     continue  # given up on: skipped either way
-                task = attempt.task
-                f = None if task is None else task.callTuple[0]
-                if type(f) is not PickledCall or not f.streamResult or (n and status != "r"):
+                relay = attempt.relay
+                if relay is None or not relay.early or (n and status != RESULT):
                     return False
         except Exception:
             return False
@@ -306,9 +311,20 @@ class WireClient(BurstSender):
 
     # ------------------------------------------------------------ tasks
 
-    def submit(self, task: Task | None, parts: list[Any], flags: int) -> _Attempt:
-        """Send a call (batched with others until the end of this reactor turn)."""
-        attempt = _Attempt(task, next(self.worker._taskIDs), self.reactor.seconds())
+    def submit(
+        self, task: Task | None, parts: list[Any], flags: int, relay: Any = None
+    ) -> _Attempt:
+        """
+        Send a call (batched with others until the end of this reactor turn).
+
+        With a *relay* (a server's `asynqueue._wire._relay.PickledCall`),
+        the result is to be sent on as it came: it is reported pickled
+        (`PickledResult`, `PickledError`), and if ``relay.early``, as soon as
+        its head is in, its parts (and those placed in shared memory) still
+        arriving. ``relay.onStart(task)``, if set, is called when the call
+        starts. What the flags ask of the other side is the caller's business.
+        """
+        attempt = _Attempt(task, next(self.worker._taskIDs), self.reactor.seconds(), relay)
         idle = not self.inflight
         self.inflight[attempt.taskID] = attempt
         if task is not None:
@@ -351,13 +367,13 @@ class WireClient(BurstSender):
             payload = parts[pos : pos + n]
             pos += n
             placed = None
-            if status == "r" and extra is not None:
+            if status == RESULT and extra is not None:
                 # Parts placed in shared memory, still being written (given up
                 # on or not: dropping them frees the memory).
                 try:
                     payload, placed = self.placedParts(payload, extra)
                 except Exception as e:
-                    status = "e"
+                    status = ERROR
                     payload = dumpsError(errorType(f"a result could not be read: {e}"))
             attempt = self.inflight.pop(taskID, None)
             if attempt is None:
@@ -368,22 +384,22 @@ class WireClient(BurstSender):
                 self._startHead()
             task = attempt.task
             if task is None:
-                if status == "e":
+                if status == ERROR:
                     failure = remoteFailure(payload, errorType)
                     log.error("Replaying an update in %r failed: %s", self, failure.value)
                 continue
             worker._noteRun(dt, now - attempt.sentAt)
-            if status == "i":
+            if status == ITERATOR:
                 source = _RemoteSource(self, extra, worker.batchItems)
                 self.sources[extra] = source
                 self.firstBatch[extra] = (attempt, source)
                 continue
             worker._checkReady()  # room for the next task before this result's callbacks
-            relay = type(task.callTuple[0]) is PickledCall
+            relay = attempt.relay is not None
             if placed is not None:
                 if not relay:
                     error = errorType("a result came in shared memory for a call not relayed")
-                    task.callback(("e", Failure(error)))
+                    task.callback((ERROR, Failure(error)))
                     continue
                 filling = placed
             task.callback(statusResult(status, payload, errorType, relay, filling))
@@ -470,14 +486,14 @@ class WireClient(BurstSender):
         assert task is not None
         items, more, failure = batch
         if not items and not more and failure is None:
-            task.callback(("i", []))
+            task.callback((ITERATOR, []))
             return
         f = task.callTuple[0]
         name = getattr(f, "__qualname__", None) or repr(f)
         dr = Deferator._fromSource(source, batch, f"{name}(...) {self.location()}".rstrip())
         if more:
             weakref.finalize(dr, _forgetIterator, weakref.ref(self), source.iterID).atexit = False
-        task.callback(("i", dr))
+        task.callback((ITERATOR, dr))
 
     def failIterators(self, why: str) -> None:
         """Fail every pending item request and forget every iterator."""

@@ -36,6 +36,7 @@ import pickle
 from collections import namedtuple
 from types import FunctionType
 
+from .._support._status import ERROR, ITERATOR, NONE, RESULT
 from ._framing import BYTES_MIN
 
 TYPE_CHECKING = False
@@ -90,6 +91,15 @@ HELLO = 16  # [info]: the child is up; {'pid': ...}
 # RESULTS: [envelope, result parts...];
 #   envelope = ([(taskID, status, nparts, dt, extra)], retire)
 RESULTS = 17
+# A RESULTS entry's status: the letter of its `Status`, a plain str (pickled,
+# a member would name its class in every entry). The receiver compares it
+# with the members, which equal their letters.
+WIRE_RESULT, WIRE_NONE, WIRE_ERROR, WIRE_ITERATOR = (
+    RESULT.value,
+    NONE.value,
+    ERROR.value,
+    ITERATOR.value,
+)
 # ITEMS: [envelope, item parts..., error parts...];
 #   envelope = (iterID, nItemParts, more, nErrorParts)
 ITEMS = 18
@@ -100,14 +110,16 @@ PLACED = 20
 # see `asynqueue._wire._auth`.
 AUTH = 32
 
-# CALLS flags. A child looks at FLAG_RAW, FLAG_ARENA and FLAG_INBOX; the others are for a
-# remote server.
+# CALLS flags. A child looks at FLAG_RAW, FLAG_SHARED_RESULT and FLAG_INBOX; the others
+# are for a remote server.
 FLAG_RAW = 1
 FLAG_STARTED = 2  # send STARTED when the call starts
 FLAG_UPDATE = 4  # an update: run it on every worker, and on later ones
 FLAG_EPHEMERAL = 8  # (with FLAG_UPDATE) an update not to remember
 FLAG_UNIVERSE = 16  # the callable is the name of a method of the server's universe
-FLAG_ARENA = 32  # (to a child) large parts of the result may go through the arena
+# (to a child) large parts of the result may come back through the child's
+# arena (see `_arena`): the result is then reported while they are written
+FLAG_SHARED_RESULT = 32
 # (to a child) large parts of the call are in the child's inbox arena: the
 # call's first part says where (see `_arena`), the others follow.
 FLAG_INBOX = 64

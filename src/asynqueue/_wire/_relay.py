@@ -11,11 +11,14 @@ the child, and never unpickled in the server's process. Other workers (a
 thread worker, say) just call the object, which unpickles the call and runs
 it.
 
-A large result need not even be complete: for a call marked
-``streamResult`` (the server's connection can send parts still being
-filled), a process worker hands over the `PickledResult` as soon as the
-head of the child's message is in, with the `Filling` of its parts, and the
-server sends it on as its bytes arrive.
+A large result need not even be complete. Where the server's connection
+can send parts still being filled, it marks the call ``early`` and gives it
+``wireFlags`` for the child (large results through shared memory): the
+process worker adds those flags, unread, to the call's own, and its `WireClient`
+hands over the `PickledResult` as soon as the head of the child's message
+is in, with the `Filling` of its parts, and the server sends it on as its
+bytes arrive. So what the server wants stays the server's business: the
+wire and the process worker only carry it (see `WireClient.submit`).
 
 Standard library only.
 """
@@ -41,11 +44,13 @@ class PickledCall:
         cancelled: set True to have a worker that has not started the call
             yet report it failed instead of running it.
         name: a description of the callable, for reprs and logs.
-        streamResult: the result may be reported before all of it arrived
-            (a `PickledResult` with a `Filling`).
+        early: the result may be reported before all of it arrived (a
+            `PickledResult` with a `Filling`).
+        wireFlags: CALLS flags (`_codec`) for a worker that sends the call
+            on as it is to add to its own, without reading them.
     """
 
-    __slots__ = ("cancelled", "name", "onStart", "parts", "reactor", "streamResult")
+    __slots__ = ("cancelled", "early", "name", "onStart", "parts", "reactor", "wireFlags")
 
     def __init__(
         self,
@@ -59,7 +64,8 @@ class PickledCall:
         self.onStart = onStart
         self.cancelled = False
         self.reactor = reactor
-        self.streamResult = False
+        self.early = False
+        self.wireFlags = 0
 
     def __repr__(self) -> str:
         return f"<PickledCall {self.name}>"
