@@ -16,15 +16,18 @@ without series or with 1,000 of them, a fresh subprocess:
    reports how much the peak resident set grew over the whole burst.
 
 The ratios compare each row with the same worker kind at 10,000 calls
-without series: 1.0 is a flat cost.
+without series (1.0 is a flat cost), and with the same backlog without
+series (what 1,000 series cost).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
 import json
 import os
+import pstats
 import resource
 import subprocess
 import sys
@@ -43,8 +46,11 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measureOne(kind: str, n: int, series: int) -> dict[str, Any]:
-    """One configuration, in this process (run it in a fresh one)."""
+def measureOne(kind: str, n: int, series: int, profile: int = 0) -> dict[str, Any]:
+    """
+    One configuration, in this process (run it in a fresh one). *profile*:
+    print the top *profile* functions of the drain under cProfile on stderr.
+    """
     from twisted.internet import defer
 
     from benchmarks import payloads
@@ -84,14 +90,28 @@ def measureOne(kind: str, n: int, series: int) -> dict[str, Any]:
         for d in ds:
             d.addBoth(one)
         del ds
+        profiler = cProfile.Profile() if profile else None
+        cpuStart = time.process_time()
+        threadStart = time.thread_time()  # the reactor thread's own
         start = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
         yield finished
+        if profiler is not None:
+            profiler.disable()
         drain = time.perf_counter() - start
+        cpu = time.process_time() - cpuStart
+        reactorCpu = time.thread_time() - threadStart
+        if profiler is not None:
+            stats = pstats.Stats(profiler, stream=sys.stderr)
+            stats.sort_stats("tottime").print_stats(profile)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         result.update(
             enqueue_us=enqueue / n * 1e6,
             bytes_per_call=grown / n,
             drain=n / drain,
+            drain_cpu_us=cpu / n * 1e6,
+            drain_reactor_cpu_us=reactorCpu / n * 1e6,
             peak_growth_mb=max(0, peak - peakBefore) / 2**20,
         )
         yield q.shutdown()
@@ -110,6 +130,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p)
     for kind in ("threads", "processes"):
         base = None
+        plain = 1.0
         for n in (SMALL, big):
             for series in (0, SERIES):
                 proc = subprocess.run(
@@ -122,6 +143,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 if base is None:
                     base = r["drain"]
+                if not series:
+                    plain = r["drain"]
                 label = "ThreadQueue(2)" if kind == "threads" else "ProcessQueue(2)"
                 rows.append(
                     {
@@ -132,6 +155,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
                         "bytes/queued call": round(r["bytes_per_call"]),
                         "drain calls/s": round(r["drain"]),
                         "drain vs 10,000 no series": round(r["drain"] / base, 2),
+                        "drain vs no series": round(r["drain"] / plain, 2),
                         "peak RSS growth MB": round(r["peak_growth_mb"]),
                     }
                 )
@@ -151,10 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="100,000 instead of 1,000,000")
     parser.add_argument("--json", action="store_true", help="print the rows as one JSON line")
     parser.add_argument("--one", nargs=3, metavar=("KIND", "N", "SERIES"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="TOP",
+        help="with --one KIND N SERIES: cProfile the drain, print the TOP functions on stderr",
+    )
     args = parser.parse_args(argv)
     if args.one:
         kind, n, series = args.one
-        print(json.dumps(measureOne(kind, int(n), int(series))))
+        print(json.dumps(measureOne(kind, int(n), int(series), args.profile)))
         return 0
     rows = run(args.quick)
     print(json.dumps(rows) if args.json else markdown(rows))

@@ -9,11 +9,44 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 
 def noop() -> None:
     """The trivial call."""
     return None
+
+
+# The profiler of this process, while `profileStart` has it running.
+_profiler: Any = None
+
+
+def profileStart() -> None:
+    """
+    Profile this process from now on (cProfile): run in a process worker's
+    child, it sees everything the child does for the calls that follow.
+    """
+    global _profiler
+    import cProfile
+
+    _profiler = cProfile.Profile()
+    _profiler.enable()
+
+
+def profileStop(top: int = 25) -> str:
+    """Stop what `profileStart` started; its *top* functions by own time, as text."""
+    global _profiler
+    import io
+    import os
+    import pstats
+
+    profiler, _profiler = _profiler, None
+    if profiler is None:
+        return "not profiling"
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    return f"process {os.getpid()}:\n{text.getvalue()}"
 
 
 def spin(n: int) -> int:

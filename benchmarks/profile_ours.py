@@ -1,15 +1,19 @@
 """
-Profile our ThreadQueue's hot paths in the reactor thread.
+Profile our queues' hot paths in the reactor thread (and in process workers).
 
     python -m benchmarks.profile_ours                 # dispatch and latency, cProfile
     python -m benchmarks.profile_ours --top 30 --calls 20000 --rounds 2000
+    python -m benchmarks.profile_ours --process       # ProcessQueue(2), children too
     python -m benchmarks.profile_ours --pyinstrument  # a call tree instead
 
-*dispatch*: ``--calls`` trivial calls submitted at once to ThreadQueue(2).
+*dispatch*: ``--calls`` trivial calls submitted at once to ThreadQueue(2)
+(``--process``: ProcessQueue(2)).
 *latency*: ``--rounds`` sequential round trips of a trivial call.
 
 Only the reactor thread is profiled (cProfile sees one thread); the worker
 threads' share shows up as time the reactor spends waiting in ``epoll``.
+With ``--process`` each child profiles itself too (`payloads.profileStart`,
+run on every worker by ``update``) and reports after each block.
 
 The unprofiled figures come with the time spent in the garbage collector:
 a full collection (generation 2) scans every object in the process, and a
@@ -101,15 +105,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2_000)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--pyinstrument", action="store_true")
+    parser.add_argument("--process", action="store_true", help="ProcessQueue(2), children too")
     args = parser.parse_args(argv)
 
     from twisted.internet import defer, task
 
     from asynqueue import ThreadQueue
+    from asynqueue.process import ProcessQueue
+
+    @defer.inlineCallbacks
+    def children(start: bool) -> Any:
+        """Start, or stop and print, the children's profilers (process workers only)."""
+        if not args.process:
+            return
+        if start:
+            yield q.update(payloads.profileStart, ephemeral=True)
+            return
+        texts = yield q.update(payloads.profileStop, args.top, ephemeral=True)
+        for text in texts:
+            print(f"--- child {text}")
+
+    q: Any = None
 
     @defer.inlineCallbacks
     def run(reactor: Any) -> Any:
-        q = ThreadQueue(2, returnFailure=True)
+        nonlocal q
+        q = (
+            ProcessQueue(2, returnFailure=True)
+            if args.process
+            else ThreadQueue(2, returnFailure=True)
+        )
         yield collect([q.call(payloads.noop) for _ in range(200)])
         # Unprofiled figures first, for reference.
         with GCTimer() as dispatchGC:
@@ -124,11 +149,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unprofiled: dispatch {rate:,.0f} calls/s, {dispatchGC}")
         print(f"unprofiled: mean round trip {rtt:.1f} µs, {latencyGC}")
 
+        yield children(True)
         with _profiled(f"dispatch of {args.calls:,} calls", args.pyinstrument, args.top):
             yield collect([q.call(payloads.noop) for _ in range(args.calls)])
+        yield children(False)
+        yield children(True)
         with _profiled(f"latency, {args.rounds:,} round trips", args.pyinstrument, args.top):
             for _ in range(args.rounds):
                 yield q.call(payloads.noop)
+        yield children(False)
         yield q.shutdown()
 
     task.react(run)

@@ -42,7 +42,7 @@ def test_smoke_run_prints_every_row(tmp_path: Path) -> None:
 
 
 def test_scale_measures_one_backlog() -> None:
-    """One small configuration of ``bench_scale`` runs and reports every figure."""
+    """One small configuration of ``bench_scale`` runs, profiled, and reports every figure."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -51,6 +51,8 @@ def test_scale_measures_one_backlog() -> None:
             "threads",
             "500",
             "7",
+            "--profile",
+            "5",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -59,5 +61,13 @@ def test_scale_measures_one_backlog() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(figures) == {"enqueue_us", "bytes_per_call", "drain", "peak_growth_mb"}
+    assert set(figures) == {
+        "enqueue_us",
+        "bytes_per_call",
+        "drain",
+        "drain_cpu_us",
+        "drain_reactor_cpu_us",
+        "peak_growth_mb",
+    }
     assert figures["enqueue_us"] > 0 and figures["drain"] > 0
+    assert "function calls" in proc.stderr  # the drain's profile

@@ -97,14 +97,10 @@ class Kind:
     # or "deferator" (an empty Deferator: AsyncWorker hands over the iterator
     # at once, without pulling an item in the reactor to find out).
     emptyIterator: str = "list"
-    # Whether the worker reports `Status` members (the others report the
-    # plain letters, which equal them). AsyncWorker lives in the core, whose
-    # statuses move to the enum with the dispatcher's rewrite.
-    reportsMembers: bool = True
 
 
 KINDS = [
-    Kind("async", interruptsBlocking=False, emptyIterator="deferator", reportsMembers=False),
+    Kind("async", interruptsBlocking=False, emptyIterator="deferator"),
     Kind("thread", interruptsBlocking=True),
     Kind("process", interruptsBlocking=True, crashes=("child",)),
     Kind("remote", interruptsBlocking=True, crashes=("child", "server")),
@@ -238,9 +234,7 @@ class Contract(_TestCase):
             task = Task(f, args)
             worker.run(task)
             status, result = yield task.d
-            self.assertEqual(status, expected)
-            if self.kind.reportsMembers:
-                self.assertIs(status, expected)
+            self.assertIs(status, expected)
             if status == Status.ITERATOR:  # (a thread worker's comes as a Deferred)
                 dr = yield maybeDeferred(lambda r=result: r)
                 self.assertEqual((yield collect(dr)), [0, 1, 2])

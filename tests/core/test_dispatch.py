@@ -365,7 +365,8 @@ class SeriesTests(DispatchTestCase):
         w2.finish("r", "s1")
         w2.finish("r", "s2")
         self.assertEqual((self.successResultOf(d1), self.successResultOf(d2)), ("s1", "s2"))
-        self.assertEqual(self.dispatcher._seriesRunning, {})
+        self.assertFalse(self.dispatcher.scheduler.isHeld("s"))
+        self.assertEqual([slot.held for slot in self.dispatcher.slots.values()], [{}])
 
     def test_a_flow_call_does_not_hold_its_series(self) -> None:
         w1, w2 = ManualWorker(name="w1"), ManualWorker(name="w2")

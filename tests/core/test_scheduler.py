@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from asynqueue._core._scheduler import Entry, Scheduler, checkNiceness, weight
@@ -228,6 +228,9 @@ def test_pop_respects_qualifications(pushes, restricted, qualified):
         max_size=120,
     )
 )
+@example(  # a retry of a held series goes before the series' next task, even for its holder
+    [("push", "A", 0), ("push", "A", 0), ("hold", "A", 0), ("front", "A", 0), ("popMine", "A", 0)]
+)
 def test_every_item_comes_out_exactly_once(ops):
     """And no pop gives an item of a held series, but to its holder (mine)."""
     s = Scheduler()
@@ -291,7 +294,7 @@ def test_a_held_series_costs_a_pop_nothing():
         s.push(i)
     # The rows of the held heads are dropped once, on the first pop.
     assert s.pop() == 0
-    assert len(s._heads) == 1
+    assert len(s._heads) + len(s._run) == 1
     assert [s.pop() for _ in range(99)] == list(range(1, 100))
     assert s.pop() is None
     s.release(7)
@@ -299,6 +302,95 @@ def test_a_held_series_costs_a_pop_nothing():
     s.hold(7)  # as the dispatcher does: its task is in flight now
     assert s.pop() is None
     assert s.pop(None, (), [7]) == ("held", 7, 2)  # for the worker that holds it
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["push", "push", "hold", "release", "pop", "popOne", "popAll"]),
+            st.sampled_from(["A", "B", "C", "D", None]),
+            st.sampled_from([0, 0, 5, 10]),
+            st.booleans(),
+        ),
+        max_size=150,
+    ),
+    st.sets(st.sampled_from(["A", "B"])),
+)
+@example(  # a tie of finish tags between a held head and a ready one
+    [("push", "A", 0, False), ("push", "B", 0, False)] * 2
+    + [("pop", None, 0, False)] * 2
+    + [("hold", "A", 0, False), ("popOne", "A", 0, False)],
+    set(),
+)
+@example(  # a held head put aside by one pop, then the best for its holder
+    [("push", "A", 0, False), ("push", "B", 0, False)] * 2
+    + [("push", "B", 0, False)]
+    + [("pop", None, 0, False)] * 2
+    + [("hold", "A", 0, False), ("pop", None, 0, False), ("popOne", "A", 0, False)],
+    set(),
+)
+@example(  # the same for a restricted series
+    [("push", "A", 0, True), ("push", "B", 0, True)] * 2
+    + [("pop", None, 0, True)] * 2
+    + [("hold", "A", 0, True), ("popOne", "A", 0, True)],
+    {"A"},
+)
+def test_a_pop_takes_the_best_head_it_may_run(ops, restricted):
+    """
+    Held series left out, but those the pop's *mine* names, and restricted
+    series the worker is not qualified for: the head with the smallest finish
+    tag (ties: the first queued) of the rest, checked against every flow's
+    head, however the pop finds it.
+    """
+    s = Scheduler()
+    s.setRestricted(restricted)
+    counter = itertools.count()
+    queued = {}  # item -> (its entry, its flow's key)
+    held = set()
+    for op, series, nice, anyWorker in ops:
+        if op == "push":
+            i = next(counter)
+            queued[i] = (s.push(i, series=series, niceness=nice), series or ("plain", nice))
+        elif op == "hold" and series is not None:
+            s.hold(series)
+            held.add(series)
+        elif op == "release":
+            s.release(series)
+            held.discard(series)
+        elif op.startswith("pop"):
+            mine = {"pop": [], "popOne": [series] if series in held else [], "popAll": held}[op]
+            qualified = None if anyWorker else {None, series}
+            heads = {}
+            for entry, key in queued.values():
+                if key not in heads or entry.seq < heads[key].seq:
+                    heads[key] = entry
+            mayRun = [
+                e
+                for e in heads.values()
+                if (e.series not in held or e.series in mine)
+                and (qualified is None or e.series not in restricted or e.series in qualified)
+            ]
+            best = min(mayRun, key=lambda e: (e.finish, e.seq), default=None)
+            item = s.pop(qualified, (), list(mine))
+            assert item == (None if best is None else best.item)
+            queued.pop(item, None)
+
+
+def test_held_heads_stay_bounded():
+    """The index of held heads does not grow with the tasks that pass through it."""
+    s = Scheduler()
+    s.push("first", series="long")
+    s.push("second", series="long")
+    assert s.pop() == "first"
+    s.hold("long")  # its head stays on top of the held index throughout
+    for k in range(20_000):
+        s.push(k, series="x")
+        s.hold("x")
+        assert s.pop(None, (), ["x"]) == k
+        s.release("x")
+    assert len(s._heldHeads) < 100
+    s.release("long")
+    assert s.pop() == "second"
 
 
 def test_many_one_shot_series_do_not_leak():

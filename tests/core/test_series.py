@@ -93,6 +93,29 @@ class _SeriesTests(TestCase):
         _, starts = self.readLog()
         self.assertEqual(starts["s"], [0, 0, 1, 2, 3, 4, 5])
 
+    @inlineCallbacks
+    def test_many_series_each_in_order_and_nothing_left_behind(self) -> Any:
+        # 400 series of 10 tasks each, queued at once: every series finishes
+        # its tasks in submission order, and once all are done the queue
+        # holds no series and its scheduler keeps no flow, nor index rows.
+        finished: dict[int, list[int]] = {}
+        ds = []
+        for i in range(4000):
+            d = self.q.call(h.add, i, 0, series=i % 400)
+            d.addCallback(lambda value: finished.setdefault(value % 400, []).append(value))
+            ds.append(d)
+        yield DeferredList(ds, fireOnOneErrback=True, consumeErrors=True)
+        self.assertEqual(finished, {s: list(range(s, 4000, 400)) for s in range(400)})
+        dispatcher = self.q._dispatcher
+        scheduler = dispatcher.scheduler
+        self.assertEqual(len(scheduler), 0)
+        self.assertFalse(any(slot.held for slot in dispatcher.slots.values()))
+        self.assertEqual(scheduler._held, set())
+        self.assertEqual(scheduler._flows, {})
+        self.assertEqual(len(scheduler._heads) + len(scheduler._run), 0)
+        self.assertEqual(scheduler._heldHeads, [])
+        self.assertEqual(scheduler._restrictedFlows, {})
+
 
 class ThreadSeriesTests(_SeriesTests):
     def makeQueue(self) -> Any:

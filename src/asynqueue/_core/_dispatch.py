@@ -101,9 +101,6 @@ class Dispatcher:
         self._drainWaiters: list[Deferred[None]] = []
         self._dispatching = False
         self._redispatch = False
-        # series -> how many of its tasks are in flight (on one worker, or on
-        # none: a series runs in sequence)
-        self._seriesRunning: dict[Hashable, int] = {}
         # Every attempt reports here: one bound method, not one per task.
         self._reporter = self._onReport
         # Every call's canceller, bound once.
@@ -256,7 +253,7 @@ class Dispatcher:
         ):
             # Fast path: nothing is queued, so this call is what the scheduler
             # would pop next; offer it to the least loaded ready worker without
-            # a push, a pop and a dispatch pass (~9 µs of reactor time per call).
+            # a push, a pop and a dispatch pass.
             best = None
             for slot in self._slotList:
                 if slot.ready and (best is None or len(slot.inflight) < len(best.inflight)):
@@ -384,7 +381,9 @@ class Dispatcher:
             if started is not None and self._seconds() - started > PIPELINE_PATIENCE:
                 return False
         scheduler = self.scheduler
-        mine = self._mine(slot) if slot.held else ()
+        # _mine, inlined (once per task handed out)
+        held = slot.held
+        mine = held if held and getattr(slot.worker, "runsInOrder", False) else ()
         if call is None:
             call = scheduler.pop(slot.qualified, (), mine)
             if call is None:
@@ -411,12 +410,12 @@ class Dispatcher:
         return ()
 
     def _track(self, slot: _Slot, call: _Call) -> None:
+        # A series runs in sequence, so one slot at most has tasks of it in
+        # flight: its count there says when the series is held.
         series = call.series
         held = slot.held
-        held[series] = held.get(series, 0) + 1
-        running = self._seriesRunning
-        n = running.get(series, 0)
-        running[series] = n + 1
+        n = held.get(series, 0)
+        held[series] = n + 1
         if not n:
             self.scheduler.hold(series)
 
@@ -430,12 +429,6 @@ class Dispatcher:
             held[series] = n - 1
         else:
             del held[series]
-        running = self._seriesRunning
-        n = running[series] - 1
-        if n:
-            running[series] = n
-        else:
-            del running[series]
             self.scheduler.release(series)  # its next task may start anywhere
 
     def _clearInflight(self, slot: _Slot) -> list[Task]:

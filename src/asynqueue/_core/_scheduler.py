@@ -26,15 +26,20 @@ A series runs in sequence
 -------------------------
 
 The dispatcher *holds* a series while one of its tasks is in flight on a
-worker (``hold`` / ``release``). A held series' head leaves the ready heap,
-so no other worker can start its next task before the running one has
-finished; with a thousand held series a pop still looks only at the ready
-ones. The one exception is the worker that holds the series, if it runs its
-tasks one at a time in the order given (a pipelining thread or process
-worker): ``pop(..., mine=...)`` lets it take the series' next task too, to
-run right behind the one it holds. A retried or doNext/doLast task of a held
-series waits until the series is released, and while a retried task waits,
-so does the rest of its series: the retry goes first then, on any worker.
+worker (``hold`` / ``release``), so that no other worker can start its next
+task before the running one has finished. The one exception is the worker
+that holds the series, if it runs its tasks one at a time in the order given
+(a pipelining thread or process worker): ``pop(..., mine=...)`` lets it take
+the series' next task too, to run right behind the one it holds. A retried
+or doNext/doLast task of a held series waits until the series is released,
+and while a retried task waits, so does the rest of its series: the retry
+goes first then, on any worker.
+
+Holding costs little: a held series' head stays in the ready heap until it
+comes to the top; only then is it put aside (*parked*) until release, and
+most series are released long before. With a thousand held series a pop
+still looks only at the ready ones, and at its own held ones (*mine*) only
+when the best parked head could beat the best ready one.
 
 Between flows: start-time fair queuing
 --------------------------------------
@@ -124,6 +129,22 @@ def stride(niceness: int) -> int:
 _STRIDES: Final = tuple(stride(n) for n in range(MIN_NICENESS, MAX_NICENESS + 1))
 
 
+class _PlainFlowKey:
+    """The flow key of plain calls at one niceness: equal to no series value."""
+
+    __slots__ = ("niceness",)
+
+    def __init__(self, niceness: int) -> None:
+        self.niceness = niceness
+
+    def __repr__(self) -> str:
+        return f"<plain calls at niceness {self.niceness}>"
+
+
+# A series' flow is keyed by the series itself (no key object per push, and
+# hold / release find it without building one); plain calls by these.
+_PLAIN_KEYS: Final = tuple(_PlainFlowKey(n) for n in range(MIN_NICENESS, MAX_NICENESS + 1))
+
 T = TypeVar("T")
 
 
@@ -141,7 +162,7 @@ class Entry:
 
     # Set by push / pushFront.
     series: Hashable
-    flow: Hashable  # the key of its flow (normal entries only)
+    flow: _Flow | None  # its flow (normal entries only)
     klass: int  # RETRY, NEXT, NORMAL or LAST
     seq: int  # submission number: ties go to the lower
     start: int  # virtual start and finish tags (normal entries only)
@@ -179,14 +200,20 @@ def _retryKey(row: tuple[int, int, Entry]) -> tuple[int, int]:
 class _Flow:
     """The FIFO of one flow and the finish tag of its newest task."""
 
-    __slots__ = ("entries", "held", "key", "lastFinish", "series")
+    __slots__ = ("entries", "held", "key", "lastFinish", "parked", "series")
 
     def __init__(self, key: Hashable, series: Hashable, held: bool) -> None:
         self.key = key
         self.series = series
         self.entries: deque[Entry] = deque()
         self.lastFinish = 0
-        self.held = held  # a task of the series is in flight: head not indexed
+        self.held = held  # a task of the series is in flight
+        self.parked = False  # its head's row is in _heldHeads, not in _heads
+
+    def headRow(self) -> tuple[int, int, _Flow]:
+        """The heap row of its head: (finish tag, seq, the flow)."""
+        head = self.entries[0]
+        return head.finish, head.seq, self
 
 
 class Scheduler(Generic[T]):
@@ -200,10 +227,28 @@ class Scheduler(Generic[T]):
     def __init__(self) -> None:
         self._seq = itertools.count()
         self._vtime = 0
+        # Flows by key: the series, or _PLAIN_KEYS[niceness] for plain calls.
         self._flows: dict[Hashable, _Flow] = {}
-        # Heads of non-empty flows whose series is unrestricted: (F, seq, flow key).
+        # Heads of non-empty flows whose series is unrestricted: rows
+        # (F, seq, flow), in two parts: _run, in ascending order, takes every
+        # row that comes after its last one; the heap _heads takes the rest.
+        # The best row is the smaller of their two tops. Flows served in turn
+        # (many series, or one flow of plain calls) each get their next row
+        # after all the others: those go to _run, at O(1) instead of a heap
+        # operation of O(log flows).
         # Stale rows (head changed, flow became restricted) are skipped lazily.
-        self._heads: list[tuple[int, int, Hashable]] = []
+        # A held flow's row stays until it comes to the top: then, unless the
+        # pop may take it (mine), it is *parked* in _heldHeads until release.
+        # Most held series are released before their row comes up, so holding
+        # and releasing a series costs no heap operation.
+        self._heads: list[tuple[int, int, _Flow]] = []
+        self._run: deque[tuple[int, int, _Flow]] = deque()
+        # The rows of parked flows (held, and their head came up, or held and
+        # restricted): with the rest of the held heads below the top of
+        # _heads, its top bounds what a pop's *mine* could offer, so a pop
+        # looks at its held series only when one of them could beat the best
+        # ready head (see _mineMayWin).
+        self._heldHeads: list[tuple[int, int, _Flow]] = []
         # Restricted series -> keys of its non-empty flows (one, or one per
         # niceness for series None, which is never restricted).
         self._restricted: frozenset[Hashable] = frozenset()
@@ -284,15 +329,14 @@ class Scheduler(Generic[T]):
             entry.start = entry.finish = 0
             self._special[klass].append(entry)
         else:
-            # Flow keys: the niceness (an int) for plain calls, ("s", series)
-            # for a series; they never compare equal to each other.
-            key = entry.flow = niceness if series is None else ("s", series)
+            key = _PLAIN_KEYS[niceness - MIN_NICENESS] if series is None else series
             entry.klass = NORMAL
             flow = self._flows.get(key)
             if flow is None:
                 flow = self._flows[key] = _Flow(key, series, series in self._held)
             elif self._idle:
                 self._idle.discard(key)
+            entry.flow = flow
             start = flow.lastFinish
             if start < self._vtime:
                 start = self._vtime
@@ -335,13 +379,16 @@ class Scheduler(Generic[T]):
         entry.live = False
         self.count -= 1
         if entry.klass == NORMAL:
-            flow = self._flows[entry.flow]
+            flow = entry.flow
+            assert flow is not None
             wasHead = flow.entries[0] is entry
             flow.entries.remove(entry)
             if wasHead:
                 self._headChanged(flow)
             elif not flow.entries:
                 self._dropFlow(flow)
+            if not self.count:
+                self._forgetRows()
         elif entry.klass == RETRY:
             self._removeRetry(entry)
         else:
@@ -378,7 +425,10 @@ class Scheduler(Generic[T]):
         self._restricted = restricted
         self._restrictedFlows = {}
         self._heads = []
+        self._run = deque()
+        self._heldHeads = []
         for flow in self._flows.values():
+            flow.parked = False
             if flow.entries:
                 self._index(flow)
 
@@ -390,23 +440,27 @@ class Scheduler(Generic[T]):
         if series is None or series in self._held:
             return
         self._held.add(series)
-        flow = self._flows.get(("s", series))
+        flow = self._flows.get(series)
         if flow is not None:
             flow.held = True
-            if self._restrictedFlows.get(series) is flow:
+            # Its row in _heads, if any, stays (see _heads); a restricted one
+            # is parked.
+            if self._restrictedFlows and self._restrictedFlows.get(series) is flow:
                 del self._restrictedFlows[series]
-            # Its heap row, if any, is now stale and skipped where met.
+                self._park(flow)
 
     def release(self, series: Hashable) -> None:
         """No task of *series* is in flight any more: its head is ready again."""
         if series not in self._held:
             return
         self._held.discard(series)
-        flow = self._flows.get(("s", series))
+        flow = self._flows.get(series)
         if flow is not None:
             flow.held = False
-            if flow.entries:
-                self._index(flow)
+            if flow.parked:
+                flow.parked = False
+                if flow.entries:
+                    self._index(flow)
 
     def isHeld(self, series: Hashable) -> bool:
         """Whether *series* is held (a task of it is in flight)."""
@@ -438,21 +492,33 @@ class Scheduler(Generic[T]):
         its tasks in order).
         """
         heads = self._heads
-        if heads and not (
-            self._retry or self._special[NEXT] or exclude or mine or self._restrictedFlows
+        run = self._run
+        if (run or heads) and not (
+            self._retry or self._special[NEXT] or exclude or self._restrictedFlows
         ):
             # The usual case (no retries, doNext items, exclusions or
-            # restricted series): the best is the flow head on top of the
-            # heap, if that row is current. What _best would find, sooner.
-            row = heads[0]
-            flow = self._flows.get(row[2])
-            if (
-                flow is not None
-                and not flow.held
-                and flow.entries
-                and flow.entries[0].seq == row[1]
-            ):
-                head = flow.entries[0]
+            # restricted series): the best is the flow head of the top row,
+            # once stale rows are dropped, unless a held series of *mine*
+            # has a better head. What _best would find, sooner.
+            while True:
+                if run and (not heads or run[0] < heads[0]):
+                    row = run[0]
+                elif heads:
+                    row = heads[0]
+                else:
+                    break
+                flow = row[2]
+                entries = flow.entries
+                if not entries or entries[0].seq != row[1]:
+                    self._dropTop()  # stale row
+                    continue
+                if flow.held and not (mine and flow.series in mine):
+                    self._dropTop()
+                    self._park(flow)
+                    continue
+                if mine and self._heldHeads and self._mineMayWin(row[0], row[1]):
+                    break
+                head = entries[0]
                 self._take(head)
                 return head.item
         entry = self._best(qualified, exclude, mine)
@@ -508,26 +574,32 @@ class Scheduler(Generic[T]):
         exclude: Collection[Hashable],
         mine: Collection[Hashable],
     ) -> Entry | None:
-        heads = self._heads
         flows = self._flows
         best: Entry | None = None
-        skipped: list[tuple[int, int, Hashable]] | None = None
-        while heads:
-            row = heads[0]
-            flow = flows.get(row[2])
-            if flow is None or flow.held or not flow.entries or flow.entries[0].seq != row[1]:
-                heapq.heappop(heads)  # stale row
+        skipped: list[tuple[int, int, _Flow]] | None = None
+        while True:
+            row = self._top()
+            if row is None:
+                break
+            flow = row[2]
+            if not flow.entries or flow.entries[0].seq != row[1]:
+                self._dropTop()  # stale row
+                continue
+            if flow.held and (flow.series not in mine or flow.series in self._retrySeries):
+                self._dropTop()
+                self._park(flow)
                 continue
             if exclude and flow.series is not None and flow.series in exclude:
                 if skipped is None:
                     skipped = []
-                skipped.append(heapq.heappop(heads))
+                skipped.append(row)
+                self._dropTop()
                 continue
             best = flow.entries[0]
             break
         if skipped is not None:
             for row in skipped:
-                heapq.heappush(heads, row)
+                self._addRow(row)
         if self._restrictedFlows:
             if qualified is None:
                 candidates: Collection[Hashable] = list(self._restrictedFlows)
@@ -539,17 +611,20 @@ class Scheduler(Generic[T]):
                 e = self._restrictedFlows[s].entries[0]
                 if best is None or (e.finish, e.seq) < (best.finish, best.seq):
                     best = e
+        if not mine or (best is not None and not self._mineMayWin(best.finish, best.seq)):
+            return best
         for s in mine:
-            # Held series this worker may go on with: their flows are in no
-            # index. Not while a retried task of the series waits: it goes first.
-            flow = flows.get(("s", s))
-            if flow is None or not flow.entries or (exclude and s in exclude):
+            # Held series this worker may go on with (their rows may be
+            # parked, or anywhere in the ready index). Not while a retried
+            # task of the series waits: it goes first.
+            heldFlow = flows.get(s)
+            if heldFlow is None or not heldFlow.entries or (exclude and s in exclude):
                 continue
             if s in self._retrySeries:
                 continue
             if qualified is not None and s in self._restricted and s not in qualified:
                 continue
-            e = flow.entries[0]
+            e = heldFlow.entries[0]
             if best is None or (e.finish, e.seq) < (best.finish, best.seq):
                 best = e
         return best
@@ -558,33 +633,45 @@ class Scheduler(Generic[T]):
         entry.live = False
         self.count -= 1
         if entry.klass == NORMAL:
-            flow = self._flows[entry.flow]
+            flow = entry.flow
+            assert flow is not None
             entries = flow.entries
             entries.popleft()
             if entry.start > self._vtime:
                 self._vtime = entry.start
-            heads = self._heads
-            if (
-                entries
-                and heads
-                and heads[0][1] == entry.seq
-                and not flow.held
-                and (flow.series is None or flow.series not in self._restricted)
-            ):
-                # The usual case: the row of the entry just taken is on top of
-                # the heap; replace it with the flow's new head in one step
-                # (instead of a push now and a stale-row pop later).
+            # The usual case: the row of the entry just taken is a top row;
+            # drop it now (instead of meeting it as a stale row later).
+            run = self._run
+            if run and run[0][1] == entry.seq:
+                run.popleft()
+            elif self._heads and self._heads[0][1] == entry.seq:
+                heapq.heappop(self._heads)
+            if entries and (flow.series is None or flow.series not in self._restricted):
+                # _index, inlined: the row of the flow's new head.
+                flow.parked = False
                 head = entries[0]
-                heapq.heapreplace(heads, (head.finish, head.seq, flow.key))
+                row = (head.finish, head.seq, flow)
+                if not run or run[-1] < row:
+                    run.append(row)
+                else:
+                    heapq.heappush(self._heads, row)
             else:
                 self._headChanged(flow)
             idle = self._idle
             if idle and (len(idle) > self._sweepAt or len(idle) == len(self._flows)):
                 self._sweepIdle()
+            if not self.count:
+                self._forgetRows()
         elif entry.klass == RETRY:
             self._removeRetry(entry)
         else:
             self._special[entry.klass].remove(entry)
+
+    def _forgetRows(self) -> None:
+        """Nothing is queued, so every index row is stale: drop them at once."""
+        self._heads.clear()
+        self._run.clear()
+        self._heldHeads.clear()
 
     def _headChanged(self, flow: _Flow) -> None:
         if flow.entries:
@@ -593,13 +680,73 @@ class Scheduler(Generic[T]):
             self._dropFlow(flow)
 
     def _index(self, flow: _Flow) -> None:
-        if flow.held:
-            return  # indexed again on release
+        """Index the (new) head of non-empty *flow*."""
         if flow.series is not None and flow.series in self._restricted:
-            self._restrictedFlows[flow.series] = flow
+            if flow.held:
+                self._park(flow)  # in _restrictedFlows again on release
+            else:
+                flow.parked = False
+                self._restrictedFlows[flow.series] = flow
         else:
-            head = flow.entries[0]
-            heapq.heappush(self._heads, (head.finish, head.seq, flow.key))
+            flow.parked = False
+            self._addRow(flow.headRow())
+
+    def _addRow(self, row: tuple[int, int, _Flow]) -> None:
+        """Add a row of an unrestricted flow's head (see _heads)."""
+        run = self._run
+        if not run or run[-1] < row:
+            run.append(row)
+        else:
+            heapq.heappush(self._heads, row)
+
+    def _top(self) -> tuple[int, int, _Flow] | None:
+        """The smallest row of _run and _heads (None if both are empty)."""
+        run = self._run
+        heads = self._heads
+        if run and (not heads or run[0] < heads[0]):
+            return run[0]
+        return heads[0] if heads else None
+
+    def _dropTop(self) -> None:
+        """Remove the row that `_top` returns."""
+        run = self._run
+        heads = self._heads
+        if run and (not heads or run[0] < heads[0]):
+            run.popleft()
+        else:
+            heapq.heappop(heads)
+
+    def _park(self, flow: _Flow) -> None:
+        """Put the row of held, non-empty *flow* in _heldHeads until release."""
+        flow.parked = True
+        heldHeads = self._heldHeads
+        if len(heldHeads) > 2 * len(self._held) + 64:
+            # Stale rows under a current top are never met: rebuild now and
+            # then (amortised), so the heap stays as big as the parked flows.
+            heldHeads[:] = [
+                f.headRow()
+                for f in map(self._flows.get, self._held)
+                if f is not None and f.parked and f.entries
+            ]
+            heapq.heapify(heldHeads)
+            return
+        head = flow.entries[0]
+        heapq.heappush(heldHeads, (head.finish, head.seq, flow))
+
+    def _mineMayWin(self, finish: int, seq: int) -> bool:
+        """
+        Whether some held flow's head comes before (*finish*, *seq*): if none
+        does, no series a pop's *mine* names can, and the pop need not look.
+        """
+        heldHeads = self._heldHeads
+        while heldHeads:
+            row = heldHeads[0]
+            flow = row[2]
+            entries = flow.entries
+            if flow.parked and flow.held and entries and entries[0].seq == row[1]:
+                return row[0] < finish or (row[0] == finish and row[1] < seq)
+            heapq.heappop(heldHeads)  # stale: released, emptied or moved on
+        return False
 
     def _dropFlow(self, flow: _Flow) -> None:
         # An empty flow is forgotten once the virtual time has passed its last

@@ -232,4 +232,8 @@ def plainTask(
     task.callTuple = callTuple
     task.callID = callID
     task._clock = clock
+    # Set here, not only by a dispatcher that gives it a series: every task's
+    # attributes then come in one order, and its instance dict keeps the
+    # shared, compact layout (a late new attribute would rebuild it).
+    task.series = None
     return task
