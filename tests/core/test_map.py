@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from asynqueue import AsyncWorker, TaskQueue, ThreadQueue, errors
-from asynqueue._core._map import MAX_CHUNK, WINDOW_PER_WORKER
+from asynqueue._core._map import MAX_CHUNK, WINDOW_PER_WORKER, MapRun, SequenceFeed
 from asynqueue.process import ProcessQueue
 
 from ..helpers import map as hm
@@ -22,12 +22,13 @@ from ..helpers.common import collect, waitUntil
 
 
 class Counting:
-    """Counts the queue's calls (each batch is one)."""
+    """Counts the queue's calls (each batch is one) and notes the type of each batch."""
 
     calls = 0
 
     def call(self, *args: Any, **kw: Any) -> Any:
         self.calls += 1
+        self.batchTypes = getattr(self, "batchTypes", set()) | {type(args[2])}
         return super().call(*args, **kw)  # type: ignore[misc]
 
 
@@ -141,6 +142,40 @@ class BatchingTests(MapBase):
         self.assertLess(q.calls, n // 20)
 
     @inlineCallbacks
+    def test_a_list_tuple_or_range_goes_in_slices(self) -> Any:
+        # A lone list, tuple or range is sliced (a range's slice is a range);
+        # other iterables are pulled input by input into lists.
+        inputs = range(-5000, 5000, 3)
+        for given, batchType in (
+            (list(inputs), list),
+            (tuple(inputs), tuple),
+            (inputs, range),
+            (iter(inputs), list),
+        ):
+            q = self.threadQueue()
+            got = yield run(take(q.map(abs, given)))
+            self.assertEqual(got, [abs(x) for x in inputs])
+            self.assertEqual(q.batchTypes, {batchType})
+            self.assertGreater(q.calls, 1)
+
+    def test_the_fixed_part_of_a_batch_is_not_counted_per_input(self) -> None:
+        # Inputs of 50 ns in batches that cost 10 µs each besides: the first
+        # batches, of one input, take 10 µs; batches of 8 then count their
+        # inputs' 0.4 µs, not 10.4 µs over 8 inputs.
+        run = MapRun(self.asyncQueue(), abs, SequenceFeed([]))
+        for _ in range(3):
+            run._measured(1, 10e-6)
+        self.assertAlmostEqual(run._perItem, 10e-6)  # one input: counted whole
+        for _ in range(6):
+            run._measured(8, 10e-6 + 8 * 50e-9)
+        self.assertLess(run._perItem, 0.2e-6)  # (whole, it would be ~1.3 µs)
+        # Slow inputs, one per batch: counted whole, they stay one per batch.
+        run = MapRun(self.asyncQueue(), abs, SequenceFeed([]))
+        for _ in range(3):
+            run._measured(1, 0.005)
+        self.assertEqual(run._size(), 1)
+
+    @inlineCallbacks
     def test_long_inputs_go_one_per_call(self) -> Any:
         q = self.threadQueue()
         got = yield run(take(q.map(hm.nap, [0.02] * 12)))
@@ -222,6 +257,38 @@ class BatchingTests(MapBase):
 
         first, second = yield run(inTwoLoops())
         self.assertEqual(first + second, list(range(300, 0, -1)))
+
+    @inlineCallbacks
+    def test_every_way_to_take_items_goes_on_where_async_for_left(self) -> Any:
+        # ``async for`` hands out a batch's items from the batch itself; the
+        # old protocol, moreLeft and stop() all see what it left.
+        q = self.threadQueue(2)
+        dr = q.map(abs, range(-100, 0), chunksize=50)
+
+        async def firstOf(dr: Any, n: int) -> list[int]:
+            got: list[int] = []
+            async for x in dr:
+                got.append(x)
+                if len(got) == n:
+                    break
+            return got
+
+        self.assertEqual((yield run(firstOf(dr, 10))), list(range(100, 90, -1)))
+        self.assertEqual((yield next(dr)), 90)
+        self.assertEqual((yield run(firstOf(dr, 2))), [89, 88])
+        self.assertTrue(dr.moreLeft)
+
+        async def stopInside(dr: Any) -> list[int]:
+            got: list[int] = []
+            async for x in dr:
+                got.append(x)
+                if x == 85:
+                    dr.stop()
+            return got
+
+        self.assertEqual((yield run(stopInside(dr))), [87, 86, 85])
+        self.assertFalse(dr.moreLeft)
+        self.assertFalse((yield dr.d))
 
 
 class ErrorTests(MapBase):

@@ -19,6 +19,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from asynqueue import errors
+from asynqueue._core._chunk import applyChunk
 from asynqueue._core._task import Task
 from asynqueue._iter._producers import ListConsumer
 from asynqueue.process import ProcessBase, ProcessQueue, ProcessWorker
@@ -186,6 +187,33 @@ class CallTests(WorkerTestCase):
         self.assertFalse(ready.called)  # no room for another until it is done
         yield task.d
         self.assertTrue(ready.called)
+
+    @inlineCallbacks
+    def test_a_short_map_batch_may_wait_behind_another(self) -> Any:
+        # With a window of one task, a map batch of a few milliseconds takes
+        # a second one, to wait in the child behind it; a plain task does
+        # not, and neither does a batch of longer work.
+        w = self.makeWorker()
+        yield self.value(w, h.pidAfter, 0.005)
+        self.assertEqual(w._window(), 1)
+        first = Task(applyChunk, (h.pidAfter, [0.005]))
+        self.assertTrue(w.run(first).called)  # room for one behind it
+        second = Task(applyChunk, (h.pidAfter, [0.005]))
+        ready = w.run(second)
+        self.assertFalse(ready.called)  # never more than one behind
+        yield first.d
+        self.assertTrue(ready.called)
+        yield second.d
+        plain = Task(h.pidAfter, (0.005,))
+        self.assertFalse(w.run(plain).called)
+        yield plain.d
+        for _ in range(3):
+            yield self.value(w, applyChunk, h.pidAfter, [0.05])
+        long = Task(applyChunk, (h.pidAfter, [0.05]))
+        self.assertFalse(w.run(long).called)
+        status, (results, errors, _) = yield long.d
+        self.assertEqual((status, errors), ("r", 0))
+        self.assertEqual(results, w.pids)
 
     @inlineCallbacks
     def test_large_data_both_ways(self) -> Any:

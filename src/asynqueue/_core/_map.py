@@ -11,10 +11,13 @@ Batch size (``chunksize=None``): the first batches hold one input each.
 Every result says how long its batch took on the worker, and the next batch
 is sized to take about `TARGET_SECONDS` there (at most `GROWTH` times the
 batch before, at most `MAX_CHUNK` inputs and about `MAX_CHUNK_BYTES` of
-input). Inputs that take longer than the target go one per call; when the
-number of inputs is known, batches near the end shrink (to a quarter of the
-target's work at least) so that no worker is left with a long tail while
-another idles.
+input). A batch of several inputs counts its time less a fixed part (what
+the quickest batch took, up to `FIXED_COST_MAX`): the first batches, of one
+input each, are mostly that part when inputs are trivial, and would make
+the larger batches after them look dearer per input than they are. Inputs
+that take longer than the target go one per call; when the number of inputs
+is known, batches near the end shrink (to a quarter of the target's work at
+least) so that no worker is left with a long tail while another idles.
 
 A batch that fails as a whole (a timeout, a lost worker, a result that
 cannot be sent back) is run again one input per call, so that the failure
@@ -27,9 +30,9 @@ from __future__ import annotations
 import operator
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from itertools import islice
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
@@ -41,10 +44,21 @@ from ..interfaces import IWorker
 from ._calls import describeCall
 from ._chunk import ChunkResult, ItemError, applyChunk
 
-__all__ = ["IteratorFeed", "MapBatch", "MapDeferator", "MapRun", "lengthHint", "mapDeferator"]
+__all__ = [
+    "IteratorFeed",
+    "MapBatch",
+    "MapDeferator",
+    "MapRun",
+    "SequenceFeed",
+    "feedOf",
+    "lengthHint",
+    "mapDeferator",
+]
 
 #: Seconds of work on the worker that an adaptive batch aims at.
 TARGET_SECONDS = 0.005
+#: At most this much of a batch's time is its fixed part (see the module docstring).
+FIXED_COST_MAX = 20e-6
 #: An adaptive batch is at most this many times the one before.
 GROWTH = 8
 #: Most inputs in one adaptive batch.
@@ -80,7 +94,7 @@ class Feed(Protocol):
     @property
     def exhausted(self) -> bool: ...
 
-    def take(self, n: int) -> list[Any]: ...
+    def take(self, n: int) -> Sequence[Any]: ...
 
 
 class IteratorFeed:
@@ -127,6 +141,41 @@ class IteratorFeed:
         return items
 
 
+class SequenceFeed:
+    """
+    Inputs sliced from a list, tuple or range (a feed, see `IteratorFeed`):
+    a batch is one slice, taken in one go instead of input by input (and a
+    range's slice is a range: three numbers to send, whatever its length).
+    """
+
+    def __init__(self, sequence: Sequence[Any]) -> None:
+        self._sequence = sequence
+        self._at = 0
+        self.error: Failure | None = None
+        self.onMore: Callable[[], None] | None = None
+
+    @property
+    def exhausted(self) -> bool:
+        return self._at >= len(self._sequence)
+
+    def take(self, n: int) -> Sequence[Any]:
+        at = self._at
+        items = self._sequence[at : at + n]
+        self._at = at + len(items)
+        return items
+
+
+def feedOf(iterables: tuple[object, ...], iterators: list[Iterator[Any]]) -> Feed:
+    """
+    The feed of ``map``'s inputs: slices of a lone list, tuple or range;
+    else the *iterators* (those of *iterables*), zipped if several.
+    """
+    first = iterables[0] if len(iterables) == 1 else None
+    if type(first) in (list, tuple, range):  # exactly: a subclass may slice otherwise
+        return SequenceFeed(cast("Sequence[Any]", first))
+    return IteratorFeed(zip(*iterators, strict=False) if len(iterators) > 1 else iterators[0])
+
+
 class MapBatch:
     """
     Consecutive inputs sent together, from input number *start*.
@@ -138,7 +187,7 @@ class MapBatch:
 
     __slots__ = ("calls", "done", "errors", "inputs", "left", "results", "start")
 
-    def __init__(self, start: int, inputs: list[Any]) -> None:
+    def __init__(self, start: int, inputs: Sequence[Any]) -> None:
         self.start = start
         self.inputs = inputs
         self.results: list[Any] = []
@@ -184,6 +233,7 @@ class MapRun:
         self._lengthHint = lengthHint
         self._perItem: float | None = None  # seconds per input, as measured
         self._seconds = self._inputs = 0.0  # what it is measured from
+        self._quickest: float | None = None  # the least time a batch took
         self._lastSize = 1  # of the batch sent last
         self._outInputs = 0  # inputs in the batches sent and not yet taken
         self._byteCap: int | None = None
@@ -349,7 +399,7 @@ class MapRun:
         self._lastSize = size = max(1, size)
         return size
 
-    def _send(self, inputs: list[Any]) -> None:
+    def _send(self, inputs: Sequence[Any]) -> None:
         batch = MapBatch(self._sent, inputs)
         self._sent += len(inputs)
         self._outInputs += len(inputs)
@@ -372,15 +422,28 @@ class MapRun:
 
     def _batchDone(self, result: ChunkResult, batch: MapBatch) -> None:
         results, count, seconds = result
-        # Time over inputs of the recent batches, each batch weighing half
-        # as much as the next: bigger batches count for more (a small one's
-        # time is mostly the helper's own), and one odd batch does not swing it.
-        self._seconds = self._seconds / 2 + seconds
-        self._inputs = self._inputs / 2 + len(results)
-        self._perItem = self._seconds / self._inputs
+        self._measured(len(results), seconds)
         batch.results = results
         batch.errors = count
         self._finished(batch)
+
+    def _measured(self, n: int, seconds: float) -> None:
+        """
+        Learn from a batch of *n* inputs that took *seconds* on its worker:
+        time over inputs of the recent batches, each batch weighing half as
+        much as the next (bigger batches count for more, and one odd batch
+        does not swing it). A batch of several inputs counts without its
+        fixed part; one of a single input counts whole (its input's share
+        cannot be told from the fixed part).
+        """
+        quickest = self._quickest
+        if quickest is None or seconds < quickest:
+            self._quickest = quickest = seconds
+        if n > 1:
+            seconds = max(seconds - min(quickest, FIXED_COST_MAX), 0.0)
+        self._seconds = self._seconds / 2 + seconds
+        self._inputs = self._inputs / 2 + n
+        self._perItem = self._seconds / self._inputs
 
     def _batchFailed(self, failure: Failure, batch: MapBatch) -> None:
         if self._closed:
@@ -508,42 +571,69 @@ class _MapSource:
 class MapDeferator(Deferator):
     """
     The `Deferator` that ``map`` returns. ``async for`` runs an async
-    generator (`_items`) that hands out the items already here in a plain
-    loop, with no Deferred and no coroutine per item (the cost per item
-    counts when each input is trivial). ``for d in dr`` still gives
-    Deferreds. Dropping it before the end stops it.
+    generator (`_items`) that hands out a landed batch's items in a plain
+    loop over the batch itself (its *spool*), with no Deferred, coroutine or
+    deque operation per item (the cost per item counts when each input is
+    trivial). ``for d in dr`` still gives Deferreds. Dropping it before the
+    end stops it.
     """
+
+    # The rest of the batch an ``async for`` is handing out, or None. Every
+    # other way to take items first puts it back into the buffer (`_unspool`).
+    _spool: Iterator[Any] | None = None
 
     def __aiter__(self) -> AsyncIterator[Any]:  # type: ignore[override]
         return self._items()
 
     async def _items(self) -> AsyncIterator[Any]:
-        """The items, for ``async for``: the buffer's without waiting, the
+        """The items, for ``async for``: those landed without waiting, the
         others as `Deferator.__anext__` gives them."""
-        buffer = self._buffer
-        popleft = buffer.popleft
         while True:
-            if buffer and self._waiter is None:
-                while buffer:
-                    item = popleft()
-                    if not buffer:
-                        self._prefetch()
+            spool = self._spool
+            if spool is None:
+                buffer = self._buffer
+                if not buffer or self._waiter is not None:
+                    try:
+                        item = await Deferator.__anext__(self)
+                    except StopAsyncIteration:
+                        return
                     yield item
-                continue
-            try:
-                item = await Deferator.__anext__(self)
-            except StopAsyncIteration:
-                return
-            yield item
+                    continue
+                # The buffer's items become the spool (a loop that breaks
+                # leaves the rest there for the next one).
+                spool = self._spool = iter(buffer)
+                self._buffer = deque()
+            for item in spool:
+                yield item
+            if self._spool is spool:
+                self._spool = None
+                self._prefetch()
+
+    def _unspool(self) -> None:
+        """Put what the spool holds back in front of the buffer."""
+        spool = self._spool
+        if spool is not None:
+            self._spool = None
+            rest = list(spool)  # (an ``async for`` still over it sees its end)
+            rest.extend(self._buffer)
+            self._buffer = deque(rest)
+
+    @property
+    def moreLeft(self) -> bool:
+        self._unspool()
+        return Deferator.moreLeft.fget(self)  # type: ignore[attr-defined]
+
+    def __next__(self) -> Deferred[Any]:
+        self._unspool()
+        return Deferator.__next__(self)
 
     async def __anext__(self) -> Any:  # type: ignore[override]
-        buffer = self._buffer
-        if buffer and self._waiter is None:
-            item = buffer.popleft()
-            if not buffer:
-                self._prefetch()
-            return item
+        self._unspool()
         return await Deferator.__anext__(self)
+
+    def stop(self) -> None:
+        self._unspool()
+        Deferator.stop(self)
 
     def __del__(self) -> None:
         # Dropped before the end (``break`` out of ``async for``, which does

@@ -404,7 +404,7 @@ class TaskQueue:
             QueueRunError: the queue has been shut down.
             TypeError, ValueError: bad *func*, iterable, chunksize or keyword.
         """
-        from ._map import IteratorFeed, MapRun, lengthHint, mapDeferator
+        from ._map import MapRun, feedOf, lengthHint, mapDeferator
 
         if not self._running:
             raise errors.QueueRunError(f"Cannot map {func!r}: the queue is shut down")
@@ -426,7 +426,7 @@ class TaskQueue:
         iterators = [iter(it) for it in iterables]  # TypeError here, not later
         hint = lengthHint(iterables)
         star = len(iterators) > 1
-        feed = IteratorFeed(zip(*iterators, strict=False) if star else iterators[0])
+        feed = feedOf(iterables, iterators)
         run = MapRun(
             self,
             func,

@@ -8,21 +8,36 @@ Every worker that pipelines sizes its window the same way: about
 `WINDOW_WORK` seconds of work per worker at the other end, by the recent
 average task time, at least one task, at most the worker's own maximum.
 `PipelineWindow` is that policy for the workers that talk over a wire client.
+
+One exception: a worker whose window is one task, and whose task in flight
+is a batch of ``TaskQueue.map`` (an `applyChunk` call) of up to
+`BATCH_BEHIND_LIMIT` seconds, takes a second one. That batch waits at the
+other end behind the running one, so the other end does not wait a round
+trip between the two; at the end of a map, one short batch at most waits
+while another worker may be idle. (Other tasks keep the rule: they gain
+little from it and would be committed to a worker before the scheduler's
+later choices can apply.)
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sized
+from collections.abc import Mapping, Sized
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
-__all__ = ["WINDOW_WORK", "PipelineWindow", "smoothed", "windowFor"]
+from ._chunk import applyChunk
+from ._task import Task
+
+__all__ = ["BATCH_BEHIND_LIMIT", "WINDOW_WORK", "PipelineWindow", "smoothed", "windowFor"]
 
 # A pipelining worker keeps about this much work (by the recent average
 # task time) in flight per worker at the other end.
 WINDOW_WORK = 0.002
+# A map batch that takes up to this long (by the recent average task time)
+# may wait behind another one in a worker whose window is one task.
+BATCH_BEHIND_LIMIT = 0.02
 
 
 def smoothed(average: float | None, sample: float) -> float:
@@ -35,10 +50,16 @@ def windowFor(averageRun: float, maxWindow: int, workers: int = 1) -> int:
     return max(1, min(maxWindow, int(WINDOW_WORK * workers / max(averageRun, 1e-7))))
 
 
+class Attempt(Protocol):
+    """A task sent over a wire client (None: a worker update of its own)."""
+
+    task: Task | None
+
+
 class Pipe(Protocol):
     """What the window counts on a wire client: tasks sent and not yet done."""
 
-    inflight: Sized
+    inflight: Mapping[int, Attempt]
     firstBatch: Sized
 
 
@@ -84,7 +105,21 @@ class PipelineWindow:
         client = self._activeClient()
         if client is None:
             return self._roomWithoutClient
-        return len(client.inflight) + len(client.firstBatch) < self._window()
+        held = len(client.inflight) + len(client.firstBatch)
+        window = self._window()
+        if held < window:
+            return True
+        return held == window == 1 and self._batchBehind(client)
+
+    def _batchBehind(self, client: Pipe) -> bool:
+        """Whether the one task in flight is a short map batch (see the module docstring)."""
+        avg = self._avgRun
+        if avg is None or avg > BATCH_BEHIND_LIMIT or client.firstBatch:
+            return False
+        for attempt in client.inflight.values():
+            task = attempt.task
+            return task is not None and task.callTuple[0] is applyChunk
+        return False
 
     def _checkReady(self) -> None:
         # A stopped or broken worker stays "busy" for good.

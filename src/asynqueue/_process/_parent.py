@@ -48,7 +48,8 @@ Pipelining: a worker keeps up to a *window* of tasks in its child, so that
 the child never waits a round trip for its next task. The window adapts to
 how long tasks take: up to `PROCESS_MAX_WINDOW` for tiny tasks, one for tasks of
 more than a few milliseconds (which gain nothing from queueing in one child
-while another might be idle). The child runs its tasks in order, so when a
+while another might be idle; a map's batches of up to 20 ms go two at a time,
+see `asynqueue._core._window`). The child runs its tasks in order, so when a
 result comes back the next task has started: the worker then calls its
 ``task.started()`` (``reportsStart``), and a timeout counts from there.
 
