@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from .. import errors
-from .._support._status import Status
+from .._support._status import NONE, NOT_RUN, RESULT, STATUS_BY_CODE, TIMEOUT, Status
 from ..interfaces import IWorker
 from ._calls import _Call, _Slot, _unpackStatus
 from ._scheduler import Scheduler
@@ -49,19 +49,6 @@ PIPELINE_PATIENCE = 0.005
 # How many times a call may be charged with a timeout / a lost worker.
 MAX_TIMEOUTS = 2
 MAX_LOSSES = 2
-
-# The statuses of the hot path, bound once (a member's lookup on the enum
-# class costs ten times a global's).
-RESULT = Status.RESULT
-NONE = Status.NONE
-TIMEOUT = Status.TIMEOUT
-NOT_RUN = Status.NOT_RUN
-
-# Each status by its member, its letter and its bytes: `asStatus` without a
-# call, for the report of every attempt (_unpackStatus reads the rest).
-STATUS_OF: dict[object, Status] = {
-    code: status for status in Status for code in (status, status.value.encode())
-}
 
 
 class TaskDone(Protocol):
@@ -553,7 +540,7 @@ class Dispatcher:
         status: Status | str
         try:
             code, result = statusResult
-            status = STATUS_OF[code]
+            status = STATUS_BY_CODE[code]
         except (TypeError, ValueError, KeyError):  # not a pair, or not a status
             status, result = _unpackStatus(statusResult)
         if call.attempt is not task or call.done:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["Status", "asStatus"]
+__all__ = ["STATUS_BY_CODE", "Status", "asStatus"]
 
 
 class Status(StrEnum):
@@ -37,10 +37,11 @@ class Status(StrEnum):
     NOT_RUN = "d"
 
 
-_byCode: dict[object, Status] = {}
-for _status in Status:
-    _byCode[_status.value] = _byCode[_status.value.encode()] = _status
-del _status
+# Each status by its letter (equal to its member, so found by either) and
+# by its bytes: for `asStatus`, and for hot paths that index it directly.
+STATUS_BY_CODE: dict[object, Status] = {
+    code: status for status in Status for code in (status.value, status.value.encode())
+}
 
 
 def asStatus(code: object) -> Status | None:
@@ -49,7 +50,7 @@ def asStatus(code: object) -> Status | None:
     the original's workers report it); None for anything else.
     """
     try:
-        return _byCode.get(code)
+        return STATUS_BY_CODE.get(code)
     except TypeError:  # unhashable
         return None
 
@@ -58,3 +59,4 @@ def asStatus(code: object) -> Status | None:
 # Python 3.11 a member looked up on its class goes through
 # ``EnumType.__getattr__``, a module global is a plain dictionary lookup.
 RESULT, NONE, ERROR, ITERATOR = Status.RESULT, Status.NONE, Status.ERROR, Status.ITERATOR
+TIMEOUT, NOT_RUN = Status.TIMEOUT, Status.NOT_RUN
