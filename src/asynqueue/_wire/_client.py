@@ -182,7 +182,9 @@ class BurstSender:
     """
     Mixin: what is queued goes out at once after a pause, and the rest of a
     burst (what comes within `BURST_GAP` of the last send) together at the
-    end of the reactor turn, as one message. The class provides ``reactor``.
+    end of the reactor turn, as one message; what is queued while the
+    channel reads goes out, as one message, when that read ends
+    (`holdSends`). The class provides ``reactor``.
     """
 
     reactor: Any
