@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 
 import pytest
@@ -221,7 +222,9 @@ def test_pop_respects_qualifications(pushes, restricted, qualified):
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["push", "pop", "remove", "front", "hold", "release", "popMine"]),
+            st.sampled_from(
+                ["push", "pop", "remove", "front", "hold", "release", "popMine", "popHold"]
+            ),
             st.sampled_from(["A", "B", None]),
             niceness,
         ),
@@ -238,9 +241,11 @@ def test_every_item_comes_out_exactly_once(ops):
     entries = {}
     kinds = {}  # item -> (series, "push" or "front")
     live = set()
-    held = set()
+    holder = {}  # the scheduler's count of the worker's tasks in flight, by series
+    counts = collections.Counter()  # the model's
     out = []
     for op, series, nice in ops:
+        held = {k for k, n in counts.items() if n}
         if op == "push":
             i = next(counter)
             entries[i] = s.push(i, series=series, niceness=nice)
@@ -248,14 +253,17 @@ def test_every_item_comes_out_exactly_once(ops):
             i = next(counter)
             entries[i] = s.pushFront(i, series=series)
         elif op == "hold" and series is not None:
-            s.hold(series)
-            held.add(series)
+            s.hold(series, holder)
+            counts[series] += 1
         elif op == "release":
-            s.release(series)
-            held.discard(series)
-        elif op in ("pop", "popMine"):
-            mine = [series] if op == "popMine" and series in held else []
-            item = s.pop(None, (), mine)
+            s.release(series, holder)
+            if counts[series]:
+                counts[series] -= 1
+        elif op in ("pop", "popMine", "popHold"):
+            mine = [series] if op != "pop" and series in held else []
+            # popHold: a pop that holds the series of what it takes, as a
+            # worker that runs it would (see hold).
+            item = s.pop(None, (), mine, holder if op == "popHold" else None)
             ready = {i for i in live if kinds[i][0] not in held}
             if item is None:
                 assert not ready
@@ -268,6 +276,8 @@ def test_every_item_comes_out_exactly_once(ops):
                     assert not [i for i in live if kinds[i] == (itemSeries, "front")]
                 live.discard(item)
                 out.append(item)
+                if op == "popHold" and itemSeries is not None:
+                    counts[itemSeries] += 1
         elif op == "remove" and live:
             victim = min(live)
             assert s.remove(entries[victim])
@@ -277,6 +287,7 @@ def test_every_item_comes_out_exactly_once(ops):
             kinds[i] = (series, op)
             live.add(i)
         assert len(s) == len(live)
+        assert holder == {k: n for k, n in counts.items() if n}
     rest = s.drain()
     assert set(rest) == live
     assert len(rest) == len(live)
@@ -286,10 +297,11 @@ def test_every_item_comes_out_exactly_once(ops):
 def test_a_held_series_costs_a_pop_nothing():
     """A thousand held series with work queued: each pop meets none of them."""
     s = Scheduler()
+    holder = {}
     for k in range(1000):
         s.push(("held", k), series=k)
         s.push(("held", k, 2), series=k)
-        s.hold(k)
+        s.hold(k, holder)
     for i in range(100):
         s.push(i)
     # The rows of the held heads are dropped once, on the first pop.
@@ -297,9 +309,9 @@ def test_a_held_series_costs_a_pop_nothing():
     assert len(s._heads) + len(s._run) == 1
     assert [s.pop() for _ in range(99)] == list(range(1, 100))
     assert s.pop() is None
-    s.release(7)
+    s.release(7, holder)
     assert s.pop() == ("held", 7)
-    s.hold(7)  # as the dispatcher does: its task is in flight now
+    s.hold(7, holder)  # as the dispatcher does: its task is in flight now
     assert s.pop() is None
     assert s.pop(None, (), [7]) == ("held", 7, 2)  # for the worker that holds it
 
@@ -346,17 +358,20 @@ def test_a_pop_takes_the_best_head_it_may_run(ops, restricted):
     s.setRestricted(restricted)
     counter = itertools.count()
     queued = {}  # item -> (its entry, its flow's key)
-    held = set()
+    holder = {}
+    counts = collections.Counter()
     for op, series, nice, anyWorker in ops:
+        held = {k for k, n in counts.items() if n}
         if op == "push":
             i = next(counter)
             queued[i] = (s.push(i, series=series, niceness=nice), series or ("plain", nice))
         elif op == "hold" and series is not None:
-            s.hold(series)
-            held.add(series)
+            s.hold(series, holder)
+            counts[series] += 1
         elif op == "release":
-            s.release(series)
-            held.discard(series)
+            s.release(series, holder)
+            if counts[series]:
+                counts[series] -= 1
         elif op.startswith("pop"):
             mine = {"pop": [], "popOne": [series] if series in held else [], "popAll": held}[op]
             qualified = None if anyWorker else {None, series}
@@ -382,14 +397,15 @@ def test_held_heads_stay_bounded():
     s.push("first", series="long")
     s.push("second", series="long")
     assert s.pop() == "first"
-    s.hold("long")  # its head stays on top of the held index throughout
+    holder = {}
+    s.hold("long", holder)  # its head stays on top of the held index throughout
     for k in range(20_000):
         s.push(k, series="x")
-        s.hold("x")
+        s.hold("x", holder)
         assert s.pop(None, (), ["x"]) == k
-        s.release("x")
+        s.release("x", holder)
     assert len(s._heldHeads) < 100
-    s.release("long")
+    s.release("long", holder)
     assert s.pop() == "second"
 
 

@@ -110,7 +110,7 @@ class _SeriesTests(TestCase):
         scheduler = dispatcher.scheduler
         self.assertEqual(len(scheduler), 0)
         self.assertFalse(any(slot.held for slot in dispatcher.slots.values()))
-        self.assertEqual(scheduler._held, set())
+        self.assertEqual(scheduler._held, {})
         self.assertEqual(scheduler._flows, {})
         self.assertEqual(len(scheduler._heads) + len(scheduler._run), 0)
         self.assertEqual(scheduler._heldHeads, [])

@@ -224,6 +224,7 @@ class _Slot:
         "attached",
         "bounced",
         "held",
+        "inOrder",
         "inflight",
         "qualified",
         "ready",
@@ -246,6 +247,12 @@ class _Slot:
         self.bounced = False
         self.rest: IDelayedCall | None = None  # the delayed call that ends a refusal pause
         self.reportsStart = bool(getattr(worker, "reportsStart", False))
+        # The worker's runsInOrder if it is a constant, None if it is a
+        # property (asked on every task handed out while it holds a series).
+        inOrder = getattr(type(worker), "runsInOrder", None)
+        self.inOrder = (
+            None if isinstance(inOrder, property) else bool(getattr(worker, "runsInOrder", False))
+        )
 
     def refreshQualifications(self) -> None:
         self.qualified = frozenset([None, *self.worker.cQualified, *self.worker.iQualified])

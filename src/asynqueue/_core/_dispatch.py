@@ -5,7 +5,7 @@
   dispatcher gives each ready worker the best task it is qualified for, the
   least loaded worker first (`_Slot` is a worker as the dispatcher sees it).
 - A series runs in sequence: while one of its tasks is in flight on a worker,
-  the scheduler *holds* the series (``_track``), and no other worker gets its
+  the scheduler *holds* the series (``Scheduler.hold``), and no other worker gets its
   next task. The worker holding it may, if it ``runsInOrder`` (see
   `IWorker`), take the next ones to run right behind it (`_mine`). The
   series is released when its last task in flight reports.
@@ -370,18 +370,27 @@ class Dispatcher:
         scheduler = self.scheduler
         # _mine, inlined (once per task handed out)
         held = slot.held
-        mine = held if held and getattr(slot.worker, "runsInOrder", False) else ()
+        mine = (
+            held
+            if held and (slot.inOrder or (slot.inOrder is None and slot.worker.runsInOrder))
+            else ()
+        )
+        # A series runs in sequence: one slot at most has tasks of it in
+        # flight, and its count there (slot.held) says when it is held.
         if call is None:
-            call = scheduler.pop(slot.qualified, (), mine)
+            call = scheduler.pop(slot.qualified, (), mine, held)  # (and holds its series)
             if call is None:
                 return False
         else:
             series = call.series
-            if series is not None and not (
-                scheduler.mayRun(series, slot.qualified)
-                and (not scheduler.isHeld(series) or series in mine)
-            ):
-                return False  # not on this worker, or not yet: queue it
+            if series is not None:
+                if not (
+                    scheduler.mayRun(series, slot.qualified)
+                    and (not scheduler.isHeld(series) or series in mine)
+                ):
+                    return False  # not on this worker, or not yet: queue it
+                if call.inSequence:
+                    scheduler.hold(series, held)
             call.seq = scheduler.ticket()
         self._runOn(slot, call)
         return True
@@ -392,37 +401,17 @@ class Dispatcher:
         its worker runs its tasks one at a time in the order given (then the
         next task runs right behind the one it holds, never beside it).
         """
-        if slot.held and getattr(slot.worker, "runsInOrder", False):
-            return slot.held
+        held = slot.held
+        if held and (slot.inOrder or (slot.inOrder is None and slot.worker.runsInOrder)):
+            return held
         return ()
-
-    def _track(self, slot: _Slot, call: _Call) -> None:
-        # A series runs in sequence, so one slot at most has tasks of it in
-        # flight: its count there says when the series is held.
-        series = call.series
-        held = slot.held
-        n = held.get(series, 0)
-        held[series] = n + 1
-        if not n:
-            self.scheduler.hold(series)
-
-    def _untrack(self, slot: _Slot, call: _Call) -> None:
-        series = call.series
-        held = slot.held
-        n = held.get(series)
-        if n is None:
-            return
-        if n > 1:
-            held[series] = n - 1
-        else:
-            del held[series]
-            self.scheduler.release(series)  # its next task may start anywhere
 
     def _clearInflight(self, slot: _Slot) -> list[Task]:
         """Forget every attempt in flight on *slot*; returns them."""
+        release = self.scheduler.release
         for call in slot.inflight.values():
             if call.series is not None:
-                self._untrack(slot, call)
+                release(call.series, slot.held)
         unfinished = list(slot.inflight)
         slot.inflight.clear()
         return unfinished
@@ -466,8 +455,6 @@ class Dispatcher:
         call.slot = slot
         task.owner = call
         slot.inflight[task] = call
-        if call.series is not None and call.inSequence:
-            self._track(slot, call)
         task.onReport = self._reporter
         if call.timeout is not None:
             if not getattr(slot.worker, "reportsStart", False):
@@ -527,7 +514,8 @@ class Dispatcher:
         if slot is not None:
             call.slot = None
             if slot.inflight.pop(task, None) is not None and call.series is not None:  # type: ignore[arg-type]
-                self._untrack(slot, call)
+                # (its next task may start anywhere after the last one)
+                self.scheduler.release(call.series, slot.held)
         return task
 
     def _onReport(self, task: Task, statusResult: Report) -> None:

@@ -160,6 +160,10 @@ class Entry:
 
     __slots__ = ("finish", "flow", "klass", "live", "seq", "series", "start")
 
+    # False: its series only shares the workers fairly with other series, its
+    # tasks may run side by side (a pop with a holder does not hold it).
+    inSequence = True
+
     # Set by push / pushFront.
     series: Hashable
     flow: _Flow | None  # its flow (normal entries only)
@@ -185,6 +189,10 @@ class _Boxed(Entry):
     @property
     def item(self) -> Any:
         return self._item
+
+    @property
+    def inSequence(self) -> bool:  # type: ignore[override]
+        return getattr(self._item, "inSequence", True)
 
     def __repr__(self) -> str:
         return (
@@ -263,8 +271,9 @@ class Scheduler(Generic[T]):
         # Empty flows whose last finish tag is still ahead of the virtual time.
         self._idle: set[Hashable] = set()
         self._sweepAt = _IDLE_SWEEP
-        # Series with a task in flight (see hold).
-        self._held: set[Hashable] = set()
+        # Series with a task in flight (see hold) -> its flow (None if it had
+        # none; push gives it its new one): release finds it without a lookup.
+        self._held: dict[Hashable, _Flow | None] = {}
         # Series -> how many of its items wait in _retry.
         self._retrySeries: dict[Hashable, int] = {}
 
@@ -333,7 +342,10 @@ class Scheduler(Generic[T]):
             entry.klass = NORMAL
             flow = self._flows.get(key)
             if flow is None:
-                flow = self._flows[key] = _Flow(key, series, series in self._held)
+                flow = self._flows[key] = _Flow(key, series, False)
+                if series in self._held:
+                    flow.held = True
+                    self._held[series] = flow
             elif self._idle:
                 self._idle.discard(key)
             entry.flow = flow
@@ -432,15 +444,19 @@ class Scheduler(Generic[T]):
             if flow.entries:
                 self._index(flow)
 
-    def hold(self, series: Hashable) -> None:
+    def hold(self, series: Hashable, holder: dict[Hashable, int]) -> None:
         """
-        A task of *series* is in flight: none of its tasks may start
-        elsewhere until `release` (only ``pop(mine=...)`` takes its head).
+        A task of *series* is in flight on the worker whose held series are
+        *holder* (series -> tasks in flight, kept here; a pop's *mine*): none
+        of its tasks may start elsewhere until `release` (only
+        ``pop(mine=holder)`` takes its head).
         """
-        if series is None or series in self._held:
+        n = holder.get(series)
+        if n:
+            holder[series] = n + 1
             return
-        self._held.add(series)
-        flow = self._flows.get(series)
+        holder[series] = 1
+        flow = self._held[series] = self._flows.get(series)
         if flow is not None:
             flow.held = True
             # Its row in _heads, if any, stays (see _heads); a restricted one
@@ -449,12 +465,18 @@ class Scheduler(Generic[T]):
                 del self._restrictedFlows[series]
                 self._park(flow)
 
-    def release(self, series: Hashable) -> None:
-        """No task of *series* is in flight any more: its head is ready again."""
-        if series not in self._held:
+    def release(self, series: Hashable, holder: dict[Hashable, int]) -> None:
+        """
+        A task of *series* held by *holder* (see `hold`) is no longer in
+        flight; with the last one, the series' head is ready again.
+        """
+        n = holder.pop(series, None)
+        if n is None:
             return
-        self._held.discard(series)
-        flow = self._flows.get(series)
+        if n > 1:
+            holder[series] = n - 1
+            return
+        flow = self._held.pop(series, None)
         if flow is not None:
             flow.held = False
             if flow.parked:
@@ -483,13 +505,16 @@ class Scheduler(Generic[T]):
         qualified: Collection[Hashable] | None = None,
         exclude: Collection[Hashable] = (),
         mine: Collection[Hashable] = (),
+        holder: dict[Hashable, int] | None = None,
     ) -> T | None:
         """
         Remove and return the best item for a worker qualified for the series
         in *qualified* (None: a worker that may run anything), skipping the
         series in *exclude*; None if there is none. *mine*: held series whose
         next task this worker may take (it holds their running task and runs
-        its tasks in order).
+        its tasks in order). *holder*: hold the item's series for it, as
+        ``hold(series, holder)`` would (unless the item's series is None or
+        its entry's ``inSequence`` is False), at less cost.
         """
         heads = self._heads
         run = self._run
@@ -520,11 +545,25 @@ class Scheduler(Generic[T]):
                     break
                 head = entries[0]
                 self._take(head)
-                return head.item
+                series = flow.series
+                if series is not None and holder is not None and head.inSequence:
+                    # hold, inlined, with the flow at hand (not restricted,
+                    # or its row would not be in this index).
+                    n = holder.get(series)
+                    if n:
+                        holder[series] = n + 1
+                    else:
+                        holder[series] = 1
+                        self._held[series] = flow
+                        flow.held = True
+                # (head.item, without a property call for an item that is its own entry)
+                return head._item if head.__class__ is _Boxed else head  # type: ignore[attr-defined,return-value]
         entry = self._best(qualified, exclude, mine)
         if entry is None:
             return None
         self._take(entry)
+        if holder is not None and entry.series is not None and entry.inSequence:
+            self.hold(entry.series, holder)
         return entry.item
 
     # ---------------------------------------------------------------- internals
@@ -646,7 +685,9 @@ class Scheduler(Generic[T]):
                 run.popleft()
             elif self._heads and self._heads[0][1] == entry.seq:
                 heapq.heappop(self._heads)
-            if entries and (flow.series is None or flow.series not in self._restricted):
+            if entries and (
+                flow.series is None or not self._restricted or flow.series not in self._restricted
+            ):
                 # _index, inlined: the row of the flow's new head.
                 flow.parked = False
                 head = entries[0]
@@ -724,9 +765,7 @@ class Scheduler(Generic[T]):
             # Stale rows under a current top are never met: rebuild now and
             # then (amortised), so the heap stays as big as the parked flows.
             heldHeads[:] = [
-                f.headRow()
-                for f in map(self._flows.get, self._held)
-                if f is not None and f.parked and f.entries
+                f.headRow() for f in self._held.values() if f is not None and f.parked and f.entries
             ]
             heapq.heapify(heldHeads)
             return
