@@ -279,7 +279,7 @@ def test_every_item_comes_out_exactly_once(ops):
                 if op == "popHold" and itemSeries is not None:
                     counts[itemSeries] += 1
         elif op == "remove" and live:
-            victim = min(live)
+            victim = sorted(live)[nice % len(live)]  # the head of its flow, or behind it
             assert s.remove(entries[victim])
             assert not s.remove(entries[victim])
             live.discard(victim)
@@ -319,7 +319,9 @@ def test_a_held_series_costs_a_pop_nothing():
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["push", "push", "hold", "release", "pop", "popOne", "popAll"]),
+            st.sampled_from(
+                ["push", "push", "hold", "release", "pop", "popOne", "popAll", "remove"]
+            ),
             st.sampled_from(["A", "B", "C", "D", None]),
             st.sampled_from([0, 0, 5, 10]),
             st.booleans(),
@@ -327,6 +329,17 @@ def test_a_held_series_costs_a_pop_nothing():
         max_size=150,
     ),
     st.sets(st.sampled_from(["A", "B"])),
+)
+@example(  # the tail withdrawn, then one more queued behind the new tail, and all popped
+    [("push", "A", 0, False)] * 2
+    + [("remove", "A", 5, False), ("push", "A", 0, False)]
+    + [("pop", None, 0, False)] * 3,
+    set(),
+)
+@example(  # a flow emptied by a withdrawal and refilled
+    [("push", "A", 0, False), ("remove", "A", 0, False), ("push", "A", 0, False)]
+    + [("pop", None, 0, False)] * 2,
+    set(),
 )
 @example(  # a tie of finish tags between a held head and a ready one
     [("push", "A", 0, False), ("push", "B", 0, False)] * 2
@@ -372,6 +385,13 @@ def test_a_pop_takes_the_best_head_it_may_run(ops, restricted):
             s.release(series, holder)
             if counts[series]:
                 counts[series] -= 1
+        elif op == "remove":
+            # One of the flow's items: its head, the second or the third
+            # (withdrawn from the middle or the tail of the flow's chain).
+            inFlow = sorted(i for i, (_, key) in queued.items() if key == (series or ("plain", 0)))
+            if inFlow:
+                victim = inFlow[(nice // 5) % len(inFlow)]
+                assert s.remove(queued.pop(victim)[0])
         elif op.startswith("pop"):
             mine = {"pop": [], "popOne": [series] if series in held else [], "popAll": held}[op]
             qualified = None if anyWorker else {None, series}

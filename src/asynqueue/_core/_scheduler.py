@@ -158,7 +158,7 @@ class Entry:
     Other items are boxed in a `_Boxed` entry.
     """
 
-    __slots__ = ("finish", "flow", "klass", "live", "seq", "series", "start")
+    __slots__ = ("finish", "flow", "klass", "next", "seq", "series", "start")
 
     # False: its series only shares the workers fairly with other series, its
     # tasks may run side by side (a pop with a holder does not hold it).
@@ -167,11 +167,14 @@ class Entry:
     # Set by push / pushFront.
     series: Hashable
     flow: _Flow | None  # its flow (normal entries only)
-    klass: int  # RETRY, NEXT, NORMAL or LAST
+    # RETRY, NEXT, NORMAL or LAST; None once it has left the queue.
+    klass: int | None
     seq: int  # submission number: ties go to the lower
     start: int  # virtual start and finish tags (normal entries only)
     finish: int
-    live: bool  # still queued
+    # The entry behind it in its flow (normal entries only): a flow is a
+    # chain of its entries, not a container of its own (see _Flow).
+    next: Entry | None
 
     @property
     def item(self) -> Any:
@@ -206,22 +209,36 @@ def _retryKey(row: tuple[int, int, Entry]) -> tuple[int, int]:
 
 
 class _Flow:
-    """The FIFO of one flow and the finish tag of its newest task."""
+    """
+    The FIFO of one flow and the finish tag of its newest task.
 
-    __slots__ = ("entries", "held", "key", "lastFinish", "parked", "series")
+    Its entries are chained through their ``next`` field, from ``head`` to
+    ``tail`` (both None when it is empty): a thousand series with ten calls
+    each cost no container per series (a deque takes ~760 bytes).
+    """
 
-    def __init__(self, key: Hashable, series: Hashable, held: bool) -> None:
+    __slots__ = ("head", "held", "key", "lastFinish", "parked", "series", "tail")
+
+    def __init__(self, key: Hashable, series: Hashable) -> None:
         self.key = key
         self.series = series
-        self.entries: deque[Entry] = deque()
+        self.head: Entry | None = None
+        self.tail: Entry | None = None
         self.lastFinish = 0
-        self.held = held  # a task of the series is in flight
+        self.held = False  # a task of the series is in flight
         self.parked = False  # its head's row is in _heldHeads, not in _heads
 
     def headRow(self) -> tuple[int, int, _Flow]:
-        """The heap row of its head: (finish tag, seq, the flow)."""
-        head = self.entries[0]
+        """The heap row of its head (it has one): (finish tag, seq, the flow)."""
+        head = self.head
+        assert head is not None
         return head.finish, head.seq, self
+
+    def __iter__(self) -> Iterator[Entry]:
+        entry = self.head
+        while entry is not None:
+            yield entry
+            entry = entry.next
 
 
 class Scheduler(Generic[T]):
@@ -307,12 +324,10 @@ class Scheduler(Generic[T]):
             yield e.item
         for klass in (NEXT, LAST):
             for e in self._special[klass]:
-                if e.live:
-                    yield e.item
+                yield e.item
         for flow in self._flows.values():
-            for e in flow.entries:
-                if e.live:
-                    yield e.item
+            for e in flow:
+                yield e.item
 
     # ---------------------------------------------------------------- input
 
@@ -331,7 +346,6 @@ class Scheduler(Generic[T]):
         entry = item if isinstance(item, Entry) else _Boxed(item)
         entry.seq = next(self._seq)
         entry.series = series
-        entry.live = True
         if doNext or doLast:
             klass = entry.klass = NEXT if doNext else LAST
             entry.flow = None
@@ -342,7 +356,7 @@ class Scheduler(Generic[T]):
             entry.klass = NORMAL
             flow = self._flows.get(key)
             if flow is None:
-                flow = self._flows[key] = _Flow(key, series, False)
+                flow = self._flows[key] = _Flow(key, series)
                 if series in self._held:
                     flow.held = True
                     self._held[series] = flow
@@ -354,10 +368,14 @@ class Scheduler(Generic[T]):
                 start = self._vtime
             entry.start = start
             entry.finish = flow.lastFinish = start + _STRIDES[niceness - MIN_NICENESS]
-            entries = flow.entries
-            entries.append(entry)
-            if len(entries) == 1:
+            entry.next = None
+            tail = flow.tail
+            flow.tail = entry
+            if tail is None:
+                flow.head = entry
                 self._index(flow)
+            else:
+                tail.next = entry
         self.count += 1
         return entry
 
@@ -377,7 +395,6 @@ class Scheduler(Generic[T]):
         entry.klass = RETRY
         entry.seq = mine
         entry.start = entry.finish = 0
-        entry.live = True
         bisect.insort(self._retry, (mine if seq is None else seq, mine, entry), key=_retryKey)
         retrySeries = self._retrySeries
         retrySeries[series] = retrySeries.get(series, 0) + 1
@@ -385,26 +402,40 @@ class Scheduler(Generic[T]):
         return entry
 
     def remove(self, entry: Entry) -> bool:
-        """Take *entry* off the queue; False if it was no longer queued."""
-        if not entry.live:
+        """
+        Take *entry* off the queue; False if it was no longer queued. (A
+        normal entry behind its flow's head is found by walking the flow.)
+        """
+        klass = entry.klass
+        if klass is None:
             return False
-        entry.live = False
+        entry.klass = None
         self.count -= 1
-        if entry.klass == NORMAL:
+        if klass == NORMAL:
             flow = entry.flow
             assert flow is not None
-            wasHead = flow.entries[0] is entry
-            flow.entries.remove(entry)
-            if wasHead:
+            nxt = entry.next
+            entry.next = None
+            if flow.head is entry:
+                flow.head = nxt
+                if nxt is None:
+                    flow.tail = None
                 self._headChanged(flow)
-            elif not flow.entries:
-                self._dropFlow(flow)
+            else:
+                prev = flow.head
+                assert prev is not None
+                while prev.next is not entry:
+                    prev = prev.next
+                    assert prev is not None
+                prev.next = nxt
+                if nxt is None:
+                    flow.tail = prev
             if not self.count:
                 self._forgetRows()
-        elif entry.klass == RETRY:
+        elif klass == RETRY:
             self._removeRetry(entry)
         else:
-            self._special[entry.klass].remove(entry)
+            self._special[klass].remove(entry)
         return True
 
     def _removeRetry(self, entry: Entry) -> None:
@@ -441,7 +472,7 @@ class Scheduler(Generic[T]):
         self._heldHeads = []
         for flow in self._flows.values():
             flow.parked = False
-            if flow.entries:
+            if flow.head is not None:
                 self._index(flow)
 
     def hold(self, series: Hashable, holder: dict[Hashable, int]) -> None:
@@ -481,7 +512,7 @@ class Scheduler(Generic[T]):
             flow.held = False
             if flow.parked:
                 flow.parked = False
-                if flow.entries:
+                if flow.head is not None:
                     self._index(flow)
 
     def isHeld(self, series: Hashable) -> bool:
@@ -533,8 +564,8 @@ class Scheduler(Generic[T]):
                 else:
                     break
                 flow = row[2]
-                entries = flow.entries
-                if not entries or entries[0].seq != row[1]:
+                head = flow.head
+                if head is None or head.seq != row[1]:
                     self._dropTop()  # stale row
                     continue
                 if flow.held and not (mine and flow.series in mine):
@@ -543,7 +574,6 @@ class Scheduler(Generic[T]):
                     continue
                 if mine and self._heldHeads and self._mineMayWin(row[0], row[1]):
                     break
-                head = entries[0]
                 self._take(head)
                 series = flow.series
                 if series is not None and holder is not None and head.inSequence:
@@ -621,7 +651,7 @@ class Scheduler(Generic[T]):
             if row is None:
                 break
             flow = row[2]
-            if not flow.entries or flow.entries[0].seq != row[1]:
+            if flow.head is None or flow.head.seq != row[1]:
                 self._dropTop()  # stale row
                 continue
             if flow.held and (flow.series not in mine or flow.series in self._retrySeries):
@@ -634,7 +664,7 @@ class Scheduler(Generic[T]):
                 skipped.append(row)
                 self._dropTop()
                 continue
-            best = flow.entries[0]
+            best = flow.head
             break
         if skipped is not None:
             for row in skipped:
@@ -647,7 +677,8 @@ class Scheduler(Generic[T]):
             for s in candidates:
                 if exclude and s in exclude:
                     continue
-                e = self._restrictedFlows[s].entries[0]
+                e = self._restrictedFlows[s].head
+                assert e is not None
                 if best is None or (e.finish, e.seq) < (best.finish, best.seq):
                     best = e
         if not mine or (best is not None and not self._mineMayWin(best.finish, best.seq)):
@@ -657,25 +688,30 @@ class Scheduler(Generic[T]):
             # parked, or anywhere in the ready index). Not while a retried
             # task of the series waits: it goes first.
             heldFlow = flows.get(s)
-            if heldFlow is None or not heldFlow.entries or (exclude and s in exclude):
+            if heldFlow is None or heldFlow.head is None or (exclude and s in exclude):
                 continue
             if s in self._retrySeries:
                 continue
             if qualified is not None and s in self._restricted and s not in qualified:
                 continue
-            e = heldFlow.entries[0]
+            e = heldFlow.head
             if best is None or (e.finish, e.seq) < (best.finish, best.seq):
                 best = e
         return best
 
     def _take(self, entry: Entry) -> None:
-        entry.live = False
+        """Take *entry*, a flow's head or a special one, off the queue."""
+        klass = entry.klass
+        entry.klass = None
         self.count -= 1
-        if entry.klass == NORMAL:
+        if klass == NORMAL:
             flow = entry.flow
             assert flow is not None
-            entries = flow.entries
-            entries.popleft()
+            head = flow.head = entry.next
+            if head is None:
+                flow.tail = None
+            else:
+                entry.next = None  # (a finished call holds on to no queued one)
             if entry.start > self._vtime:
                 self._vtime = entry.start
             # The usual case: the row of the entry just taken is a top row;
@@ -685,12 +721,11 @@ class Scheduler(Generic[T]):
                 run.popleft()
             elif self._heads and self._heads[0][1] == entry.seq:
                 heapq.heappop(self._heads)
-            if entries and (
+            if head is not None and (
                 flow.series is None or not self._restricted or flow.series not in self._restricted
             ):
                 # _index, inlined: the row of the flow's new head.
                 flow.parked = False
-                head = entries[0]
                 row = (head.finish, head.seq, flow)
                 if not run or run[-1] < row:
                     run.append(row)
@@ -703,10 +738,10 @@ class Scheduler(Generic[T]):
                 self._sweepIdle()
             if not self.count:
                 self._forgetRows()
-        elif entry.klass == RETRY:
+        elif klass == RETRY:
             self._removeRetry(entry)
         else:
-            self._special[entry.klass].remove(entry)
+            self._special[klass].remove(entry)  # type: ignore[index]
 
     def _forgetRows(self) -> None:
         """Nothing is queued, so every index row is stale: drop them at once."""
@@ -715,7 +750,7 @@ class Scheduler(Generic[T]):
         self._heldHeads.clear()
 
     def _headChanged(self, flow: _Flow) -> None:
-        if flow.entries:
+        if flow.head is not None:
             self._index(flow)
         else:
             self._dropFlow(flow)
@@ -765,12 +800,13 @@ class Scheduler(Generic[T]):
             # Stale rows under a current top are never met: rebuild now and
             # then (amortised), so the heap stays as big as the parked flows.
             heldHeads[:] = [
-                f.headRow() for f in self._held.values() if f is not None and f.parked and f.entries
+                f.headRow()
+                for f in self._held.values()
+                if f is not None and f.parked and f.head is not None
             ]
             heapq.heapify(heldHeads)
             return
-        head = flow.entries[0]
-        heapq.heappush(heldHeads, (head.finish, head.seq, flow))
+        heapq.heappush(heldHeads, flow.headRow())
 
     def _mineMayWin(self, finish: int, seq: int) -> bool:
         """
@@ -781,8 +817,8 @@ class Scheduler(Generic[T]):
         while heldHeads:
             row = heldHeads[0]
             flow = row[2]
-            entries = flow.entries
-            if flow.parked and flow.held and entries and entries[0].seq == row[1]:
+            head = flow.head
+            if flow.parked and flow.held and head is not None and head.seq == row[1]:
                 return row[0] < finish or (row[0] == finish and row[1] < seq)
             heapq.heappop(heldHeads)  # stale: released, emptied or moved on
         return False
