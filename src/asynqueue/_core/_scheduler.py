@@ -26,14 +26,17 @@ A series runs in sequence
 -------------------------
 
 The dispatcher *holds* a series while one of its tasks is in flight on a
-worker (``hold`` / ``release``), so that no other worker can start its next
-task before the running one has finished. The one exception is the worker
+worker (``hold`` / ``release``, or a ``pop`` given the worker's *holder*,
+which holds the series of the task it returns), so that no other worker can
+start its next task before the running one has finished. The one exception is the worker
 that holds the series, if it runs its tasks one at a time in the order given
 (a pipelining thread or process worker): ``pop(..., mine=...)`` lets it take
 the series' next task too, to run right behind the one it holds. A retried
 or doNext/doLast task of a held series waits until the series is released,
 and while a retried task waits, so does the rest of its series: the retry
-goes first then, on any worker.
+goes first then, on any worker. The scheduler counts each worker's tasks in
+flight by series in that worker's *holder* dict (its *mine* too, for a worker
+that runs its tasks in order): one call each way per task.
 
 Holding costs little: a held series' head stays in the ready heap until it
 comes to the top; only then is it put aside (*parked*) until release, and
