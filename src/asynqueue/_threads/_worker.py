@@ -36,6 +36,7 @@ reactor's timeouts and crashes.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -68,6 +69,46 @@ THREAD_MAX_WINDOW = 64
 _TASK = 0
 _CALL = 1
 _EXIT = 2
+
+
+def _fromThread(reactor: Any, f: Callable[[], object]) -> Callable[[], None]:
+    """
+    A callable that, from any thread, has *reactor* call ``f()`` soon: the
+    same as ``reactor.callFromThread(f)``, whose Python calls (the waker's,
+    through Twisted's deprecated-module proxy of ``twisted.python.util``)
+    cost more than its system call on a thread worker's round trip. For a
+    reactor whose ``callFromThread`` and waker are the stock ones (every
+    POSIX reactor), it queues the call and writes the waker's byte itself;
+    for any other, it is ``callFromThread``.
+    """
+    from twisted.internet._signals import _UnixWaker
+    from twisted.internet.base import ReactorBase
+
+    cls = type(reactor)
+    waker = getattr(reactor, "waker", None)
+    queue = getattr(reactor, "threadCallQueue", None)
+    if (
+        getattr(cls, "callFromThread", None) is not ReactorBase.callFromThread
+        or getattr(cls, "wakeUp", None) is not ReactorBase.wakeUp
+        or getattr(type(waker), "wakeUp", None) is not _UnixWaker.wakeUp
+        or type(queue) is not list
+    ):
+        callFromThread = reactor.callFromThread
+        return lambda: callFromThread(f)
+    entry: tuple[Callable[[], object], tuple[()], dict[str, Any]] = (f, (), {})
+    append = queue.append
+    write = os.write
+
+    def post() -> None:
+        append(entry)  # (what callFromThread queues, and how the reactor runs it)
+        try:
+            write(waker.o, b"x")
+        except (OSError, AttributeError):
+            # A full pipe (the reactor wakes anyway), or a reactor that has
+            # closed its waker and runs no more.
+            pass
+
+    return post
 
 
 @implementer(IWorker)
@@ -128,6 +169,7 @@ class ThreadWorker:
         self._readyWaiter: Deferred[None] | None = None
         self._stopD: Deferred[None] | None = None
         self._resignator: Callable[[], Any] | None = None
+        self._post = _fromThread(reactor, self._flush)
         self._startThread()
 
     @property
@@ -340,7 +382,7 @@ class ThreadWorker:
                     outbox.append((_EXIT, None, None, None, 0.0))
                     wake = len(outbox) == 1
                     if wake:
-                        self._reactor.callFromThread(self._flush)
+                        self._post()
                     return
                 else:
                     kind = -1
@@ -397,7 +439,7 @@ class ThreadWorker:
                     wake = len(outbox) == 1
                 item = payload = None
             if wake:
-                self._reactor.callFromThread(self._flush)
+                self._post()
 
 
 class ThreadQueue(TaskQueue):
