@@ -245,8 +245,12 @@ class Dispatcher:
             # a push, a pop and a dispatch pass.
             best = None
             for slot in self._slotList:
-                if slot.ready and (best is None or len(slot.inflight) < len(best.inflight)):
-                    best = slot
+                if slot.ready:
+                    if not slot.inflight:
+                        best = slot  # idle: none is less loaded
+                        break
+                    if best is None or len(slot.inflight) < len(best.inflight):
+                        best = slot
             if best is not None:
                 self._dispatching = True
                 try:

@@ -260,7 +260,8 @@ class ThreadWorker:
             self._adaptive = windowFor(avg, THREAD_MAX_WINDOW)
         if outbox:
             self._reactor.callLater(0, self._flush)
-        self._maybeReady()
+        if self._readyWaiter is not None:
+            self._maybeReady()
 
     def _window(self) -> int:
         return self._adaptive if self.window is None else self.window
@@ -370,24 +371,26 @@ class ThreadWorker:
         outbox = self._outbox
         clock = time.perf_counter
         while True:
-            with lock:
-                if self._generation != generation:
-                    return  # abandoned (timeout or crash)
-                if vip:
-                    kind, payload = vip.popleft()
-                elif inbox:
-                    kind, payload = _TASK, inbox.popleft()
-                elif self._quitting and not self._firstBatches:
-                    self._ended = True
-                    outbox.append((_EXIT, None, None, None, 0.0))
-                    wake = len(outbox) == 1
-                    if wake:
-                        self._post()
-                    return
-                else:
-                    kind = -1
-                if kind == _TASK:
-                    self._current = payload
+            kind = -1
+            # (A look without the lock first: an idle thread takes it only
+            # when there is something to take, or to end.)
+            if vip or inbox or self._quitting:
+                with lock:
+                    if self._generation != generation:
+                        return  # abandoned (timeout or crash)
+                    if vip:
+                        kind, payload = vip.popleft()
+                    elif inbox:
+                        kind, payload = _TASK, inbox.popleft()
+                    elif self._quitting and not self._firstBatches:
+                        self._ended = True
+                        outbox.append((_EXIT, None, None, None, 0.0))
+                        wake = len(outbox) == 1
+                        if wake:
+                            self._post()
+                        return
+                    if kind == _TASK:
+                        self._current = payload
             if kind < 0:
                 # Nothing to do: say so, look once more (an item appended
                 # before the reactor saw the flag is seen here), then wait.
