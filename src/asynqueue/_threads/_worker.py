@@ -235,7 +235,10 @@ class ThreadWorker:
         # arrive meanwhile wait for the next reactor turn (below), so that
         # a busy worker cannot keep the reactor in here.
         for _ in range(len(outbox)):
-            kind, target, ok, value, seconds = popleft()
+            try:
+                kind, target, ok, value, seconds = popleft()
+            except IndexError:
+                break  # a callback crashed me: crash() took the rest
             if kind == _TASK:
                 runTime += seconds
                 runCount += 1
