@@ -195,7 +195,7 @@ class ThreadWorker:
         Hand *task* to the thread. Returns None while I can take more at once
         (the queue's fast path), else a Deferred that fires when I can.
         """
-        if self._crashed or self._quitting:
+        if self._quitting:  # (stopped, or crashed)
             task.callback((Status.NOT_RUN, "thread worker is stopped"))
             return None
         # No lock: a deque append is atomic, and the thread takes the item
@@ -406,7 +406,7 @@ class ThreadWorker:
                 # The task runs inline (no helper call: this is the thread's
                 # hot path). A task without keywords is called without **.
                 t0 = clock()
-                payload.started()
+                payload.startedAt = payload._clock()  # (Task.started, inlined)
                 f, args, kw = payload.callTuple
                 try:
                     result = f(*args, **kw) if kw else f(*args)
