@@ -250,7 +250,15 @@ class ThreadWorker:
                     with self._lock:
                         self._firstBatches -= 1
                     self._doorbell.put(None)  # a quitting thread may go now
-                target.callback((ok, value))
+                report = (ok, value)
+                onReport = target.onReport
+                if onReport is not None and target._reported is None and target._d is None:
+                    # Task.callback, inlined (once per result): the queue's
+                    # receiver, and no Deferred made to fire.
+                    target._reported = report
+                    onReport(target, report)
+                else:
+                    target.callback(report)
             elif kind == _CALL:
                 if ok:
                     target.callback(value)
