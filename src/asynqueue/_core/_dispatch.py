@@ -563,7 +563,8 @@ class Dispatcher:
         status: Status | str
         try:
             code, result = statusResult
-            status = STATUS_BY_CODE[code]
+            # (A member's hash is a Python-level call: the usual one first.)
+            status = RESULT if code is RESULT else STATUS_BY_CODE[code]
         except (TypeError, ValueError, KeyError):  # not a pair, or not a status
             status, result = _unpackStatus(statusResult)
         if call.attempt is not task or call.done:
