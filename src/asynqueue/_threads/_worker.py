@@ -3,9 +3,10 @@
 
 Each ThreadWorker owns one daemon thread and an inbox. The reactor puts tasks
 in the inbox; the thread runs them in order and puts ``(task, status, result)``
-in an outbox. Crossing back to the reactor costs one ``callFromThread`` per
-*batch*: the thread only wakes the reactor when the outbox was empty, and the
-reactor takes everything in the outbox at once.
+in an outbox. Crossing back to the reactor costs one wake-up per *batch*
+(what ``callFromThread`` does, see `_fromThread`): the thread only wakes the
+reactor when the outbox was empty, and the reactor takes everything in the
+outbox at once.
 
 The worker accepts up to a *window* of tasks before its ``run`` Deferred
 waits, so the thread always has the next task at hand while the reactor is
@@ -31,7 +32,7 @@ its append, so one of the two sees the other (the GIL orders them). Events
 (a stop, a crash, a task withdrawn on a timeout) always ring; a token left
 over just makes an idle thread look once more. A plain lock keeps the
 thread's state changes (taking a task, posting its result) atomic with the
-reactor's timeouts and crashes.
+reactor's timeouts and crashes; the reactor takes results without it.
 """
 
 from __future__ import annotations
