@@ -82,14 +82,18 @@ def _fromThread(reactor: Any, f: Callable[[], object]) -> Callable[[], None]:
     POSIX reactor), it queues the call and writes the waker's byte itself;
     for any other, it is ``callFromThread``.
     """
-    from twisted.internet._signals import _UnixWaker
     from twisted.internet.base import ReactorBase
 
+    try:
+        from twisted.internet._signals import _UnixWaker
+    except ImportError:  # (a Twisted that keeps its waker elsewhere)
+        _UnixWaker = None  # type: ignore[assignment,misc]
     cls = type(reactor)
     waker = getattr(reactor, "waker", None)
     queue = getattr(reactor, "threadCallQueue", None)
     if (
-        getattr(cls, "callFromThread", None) is not ReactorBase.callFromThread
+        _UnixWaker is None
+        or getattr(cls, "callFromThread", None) is not ReactorBase.callFromThread
         or getattr(cls, "wakeUp", None) is not ReactorBase.wakeUp
         or getattr(type(waker), "wakeUp", None) is not _UnixWaker.wakeUp
         or type(queue) is not list
