@@ -65,6 +65,23 @@ class CallTests(TestCase):
         self.successResultOf(d)
         self.assertEqual(seen, [{"other": 1}])
 
+    def test_a_subclass_newtask_makes_every_calls_record(self) -> None:
+        # call() makes the record of a plain call itself, but not past a
+        # subclass that makes its own (the original's extension point).
+        made = []
+
+        class Recording(TaskQueue):
+            def newTask(self, func: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> Any:
+                made.append(args)
+                return super().newTask(func, args, kw)
+
+        q = Recording(AsyncWorker(), returnFailure=True, reactor=self.clock)
+        self.assertEqual(self.successResultOf(q.call(abs, -1)), 1)
+        self.assertEqual(self.successResultOf(q.call(pow, 2, 3, mod=5)), 3)
+        self.assertEqual(made, [(-1,), (2, 3)])
+        self.assertEqual(self.successResultOf(self.q.call(abs, -4)), 4)
+        self.successResultOf(q.shutdown())
+
     def test_the_task_carries_the_calls_options(self) -> None:
         w = ManualWorker()
         q = TaskQueue(w, returnFailure=True, reactor=self.clock)

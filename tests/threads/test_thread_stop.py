@@ -17,10 +17,10 @@ from ..helpers import conformance as hc
 from ..helpers.common import collect
 
 
-def blockUntilPosted(worker: ThreadWorker, limit: float = 10.0) -> None:
-    """Block the reactor thread until *worker*'s thread has posted a result."""
+def blockUntilPosted(worker: ThreadWorker, limit: float = 10.0, count: int = 1) -> None:
+    """Block the reactor thread until *worker*'s thread has posted *count* results."""
     deadline = time.monotonic() + limit
-    while not worker._outbox:
+    while len(worker._outbox) < count:
         if time.monotonic() > deadline:
             raise AssertionError("the thread posted nothing")
         time.sleep(0.001)
@@ -52,3 +52,24 @@ class StopTests(TestCase):
         self.assertIn(task, w.crash())
         yield deferLater(reactor, 0, lambda: None)  # (the flush the thread asked for)
         self.assertFalse(task.reported)
+
+    @inlineCallbacks
+    def test_a_crash_from_a_callback_stops_the_delivery_of_its_batch(self) -> Any:
+        # Five results wait in one batch; the first one's callback crashes
+        # the worker: the other four come back from crash() unfinished and
+        # are never reported.
+        w = ThreadWorker()
+        tasks = [Task(abs, (-i,), {}) for i in range(1, 6)]
+        for task in tasks:
+            w.run(task)
+        blockUntilPosted(w, count=5)
+        unfinished: list[Task] = []
+        reports: list[Any] = []
+        tasks[0].d.addCallback(lambda report: unfinished.extend(w.crash()) or report)
+        for task in tasks:
+            task.d.addCallback(reports.append)
+        yield deferLater(reactor, 0, lambda: None)  # (the flush the thread asked for)
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual(reports, [("r", 1)])
+        self.assertEqual(unfinished, tasks[1:])
+        self.assertFalse(any(task.reported for task in tasks[1:]))

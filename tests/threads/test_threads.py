@@ -291,9 +291,9 @@ def deferToThreadWait(event: threading.Event) -> defer.Deferred[Any]:
 
 class ThreadWakeUpTests(TestCase):
     """
-    The thread sleeps only when it has nothing to do and is woken by a
-    doorbell token per task: no task may be left waiting with the thread
-    asleep, whatever the timing.
+    The thread sleeps only when it has nothing to do, and the reactor rings
+    its doorbell only when it says it is idle: no task may be left waiting
+    with the thread asleep, whatever the timing.
     """
 
     timeout = 60
@@ -374,6 +374,36 @@ class ThreadWakeUpTests(TestCase):
         later = Task(abs, (-2,))
         w.run(later)
         self.assertEqual((yield later.d), ("r", 2))
+        yield w.stop()
+
+    @inlineCallbacks
+    def test_a_reactor_of_its_own_kind_is_woken_through_its_call_from_thread(self) -> Any:
+        # The stock reactors are woken by writing their waker's byte; any
+        # other reactor through its own callFromThread.
+        from twisted.internet import reactor as realReactor
+
+        from asynqueue.tasks import Task
+
+        class ForwardingReactor:
+            """The real reactor, counting the calls it is asked to make from threads."""
+
+            def __init__(self) -> None:
+                self.fromThreads = 0
+
+            def callFromThread(self, f: Any, *args: Any, **kw: Any) -> None:
+                self.fromThreads += 1
+                realReactor.callFromThread(f, *args, **kw)
+
+            def callLater(self, *args: Any, **kw: Any) -> Any:
+                return realReactor.callLater(*args, **kw)
+
+        forwarding = ForwardingReactor()
+        w = ThreadWorker(reactor=forwarding)
+        for i in range(5):
+            task = Task(abs, (-i,))
+            w.run(task)
+            self.assertEqual((yield task.d), ("r", i))
+        self.assertGreaterEqual(forwarding.fromThreads, 5)
         yield w.stop()
 
     @inlineCallbacks

@@ -107,6 +107,8 @@ class TaskQueue:
         self.verbose = verbose or spew
         self.returnFailure = returnFailure
         self._dispatcher = Dispatcher(reactor, self.taskDone)
+        # call() makes a plain call's record itself unless newTask is overridden.
+        self._plainNewTask = type(self).newTask is TaskQueue.newTask
         self.spew = spew
         self._updates: list[_Update] = []
         self._running = True
@@ -278,7 +280,14 @@ class TaskQueue:
             raise errors.QueueRunError(
                 f"Cannot call {describeCall(func, args, kw)}: the queue is shut down"
             )
-        return self._dispatcher.submit(self.newTask(func, args, kw))
+        if kw or not self._plainNewTask or not callable(func):
+            return self._dispatcher.submit(self.newTask(func, args, kw))
+        # What newTask makes of a callable without keywords (inlined: once
+        # per call; a subclass's own newTask is always called).
+        call = _Call(func, args, None, self._dispatcher.canceller)
+        if self.returnFailure:
+            call.returnFailure = True
+        return self._dispatcher.submit(call)
 
     def _callInFlow(
         self, flow: Hashable, func: Callable[..., Any], *args: Any, **kw: Any

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 
 from .._support._status import Status
 
-__all__ = ["DO_LAST_PRIORITY", "DO_NEXT_PRIORITY", "Report", "Task", "nextCallID", "plainTask"]
+__all__ = ["DO_LAST_PRIORITY", "DO_NEXT_PRIORITY", "Report", "Task", "nextCallID"]
 
 # A worker's report on a task: ``(status, result)``, the status a `Status`,
 # its letter, or the letter as bytes (the original's workers).
@@ -62,8 +62,9 @@ class Task:
         d: fires with ``(status, result)``.
     """
 
-    # Class-level defaults: `plainTask` (the queue's hot path) sets only what
-    # a call without queue options needs; ``__init__`` still sets everything.
+    # Class-level defaults: the dispatcher's hot path (``Dispatcher._runOn``)
+    # makes the task of a call without queue options without ``__init__``,
+    # setting only what differs; ``__init__`` still sets everything.
     priority = 0
     niceness = 0
     series: Hashable = None
@@ -211,29 +212,3 @@ class Task:
         if len(text) > 60:
             text = text[:57] + "..."
         return f"<Task #{self.callID}.{self.attempt}: {name}({text})>"
-
-
-_newTask = object.__new__
-
-
-def plainTask(
-    callTuple: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]],
-    callID: int,
-    clock: Callable[[], float],
-) -> Task:
-    """
-    A first attempt at a call without queue options (the dispatcher sets
-    ``series`` and ``raw`` on it, the only ones it may have): the same as
-    ``Task(f, args, kw, callID=callID, clock=clock)`` for a tuple *args* and a
-    dict *kw*, minus the checks and the defaults that the class provides
-    (a third of the cost, on the queue's hot path).
-    """
-    task: Task = _newTask(Task)
-    task.callTuple = callTuple
-    task.callID = callID
-    task._clock = clock
-    # Set here, not only by a dispatcher that gives it a series: every task's
-    # attributes then come in one order, and its instance dict keeps the
-    # shared, compact layout (a late new attribute would rebuild it).
-    task.series = None
-    return task

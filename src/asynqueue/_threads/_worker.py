@@ -3,9 +3,10 @@
 
 Each ThreadWorker owns one daemon thread and an inbox. The reactor puts tasks
 in the inbox; the thread runs them in order and puts ``(task, status, result)``
-in an outbox. Crossing back to the reactor costs one ``callFromThread`` per
-*batch*: the thread only wakes the reactor when the outbox was empty, and the
-reactor takes everything in the outbox at once.
+in an outbox. Crossing back to the reactor costs one wake-up per *batch*
+(what ``callFromThread`` does, see `_fromThread`): the thread only wakes the
+reactor when the outbox was empty, and the reactor takes everything in the
+outbox at once.
 
 The worker accepts up to a *window* of tasks before its ``run`` Deferred
 waits, so the thread always has the next task at hand while the reactor is
@@ -21,20 +22,22 @@ exit, and whatever it returns later is dropped) and starts a fresh thread
 that takes over the inbox. The queue retries the task once.
 
 Hand-off mechanics (the hot path, so spelled out): the reactor appends to a
-deque and rings a *doorbell*, a ``queue.SimpleQueue`` holding one token per
-item or event. Both ends of a SimpleQueue are C code: ``put`` is cheap and
-only makes a system call when the thread is actually blocked in ``get``,
-which it does only when it has nothing to do (a ``threading.Condition`` runs
-Python code for every ``notify``, sleeping thread or not). The thread takes one
-token per item, so tokens never fall behind items and no wake-up is lost; a
-token left over by an event (a stop, a task withdrawn on a timeout) just makes
-an idle thread look once more. A plain lock keeps the thread's state changes
-(taking a task, posting its result) atomic with the reactor's timeouts and
-crashes.
+deque and rings a *doorbell*, a ``queue.SimpleQueue`` of tokens, but only
+when the thread says it is idle (``_idle``): a busy thread takes the next
+item without a token, so a burst of tasks costs one ring, not one per task.
+Both ends of a SimpleQueue are C code (a ``threading.Condition`` runs Python
+for every ``notify``). No wake-up is lost: the thread raises ``_idle`` *before*
+it looks at the deques a last time, and the reactor reads ``_idle`` *after*
+its append, so one of the two sees the other (the GIL orders them). Events
+(a stop, a crash, a task withdrawn on a timeout) always ring; a token left
+over just makes an idle thread look once more. A plain lock keeps the
+thread's state changes (taking a task, posting its result) atomic with the
+reactor's timeouts and crashes; the reactor takes results without it.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -67,6 +70,50 @@ THREAD_MAX_WINDOW = 64
 _TASK = 0
 _CALL = 1
 _EXIT = 2
+
+
+def _fromThread(reactor: Any, f: Callable[[], object]) -> Callable[[], None]:
+    """
+    A callable that, from any thread, has *reactor* call ``f()`` soon: the
+    same as ``reactor.callFromThread(f)``, whose Python calls (the waker's,
+    through Twisted's deprecated-module proxy of ``twisted.python.util``)
+    cost more than its system call on a thread worker's round trip. For a
+    reactor whose ``callFromThread`` and waker are the stock ones (every
+    POSIX reactor), it queues the call and writes the waker's byte itself;
+    for any other, it is ``callFromThread``.
+    """
+    from twisted.internet.base import ReactorBase
+
+    try:
+        from twisted.internet._signals import _UnixWaker
+    except ImportError:  # (a Twisted that keeps its waker elsewhere)
+        _UnixWaker = None  # type: ignore[assignment,misc]
+    cls = type(reactor)
+    waker = getattr(reactor, "waker", None)
+    queue = getattr(reactor, "threadCallQueue", None)
+    if (
+        _UnixWaker is None
+        or getattr(cls, "callFromThread", None) is not ReactorBase.callFromThread
+        or getattr(cls, "wakeUp", None) is not ReactorBase.wakeUp
+        or getattr(type(waker), "wakeUp", None) is not _UnixWaker.wakeUp
+        or type(queue) is not list
+    ):
+        callFromThread = reactor.callFromThread
+        return lambda: callFromThread(f)
+    entry: tuple[Callable[[], object], tuple[()], dict[str, Any]] = (f, (), {})
+    append = queue.append
+    write = os.write
+
+    def post() -> None:
+        append(entry)  # (what callFromThread queues, and how the reactor runs it)
+        try:
+            write(waker.o, b"x")
+        except (OSError, AttributeError):
+            # A full pipe (the reactor wakes anyway), or a reactor that has
+            # closed its waker and runs no more.
+            pass
+
+    return post
 
 
 @implementer(IWorker)
@@ -104,15 +151,17 @@ class ThreadWorker:
         self.window = None if window is None else max(1, window)
         self._avgRun: float | None = None
         self._adaptive = DEFAULT_WINDOW  # the adaptive window, updated per flush
-        self._runTime = 0.0  # task seconds since the last flush (under the lock)
-        self._runCount = 0
         # Guards the thread's state changes against timedOut and crash.
         self._lock = threading.Lock()
         self._doorbell: SimpleQueue[None] = SimpleQueue()
+        # True while the thread waits (or is about to) for a token.
+        self._idle = False
         # VIP work (doNext tasks, deferToThread calls) first, each FIFO.
         self._vip: deque[tuple[int, Any]] = deque()
         self._inbox: deque[Task] = deque()
-        self._outbox: list[tuple[int, Any, Any, Any]] = []
+        # (kind, target, status or ok, value, seconds the task ran): the
+        # thread appends under the lock, the reactor pops without it.
+        self._outbox: deque[tuple[int, Any, Any, Any, float]] = deque()
         self._generation = 0
         self._current: Task | None = None
         self._quitting = False
@@ -125,6 +174,7 @@ class ThreadWorker:
         self._readyWaiter: Deferred[None] | None = None
         self._stopD: Deferred[None] | None = None
         self._resignator: Callable[[], Any] | None = None
+        self._post = _fromThread(reactor, self._flush)
         self._startThread()
 
     @property
@@ -150,7 +200,7 @@ class ThreadWorker:
         Hand *task* to the thread. Returns None while I can take more at once
         (the queue's fast path), else a Deferred that fires when I can.
         """
-        if self._crashed or self._quitting:
+        if self._quitting:  # (stopped, or crashed)
             task.callback((Status.NOT_RUN, "thread worker is stopped"))
             return None
         # No lock: a deque append is atomic, and the thread takes the item
@@ -159,7 +209,9 @@ class ThreadWorker:
             self._vip.append((_TASK, task))
         else:
             self._inbox.append(task)
-        self._doorbell.put(None)
+        if self._idle:  # (read after the append: see the module docstring)
+            self._idle = False
+            self._doorbell.put(None)
         self._inflight += 1
         window = self.window
         if self._inflight < (self._adaptive if window is None else window):
@@ -178,17 +230,23 @@ class ThreadWorker:
         return d
 
     def _flush(self) -> None:
-        """Deliver every finished result (one reactor wake-up per batch)."""
-        with self._lock:
-            batch, self._outbox = self._outbox, []
-            runTime, runCount = self._runTime, self._runCount
-            self._runTime, self._runCount = 0.0, 0
-        if runCount:
-            mean = runTime / runCount
-            self._avgRun = avg = smoothed(self._avgRun, mean)
-            self._adaptive = windowFor(avg, THREAD_MAX_WINDOW)
-        for kind, target, ok, value in batch:
+        """Deliver the finished results (one reactor wake-up per batch)."""
+        outbox = self._outbox
+        popleft = outbox.popleft
+        runTime = 0.0
+        runCount = 0
+        # No lock: the thread only appends, and wakes the reactor when it
+        # made the outbox non-empty. Only what is there now: results that
+        # arrive meanwhile wait for the next reactor turn (below), so that
+        # a busy worker cannot keep the reactor in here.
+        for _ in range(len(outbox)):
+            try:
+                kind, target, ok, value, seconds = popleft()
+            except IndexError:
+                break  # a callback crashed me: crash() took the rest
             if kind == _TASK:
+                runTime += seconds
+                runCount += 1
                 self._inflight -= 1
                 if ok is ITERATOR:
                     from .._iter._deferator import threadDeferator
@@ -197,7 +255,15 @@ class ThreadWorker:
                     with self._lock:
                         self._firstBatches -= 1
                     self._doorbell.put(None)  # a quitting thread may go now
-                target.callback((ok, value))
+                report = (ok, value)
+                onReport = target.onReport
+                if onReport is not None and target._reported is None and target._d is None:
+                    # Task.callback, inlined (once per result): the queue's
+                    # receiver, and no Deferred made to fire.
+                    target._reported = report
+                    onReport(target, report)
+                else:
+                    target.callback(report)
             elif kind == _CALL:
                 if ok:
                     target.callback(value)
@@ -205,7 +271,13 @@ class ThreadWorker:
                     target.errback(value)
             elif kind == _EXIT and self._stopD is not None and not self._stopD.called:
                 self._stopD.callback(None)
-        self._maybeReady()
+        if runCount:
+            self._avgRun = avg = smoothed(self._avgRun, runTime / runCount)
+            self._adaptive = windowFor(avg, THREAD_MAX_WINDOW)
+        if outbox:
+            self._reactor.callLater(0, self._flush)
+        if self._readyWaiter is not None:
+            self._maybeReady()
 
     def _window(self) -> int:
         return self._adaptive if self.window is None else self.window
@@ -280,8 +352,11 @@ class ThreadWorker:
                     calls.append(payload[3])
             unfinished.extend(self._inbox)
             # Finished, but not reported: they are not reported now either.
-            unfinished.extend(item[1] for item in self._outbox if item[0] == _TASK)
-            self._outbox = [item for item in self._outbox if item[0] != _TASK]
+            outbox = self._outbox
+            unfinished.extend(item[1] for item in outbox if item[0] == _TASK)
+            kept = [item for item in outbox if item[0] != _TASK]
+            outbox.clear()  # (in place: a flush may be draining it)
+            outbox.extend(kept)
             self._vip.clear()
             self._inbox.clear()
             self._current = None
@@ -309,76 +384,81 @@ class ThreadWorker:
         ring = self._doorbell.get
         vip = self._vip
         inbox = self._inbox
+        outbox = self._outbox
         clock = time.perf_counter
         while True:
-            ring()  # one token per item: blocks only when there is nothing to do
-            with lock:
-                if self._generation != generation:
-                    return  # abandoned (timeout or crash)
-                if vip:
-                    kind, payload = vip.popleft()
-                elif inbox:
-                    kind, payload = _TASK, inbox.popleft()
-                elif self._quitting and not self._firstBatches:
-                    self._ended = True
-                    self._outbox.append((_EXIT, None, None, None))
-                    wake = len(self._outbox) == 1
-                    if wake:
-                        self._reactor.callFromThread(self._flush)
-                    return
-                else:
-                    continue  # a token left over by a withdrawn task or a stop
-                if kind == _TASK:
-                    self._current = payload
+            kind = -1
+            # (A look without the lock first: an idle thread takes it only
+            # when there is something to take, or to end.)
+            if vip or inbox or self._quitting:
+                with lock:
+                    if self._generation != generation:
+                        return  # abandoned (timeout or crash)
+                    if vip:
+                        kind, payload = vip.popleft()
+                    elif inbox:
+                        kind, payload = _TASK, inbox.popleft()
+                    elif self._quitting and not self._firstBatches:
+                        self._ended = True
+                        outbox.append((_EXIT, None, None, None, 0.0))
+                        wake = len(outbox) == 1
+                        if wake:
+                            self._post()
+                        return
+                    if kind == _TASK:
+                        self._current = payload
+            if kind < 0:
+                # Nothing to do: say so, look once more (an item appended
+                # before the reactor saw the flag is seen here), then wait.
+                self._idle = True
+                if not (vip or inbox):
+                    ring()
+                self._idle = False
+                continue
             if kind == _TASK:
                 # The task runs inline (no helper call: this is the thread's
                 # hot path). A task without keywords is called without **.
                 t0 = clock()
-                payload.started()
+                payload.startedAt = payload._clock()  # (Task.started, inlined)
                 f, args, kw = payload.callTuple
                 try:
                     result = f(*args, **kw) if kw else f(*args)
                 except BaseException:
-                    item = (_TASK, payload, ERROR, Failure())
+                    status, result = ERROR, Failure()
                 else:
                     status = RESULT
                     if result is not None:
                         raw = self.raw if payload.raw is None else payload.raw
                         if not raw and isIterator(result):
                             status = ITERATOR
-                    item = (_TASK, payload, status, result)
+                item = (_TASK, payload, status, result, clock() - t0)
                 result = None
-                runTime = clock() - t0
                 with lock:
                     if self._generation != generation:
                         return  # abandoned while running: the result is dropped
-                    self._runTime += runTime
-                    self._runCount += 1
                     self._current = None
-                    if item[2] is ITERATOR:
+                    if status is ITERATOR:
                         self._firstBatches += 1
-                    outbox = self._outbox
                     outbox.append(item)
                     wake = len(outbox) == 1
-                # Drop the task and its result now (the outbox too, which the
-                # reactor empties and drops): held until the next task, a big
-                # result would be freed then, delaying that task.
-                item = payload = f = args = kw = outbox = None
+                # Drop the task and its result now (the reactor drops its
+                # own references as it delivers): held until the next task,
+                # a big result would be freed then, delaying that task.
+                item = payload = f = args = kw = None
             else:
                 f, args, kw, d = payload
                 try:
-                    item = (_CALL, d, True, f(*args, **kw))
+                    item = (_CALL, d, True, f(*args, **kw), 0.0)
                 except BaseException:
-                    item = (_CALL, d, False, Failure())
+                    item = (_CALL, d, False, Failure(), 0.0)
                 with lock:
                     if self._generation != generation:
                         return
-                    outbox = self._outbox
                     outbox.append(item)
                     wake = len(outbox) == 1
-                item = payload = outbox = None
+                item = payload = None
             if wake:
-                self._reactor.callFromThread(self._flush)
+                self._post()
 
 
 class ThreadQueue(TaskQueue):
