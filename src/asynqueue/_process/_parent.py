@@ -130,7 +130,7 @@ from .._wire._codec import (
 from .._wire._framing import Filling, Message, encode
 from .._wire._relay import PickledCall
 from ..interfaces import IWorker
-from ._arena import Arena
+from ._arena import ARENA_MIN, Arena
 from ._child import BOOTSTRAP, FIRST_BATCH, ProcessBase, leanCode
 
 __all__ = ["ProcessBase", "ProcessQueue", "ProcessWorker"]
@@ -636,7 +636,9 @@ class ProcessWorker(PipelineWindow):
         if task.update == "persistent":
             # Replayed to every later child (not to this one: it has it now).
             self._updates.append((parts, flags))
-        if child.inbox is not None:
+        if child.inbox is not None and (
+            len(parts) > 1 or type(parts[0]) is not bytes or len(parts[0]) >= ARENA_MIN
+        ):
             parts, flags = _placeInInbox(child.inbox, parts, flags)
         child.submit(task, parts, flags, relay)
         if self._hasRoom():
