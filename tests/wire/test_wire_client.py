@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import itertools
+import pickle
 import socket
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from asynqueue._core._task import Task
 from asynqueue._iter._deferator import Deferator
 from asynqueue._wire._channel import SocketChannel
 from asynqueue._wire._client import WireClient
-from asynqueue._wire._codec import ITEMS, RESULTS, WIRE_ITERATOR, WIRE_RESULT, dumps, dumpsSmall
-from asynqueue._wire._framing import encode
+from asynqueue._wire._codec import (
+    CALLS,
+    ITEMS,
+    RESULTS,
+    WIRE_ITERATOR,
+    WIRE_RESULT,
+    dumps,
+    dumpsSmall,
+)
+from asynqueue._wire._framing import FrameDecoder, encode
 
 
 class _Worker:
@@ -98,3 +108,34 @@ class ReadResultsTest(TestCase):
         self.assertEqual(reported[1], "r2")
         self.assertIsInstance(reported[2], Deferator)
         self.assertEqual((yield next(iter(reported[2]))), "a")
+
+    def _callsSent(self) -> list[int]:
+        """The task IDs of the calls the client sent to the peer since last asked."""
+        self.peer.setblocking(False)
+        data = b""
+        while True:
+            try:
+                data += self.peer.recv(65536)
+            except BlockingIOError:
+                break
+        ids = []
+        for message in FrameDecoder().feed(data):
+            if message.kind == CALLS:
+                ids.extend(taskID for taskID, _, _ in pickle.loads(message.parts[0]))
+        return ids
+
+    @inlineCallbacks
+    def test_a_call_made_by_a_results_callback_goes_out_before_it_returns(self) -> Any:
+        (first,) = self._submit(1)
+        self.assertEqual(self._callsSent(), [1])
+        yield deferLater(reactor, 0.002, lambda: None)  # a pause since that send
+        seen: list[list[int]] = []
+
+        def callMore(report: Any) -> None:
+            self._submit(1)
+            seen.append(self._callsSent())  # what the peer got meanwhile
+
+        first.d.addCallback(callMore)
+        self.peer.sendall(_results(1, "r0"))
+        yield first.d
+        self.assertEqual(seen, [[2]])

@@ -124,6 +124,7 @@ from .._wire._codec import (
     FLAG_RAW,
     HELLO,
     INIT,
+    RESULTS,
     dumpsCall,
     dumpsSmall,
 )
@@ -365,6 +366,9 @@ class _Child(WireClient, ProcessProtocol):
             self._later(delay, self._reap, delay * 4)
 
     def messageReceived(self, message: Message) -> None:
+        if message.kind == RESULTS:  # (the usual one, without handleMessage's dispatch)
+            self._results(message.parts, message.filling)
+            return
         if self.handleMessage(message):
             return
         if message.kind == HELLO:
@@ -381,9 +385,12 @@ class _Child(WireClient, ProcessProtocol):
     # ------------------------------------------------------------ WireClient hooks
 
     def settle(self) -> None:
-        self.maybeExit()
-        self.worker._checkReady()
-        self.worker._checkStop()
+        if self.state is ChildState.RETIRING:
+            self.maybeExit()
+        worker = self.worker
+        worker._checkReady()
+        if worker._stopping:
+            worker._checkStop()
 
     def retireRequested(self) -> None:
         if self.takesTasks:
@@ -630,7 +637,9 @@ class ProcessWorker(PipelineWindow):
         flags = FLAG_RAW if raw else 0
         if relay is not None:
             flags |= relay.wireFlags
-        child = self._childForTask()
+        child = self._current
+        if child is None or child.state not in _TAKES_TASKS or self.maxTasks is not None:
+            child = self._childForTask()  # (else the current child, as it would say)
         if child is None:
             return self._refuse(task, self._broken or "the process worker has no child process")
         if task.update == "persistent":

@@ -270,13 +270,18 @@ class WireClient(BurstSender):
     def holdSends(self, hold: bool) -> None:
         """
         As `BurstSender.holdSends`; besides, the results of one read are
-        reported together when it ends (in the order they came), before the
-        sends are let go: the worker is told once that it has room, and the
-        tasks it takes then go out in one message.
+        reported together when it ends (in the order they came): the worker
+        is told once that it has room, the tasks it takes then go out in one
+        message, and the results' callbacks run after that, no longer held
+        (a call they make goes out at once after a pause: a lone round trip
+        does not wait for the rest of their work).
         """
-        if not hold and self._reportsDue:
-            self._reportHeld()
-        BurstSender.holdSends(self, hold)
+        if hold:
+            self._holding = True
+        elif self._reportsDue:
+            self._reportHeld(release=True)
+        else:
+            BurstSender.holdSends(self, False)
 
     # ------------------------------------------------------------ hooks
 
@@ -461,22 +466,27 @@ class WireClient(BurstSender):
         else:
             self._report(reports)
 
-    def _report(self, reports: list[tuple[Task, Any]]) -> None:
-        """Report *reports*, after telling the worker once that it has room again."""
+    def _report(self, reports: list[tuple[Task, Any]], release: bool = False) -> None:
+        """
+        Report *reports*, after telling the worker once that it has room
+        again; with *release*, let the held sends go between the two.
+        """
         if reports:
             self.worker._checkReady()  # the next tasks go out before these callbacks
-            for task, report in reports:
-                try:
-                    task.callback(report)
-                except Exception:  # (not to lose the reports after it)
-                    log.exception("Reporting a result in %r failed", self)
+        if release:
+            BurstSender.holdSends(self, False)
+        for task, report in reports:
+            try:
+                task.callback(report)
+            except Exception:  # (not to lose the reports after it)
+                log.exception("Reporting a result in %r failed", self)
         self.settle()
 
-    def _reportHeld(self) -> None:
+    def _reportHeld(self, release: bool = False) -> None:
         """Report the results held during a read (see `holdSends`)."""
         reports, self._reports = self._reports, []
         self._reportsDue = False
-        self._report(reports)
+        self._report(reports, release)
 
     def forget(self, taskID: int) -> _Attempt | None:
         """Stop waiting for one task (e.g. it timed out); returns its attempt."""

@@ -537,9 +537,11 @@ class FrameDecoder:
         out: list[Message] = []
         view = self._view
         start, end = self._start, self._end
+        maxLength = self.maxLength
         while end - start >= HEADER_SIZE:
             kind, flags, nparts, length = HEADER.unpack_from(self._scratch, start)
-            self._check(nparts, length)
+            if length < 8 * nparts or (maxLength is not None and length > maxLength):
+                self._check(nparts, length)  # (raises)
             total = HEADER_SIZE + length
             if end - start >= total:
                 body = bytearray(view[start + HEADER_SIZE : start + total])
