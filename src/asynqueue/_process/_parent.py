@@ -110,7 +110,7 @@ from zope.interface import implementer
 from .. import errors
 from .._core._queue import TaskQueue
 from .._core._task import Task
-from .._core._window import PipelineWindow
+from .._core._window import PipelineWindow, smoothed
 from .._iter._base import BATCH_ITEMS, BATCH_SECONDS
 from .._support._status import Status
 from .._support._system import cores, parseSize
@@ -650,6 +650,8 @@ class ProcessWorker(PipelineWindow):
         ):
             parts, flags = _placeInInbox(child.inbox, parts, flags)
         child.submit(task, parts, flags, relay)
+        if child is self._current and len(child.inflight) + len(child.firstBatch) < self._window():
+            return succeed(None)  # (what `_hasRoom` would say, in fewer calls)
         if self._hasRoom():
             return succeed(None)
         d: Deferred[None] = Deferred()
@@ -874,7 +876,7 @@ class ProcessWorker(PipelineWindow):
 
     def _noteRun(self, dt: float, roundTrip: float) -> None:
         self._fruitless = 0
-        self._noteRunTime(dt)
+        self._avgRun = smoothed(self._avgRun, dt)  # (`_noteRunTime`, inlined)
         if self.callStats:
             self._callTimes.append((roundTrip, dt))
 

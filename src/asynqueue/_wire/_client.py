@@ -271,15 +271,21 @@ class WireClient(BurstSender):
         """
         As `BurstSender.holdSends`; besides, the results of one read are
         reported together when it ends (in the order they came): the worker
-        is told once that it has room, the tasks it takes then go out in one
-        message, and the results' callbacks run after that, no longer held
-        (a call they make goes out at once after a pause: a lone round trip
-        does not wait for the rest of their work).
+        is told once that it has room, then their callbacks run, and what
+        they led to goes out in one message. After a lone result, the refill
+        goes out before its callbacks, which are no longer held: a call they
+        make goes out at once after a pause (a lone round trip does not wait
+        for the rest of their work).
         """
         if hold:
             self._holding = True
         elif self._reportsDue:
-            self._reportHeld(release=True)
+            # A lone result: its callbacks run after the refill went out, no
+            # longer held. Several: held until they ran, like the refill
+            # (the dispatcher may give the worker tasks only as their
+            # callbacks run: see ``PIPELINE_PATIENCE``).
+            self._reportHeld(release=len(self._reports) == 1)
+            BurstSender.holdSends(self, False)
         else:
             BurstSender.holdSends(self, False)
 
@@ -433,8 +439,12 @@ class WireClient(BurstSender):
                 # Given up on (crash, kill, timeout or cancel).
                 self.forgottenAnswered(taskID, status, extra)
                 continue
-            if ordered:
-                self._startHead()
+            if ordered and inflight and self.helloed:
+                # (`_startHead`, inlined) the next call has started
+                for head in inflight.values():
+                    if not head.started:
+                        head.markStarted()
+                    break
             task = attempt.task
             if task is None:
                 if status == ERROR:

@@ -148,6 +148,9 @@ class OversizeMessage(FramingError):
 
 
 Message = namedtuple("Message", "kind parts flags filling", defaults=(0, None))
+# A Message made by the C constructor of tuples, without the Python-level
+# ``__new__`` of namedtuples (once per message decoded).
+_newMessage = tuple.__new__
 Message.__doc__ = """A decoded message: its kind, its parts (writable memoryviews), flags,
 and for a message handed over before all of it arrived, its `Filling` (else None)."""
 
@@ -726,7 +729,7 @@ class FrameDecoder:
                 raise FramingError(f"parts of {pos} bytes in a frame of {len(body)}")
         elif body:
             raise FramingError(f"{len(body)} stray bytes in a frame without parts")
-        return Message(kind, parts, flags)
+        return _newMessage(Message, (kind, parts, flags, None))
 
 
 class SendQueue:
