@@ -293,7 +293,10 @@ class ChildLoop:
         n = 0
         if len(buffers) <= MAX_IOVECS:
             n = os.writev(self.fd, buffers)
-            if n == sum(map(nbytes, buffers)):
+            size = 0
+            for buf in buffers:
+                size += len(buf) if type(buf) is bytes else nbytes(buf)
+            if n == size:
                 return  # (the usual case: no queue needed)
         queue = SendQueue()
         queue.append(buffers)

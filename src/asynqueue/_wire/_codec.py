@@ -242,7 +242,7 @@ def dumpsCall(f: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> list[Any]:
     `dumps` of ``(f, args, kw)``; on failure raises ``pickle.PicklingError``
     saying which of the callable, arguments or keywords could not be pickled.
     """
-    if type(f) in _PLAIN_CALLABLES and not kw and all(type(a) in _ATOMIC for a in args):
+    if type(f) in _PLAIN_CALLABLES and not kw and _ATOMIC.issuperset(map(type, args)):
         # The common call, a module's function of a few plain values: the C
         # pickler alone, which sees no object that `_Pickler` would have
         # given to cloudpickle once the function itself was checked.

@@ -282,7 +282,8 @@ def encode(kind: int, parts: list[Any] | tuple[Any, ...] = (), flags: int = 0) -
         ]
         if table != lengths:
             flags |= FLAG_BYTES
-    head = HEADER.pack(kind, flags, n, 8 * n + sum(lengths)) + partTable(n).pack(*table)
+    packer = _partTables.get(n) or partTable(n)
+    head = HEADER.pack(kind, flags, n, 8 * n + sum(lengths)) + packer.pack(*table)
     if 0 in lengths:
         return [head, *(p for p, size in zip(parts, lengths, strict=True) if size)]
     return [head, *parts]
