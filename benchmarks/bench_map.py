@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,7 @@ class Peers:
 # ---------------------------------------------------------------- ours
 
 
-async def oursMap(q: Any, f: Callable[..., Any], inputs: list[Any]) -> float:
+async def oursMap(q: Any, f: Callable[..., Any], inputs: Sequence[Any]) -> float:
     t0 = time.perf_counter()
     k = 0
     async for _ in q.map(f, inputs):
@@ -151,7 +151,7 @@ async def oursMap(q: Any, f: Callable[..., Any], inputs: list[Any]) -> float:
     return seconds
 
 
-async def oursCalls(q: Any, f: Callable[..., Any], inputs: list[Any]) -> float:
+async def oursCalls(q: Any, f: Callable[..., Any], inputs: Sequence[Any]) -> float:
     from twisted.internet.defer import Deferred
 
     t0 = time.perf_counter()
@@ -273,7 +273,7 @@ def measureInReactor(sz: dict[str, Any], peers: Peers) -> list[dict[str, Any]]:
         try:
             await oursMap(q, math.sqrt, list(range(1000)))  # warm: children started
             n = sz["trivial"]
-            inputs = list(range(n))
+            inputs = range(n)  # as the peers get them
             mapTimes: list[float] = []
             callTimes: list[float] = []
             peerTimes: dict[str, list[Any]] = {}

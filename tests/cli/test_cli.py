@@ -93,6 +93,27 @@ def test_success_with_process_workers() -> None:
     assert sorted(r["index"] for r in records(result.stdout)) == [0, 1, 2]
 
 
+def test_map_loads_neither_the_server_nor_the_progress_bar_off_a_terminal(tmp_path: Path) -> None:
+    # Start-up time: ``map`` builds the whole parser (``serve`` included) but
+    # must not import the worker server, nor tqdm when stderr is no terminal.
+    (tmp_path / "inputs.txt").write_text("4\n")
+    probe = textwrap.dedent(
+        """
+        import sys
+        from asynqueue._cli import _main
+        status = _main.main(["map", "--threads", "-i", "inputs.txt", "math:sqrt"])
+        loaded = [m for m in ("asynqueue._remote._server", "tqdm") if m in sys.modules]
+        print(status, *loaded, file=sys.stderr)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[-1] == "0"  # the exit status, and nothing loaded
+    assert records(result.stdout) == [{"index": 0, "input": 4, "result": 2.0}]
+
+
 def test_partial_failure_reports_each_input_and_goes_on() -> None:
     result = run("map", "--threads", "asynqueue.examples.demo:collatz", "27", "x", "0", "1")
     assert result.returncode == 1

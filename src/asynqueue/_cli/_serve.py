@@ -26,7 +26,9 @@ __all__ = ["registerServe", "runServe"]
 
 def registerServe(subparsers: Any) -> None:
     """Add the ``serve`` subcommand."""
-    from .._remote._server import DEFAULT_DESCRIPTION, HANDSHAKE_TIMEOUT
+    # Constants only: the server and its TLS stack load when ``serve`` runs.
+    from .._remote._defaults import DEFAULT_DESCRIPTION
+    from .._wire._auth import HANDSHAKE_TIMEOUT
 
     p = subparsers.add_parser(
         "serve",

@@ -618,6 +618,10 @@ class MapDeferator(Deferator):
             rest.extend(self._buffer)
             self._buffer = deque(rest)
 
+    def _takeLanded(self) -> deque[Any]:
+        self._unspool()
+        return Deferator._takeLanded(self)
+
     @property
     def moreLeft(self) -> bool:
         self._unspool()

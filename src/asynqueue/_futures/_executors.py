@@ -293,8 +293,8 @@ class _MapFuture(_Future):
     """
     One ``map`` call: done when the queue's ``map`` has ended (with the
     exception of the item that raised, if one did), meanwhile a hand-over of
-    results: the reactor thread appends each batch as it lands
-    (`_QueueExecutorBase._pumpMap`) and `_mapResults` takes them, both under
+    results: the reactor thread appends each batch as it lands (see
+    `_QueueExecutorBase._startMap`) and `_mapResults` takes them, both under
     the Future's own condition, so a batch costs one wake-up of the caller.
     Cancelling it stops the map: batches no worker has taken are withdrawn.
     """
@@ -308,7 +308,7 @@ class _MapFuture(_Future):
     def _withdraw(self) -> None:
         run = self._aqRun
         if run is not None:
-            run.stop()  # (its listener then ends the map, see `_pumpMap`)
+            run.stop()  # (which ends the map: see `Deferator._readInBatches`)
 
 
 def _mapResults(future: _MapFuture, end: float | None) -> Iterator[Any]:
@@ -699,30 +699,16 @@ class _QueueExecutorBase(_Submitting, Executor):
             return
         future._aqRun = run
         self._unfinished.add(future)
-        run._listener = lambda: self._pumpMap(future, run)
-        self._pumpMap(future, run)
 
-    def _pumpMap(self, future: _MapFuture, run: Any) -> None:
-        """
-        (Reactor thread, whenever a batch lands in the map's Deferator) Hand
-        its results over in one go; end the map, or fetch the next batch.
-        """
-        buffer = run._buffer
-        if buffer:
+        def landed(items: Any) -> None:
             with future._condition:  # type: ignore[attr-defined]
-                future._aqItems.extend(buffer)
+                future._aqItems.extend(items)
                 future._condition.notify_all()  # type: ignore[attr-defined]
-            buffer.clear()
-        if run._failure is not None:
-            self._endMap(future, run, run._takeFailure())
-        elif not run._more or run._done:
-            self._endMap(future, run, None)
-        else:
-            run._request()  # (a no-op while a fetch is out)
 
-    def _endMap(self, future: _MapFuture, run: Any, failure: Failure | None) -> None:
-        run._listener = None
-        run._end(failure is None)
+        run._readInBatches(landed, lambda failure: self._endMap(future, failure))
+
+    def _endMap(self, future: _MapFuture, failure: Failure | None) -> None:
+        """(Reactor thread) The map of *future* ended, with *failure* or not."""
         future._aqRun = None
         self._unfinished.discard(future)
         self._settleFuture(failure, future)

@@ -503,6 +503,39 @@ class Deferator:
 
     # ----------------------------------------------------------- internals
 
+    def _readInBatches(
+        self, onItems: Callable[[deque[Any]], None], onEnd: Callable[[Failure | None], None]
+    ) -> None:
+        """
+        Hand the items over a batch at a time instead of one by one (for
+        readers that take whole batches, such as the executors' ``map``):
+        *onItems* gets each landed batch's items, and the next batch is
+        fetched after each; at the end *onEnd* gets None, or the Failure
+        that ended the iteration. Stopping the Deferator also ends it (None).
+        """
+
+        def pump() -> None:
+            items = self._takeLanded()
+            if items:
+                onItems(items)
+            if self._failure is not None:
+                self._listener = None
+                onEnd(self._takeFailure())
+            elif not self._more or self._done:
+                self._listener = None
+                self._end(True)
+                onEnd(None)
+            else:
+                self._request()  # (a no-op while a fetch is out)
+
+        self._listener = pump
+        pump()
+
+    def _takeLanded(self) -> deque[Any]:
+        """The items landed and not yet taken, taken."""
+        items, self._buffer = self._buffer, deque()
+        return items
+
     def _load(self, batch: Batch) -> None:
         items, more, failure = batch
         self._buffer.extend(items)

@@ -90,6 +90,7 @@ from .._support._util import dropTrigger
 from .._wire import _auth
 from .._wire._auth import HANDSHAKE_TIMEOUT
 from .._wire._protocol import DEFAULT_MAX_FRAME, FrameProtocol
+from ._defaults import DEFAULT_DESCRIPTION
 from ._session import _ClientSession
 from ._universe import WireWorkerUniverse, resolveName
 
@@ -103,8 +104,6 @@ __all__ = [
 
 log = logging.getLogger("asynqueue")
 
-#: Where ``asynqueue serve`` listens by default.
-DEFAULT_DESCRIPTION = "tcp:7341:interface=127.0.0.1"
 #: Connections in the handshake at once; more are closed at once.
 MAX_UNAUTHENTICATED = 64
 
