@@ -12,7 +12,9 @@ of what is at the other end:
   go out together as one CALLS message (`flush`).
 - RESULTS report each task (``task.callback``) with the result unpickled,
   or kept pickled for a call submitted with a *relay* (a server running a
-  call it received sends the result on as it is); an iterator result waits
+  call it received sends the result on as it is); those of one read of
+  the channel together, after telling the worker once that it has room
+  (`WireClient.holdSends`). An iterator result waits
   for its first ITEMS batch and becomes a `Deferator` over a
   `_RemoteSource`, which asks for more with NEXT.
 - A Deferator dropped unfinished has its iterator closed on the other side
