@@ -286,8 +286,10 @@ class WireClient(BurstSender):
             # longer held. Several: held until they ran, like the refill
             # (the dispatcher may give the worker tasks only as their
             # callbacks run: see ``PIPELINE_PATIENCE``).
-            self._reportHeld(release=len(self._reports) == 1)
-            BurstSender.holdSends(self, False)
+            try:
+                self._reportHeld(release=len(self._reports) == 1)
+            finally:
+                BurstSender.holdSends(self, False)  # (never left holding)
         else:
             BurstSender.holdSends(self, False)
 
