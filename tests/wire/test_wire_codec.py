@@ -221,6 +221,27 @@ def test_main_module_functions_go_by_value() -> None:
     assert b"cloudpickle" in bytes(parts[0])
 
 
+def test_calls_of_plain_values_pickle_whole_and_main_functions_still_by_value() -> None:
+    # A module's function of plain values: one part, back as it was.
+    parts = _codec.dumpsCall(divmod, (7, 2), {})
+    assert len(parts) == 1 and type(parts[0]) is bytes
+    assert _codec.loads(parts) == (divmod, (7, 2), {})
+    long = "x" * _framing.BYTES_MIN
+    assert _codec.loads(_codec.dumpsCall(struct.pack, (long,), {}))[1] == (long,)
+
+    def f(x: int) -> int:
+        return x - 1
+
+    local = _codec.dumpsCall(f, (1,), {})  # (a local function: by value)
+    assert b"cloudpickle" in bytes(local[0]) and _codec.loads(local)[0](1) == 0
+    f.__module__ = "__main__"
+    f.__qualname__ = "f"
+    parts = _codec.dumpsCall(f, (1, 2.5, "s", None, True), {})
+    assert b"cloudpickle" in bytes(parts[0])
+    g, args, kw = _codec.loads(parts)
+    assert g(3) == 2 and args == (1, 2.5, "s", None, True) and kw == {}
+
+
 def test_out_of_band_buffers_are_separate_parts() -> None:
     data = bytearray(b"z" * 100_000)
     parts = _codec.dumps(pickle.PickleBuffer(data))

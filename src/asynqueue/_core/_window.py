@@ -91,15 +91,27 @@ class PipelineWindow:
         """How many workers at the other end run my tasks at once."""
         return 1
 
+    # The last window computed, and the average and parallelism it was
+    # computed for: checked several times per task, recomputed only when
+    # one of them changed.
+    _windowKey: tuple[float | None, int] | None = None
+    _windowSize = 1
+
     def _noteRunTime(self, dt: float) -> None:
         self._avgRun = smoothed(self._avgRun, dt)
 
     def _window(self) -> int:
         workers = self._parallelism()
         avg = self._avgRun
+        key = (avg, workers)
+        if key == self._windowKey:
+            return self._windowSize
         if avg is None:
-            return min(2 * workers, self.maxWindow)
-        return windowFor(avg, self.maxWindow, workers)
+            size = min(2 * workers, self.maxWindow)
+        else:
+            size = windowFor(avg, self.maxWindow, workers)
+        self._windowKey, self._windowSize = key, size
+        return size
 
     def _hasRoom(self) -> bool:
         client = self._activeClient()

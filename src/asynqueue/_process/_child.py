@@ -65,6 +65,7 @@ from .._wire._codec import (
     INIT,
     NEXT,
     PLACED,
+    PROTOCOL,
     RESULTS,
     WIRE_ERROR,
     WIRE_ITERATOR,
@@ -73,7 +74,6 @@ from .._wire._codec import (
     dumps,
     dumpsError,
     dumpsSmall,
-    loads,
 )
 from .._wire._framing import MAX_IOVECS, FrameDecoder, Message, SendQueue, encode, nbytes
 from .._wire._streams import IteratorTable, encodeItems, isIterator
@@ -293,7 +293,10 @@ class ChildLoop:
         n = 0
         if len(buffers) <= MAX_IOVECS:
             n = os.writev(self.fd, buffers)
-            if n == sum(map(nbytes, buffers)):
+            size = 0
+            for buf in buffers:
+                size += len(buf) if type(buf) is bytes else nbytes(buf)
+            if n == size:
                 return  # (the usual case: no queue needed)
         queue = SendQueue()
         queue.append(buffers)
@@ -406,7 +409,7 @@ class ChildLoop:
                 # Large parts are in the inbox: unpickling copies them out (or
                 # keeps views, which keep the inbox taken while they live).
                 parts = self.inbox.lend(parts[1:], pickle.loads(parts[0]))  # type: ignore[union-attr]
-            f, args, kw = loads(parts)
+            f, args, kw = pickle.loads(parts[0], buffers=parts[1:])  # (`loads`, inlined)
         except BaseException as e:
             status, payload = (
                 WIRE_ERROR,
@@ -424,7 +427,10 @@ class ChildLoop:
             except BaseException as e:
                 status, payload = WIRE_ERROR, dumpsError(e)
             else:
-                status, payload, extra, following = self._classify(f, result, flags)
+                if result is None:
+                    status, payload = WIRE_NONE, []  # (the first case of `_classify`)
+                else:
+                    status, payload, extra, following = self._classify(f, result, flags)
         placed = None
         if status == WIRE_RESULT and flags & FLAG_SHARED_RESULT and self.arena is not None:
             placed = self.arena.reserve(payload)
@@ -435,7 +441,7 @@ class ChildLoop:
         dt = perf_counter() - t0
         self._flushStdio()
         retire = self.maxRSS is not None and self._memory() > self.maxRSS
-        envelope = dumpsSmall(([(taskID, status, len(parts), dt, extra)], retire))
+        envelope = pickle.dumps(([(taskID, status, len(parts), dt, extra)], retire), PROTOCOL)
         self._write(encode(RESULTS, [envelope, *parts]) + following)
         if placed is not None:
             # The parent sends on what is in the arena while the rest goes in.

@@ -110,7 +110,7 @@ from zope.interface import implementer
 from .. import errors
 from .._core._queue import TaskQueue
 from .._core._task import Task
-from .._core._window import PipelineWindow
+from .._core._window import PipelineWindow, smoothed
 from .._iter._base import BATCH_ITEMS, BATCH_SECONDS
 from .._support._status import Status
 from .._support._system import cores, parseSize
@@ -124,13 +124,14 @@ from .._wire._codec import (
     FLAG_RAW,
     HELLO,
     INIT,
+    RESULTS,
     dumpsCall,
     dumpsSmall,
 )
 from .._wire._framing import Filling, Message, encode
 from .._wire._relay import PickledCall
 from ..interfaces import IWorker
-from ._arena import Arena
+from ._arena import ARENA_MIN, Arena
 from ._child import BOOTSTRAP, FIRST_BATCH, ProcessBase, leanCode
 
 __all__ = ["ProcessBase", "ProcessQueue", "ProcessWorker"]
@@ -365,6 +366,9 @@ class _Child(WireClient, ProcessProtocol):
             self._later(delay, self._reap, delay * 4)
 
     def messageReceived(self, message: Message) -> None:
+        if message.kind == RESULTS:  # (the usual one, without handleMessage's dispatch)
+            self._results(message.parts, message.filling)
+            return
         if self.handleMessage(message):
             return
         if message.kind == HELLO:
@@ -381,9 +385,12 @@ class _Child(WireClient, ProcessProtocol):
     # ------------------------------------------------------------ WireClient hooks
 
     def settle(self) -> None:
-        self.maybeExit()
-        self.worker._checkReady()
-        self.worker._checkStop()
+        if self.state is ChildState.RETIRING:
+            self.maybeExit()
+        worker = self.worker
+        worker._checkReady()
+        if worker._stopping:
+            worker._checkStop()
 
     def retireRequested(self) -> None:
         if self.takesTasks:
@@ -630,15 +637,21 @@ class ProcessWorker(PipelineWindow):
         flags = FLAG_RAW if raw else 0
         if relay is not None:
             flags |= relay.wireFlags
-        child = self._childForTask()
+        child = self._current
+        if child is None or child.state not in _TAKES_TASKS or self.maxTasks is not None:
+            child = self._childForTask()  # (else the current child, as it would say)
         if child is None:
             return self._refuse(task, self._broken or "the process worker has no child process")
         if task.update == "persistent":
             # Replayed to every later child (not to this one: it has it now).
             self._updates.append((parts, flags))
-        if child.inbox is not None:
+        if child.inbox is not None and (
+            len(parts) > 1 or type(parts[0]) is not bytes or len(parts[0]) >= ARENA_MIN
+        ):
             parts, flags = _placeInInbox(child.inbox, parts, flags)
         child.submit(task, parts, flags, relay)
+        if child is self._current and len(child.inflight) + len(child.firstBatch) < self._window():
+            return succeed(None)  # (what `_hasRoom` would say, in fewer calls)
         if self._hasRoom():
             return succeed(None)
         d: Deferred[None] = Deferred()
@@ -863,7 +876,7 @@ class ProcessWorker(PipelineWindow):
 
     def _noteRun(self, dt: float, roundTrip: float) -> None:
         self._fruitless = 0
-        self._noteRunTime(dt)
+        self._avgRun = smoothed(self._avgRun, dt)  # (`_noteRunTime`, inlined)
         if self.callStats:
             self._callTimes.append((roundTrip, dt))
 

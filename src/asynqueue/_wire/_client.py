@@ -12,7 +12,9 @@ of what is at the other end:
   go out together as one CALLS message (`flush`).
 - RESULTS report each task (``task.callback``) with the result unpickled,
   or kept pickled for a call submitted with a *relay* (a server running a
-  call it received sends the result on as it is); an iterator result waits
+  call it received sends the result on as it is); those of one read of
+  the channel together, after telling the worker once that it has room
+  (`WireClient.holdSends`). An iterator result waits
   for its first ITEMS batch and becomes a `Deferator` over a
   `_RemoteSource`, which asks for more with NEXT.
 - A Deferator dropped unfinished has its iterator closed on the other side
@@ -119,6 +121,10 @@ def statusResult(
             return ERROR, Failure(PickledError(payload))
         return ERROR, remoteFailure(payload, errorType)
     return ERROR, Failure(errorType(f"unknown status {status!r} from the other side"))
+
+
+# The report of a call that returned None (a tuple: reported as it is).
+_NONE_REPORT = (NONE, None)
 
 
 class _Attempt:
@@ -256,9 +262,36 @@ class WireClient(BurstSender):
         self.sources: dict[int, _RemoteSource] = {}
         self.itemWaiters: dict[int, deque[Deferred[Any]]] = {}
         self.closingIDs: list[int] = []
+        # Results read and not yet reported (while the channel reads).
+        self._reports: list[tuple[Task, Any]] = []
+        self._reportsDue = False
         self.sent = 0
         self.helloed = False
         self.channel: Any = None
+
+    def holdSends(self, hold: bool) -> None:
+        """
+        As `BurstSender.holdSends`; besides, the results of one read are
+        reported together when it ends (in the order they came): the worker
+        is told once that it has room, then their callbacks run, and what
+        they led to goes out in one message. After a lone result, the refill
+        goes out before its callbacks, which are no longer held: a call they
+        make goes out at once after a pause (a lone round trip does not wait
+        for the rest of their work).
+        """
+        if hold:
+            self._holding = True
+        elif self._reportsDue:
+            # A lone result: its callbacks run after the refill went out, no
+            # longer held. Several: held until they ran, like the refill
+            # (the dispatcher may give the worker tasks only as their
+            # callbacks run: see ``PIPELINE_PATIENCE``).
+            try:
+                self._reportHeld(release=len(self._reports) == 1)
+            finally:
+                BurstSender.holdSends(self, False)  # (never left holding)
+        else:
+            BurstSender.holdSends(self, False)
 
     # ------------------------------------------------------------ hooks
 
@@ -298,7 +331,10 @@ class WireClient(BurstSender):
         kind = message.kind
         if kind == RESULTS:
             self._results(message.parts, message.filling)
-        elif kind == ITEMS:
+            return True
+        if self._reportsDue:
+            self._reportHeld()  # results reported in the order they came
+        if kind == ITEMS:
             self._items(message.parts)
         elif kind == PLACED:
             self.placedProgress(pickle.loads(message.parts[0]))
@@ -386,8 +422,12 @@ class WireClient(BurstSender):
         now = self.reactor.seconds()
         ordered = self.orderedStart
         errorType = self.errorType
+        inflight = self.inflight
+        # The results are reported together (those of a whole read, see
+        # `holdSends`), after the worker was told once that it has room again.
+        reports: list[tuple[Task, Any]] = []
         for taskID, status, n, dt, extra in entries:
-            payload = parts[pos : pos + n]
+            payload = parts[pos : pos + n] if n else []
             pos += n
             placed = None
             if status == RESULT and extra is not None:
@@ -398,13 +438,17 @@ class WireClient(BurstSender):
                 except Exception as e:
                     status = ERROR
                     payload = dumpsError(errorType(f"a result could not be read: {e}"))
-            attempt = self.inflight.pop(taskID, None)
+            attempt = inflight.pop(taskID, None)
             if attempt is None:
                 # Given up on (crash, kill, timeout or cancel).
                 self.forgottenAnswered(taskID, status, extra)
                 continue
-            if ordered:
-                self._startHead()
+            if ordered and inflight and self.helloed:
+                # (`_startHead`, inlined) the next call has started
+                for head in inflight.values():
+                    if not head.started:
+                        head.markStarted()
+                    break
             task = attempt.task
             if task is None:
                 if status == ERROR:
@@ -417,16 +461,46 @@ class WireClient(BurstSender):
                 self.sources[extra] = source
                 self.firstBatch[extra] = (attempt, source)
                 continue
-            worker._checkReady()  # room for the next task before this result's callbacks
             relay = attempt.relay is not None
             if placed is not None:
                 if not relay:
                     error = errorType("a result came in shared memory for a call not relayed")
-                    task.callback((ERROR, Failure(error)))
+                    reports.append((task, (ERROR, Failure(error))))
                     continue
                 filling = placed
-            task.callback(statusResult(status, payload, errorType, relay, filling))
+            if status == NONE:
+                reports.append((task, _NONE_REPORT))
+            else:
+                reports.append((task, statusResult(status, payload, errorType, relay, filling)))
+        if self._holding:
+            # With the rest of this read's (`holdSends`); settled then too,
+            # even if none of these was a task's (replayed updates).
+            self._reports.extend(reports)
+            self._reportsDue = True
+        else:
+            self._report(reports)
+
+    def _report(self, reports: list[tuple[Task, Any]], release: bool = False) -> None:
+        """
+        Report *reports*, after telling the worker once that it has room
+        again; with *release*, let the held sends go between the two.
+        """
+        if reports:
+            self.worker._checkReady()  # the next tasks go out before these callbacks
+        if release:
+            BurstSender.holdSends(self, False)
+        for task, report in reports:
+            try:
+                task.callback(report)
+            except Exception:  # (not to lose the reports after it)
+                log.exception("Reporting a result in %r failed", self)
         self.settle()
+
+    def _reportHeld(self, release: bool = False) -> None:
+        """Report the results held during a read (see `holdSends`)."""
+        reports, self._reports = self._reports, []
+        self._reportsDue = False
+        self._report(reports, release)
 
     def forget(self, taskID: int) -> _Attempt | None:
         """Stop waiting for one task (e.g. it timed out); returns its attempt."""

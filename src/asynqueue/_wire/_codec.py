@@ -34,7 +34,7 @@ from __future__ import annotations
 import io
 import pickle
 from collections import namedtuple
-from types import FunctionType
+from types import BuiltinFunctionType, FunctionType
 
 from .._support._status import ERROR, ITERATOR, NONE, RESULT
 from ._framing import BYTES_MIN
@@ -230,11 +230,31 @@ def loads(parts: list[Any]) -> Any:
     return pickle.loads(parts[0], buffers=parts[1:])
 
 
+# Callables and argument types that `dumpsCall` pickles the quick way:
+# builtin functions, and module functions (checked further there).
+_PLAIN_CALLABLES = frozenset({FunctionType, BuiltinFunctionType})
+# Arguments that pickle by value, with nothing inside them to check.
+_ATOMIC = frozenset({int, float, str, bool, type(None)})
+
+
 def dumpsCall(f: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> list[Any]:
     """
     `dumps` of ``(f, args, kw)``; on failure raises ``pickle.PicklingError``
     saying which of the callable, arguments or keywords could not be pickled.
     """
+    if type(f) in _PLAIN_CALLABLES and not kw and _ATOMIC.issuperset(map(type, args)):
+        # The common call, a module's function of a few plain values: the C
+        # pickler alone, which sees no object that `_Pickler` would have
+        # given to cloudpickle once the function itself was checked.
+        module = getattr(f, "__module__", None)
+        if module is not None and module != "__main__" and "<" not in f.__qualname__:
+            try:
+                data = pickle.dumps((f, args, kw), PROTOCOL)
+            except Exception:
+                pass  # (the full way below says why, or uses cloudpickle)
+            else:
+                if len(data) < BYTES_MIN:
+                    return [data]
     wrapped: dict[int, Any] = {}
     args = _outOfBand(args, wrapped)
     if kw:

@@ -148,6 +148,9 @@ class OversizeMessage(FramingError):
 
 
 Message = namedtuple("Message", "kind parts flags filling", defaults=(0, None))
+# A Message made by the C constructor of tuples, without the Python-level
+# ``__new__`` of namedtuples (once per message decoded).
+_newMessage = tuple.__new__
 Message.__doc__ = """A decoded message: its kind, its parts (writable memoryviews), flags,
 and for a message handed over before all of it arrived, its `Filling` (else None)."""
 
@@ -279,7 +282,8 @@ def encode(kind: int, parts: list[Any] | tuple[Any, ...] = (), flags: int = 0) -
         ]
         if table != lengths:
             flags |= FLAG_BYTES
-    head = HEADER.pack(kind, flags, n, 8 * n + sum(lengths)) + partTable(n).pack(*table)
+    packer = _partTables.get(n) or partTable(n)
+    head = HEADER.pack(kind, flags, n, 8 * n + sum(lengths)) + packer.pack(*table)
     if 0 in lengths:
         return [head, *(p for p, size in zip(parts, lengths, strict=True) if size)]
     return [head, *parts]
@@ -537,9 +541,11 @@ class FrameDecoder:
         out: list[Message] = []
         view = self._view
         start, end = self._start, self._end
+        maxLength = self.maxLength
         while end - start >= HEADER_SIZE:
             kind, flags, nparts, length = HEADER.unpack_from(self._scratch, start)
-            self._check(nparts, length)
+            if length < 8 * nparts or (maxLength is not None and length > maxLength):
+                self._check(nparts, length)  # (raises)
             total = HEADER_SIZE + length
             if end - start >= total:
                 body = bytearray(view[start + HEADER_SIZE : start + total])
@@ -724,7 +730,7 @@ class FrameDecoder:
                 raise FramingError(f"parts of {pos} bytes in a frame of {len(body)}")
         elif body:
             raise FramingError(f"{len(body)} stray bytes in a frame without parts")
-        return Message(kind, parts, flags)
+        return _newMessage(Message, (kind, parts, flags, None))
 
 
 class SendQueue:
