@@ -7,7 +7,7 @@
 - A series runs in sequence: while one of its tasks is in flight on a worker,
   the scheduler *holds* the series (``Scheduler.hold``), and no other worker gets its
   next task. The worker holding it may, if it ``runsInOrder`` (see
-  `IWorker`), take the next ones to run right behind it (`_mine`). The
+  `IWorker`), take the next ones to run right behind it (see `_offer`). The
   series is released when its last task in flight reports.
 - A timeout counts from when a worker takes the task (or, for workers that
   report it, from when it really starts). A task is retried once after a
@@ -382,13 +382,16 @@ class Dispatcher:
             if started is not None and self._seconds() - started > PIPELINE_PATIENCE:
                 return False
         scheduler = self.scheduler
-        # _mine, inlined (once per task handed out)
+        # The held series whose next task this slot may take: those it holds,
+        # if its worker runs its tasks one at a time in the order given.
         held = slot.held
-        mine = (
-            held
-            if held and (slot.inOrder or (slot.inOrder is None and slot.worker.runsInOrder))
-            else ()
-        )
+        mine: Collection[Hashable] = ()
+        if held:
+            inOrder = slot.inOrder
+            if inOrder is None:  # (a property of the worker's: asked each time)
+                inOrder = getattr(slot.worker, "runsInOrder", False)
+            if inOrder:
+                mine = held
         # A series runs in sequence: one slot at most has tasks of it in
         # flight, and its count there (slot.held) says when it is held.
         if call is None:
@@ -408,17 +411,6 @@ class Dispatcher:
             call.seq = scheduler.ticket()
         self._runOn(slot, call)
         return True
-
-    def _mine(self, slot: _Slot) -> Collection[Hashable]:
-        """
-        The held series whose next task *slot* may take: those it holds, if
-        its worker runs its tasks one at a time in the order given (then the
-        next task runs right behind the one it holds, never beside it).
-        """
-        held = slot.held
-        if held and (slot.inOrder or (slot.inOrder is None and slot.worker.runsInOrder)):
-            return held
-        return ()
 
     def _clearInflight(self, slot: _Slot) -> list[Task]:
         """Forget every attempt in flight on *slot*; returns them."""

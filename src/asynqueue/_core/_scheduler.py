@@ -590,7 +590,7 @@ class Scheduler(Generic[T]):
                         self._held[series] = flow
                         flow.held = True
                 # (head.item, without a property call for an item that is its own entry)
-                return head._item if head.__class__ is _Boxed else head  # type: ignore[attr-defined,return-value]
+                return head._item if head.__class__ is _Boxed else head  # type: ignore[return-value]
         entry = self._best(qualified, exclude, mine)
         if entry is None:
             return None
