@@ -17,7 +17,8 @@ without series or with 1,000 of them, a fresh subprocess:
 
 The ratios compare each row with the same worker kind at 10,000 calls
 without series (1.0 is a flat cost), and with the same backlog without
-series (what 1,000 series cost).
+series (what 1,000 series cost). The 10,000-call rows are medians of
+`SMALL_REPS` runs, with and without series in turn.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import os
 import pstats
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -38,6 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = 10_000
 SERIES = 1_000
+SMALL_REPS = 5
 
 
 def _rss() -> int:
@@ -128,19 +131,31 @@ def run(quick: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p)
+
+    def one(kind: str, n: int, series: int) -> dict[str, Any]:
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--one", kind, str(n), str(series)],
+            capture_output=True, text=True, env=env, timeout=1800,
+        )  # fmt: skip
+        if proc.returncode:
+            raise RuntimeError(f"bench_scale failed: {proc.stderr[-2000:]}")
+        r: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+        return r
+
     for kind in ("threads", "processes"):
         base = None
-        plain = 1.0
         for n in (SMALL, big):
-            for series in (0, SERIES):
-                proc = subprocess.run(
-                    [sys.executable, str(Path(__file__).resolve()), "--one", kind,
-                     str(n), str(series)],
-                    capture_output=True, text=True, env=env, timeout=1800,
-                )  # fmt: skip
-                if proc.returncode:
-                    raise RuntimeError(f"bench_scale failed: {proc.stderr[-2000:]}")
-                r = json.loads(proc.stdout.strip().splitlines()[-1])
+            # A 10,000-call drain lasts a tenth of a second: a moment's load
+            # swings it, so the small backlogs run SMALL_REPS times (with and
+            # without series in turn) and each figure is the median.
+            reps = SMALL_REPS if n == SMALL else 1
+            runs: dict[int, list[dict[str, Any]]] = {0: [], SERIES: []}
+            for _ in range(reps):
+                for series in runs:
+                    runs[series].append(one(kind, n, series))
+            plain = 1.0
+            for series, results in runs.items():
+                r = {k: statistics.median(x[k] for x in results) for k in results[0]}
                 if base is None:
                     base = r["drain"]
                 if not series:
