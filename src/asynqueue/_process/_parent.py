@@ -358,6 +358,11 @@ class _Child(WireClient, ProcessProtocol):
         # the reactor's signal handling, try now and a few times later.
         if self.ended or self.process is None:
             return
+        if self.process.pid is None:
+            # Reaped already (by the reactor's SIGCHLD handling), its end not
+            # yet reported: Twisted's reapProcess would log a TypeError from
+            # os.waitpid(None) (Twisted issue 9778).
+            return
         try:
             self.process.reapProcess()
         except Exception:
