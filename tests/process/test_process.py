@@ -30,6 +30,11 @@ from ..helpers.common import collect, isGone, waitUntil
 BIG = 100 * 2**20  # large data both ways; big enough to need many reads and writes
 
 
+def readyAtOnce(ready: Any) -> bool:
+    """Whether a worker's ``run`` said it can take another task now."""
+    return ready is None or ready.called
+
+
 class TrackingWorker(ProcessWorker):
     """Remembers the PID of every child it starts."""
 
@@ -142,7 +147,7 @@ class CallTests(WorkerTestCase):
         task = Task(h.add, (1, threading.Lock()))
         ready = w.run(task)
         self.assertTrue(task.d.called, "reported before anything was sent")
-        self.assertTrue(ready.called)
+        self.assertIsNone(ready)  # ready for another at once
         status, failure = yield task.d
         self.assertEqual(status, "e")
         self.assertIsInstance(failure.value, pickle.PicklingError)
@@ -184,9 +189,9 @@ class CallTests(WorkerTestCase):
         self.assertEqual(w._window(), 1)
         task = Task(h.pidAfter, (0.05,))
         ready = w.run(task)
-        self.assertFalse(ready.called)  # no room for another until it is done
+        self.assertFalse(readyAtOnce(ready))  # no room for another until it is done
         yield task.d
-        self.assertTrue(ready.called)
+        self.assertTrue(readyAtOnce(ready))
 
     @inlineCallbacks
     def test_a_short_map_batch_may_wait_behind_another(self) -> Any:
@@ -202,20 +207,20 @@ class CallTests(WorkerTestCase):
         w._avgRun = 0.005
         self.assertEqual(w._window(), 1)
         first = Task(applyChunk, (h.pidAfter, [0.005]))
-        self.assertTrue(w.run(first).called)  # room for one behind it
+        self.assertIsNone(w.run(first))  # room for one behind it (ready at once)
         second = Task(applyChunk, (h.pidAfter, [0.005]))
         ready = w.run(second)
-        self.assertFalse(ready.called)  # never more than one behind
+        self.assertFalse(readyAtOnce(ready))  # never more than one behind
         yield first.d
-        self.assertTrue(ready.called)
+        self.assertTrue(readyAtOnce(ready))
         yield second.d
         plain = Task(h.pidAfter, (0.005,))
-        self.assertFalse(w.run(plain).called)
+        self.assertFalse(readyAtOnce(w.run(plain)))
         yield plain.d
         w._avgRun = 0.05  # batches of longer work
         self.assertEqual(w._window(), 1)
         long = Task(applyChunk, (h.pidAfter, [0.05]))
-        self.assertFalse(w.run(long).called)
+        self.assertFalse(readyAtOnce(w.run(long)))
         status, (results, errors, _) = yield long.d
         self.assertEqual((status, errors), ("r", 0))
         self.assertEqual(results, w.pids)
@@ -426,7 +431,7 @@ class CrashTests(WorkerTestCase):
         status, text = yield task.d
         self.assertEqual(status, "d")
         self.assertIn("died before running a task", text)
-        self.assertFalse(ready.called)
+        self.assertFalse(readyAtOnce(ready))
 
 
 class TimeoutTests(WorkerTestCase):
@@ -517,7 +522,7 @@ class ShutdownTests(WorkerTestCase):
         ready = w.run(task)
         self.assertEqual((yield task.d)[0], "d")
         self.assertTrue(task.innocent)
-        self.assertFalse(ready.called)
+        self.assertFalse(readyAtOnce(ready))
 
     @inlineCallbacks
     def test_crash_returns_unfinished_tasks_and_reaps(self) -> Any:

@@ -619,8 +619,11 @@ class ProcessWorker(PipelineWindow):
     def setResignator(self, callableObject: Callable[[], Any]) -> None:
         self._resignator = callableObject
 
-    def run(self, task: Task) -> Deferred[None]:
-        """Send *task* to the child; fires when there is room for another."""
+    def run(self, task: Task) -> Deferred[None] | None:
+        """
+        Send *task* to the child. Returns None while I can take another at
+        once (no Deferred made per call), else a Deferred that fires when I can.
+        """
         if self._stopping or self._broken is not None:
             return self._refuse(task, self._broken or "the process worker is stopping")
         f, args, kw = task.callTuple
@@ -630,14 +633,14 @@ class ProcessWorker(PipelineWindow):
             # with the server's flags, and its result goes back pickled.
             if f.cancelled:
                 task.callback((Status.ERROR, Failure(CancelledError(f"{f.name} was given up on"))))
-                return succeed(None)
+                return None
             parts, relay = f.parts, f
         else:
             try:
                 parts = dumpsCall(f, args, kw)
             except Exception:
                 task.callback((Status.ERROR, Failure()))
-                return succeed(None)
+                return None
         raw = self.raw if task.raw is None else task.raw
         flags = FLAG_RAW if raw else 0
         if relay is not None:
@@ -656,9 +659,9 @@ class ProcessWorker(PipelineWindow):
             parts, flags = _placeInInbox(child.inbox, parts, flags)
         child.submit(task, parts, flags, relay)
         if child is self._current and len(child.inflight) + len(child.firstBatch) < self._window():
-            return succeed(None)  # (what `_hasRoom` would say, in fewer calls)
+            return None  # (what `_hasRoom` would say, in fewer calls)
         if self._hasRoom():
-            return succeed(None)
+            return None
         d: Deferred[None] = Deferred()
         self._readyWaiters.append(d)
         return d
