@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from .. import errors
 from .._support._status import NONE, NOT_RUN, RESULT, STATUS_BY_CODE, TIMEOUT, Status
 from ..interfaces import IWorker
+from . import _gcpause
 from ._calls import _Call, _Slot, _unpackStatus
 from ._scheduler import Scheduler
 from ._task import DO_LAST_PRIORITY, DO_NEXT_PRIORITY, Report, Task, nextCallID
@@ -94,6 +95,9 @@ class Dispatcher:
         self._reporter = self._onReport
         # Every call's canceller, bound once.
         self.canceller = self.cancel
+        # The token of this dispatcher's hold on full garbage collections
+        # while its backlog is large (see `_gcpause`), or None.
+        self._gcHold: int | None = None
 
     def running(self) -> int:
         """How many attempts are in flight."""
@@ -263,6 +267,8 @@ class Dispatcher:
                     return call
         # The call is its own entry (push sets its seq).
         call.entry = scheduler.push(call, call.series, call.niceness, call.doNext, call.doLast)
+        if scheduler.count > _gcpause.BURST and self._gcHold is None:
+            self._gcHold = _gcpause.hold()
         if self._dispatching:
             self._redispatch = True
         else:
@@ -285,6 +291,8 @@ class Dispatcher:
             call,
             Failure(errors.TaskCancelled(f"{call.describe()}: withdrawn before it started")),
         )
+        if self._gcHold is not None:
+            self._checkBacklog()
         self.checkDrained()
         return True
 
@@ -306,11 +314,22 @@ class Dispatcher:
         """Fail every unfinished call with `errors.QueueRunError`: it *why*."""
         for call in self.scheduler.drain():
             call.entry = None
+        if self._gcHold is not None:
+            self._checkBacklog()
         for call in list(self.pending):
             self._closeAttempt(call)
             self._finish(call, Failure(errors.QueueRunError(f"{call.describe()} {why}")))
 
     # ------------------------------------------------------------ dispatch
+
+    def _checkBacklog(self) -> None:
+        """While holding full collections off: let go once the backlog is small."""
+        if self.scheduler.count <= _gcpause.LOW:
+            token, self._gcHold = self._gcHold, None
+            if token is not None:
+                _gcpause.release(token)
+        else:
+            _gcpause.renew()
 
     def _requeue(self, call: _Call) -> None:
         """Put *call* back at the front, in its original place among retries."""
@@ -322,6 +341,8 @@ class Dispatcher:
             self._redispatch = True
             return
         scheduler = self.scheduler
+        if self._gcHold is not None:
+            self._checkBacklog()
         if not scheduler.count:
             return
         for slot in self._slotList:
@@ -362,6 +383,8 @@ class Dispatcher:
                     break
         finally:
             self._dispatching = False
+            if self._gcHold is not None and scheduler.count <= _gcpause.LOW:
+                self._checkBacklog()
 
     def _offer(self, slot: _Slot, call: _Call | None = None) -> bool:
         """

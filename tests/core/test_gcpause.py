@@ -1,0 +1,127 @@
+"""
+Full garbage collections held off while a queue's backlog is large
+(`_core._gcpause`): when the hold starts and ends, with the `Dispatcher`
+driven by hand (in-memory workers, a `Clock`), and that it never outlives
+its holders or overrides a threshold set by someone else meanwhile.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+from asynqueue._core import _gcpause
+from asynqueue._core._calls import _Call
+
+from .test_dispatch import DispatchTestCase, identity
+from .test_queue import PipeliningWorker
+
+BURST = 20
+LOW = 5
+
+
+class GCPauseTests(DispatchTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.thresholds = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *self.thresholds)
+        self.patch(_gcpause, "BURST", BURST)
+        self.patch(_gcpause, "LOW", LOW)
+        self.assertFalse(_gcpause.isHeld())
+
+    def tearDown(self) -> None:
+        # No test may leave the collector held (nor, failing, the next tests).
+        held = _gcpause.isHeld()
+        if held:
+            with _gcpause._lock:
+                _gcpause._end()
+        self.assertFalse(held)
+        super().tearDown()
+
+    def submit(self, n: int) -> list[_Call]:
+        return [self.call(identity, i) for i in range(n)]
+
+    def assertHeld(self) -> None:
+        self.assertTrue(_gcpause.isHeld())
+        self.assertGreater(gc.get_threshold()[2], 1_000_000)
+        self.assertEqual(gc.get_threshold()[:2], self.thresholds[:2])
+
+    def assertReleased(self) -> None:
+        self.assertFalse(_gcpause.isHeld())
+        self.assertEqual(gc.get_threshold(), self.thresholds)
+
+    def test_a_backlog_over_the_burst_holds_until_it_drains(self) -> None:
+        w = PipeliningWorker(window=4)
+        self.attach(w)
+        calls = self.submit(BURST)  # 4 taken, BURST - 4 queued: not yet
+        self.assertReleased()
+        calls += self.submit(5)  # BURST + 1 queued
+        self.assertHeld()
+        results: list[Any] = []
+        for c in calls:
+            c.addCallback(results.append)
+        while w.current:
+            w.finishAll()
+            if self.queued() > LOW:
+                self.assertHeld()
+        self.assertReleased()
+        self.assertEqual(results, list(range(BURST)) + list(range(5)))
+
+    def test_abandoning_the_backlog_releases(self) -> None:
+        calls = self.submit(BURST + 1)  # no worker: all queued
+        self.assertHeld()
+        for c in calls:
+            c.addErrback(lambda _: None)
+        self.dispatcher.abandon("was shut down")
+        self.assertReleased()
+
+    def test_withdrawing_down_to_the_low_mark_releases(self) -> None:
+        calls = self.submit(BURST + 1)
+        self.assertHeld()
+        for c in calls:
+            c.addErrback(lambda _: None)
+        for c in calls[: BURST + 1 - LOW - 1]:
+            self.assertTrue(self.dispatcher.withdraw(c))
+            self.assertHeld()
+        self.assertTrue(self.dispatcher.withdraw(calls[BURST - LOW]))
+        self.assertReleased()
+        for c in calls[BURST - LOW + 1 :]:
+            self.dispatcher.withdraw(c)
+
+    def test_two_holders_release_together(self) -> None:
+        first = self.submit(BURST + 1)
+        token = _gcpause.hold()  # another queue's hold
+        for c in first:
+            c.addErrback(lambda _: None)
+        self.dispatcher.abandon("was shut down")
+        self.assertHeld()  # the other still holds
+        _gcpause.release(token)
+        self.assertReleased()
+        _gcpause.release(token)  # a second release is a no-op
+        self.assertReleased()
+
+    def test_a_threshold_changed_meanwhile_is_kept(self) -> None:
+        calls = self.submit(BURST + 1)
+        self.assertHeld()
+        gc.set_threshold(500, 7, 9)  # the program's own choice, during the hold
+        for c in calls:
+            c.addErrback(lambda _: None)
+        self.dispatcher.abandon("was shut down")
+        self.assertFalse(_gcpause.isHeld())
+        self.assertEqual(gc.get_threshold(), (500, 7, 9))
+
+    def test_a_stale_hold_ends_at_the_next_collection(self) -> None:
+        # A queue dropped with its backlog never releases: after STALE
+        # seconds without progress, any collection ends the hold.
+        calls = self.submit(BURST + 1)
+        self.assertHeld()
+        self.patch(_gcpause, "STALE", 0.0)
+        self.patch(_gcpause, "_renewed", -1.0)
+        gc.collect(0)
+        self.assertReleased()
+        # The dispatcher's own release later is spent: no second restore.
+        gc.set_threshold(600, 10, 10)
+        for c in calls:
+            c.addErrback(lambda _: None)
+        self.dispatcher.abandon("was shut down")
+        self.assertEqual(gc.get_threshold(), (600, 10, 10))
