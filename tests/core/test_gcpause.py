@@ -88,6 +88,15 @@ class GCPauseTests(DispatchTestCase):
         for c in calls[BURST - LOW + 1 :]:
             self.dispatcher.withdraw(c)
 
+    def test_cancelling_the_queued_calls_releases(self) -> None:
+        calls = self.submit(BURST + 1)
+        self.assertHeld()
+        for c in calls:
+            c.addErrback(lambda _: None)
+            c.cancel()
+        self.assertEqual(self.queued(), 0)
+        self.assertReleased()
+
     def test_two_holders_release_together(self) -> None:
         first = self.submit(BURST + 1)
         token = _gcpause.hold()  # another queue's hold

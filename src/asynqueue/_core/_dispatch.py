@@ -685,7 +685,9 @@ class Dispatcher:
             self._tellWorker(slot, name, task)
         self._finish(call, Failure(CancelledError()))
         if self.scheduler.count:
-            self._dispatch()
+            self._dispatch()  # (which checks the backlog, if held)
+        elif self._gcHold is not None:
+            self._checkBacklog()
         self.checkDrained()
 
     @staticmethod
