@@ -203,8 +203,15 @@ class CallTests(WorkerTestCase):
         # The rule is under test, not the machine's speed: the average task
         # time it reads is pinned (on a loaded machine a 5 ms task can be
         # measured at over BATCH_BEHIND_LIMIT).
-        w._noteRunTime = lambda dt: None
-        w._avgRun = 0.005
+        pinned = [0.005]
+        noteRun = w._noteRun
+
+        def notePinned(dt: float, roundTrip: float) -> None:
+            noteRun(dt, roundTrip)
+            w._avgRun = pinned[0]
+
+        w._noteRun = notePinned  # type: ignore[method-assign]
+        w._avgRun = pinned[0]
         self.assertEqual(w._window(), 1)
         first = Task(applyChunk, (h.pidAfter, [0.005]))
         self.assertIsNone(w.run(first))  # room for one behind it (ready at once)
@@ -217,7 +224,8 @@ class CallTests(WorkerTestCase):
         plain = Task(h.pidAfter, (0.005,))
         self.assertFalse(readyAtOnce(w.run(plain)))
         yield plain.d
-        w._avgRun = 0.05  # batches of longer work
+        self.assertEqual(w._avgRun, 0.005)  # (pinned through every result so far)
+        pinned[0] = w._avgRun = 0.05  # batches of longer work
         self.assertEqual(w._window(), 1)
         long = Task(applyChunk, (h.pidAfter, [0.05]))
         self.assertFalse(readyAtOnce(w.run(long)))
