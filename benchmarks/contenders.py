@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import importlib
 import multiprocessing
+import pickle
 import queue
+import socket
+import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +52,7 @@ class Contender:
     make: Callable[[], Any]
     requires: tuple[tuple[str, str], ...] = ()  # (module, attribute) pairs
     hint: str = ""
+    only: tuple[str, ...] = ()  # the workloads measured, if not all
 
     def check(self) -> str | None:
         """None if I can run here, else why not (a reason for "n/a")."""
@@ -204,6 +209,147 @@ class DeferToThreadAdapter:
         d = deferToThreadPool(reactor, pool, payloads.noop)
         d.addBoth(lambda r: (pool.stop(), r)[1])
         return d
+
+
+# ------------------------------------------------------------------ async: reactor floors
+
+
+class TwistedThreadFloor:
+    """
+    The least a Twisted program pays to run a call in a thread and get a
+    Deferred back: one thread takes ``(f, args, Deferred)`` from a
+    ``SimpleQueue`` and answers each through ``reactor.callFromThread``.
+    No pool, no scheduling, no batching.
+    """
+
+    def start(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        answer = self.reactor.callFromThread
+        while (job := self.inbox.get()) is not _STOP:
+            f, args, d = job
+            try:
+                answer(d.callback, f(*args))
+            except Exception as e:
+                answer(d.errback, e)
+
+    def call(self, f: Callable[..., Any], *args: Any) -> Any:
+        from twisted.internet.defer import Deferred
+
+        d: Any = Deferred()
+        self.inbox.put((f, args, d))
+        return d
+
+    def stop(self) -> None:
+        self.inbox.put(_STOP)
+        self.thread.join()
+
+
+_LENGTH = struct.Struct("!i")  # (a `multiprocessing.Connection` frame's header)
+
+
+class TwistedPipeFloor:
+    """
+    The Pipe floor read and written by the reactor: the same child, each
+    message pickled, one Deferred per call, fired in order as replies come.
+
+    A call is written at once when nothing waits to be written; calls made
+    while something does (a burst within one reactor turn) go out together
+    at the end of the turn, and a reply-laden read is handled whole. That
+    is the least an event loop pays on top of the blocking floor: a
+    readiness wake-up instead of a blocking read, and a turn of the loop.
+    """
+
+    def start(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.conn, child = multiprocessing.Pipe()
+        self.process = multiprocessing.Process(target=_pipeServe, args=(child,), daemon=True)
+        self.process.start()
+        child.close()
+        self.sock = socket.socket(fileno=self.conn.fileno())
+        self.sock.setblocking(False)
+        self.out = bytearray()
+        self.inbuf = bytearray()
+        self.waiting: deque[Any] = deque()
+        self.flushDue = False
+        self.writing = False
+        reactor.addReader(self)
+
+    def call(self, f: Callable[..., Any], *args: Any) -> Any:
+        from twisted.internet.defer import Deferred
+
+        data = pickle.dumps((f, args, False), pickle.HIGHEST_PROTOCOL)
+        self.out += _LENGTH.pack(len(data))
+        self.out += data
+        if not self.flushDue:
+            self.flushDue = True
+            if not self.writing:
+                self.doWrite()
+            self.reactor.callLater(0, self._endTurn)
+        d: Any = Deferred()
+        self.waiting.append(d)
+        return d
+
+    def _endTurn(self) -> None:
+        self.flushDue = False
+        if self.out and not self.writing:
+            self.doWrite()
+
+    def doWrite(self) -> None:
+        try:
+            sent = self.sock.send(self.out)
+        except BlockingIOError:
+            sent = 0
+        del self.out[:sent]
+        if self.out and not self.writing:
+            self.writing = True
+            self.reactor.addWriter(self)
+        elif not self.out and self.writing:
+            self.writing = False
+            self.reactor.removeWriter(self)
+
+    def doRead(self) -> None:
+        try:
+            data = self.sock.recv(1 << 16)
+        except BlockingIOError:
+            return
+        buf = self.inbuf
+        buf += data
+        start, size = 0, len(buf)
+        while size - start >= 4:
+            (n,) = _LENGTH.unpack_from(buf, start)
+            if size - start - 4 < n:
+                break
+            reply = pickle.loads(buf[start + 4 : start + 4 + n])
+            start += 4 + n
+            self.waiting.popleft().callback(reply)
+        del buf[:start]
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "TwistedPipeFloor"
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.reactor.removeReader(self)
+        self.reactor.removeWriter(self)
+        self.sock.setblocking(True)
+        self.sock.detach()  # (the Connection owns the descriptor)
+        self.conn.send(_STOP)
+        self.process.join()
+        self.conn.close()
 
 
 # ------------------------------------------------------------------ sync peers
@@ -439,6 +585,24 @@ CONTENDERS: dict[str, Contender] = {
             "floor",
             "floor",
             PipeFloor,
+        ),
+        Contender(
+            "floor-tw-thread",
+            "Twisted thread floor",
+            "thread",
+            "floor",
+            "async",
+            TwistedThreadFloor,
+            only=("dispatch", "latency"),
+        ),
+        Contender(
+            "floor-tw-pipe",
+            "Twisted Pipe floor",
+            "process",
+            "floor",
+            "async",
+            TwistedPipeFloor,
+            only=("dispatch", "latency"),
         ),
     ]
 }

@@ -126,8 +126,12 @@ COLUMNS = [
     "pebble",
     "floor-queue",
     "floor-pipe",
+    "floor-tw-thread",
+    "floor-tw-pipe",
 ]
 FLOOR = {"thread": "floor-queue", "process": "floor-pipe"}
+# What the reactor alone costs on top of FLOOR (see `contenders.TwistedPipeFloor`).
+TWISTED_FLOOR = {"thread": "floor-tw-thread", "process": "floor-tw-pipe"}
 SHORT = {"tpe": "TPE", "dtt": "deferToThread", "ppe": "PPE", "pebble": "pebble"}
 
 
@@ -194,7 +198,10 @@ def numbers(results: Results, metric: Metric, keys: list[str]) -> dict[str, floa
 
 
 def comparison(results: Results, metric: Metric, ours: str) -> str:
-    """'x1.3 pebble · x0.8 floor' (best peer of the same kind, floor) or ''."""
+    """
+    'x1.3 pebble · x0.8 floor · x0.9 Twisted floor' (best peer of the same
+    kind, the bare transport, the bare reactor on it) or ''.
+    """
     if metric.higher is None:
         return ""
     kind = CONTENDERS[ours].kind
@@ -212,6 +219,10 @@ def comparison(results: Results, metric: Metric, ours: str) -> str:
     floorValue = numbers(results, metric, [floorKey]).get(floorKey) if floorKey else None
     if floorValue is not None:
         parts.append(f"x{ratio(better(metric, mine, floorValue))} floor")
+    twistedKey = TWISTED_FLOOR.get(kind)
+    twistedValue = numbers(results, metric, [twistedKey]).get(twistedKey) if twistedKey else None
+    if twistedValue is not None:
+        parts.append(f"x{ratio(better(metric, mine, twistedValue))} Twisted floor")
     return " · ".join(parts)
 
 
@@ -239,7 +250,7 @@ def table(results: Results, sizes: dict[str, Any], workloads: list[str] | None =
     """The markdown table and its footnotes."""
     notes = Notes()
     header = ["figure", "unit", *(CONTENDERS[k].label for k in COLUMNS)]
-    header += ["ThreadQueue vs best peer, floor", "ProcessQueue vs best peer, floor", "goal"]
+    header += ["ThreadQueue vs best peer, floors", "ProcessQueue vs best peer, floors", "goal"]
     rows = [header, ["---"] * len(header)]
     for metric in METRICS:
         if workloads is not None and metric.workload not in workloads:

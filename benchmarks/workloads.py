@@ -510,6 +510,8 @@ class Workload:
         """None if I apply to *contender*, else why not."""
         if contender.key in self.notFor:
             return self.notFor[contender.key]
+        if contender.only and self.key not in contender.only:
+            return f"measured for {' and '.join(contender.only)} only"
         if contender.family == "floor" and self.floorRep is None:
             return "no transport floor for this workload"
         return None
