@@ -158,6 +158,27 @@ class CallTests(WorkerTestCase):
         self.assertEqual((yield self.value(w, h.add, 1, 2)), 3)
 
     @inlineCallbacks
+    def test_plain_results_come_back_equal_and_of_their_type(self) -> Any:
+        import operator
+
+        from asynqueue._wire._framing import BYTES_MIN
+
+        w = self.makeWorker()
+        calls = [
+            ((int, "12345678901234567890"), 12345678901234567890),
+            ((float, "1.5"), 1.5),
+            ((complex, 1, 2), 1 + 2j),
+            ((bool, 1), True),
+            ((operator.mul, "é", 3), "ééé"),
+            # Too long for one small pickle: sent the other way, still equal.
+            ((operator.mul, "x", 2 * BYTES_MIN), "x" * (2 * BYTES_MIN)),
+        ]
+        for (f, *args), expected in calls:
+            result = yield self.value(w, f, *args)
+            self.assertEqual(result, expected)
+            self.assertIs(type(result), type(expected))
+
+    @inlineCallbacks
     def test_unpicklable_result_fails_that_call_only(self) -> Any:
         w = self.makeWorker()
         before = yield self.value(w, h.pid)
