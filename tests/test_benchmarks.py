@@ -71,3 +71,20 @@ def test_scale_measures_one_backlog() -> None:
     }
     assert figures["enqueue_us"] > 0 and figures["drain"] > 0
     assert "function calls" in proc.stderr  # the drain's profile
+
+
+def test_timeline_stamps_every_step_of_a_process_round_trip() -> None:
+    """``benchmarks.timeline`` still finds every step it stamps (they are private methods)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.timeline", "--calls", "50"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    table = [line.strip("| ").split(" | ") for line in proc.stdout.splitlines() if "|" in line]
+    steps = table[2:-1]  # (after the header and its rule; before the total)
+    assert len(steps) == 13, proc.stdout
+    assert all(float(micros) >= 0 for _, _, micros in steps), proc.stdout
+    assert table[-1][:2] == ["call", "result"], proc.stdout
