@@ -572,8 +572,11 @@ class ProcessClusterTests(TestCase):
     @inlineCallbacks
     def killAttempt(self, folder: Path, n: int) -> Any:
         """Wait for the *n*-th attempt's pid file; kill that worker process."""
-        files = yield waitFor(lambda: len(list(folder.iterdir())) >= n and sorted(folder.iterdir()))
-        pid = int(sorted(files, key=lambda p: p.stat().st_mtime_ns)[n - 1].read_text())
+        files = yield waitFor(lambda: len(list(folder.iterdir())) >= n and list(folder.iterdir()))
+        # From the name ("pid-PID-NS"), not the contents: a file just made may
+        # still be empty when it is read.
+        attempts = sorted((int(ns), int(pid)) for _, pid, ns in (f.name.split("-") for f in files))
+        pid = attempts[n - 1][1]
         os.kill(pid, signal.SIGKILL)
         return pid
 
