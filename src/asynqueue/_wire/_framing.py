@@ -545,7 +545,7 @@ class FrameDecoder:
         while end - start >= HEADER_SIZE:
             kind, flags, nparts, length = HEADER.unpack_from(self._scratch, start)
             if length < 8 * nparts or (maxLength is not None and length > maxLength):
-                self._check(nparts, length)  # (raises)
+                raise self._badFrame(nparts, length)
             total = HEADER_SIZE + length
             if end - start >= total:
                 body = bytearray(view[start + HEADER_SIZE : start + total])
@@ -704,13 +704,13 @@ class FrameDecoder:
             lost = error or FramingError("the connection was lost in the middle of it")
             large.filling._fail(lost)
 
-    def _check(self, nparts: int, length: int) -> None:
+    def _badFrame(self, nparts: int, length: int) -> FramingError:
+        """The error for a header that `_parse` rejected: too short, or too long."""
         if length < 8 * nparts:
-            raise FramingError(f"frame of {length} bytes cannot hold {nparts} parts")
-        if self.maxLength is not None and length > self.maxLength:
-            raise OversizeMessage(
-                f"frame announces {length} bytes, more than the limit of {self.maxLength}"
-            )
+            return FramingError(f"frame of {length} bytes cannot hold {nparts} parts")
+        return OversizeMessage(
+            f"frame announces {length} bytes, more than the limit of {self.maxLength}"
+        )
 
     @staticmethod
     def _message(kind: int, flags: int, nparts: int, body: bytearray | memoryview) -> Message:
