@@ -65,6 +65,7 @@ from .._wire._codec import (
     INIT,
     NEXT,
     PLACED,
+    PLAIN_TYPES,
     PROTOCOL,
     RESULTS,
     WIRE_ERROR,
@@ -75,17 +76,13 @@ from .._wire._codec import (
     dumpsError,
     dumpsSmall,
 )
-from .._wire._framing import BYTES_MIN, MAX_IOVECS, FrameDecoder, Message, SendQueue, encode, nbytes
+from .._wire._framing import MAX_IOVECS, FrameDecoder, Message, SendQueue, encode, nbytes
 from .._wire._streams import IteratorTable, encodeItems, isIterator
 from ._arena import Arena
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the child must not pay for importing typing
     from typing import Any, ClassVar
-
-# Results that pickle by value with nothing in them to take out of band, nor
-# an iterator to hold: the C pickler alone sends them (see `_runCall`).
-_PLAIN_RESULTS = frozenset({int, float, str, bool, complex})
 
 __all__ = ["BOOTSTRAP", "LEAN_MODULES", "CallCancelled", "ProcessBase", "leanCode", "main"]
 
@@ -433,11 +430,8 @@ class ChildLoop:
             else:
                 if result is None:
                     status, payload = WIRE_NONE, []  # (the first case of `_classify`)
-                elif (
-                    type(result) in _PLAIN_RESULTS
-                    and len(data := pickle.dumps(result, PROTOCOL)) < BYTES_MIN
-                ):
-                    status, payload = WIRE_RESULT, [data]  # (`_classify`'s `dumps`, quicker)
+                elif type(result) in PLAIN_TYPES:
+                    status, payload = WIRE_RESULT, dumps(result)  # (no iterator to check)
                 else:
                     status, payload, extra, following = self._classify(f, result, flags)
         placed = None

@@ -54,6 +54,7 @@ __all__ = [
     "ITEMS",
     "NEXT",
     "PLACED",
+    "PLAIN_TYPES",
     "PROTOCOL",
     "RESULTS",
     "STARTED",
@@ -66,6 +67,10 @@ __all__ = [
     "loads",
     "loadsError",
 ]
+
+# Values that pickle by value with nothing inside them to check or to take
+# out of band: the C pickler alone sends them (`dumps`, `dumpsCall`).
+PLAIN_TYPES = frozenset({int, float, complex, str, bool, type(None)})
 
 PROTOCOL = 5
 
@@ -191,6 +196,12 @@ def dumps(obj: Any) -> list[Any]:
     Raises whatever the pickler raised (``pickle.PicklingError``, ``TypeError``,
     ``AttributeError``, ...) if neither pickle nor cloudpickle can do it.
     """
+    if type(obj) in PLAIN_TYPES:
+        # A number, flag or string: the C pickler alone (nothing in it for
+        # cloudpickle, nor to take out of band), unless it is large.
+        data = pickle.dumps(obj, PROTOCOL)
+        if len(data) < BYTES_MIN:
+            return [data]
     buffers: list[Any] = [None]
     obj = _outOfBand(obj)
 
@@ -233,8 +244,6 @@ def loads(parts: list[Any]) -> Any:
 # Callables and argument types that `dumpsCall` pickles the quick way:
 # builtin functions, and module functions (checked further there).
 _PLAIN_CALLABLES = frozenset({FunctionType, BuiltinFunctionType})
-# Arguments that pickle by value, with nothing inside them to check.
-_ATOMIC = frozenset({int, float, str, bool, type(None)})
 
 
 def dumpsCall(f: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> list[Any]:
@@ -242,7 +251,7 @@ def dumpsCall(f: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> list[Any]:
     `dumps` of ``(f, args, kw)``; on failure raises ``pickle.PicklingError``
     saying which of the callable, arguments or keywords could not be pickled.
     """
-    if type(f) in _PLAIN_CALLABLES and not kw and _ATOMIC.issuperset(map(type, args)):
+    if type(f) in _PLAIN_CALLABLES and not kw and PLAIN_TYPES.issuperset(map(type, args)):
         # The common call, a module's function of a few plain values: the C
         # pickler alone, which sees no object that `_Pickler` would have
         # given to cloudpickle once the function itself was checked.
