@@ -215,14 +215,11 @@ def comparison(results: Results, metric: Metric, ours: str) -> str:
         pick = max if metric.higher else min
         best = pick(peerValues, key=lambda k: peerValues[k])
         parts.append(f"x{ratio(better(metric, mine, peerValues[best]))} {SHORT[best]}")
-    floorKey = FLOOR.get(kind)
-    floorValue = numbers(results, metric, [floorKey]).get(floorKey) if floorKey else None
-    if floorValue is not None:
-        parts.append(f"x{ratio(better(metric, mine, floorValue))} floor")
-    twistedKey = TWISTED_FLOOR.get(kind)
-    twistedValue = numbers(results, metric, [twistedKey]).get(twistedKey) if twistedKey else None
-    if twistedValue is not None:
-        parts.append(f"x{ratio(better(metric, mine, twistedValue))} Twisted floor")
+    for floors, name in ((FLOOR, "floor"), (TWISTED_FLOOR, "Twisted floor")):
+        floorKey = floors.get(kind)
+        floorValue = numbers(results, metric, [floorKey]).get(floorKey) if floorKey else None
+        if floorValue is not None:
+            parts.append(f"x{ratio(better(metric, mine, floorValue))} {name}")
     return " · ".join(parts)
 
 
