@@ -214,3 +214,18 @@ def soakLarge(tag: int, megabytes: int) -> bytes:
 
 def soakItems(n: int) -> Iterator[int]:
     yield from range(n)
+
+
+def ownAlarm(seconds: float = 0.05, limit: float = 5.0) -> bool:
+    """Time myself with SIGALRM, as user code may: True if my own handler ran."""
+    rang: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: rang.append(signum))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        deadline = time.monotonic() + limit
+        while not rang and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return rang == [signal.SIGALRM]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -463,6 +463,102 @@ class CrashTests(WorkerTestCase):
         self.assertFalse(readyAtOnce(ready))
 
 
+class HeldResultsTests(WorkerTestCase):
+    """
+    A child holds the results of short calls while others are queued behind
+    them, and sends them together (see `asynqueue._process._child`, *Results*).
+    """
+
+    def countResults(self, w: ProcessWorker) -> list[int]:
+        """How many results each RESULTS message from *w*'s child carries, from now on."""
+        child = w._current
+        assert child is not None
+        sizes: list[int] = []
+        results = child._results
+
+        def counting(parts: list[Any], filling: Any = None) -> None:
+            sizes.append(len(pickle.loads(parts[0])[0]))
+            results(parts, filling)
+
+        child._results = counting  # type: ignore[method-assign]
+        return sizes
+
+    @inlineCallbacks
+    def test_queued_calls_come_back_several_per_message(self) -> Any:
+        w = self.makeWorker()
+        yield self.value(w, h.add, 0, 0)
+        sizes = self.countResults(w)
+        values = yield defer.gatherResults([self.value(w, h.add, i, 1) for i in range(40)])
+        self.assertEqual(values, [i + 1 for i in range(40)])
+        self.assertEqual(sum(sizes), 40)
+        self.assertGreater(max(sizes), 1, sizes)
+
+    @inlineCallbacks
+    def test_timed_calls_are_answered_one_by_one(self) -> Any:
+        # The parent times a call from its start, which it learns from the
+        # result before it: no result waits around a timed call.
+        w = self.makeWorker()
+        yield self.value(w, h.add, 0, 0)
+        sizes = self.countResults(w)
+        values = yield defer.gatherResults(
+            [self.value(w, h.add, i, 1, timeout=30) for i in range(40)]
+        )
+        self.assertEqual(values, [i + 1 for i in range(40)])
+        self.assertEqual(sizes, [1] * 40)
+
+    @inlineCallbacks
+    def test_a_long_call_does_not_keep_the_results_before_it(self) -> Any:
+        # `meet` waits (up to 10 s) for a file that the test writes only
+        # once the results of the calls before it are in.
+        folder = self.mktemp()
+        os.makedirs(folder)
+        w = self.makeWorker()
+        yield self.value(w, h.add, 0, 0)
+        before = [self.value(w, h.add, i, 1) for i in range(3)]
+        meeting = self.value(w, h.meet, folder, "long", "results-in", 10.0)
+        after = [self.value(w, h.add, i, 2) for i in range(3)]
+        self.assertEqual((yield defer.gatherResults(before)), [1, 2, 3])
+        self.assertFalse(meeting.called)
+        with open(os.path.join(folder, "results-in"), "w"):
+            pass
+        self.assertIs((yield meeting), True)
+        self.assertEqual((yield defer.gatherResults(after)), [2, 3, 4])
+
+    @inlineCallbacks
+    def test_a_crash_is_blamed_on_the_running_call_not_on_held_results(self) -> Any:
+        w = self.makeWorker()
+        yield self.value(w, h.add, 0, 0)
+        done = [Task(h.add, (i, 1)) for i in range(3)]
+        crash = Task(h.exitWith, (3,))
+        queued = [Task(h.add, (i, 2)) for i in range(3)]
+        for task in [*done, crash, *queued]:
+            w.run(task)
+        status, text = yield crash.d
+        self.assertEqual(status, "d")
+        self.assertIn("exited with code 3", text)
+        self.assertFalse(crash.innocent)
+        for task in done + queued:
+            status, result = yield task.d
+            if status == "r":
+                self.assertIn(result, (1, 2, 3))  # sent before the crash
+            else:
+                # Done, its result held back and lost, or never run: either
+                # way not the culprit, so the queue runs it again free.
+                self.assertEqual(status, "d")
+                self.assertTrue(task.innocent)
+
+    @inlineCallbacks
+    def test_code_timing_itself_with_sigalrm_gets_its_own_alarm(self) -> Any:
+        w = self.makeWorker()
+        yield self.value(w, h.add, 0, 0)
+        calls = [self.value(w, h.add, i, 1) for i in range(5)]
+        calls.append(self.value(w, h.ownAlarm))
+        calls += [self.value(w, h.add, i, 1) for i in range(5)]
+        values = yield defer.gatherResults(calls)
+        self.assertIs(values[5], True)
+        self.assertEqual(values[:5] + values[6:], [1, 2, 3, 4, 5] * 2)
+
+
 class TimeoutTests(WorkerTestCase):
     @inlineCallbacks
     def test_timed_out_task_kills_the_child_and_frees_the_others(self) -> Any:

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
 import weakref
 
 from .._wire._framing import Filling, nbytes
@@ -66,6 +67,9 @@ ARENA_MIN = 1024 * 1024
 # The first page holds the flag; parts start page-aligned after it.
 _DATA = mmap.PAGESIZE
 _FREE, _TAKEN = 0, 1
+# Also in the first page of a child's results arena: the task ID of the call
+# it started last (a native int64), which its parent reads if it dies.
+_STARTED = 8
 
 
 class Arena:
@@ -114,6 +118,18 @@ class Arena:
             self.map.close()
         except BufferError:
             pass  # views are out: their holder's finalizer keeps the map until they go
+
+    def startedSlot(self) -> memoryview:
+        """
+        The child's side of the started-call slot (``slot[0] = taskID``): a
+        store into shared memory, no system call, so it costs nothing per call.
+        """
+        return memoryview(self.map)[_STARTED : _STARTED + 8].cast("q")
+
+    def lastStarted(self) -> int:
+        """The parent's side: the task ID in the slot (0: none started yet)."""
+        value: int = struct.unpack_from("q", self.map, _STARTED)[0]
+        return value
 
     # ------------------------------------------------------------ the writer
 

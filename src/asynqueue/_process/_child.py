@@ -19,8 +19,7 @@ and:
   arenas it passed (`asynqueue._process._arena`); answers HELLO, saying whether
   its inbox can be used.
 - CALLS: queues the calls; runs them one at a time, first in first out, and
-  answers each with a RESULTS message as soon as it is done (so the parent
-  learns at once that the next queued call has started). A call flagged
+  answers with RESULTS messages (see *Results* below). A call flagged
   ``FLAG_INBOX`` has its large parts in the inbox; one flagged
   ``FLAG_SHARED_RESULT`` has the large parts of its result copied into the
   arena when it is free, the RESULTS message saying where, and PLACED
@@ -35,6 +34,30 @@ and:
   ignores. The parent waits for an answer, and kills the child if none comes.
 - EXIT, or end of file on the socket (the parent is gone): exits.
 
+Results
+=======
+
+A result goes out at once when nothing else is queued (a lone call waits
+for no one), and so does one flagged ``FLAG_STARTED`` (the parent times it:
+the results before it go out before it starts, its own as soon as it is
+done, so a timeout counts from its real start). Otherwise the results of
+short calls are *held* while calls are queued behind them, and go out
+together in one RESULTS message: a write per batch instead of one per
+call, and one message for the parent to read. A batch goes out when it
+holds as many results as calls remain queued (half the window: the parent
+refills the child long before it runs dry), before the child waits to
+read, before a call once the oldest held result is `HOLD_SECONDS` old, and
+with any other message. A call that runs long does not keep them: a timer
+(SIGALRM, armed once per batch) sends them from inside the call after
+`HOLD_SECONDS`. Code that installs its own SIGALRM handler gets every
+result at once, as before: the child holds none while the handler is not
+its own. (A handler runs between Python instructions: a call stuck in C
+code that keeps the GIL keeps the held results until it returns. A timed
+call holds none, so its timeout still counts from its start.) The child
+notes in its arena which call it started last: if it dies, the parent
+blames that call, not the first one whose result was held (those run
+again, innocent).
+
 On Linux the child also asks the kernel to kill it if its parent dies
 (``PR_SET_PDEATHSIG``), in case it is busy in a long call when that happens.
 SIGINT is ignored: a Ctrl-C in a terminal is the parent's business.
@@ -45,6 +68,7 @@ workers may inherit, so it must stay importable without Twisted.
 
 from __future__ import annotations
 
+import _signal
 import os
 import pickle
 import select
@@ -61,6 +85,7 @@ from .._wire._codec import (
     FLAG_INBOX,
     FLAG_RAW,
     FLAG_SHARED_RESULT,
+    FLAG_STARTED,
     HELLO,
     INIT,
     NEXT,
@@ -161,6 +186,8 @@ def leanCode(packageDir: str) -> bytes:
 # Defaults the parent may override in INIT.
 FIRST_BATCH = 256  # items sent with an iterator result
 BATCH_SECONDS = 0.01  # stop filling a batch after this long
+# Results of short calls wait at most about this long for others (see *Results*).
+HOLD_SECONDS = 0.001
 
 
 class ProcessBase:
@@ -265,7 +292,17 @@ class ChildLoop:
         self.drained = False  # the last read emptied the socket
         self.current: int | None = None  # the task ID of the call in user code
         self.cancelCurrent = False  # an ABANDON came for it
-        self.interrupting = False  # in the SIGUSR1 handler
+        self.interrupting = False  # in a signal handler of mine
+        # Results held for one RESULTS message: envelope entries, their parts.
+        self.held: list[tuple[int, str, int, float, Any]] = []
+        self.heldParts: list[Any] = []
+        self.heldSince = 0.0
+        self.alarmSet = False
+        # The SIGALRM handler that sends held results, once installed (`main`).
+        self.alarmHandler: Any = None
+        # The arena's started-call slot: the parent reads it if I die, to
+        # know which call was running (the held results' calls were done).
+        self.startedSlot: Any = None
 
     # ---------------------------------------------------------- I/O
 
@@ -290,7 +327,12 @@ class ChildLoop:
         return bool(self.poller.poll(0))
 
     def _write(self, buffers: list[Any]) -> None:
-        """Write encoded messages (a header first): at once, or in pieces if the kernel wants."""
+        """
+        Write encoded messages (a header first), after the held results: at
+        once, or in pieces if the kernel wants.
+        """
+        if self.held:
+            buffers = self._heldMessage() + buffers
         n = 0
         if len(buffers) <= MAX_IOVECS:
             n = os.writev(self.fd, buffers)
@@ -305,6 +347,58 @@ class ChildLoop:
         while queue:
             queue.advance(os.writev(self.fd, queue.peek()))
 
+    def _heldMessage(self) -> list[Any]:
+        """The held results as one RESULTS message; none are held after."""
+        if self.alarmSet:
+            self.alarmSet = False
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
+        entries, parts = self.held, self.heldParts
+        self.held, self.heldParts = [], []
+        retire = self.maxRSS is not None and self._memory() > self.maxRSS
+        return encode(RESULTS, [pickle.dumps((entries, retire), PROTOCOL), *parts])
+
+    def _mayHold(self, flags: int) -> bool:
+        """
+        Whether the result just added to the held ones may wait for others
+        (see *Results*); arms the timer for the first of a batch.
+        """
+        if flags & FLAG_STARTED or len(self.held) >= len(self.calls):
+            return False
+        if len(self.held) == 1:
+            handler = self.alarmHandler
+            if handler is None or _signal.getsignal(_signal.SIGALRM) is not handler:
+                return False  # (not installed, or replaced by code in a call)
+            if self.startedSlot is None:
+                return False  # (no arena: a crash would blame the first held call)
+            self.heldSince = perf_counter()
+            self.alarmSet = True
+            _signal.setitimer(_signal.ITIMER_REAL, HOLD_SECONDS)
+        return True
+
+    def sendHeld(self, signum: int, frame: Any) -> None:
+        """
+        SIGALRM: a call runs while results are held; send them from inside it.
+        Outside a call (the loop sends them itself soon), or inside my other
+        handler, try again a little later.
+        """
+        self.alarmSet = False
+        if not self.held:
+            return
+        if self.current is None or self.interrupting:
+            self.alarmSet = True
+            _signal.setitimer(_signal.ITIMER_REAL, HOLD_SECONDS / 4)
+            return
+        # SIGUSR1's handler must not run in the middle of this write.
+        blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, [_signal.SIGUSR1])
+        self.interrupting = True
+        try:
+            self._write([])
+        except OSError:
+            pass  # (the parent is gone: the loop finds out when it reads)
+        finally:
+            self.interrupting = False
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, blocked)
+
     # ---------------------------------------------------------- loop
 
     def serve(self) -> int:
@@ -315,10 +409,20 @@ class ChildLoop:
                 if not self.drained and self._readable() and not self._read():
                     return 0
                 if not self.controls:
-                    self._runCall(*self.calls.popleft())
+                    call = self.calls.popleft()
+                    if self.held and (
+                        call[2] & FLAG_STARTED or perf_counter() - self.heldSince > HOLD_SECONDS
+                    ):
+                        self._write([])
+                    self._runCall(*call)
                     self.drained = False  # more may have come meanwhile
-            elif not self._read():
-                return 0
+            else:
+                if self.held:
+                    self._write([])
+                if not self._read():
+                    return 0
+        if self.held:
+            self._write([])
         return 0
 
     def _dispatch(self, message: Message) -> None:
@@ -336,6 +440,8 @@ class ChildLoop:
             self.firstBatch = config.get("firstBatch", FIRST_BATCH)
             self.batchSeconds = config.get("batchSeconds", BATCH_SECONDS)
             self.arena = _mapArena(config.get("arena"))
+            if self.arena is not None:
+                self.startedSlot = self.arena.startedSlot()
             self.inbox = _mapArena(config.get("inbox"))
             hello = {"pid": os.getpid(), "inbox": self.inbox is not None}
             self._write(encode(HELLO, [dumpsSmall(hello)]))
@@ -351,6 +457,8 @@ class ChildLoop:
             self.cancelCurrent = True
         dropped = [call for call in self.calls if call[0] in wanted]
         if not dropped:
+            if self.held:
+                self._write([])  # (the call given up on may be among them)
             return
         for call in dropped:
             self.calls.remove(call)
@@ -402,6 +510,9 @@ class ChildLoop:
 
     def _runCall(self, taskID: int, parts: list[Any], flags: int) -> None:
         t0 = perf_counter()
+        slot = self.startedSlot
+        if slot is not None:
+            slot[0] = taskID
         payload: list[Any]
         extra: Any = None
         following: list[Any] = []
@@ -443,9 +554,11 @@ class ChildLoop:
             parts = payload
         dt = perf_counter() - t0
         self._flushStdio()
-        retire = self.maxRSS is not None and self._memory() > self.maxRSS
-        envelope = pickle.dumps(([(taskID, status, len(parts), dt, extra)], retire), PROTOCOL)
-        self._write(encode(RESULTS, [envelope, *parts]) + following)
+        self.held.append((taskID, status, len(parts), dt, extra))
+        self.heldParts.extend(parts)
+        if placed is None and not following and self._mayHold(flags):
+            return
+        self._write(following)
         if placed is not None:
             # The parent sends on what is in the arena while the rest goes in.
             for filled in self.arena.fill(payload, extra):  # type: ignore[union-attr]
@@ -494,8 +607,6 @@ class ChildLoop:
 def main(argv: list[str]) -> int:
     """Child entry point: ``argv = [fd, parentPid]``."""
     try:
-        import _signal
-
         _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     except Exception:
         pass
@@ -503,9 +614,14 @@ def main(argv: list[str]) -> int:
     _dieWithParent(int(argv[1]) if len(argv) > 1 else 0)
     loop = ChildLoop(fd)
     try:
-        import _signal
-
         _signal.signal(_signal.SIGUSR1, loop.interrupt)
+    except Exception:
+        pass
+    try:
+        handler = loop.sendHeld  # (one bound method: `_mayHold` compares it)
+        _signal.signal(_signal.SIGALRM, handler)
+        _signal.siginterrupt(_signal.SIGALRM, False)  # (system calls in a call go on)
+        loop.alarmHandler = handler
     except Exception:
         pass
     try:

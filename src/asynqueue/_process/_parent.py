@@ -15,7 +15,7 @@ Data flow
         ▲                   pickles the call now:       (batched per       │ runs calls one at a
         │                   a bad argument fails         reactor turn)     │ time, in order
         │                   this call alone ('e')                          ▼
-    task.callback ◄── _Child ◄══ RESULTS (one per call, as soon as it is done)
+    task.callback ◄── _Child ◄══ RESULTS (those of a run of short calls together)
                              ◄══ ITEMS (iterator batches, answering NEXT)
 
 ``══`` is one socketpair per child, read and written by a `SocketChannel`: a
@@ -51,7 +51,10 @@ more than a few milliseconds (which gain nothing from queueing in one child
 while another might be idle; a map's batches of up to 20 ms go two at a time,
 see `asynqueue._core._window`). The child runs its tasks in order, so when a
 result comes back the next task has started: the worker then calls its
-``task.started()`` (``reportsStart``), and a timeout counts from there.
+``task.started()`` (``reportsStart``), and a timeout counts from there. The
+child may hold the results of short calls for up to a millisecond, to send
+them together (`asynqueue._process._child`, *Results*), but never around a
+task with a timeout (``FLAG_STARTED``): its start is known when it starts.
 
 Faults
 ------
@@ -61,8 +64,10 @@ Faults
   exit code or signal). The task it was running gets `Status.NOT_RUN` (the
   queue re-runs it once, then fails it with `errors.WorkerLost`); the tasks
   queued behind it are *innocent* (``task.innocent = True``, `Status.NOT_RUN`), and the
-  queue requeues them free of charge. Iterators of that child fail with
-  `errors.ProcessError`. A new child replaces it.
+  queue requeues them free of charge. So are those it had done whose
+  results it still held: the child notes in its arena which task it
+  started last (`_arena.Arena.startedSlot`), so the crash is blamed on it.
+  Iterators of that child fail with `errors.ProcessError`. A new child replaces it.
 - A timeout: the queue calls ``timedOut(task)``; the child is killed
   (SIGTERM, then SIGKILL after `KILL_GRACE` seconds) and replaced; the
   other tasks in its window are innocent.
@@ -122,6 +127,7 @@ from .._wire._codec import (
     EXIT,
     FLAG_INBOX,
     FLAG_RAW,
+    FLAG_STARTED,
     HELLO,
     INIT,
     RESULTS,
@@ -220,6 +226,9 @@ class _Child(WireClient, ProcessProtocol):
         # being written there.
         self.arena: Arena | None = None
         self._placing: Filling | None = None
+        # The task ID of the call it started last, once it ended (from the
+        # arena; 0 if unknown): the one a crash is blamed on.
+        self.lastStarted = 0
         # Shared memory for the large arguments of its calls (the arena the
         # other way round), once the child said it mapped it.
         self.inbox: Arena | None = None
@@ -279,6 +288,8 @@ class _Child(WireClient, ProcessProtocol):
         text = _describeEnd(self.pid, reason)
         if self.channel is not None and self.channel.connected:
             self.channel.loseConnection()
+        if self.arena is not None:
+            self.lastStarted = self.arena.lastStarted()
         # The shared memory, now (this object may wait for the garbage
         # collector, and each arena holds up to ARENA_SIZE bytes).
         for shared in (self.arena, self.inbox, self._inboxOffered):
@@ -645,6 +656,8 @@ class ProcessWorker(PipelineWindow):
         flags = FLAG_RAW if raw else 0
         if relay is not None:
             flags |= relay.wireFlags
+        if task.timeout is not None:
+            flags |= FLAG_STARTED  # (its start and end reported promptly: see `_child`)
         child = self._current
         if child is None or child.state not in _TAKES_TASKS or self.maxTasks is not None:
             child = self._childForTask()  # (else the current child, as it would say)
@@ -858,7 +871,13 @@ class ProcessWorker(PipelineWindow):
         attempts = child.abandon()
         iterating = bool(child.itemWaiters)
         child.failIterators(f"the worker's {text}")
-        head = attempts[0] if attempts and child.helloed else None
+        head = None
+        if attempts and child.helloed:
+            # The call it was running: the one it started last, if still in
+            # hand (those before it were done, their results held back and
+            # lost: see `_child`, *Results*), else the oldest.
+            running = child.lastStarted
+            head = next((a for a in attempts if a.taskID == running), attempts[0])
         if (head is None or head.task is None) and not iterating:
             self._fruitless += 1
         if self._fruitless >= MAX_FRUITLESS and self._broken is None:

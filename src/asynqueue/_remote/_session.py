@@ -367,6 +367,8 @@ class _ClientSession(BurstSender, FrameReceiver):
             # Stream the result: a large one goes on to the client as it comes
             # from a worker process, through shared memory from its child.
             pc.early, pc.wireFlags = True, FLAG_SHARED_RESULT
+        if flags & FLAG_STARTED:
+            pc.wireFlags |= FLAG_STARTED  # (a child reports its start promptly)
         served.pc = pc
         if flags & FLAG_UPDATE:
             ephemeral = bool(flags & FLAG_EPHEMERAL) or not server._firstUpdate(parts)

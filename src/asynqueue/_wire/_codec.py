@@ -115,10 +115,12 @@ PLACED = 20
 # see `asynqueue._wire._auth`.
 AUTH = 32
 
-# CALLS flags. A child looks at FLAG_RAW, FLAG_SHARED_RESULT and FLAG_INBOX; the others
-# are for a remote server.
+# CALLS flags. A child looks at FLAG_RAW, FLAG_STARTED, FLAG_SHARED_RESULT and
+# FLAG_INBOX; the others are for a remote server.
 FLAG_RAW = 1
-FLAG_STARTED = 2  # send STARTED when the call starts
+# A server sends STARTED when the call starts; a child holds no result
+# around it (the results before it go out before it starts, its own at once).
+FLAG_STARTED = 2
 FLAG_UPDATE = 4  # an update: run it on every worker, and on later ones
 FLAG_EPHEMERAL = 8  # (with FLAG_UPDATE) an update not to remember
 FLAG_UNIVERSE = 16  # the callable is the name of a method of the server's universe
