@@ -488,10 +488,14 @@ class HeldResultsTests(WorkerTestCase):
         w = self.makeWorker()
         yield self.value(w, h.add, 0, 0)
         sizes = self.countResults(w)
+        hasArena = w._current is not None and w._current.arena is not None
         values = yield defer.gatherResults([self.value(w, h.add, i, 1) for i in range(40)])
         self.assertEqual(values, [i + 1 for i in range(40)])
         self.assertEqual(sum(sizes), 40)
-        self.assertGreater(max(sizes), 1, sizes)
+        if hasArena:
+            self.assertGreater(max(sizes), 1, sizes)
+        else:  # (no memfd: a crash could not be blamed right, so nothing is held)
+            self.assertEqual(sizes, [1] * 40)
 
     @inlineCallbacks
     def test_timed_calls_are_answered_one_by_one(self) -> Any:
