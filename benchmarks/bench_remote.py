@@ -6,6 +6,9 @@ network path alone, to one running 2 threads).
 - **dispatch**: N trivial calls submitted at once, until the last result;
   calls per second. ``ProcessQueue(2)`` in the client's own process is the
   reference row (no network hop).
+- **dispatch, one series**: as many calls in one series (they run one at a
+  time, in order), calls/s: what a series costs per call. A remote worker
+  sends a series' calls ahead, and its server runs them in order (lanes).
 - **latency**: sequential round trips of a trivial call; p50 and p99, µs.
 - **10 MB result** / **10 MB argument**: MB/s of a call returning (taking)
   10 MB of bytes, next to the same 10 MB over a bare loopback TCP socket
@@ -61,10 +64,10 @@ BIG_WARM = 3
 
 def sizes(quick: bool) -> dict[str, int]:
     if quick:
-        return {"dispatch": 10_000, "latency": 500, "bytes": 10_000_000, "items": 50_000,
-                "reps": 3, "warm": 200}  # fmt: skip
-    return {"dispatch": 20_000, "latency": 2_000, "bytes": 10_000_000, "items": 100_000,
-            "reps": 5, "warm": 500}  # fmt: skip
+        return {"dispatch": 10_000, "series": 2_000, "latency": 500, "bytes": 10_000_000,
+                "items": 50_000, "reps": 3, "warm": 200}  # fmt: skip
+    return {"dispatch": 20_000, "series": 5_000, "latency": 2_000, "bytes": 10_000_000,
+            "items": 100_000, "reps": 5, "warm": 500}  # fmt: skip
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
@@ -255,6 +258,14 @@ def measure(quick: bool) -> list[dict[str, Any]]:
                 yield defer.gatherResults([q.call(payloads.noop) for _ in range(n["dispatch"])])
                 rates.append(n["dispatch"] / (time.perf_counter() - start))
             rows.append(row("dispatch", label, statistics.median(rates), "calls/s"))
+            # The same calls as one series: they run one at a time, in order.
+            rates = []
+            for _ in range(n["reps"]):
+                start = time.perf_counter()
+                calls = [q.call(payloads.noop, series="lane") for _ in range(n["series"])]
+                yield defer.gatherResults(calls)
+                rates.append(n["series"] / (time.perf_counter() - start))
+            rows.append(row("dispatch, one series", label, statistics.median(rates), "calls/s"))
             samples = []
             for _ in range(n["latency"]):
                 start = time.perf_counter()

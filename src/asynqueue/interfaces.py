@@ -49,7 +49,9 @@ class IWorker(Interface):
       timeout counts from then rather than from when the task was handed
       over.
     - ``runsInOrder`` (True, or a property): a task it takes now will run
-      after every task it holds, one at a time. While true, the worker that
+      after every task it holds, one at a time (or at least after every
+      task of the same series it holds, as a remote worker whose server
+      runs each series in sequence does). While true, the worker that
       runs a task of a series may take that series' next tasks too, to run
       right behind it (no other worker may start one before it finishes).
       Such a worker's ``timedOut(task)`` must hand back unrun (innocent

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor, threads
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import CancelledError, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -59,6 +59,16 @@ class Universe(WireWorkerUniverse):
 
     def fail(self) -> None:
         raise ValueError("the universe says no")
+
+    def noteLater(self, path: str, tag: str) -> Any:
+        """Note *tag* in *path* a little later (in the server's reactor)."""
+
+        def note() -> str:
+            with open(path, "a") as f:
+                f.write(f"u {tag}\n")
+            return tag
+
+        return deferLater(reactor, 0.05, note)
 
     def _secret(self) -> str:
         return "private"
@@ -171,6 +181,86 @@ class SeriesTest(RemoteTestCase):
         # Each call began after the one before it had ended, in order.
         expected = [word for i in range(20) for word in ("b", f"s:{i}", "e", f"s:{i}")]
         self.assertEqual((folder / "log").read_text().split(), expected)
+
+
+class LanesTest(RemoteTestCase):
+    """A series' calls go to the server before the one running is done (lanes)."""
+
+    @inlineCallbacks
+    def connected(self, **serverKw: Any) -> Any:
+        server = yield self.startServer(**serverKw)
+        q = self.makeQueue(self.clientDescription(server))
+        yield q.whenConnected()
+        [worker] = q.workers()
+        return q, worker
+
+    @inlineCallbacks
+    def test_a_series_is_sent_ahead_and_still_runs_in_sequence(self) -> Any:
+        q, worker = yield self.connected(threads=False, workers=2)  # process workers
+        self.assertTrue(worker.runsInOrder)
+        folder = self.tmpdir()
+        log = str(folder / "log")
+        ds = [q.call(hp.logRun, log, f"s:{i}", 0.002, series="s") for i in range(20)]
+        # Handed to the worker together, not one per round trip:
+        self.assertGreater(len(worker._conn.inflight), 1)
+        self.assertEqual((yield gatherResults(ds)), [f"s:{i}" for i in range(20)])
+        expected = [word for i in range(20) for word in ("b", f"s:{i}", "e", f"s:{i}")]
+        self.assertEqual((folder / "log").read_text().split(), expected)
+
+    @inlineCallbacks
+    def test_a_timeout_hands_back_the_calls_behind_it_to_run_after_the_retry(self) -> Any:
+        q, _ = yield self.connected(threads=False, workers=2)
+        folder = self.tmpdir()
+        log = str(folder / "log")
+        slow = q.call(hp.slowTheFirstTime, log, "slow", 20, series="s", timeout=1.0)
+        after = [q.call(hp.logRun, log, tag, series="s") for tag in ("a", "b")]
+        self.assertEqual((yield slow), "slow")  # its retry
+        self.assertEqual((yield gatherResults(after)), ["a", "b"])
+        # The first attempt began and was stopped; the retry ran, then the others.
+        words = (folder / "log").read_text().split()
+        self.assertEqual(
+            words, ["b", "slow", "b", "slow", "e", "slow", "b", "a", "e", "a", "b", "b", "e", "b"]
+        )
+
+    @inlineCallbacks
+    def test_a_universe_method_takes_its_turn_in_the_series(self) -> Any:
+        server = yield self.startServer(universe=Universe())
+        q = self.makeQueue(self.clientDescription(server))
+        yield q.whenConnected()
+        folder = self.tmpdir()
+        log = str(folder / "log")
+        ds = [
+            q.call(hp.logRun, log, "a", 0.05, series="s"),
+            q.call("noteLater", log, "u", series="s"),
+            q.call(hp.logRun, log, "b", 0.05, series="s"),
+        ]
+        self.assertEqual((yield gatherResults(ds)), ["a", "u", "b"])
+        self.assertEqual(
+            (folder / "log").read_text().split(), ["b", "a", "e", "a", "u", "u", "b", "b", "e", "b"]
+        )
+
+    @inlineCallbacks
+    def test_a_cancelled_call_is_dropped_and_its_series_goes_on(self) -> Any:
+        server = yield self.startServer(threads=True, workers=2)
+        q = self.makeQueue(self.clientDescription(server))
+        yield q.whenConnected()
+        folder = self.tmpdir()
+        log = str(folder / "log")
+        blocker = q.call(hp.meet, str(folder), "blocker", "go", 10, series="s")
+        dropped = q.call(hp.logRun, log, "x", series="s")
+        last = q.call(hp.logRun, log, "y", series="s")
+        yield helpers.waitUntil(lambda: (folder / "blocker").exists())
+        [session] = server._connections
+        self.assertEqual(len(session.calls), 3)  # all three are on the server
+        dropped.cancel()
+        yield self.assertFailure(dropped, CancelledError)
+        # The blocker goes on once the server has heard of the cancel (a
+        # call already running there could not be stopped: it is a thread).
+        yield helpers.waitUntil(lambda: len(session.calls) == 2)
+        (folder / "go").write_text("")
+        self.assertIs((yield blocker), True)
+        self.assertEqual((yield last), "y")
+        self.assertEqual((folder / "log").read_text().split(), ["b", "y", "e", "y"])
 
 
 class CallsTest(RemoteTestCase):

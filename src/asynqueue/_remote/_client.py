@@ -23,6 +23,13 @@ Connection life cycle
   ``d``: the queue re-runs it once, then fails it with
   `errors.WorkerLost`); tasks not yet written are innocent. Iterators fail.
 - Persistent updates are replayed on every new connection, before any task.
+- A series runs in sequence on the server too: each of its calls goes out
+  with the series' *lane* (a number made from its hash), and the server
+  starts a lane's calls one at a time, in order. So the worker
+  ``runsInOrder`` for series: the queue hands it a series' next calls while
+  one runs, and they cross the network in batches, not one round trip per
+  call. On a timeout the calls of the series sent after the one timed out
+  come back unrun (innocent), so that its retry runs first.
 - After ``giveUpAfter`` seconds without a connection, or when the server
   refuses the key, the worker resigns: its queue detaches it.
 
@@ -63,6 +70,7 @@ from .._wire._codec import (
     FLAG_UNIVERSE,
     FLAG_UPDATE,
     HELLO,
+    LANE_SHIFT,
     WIRE_VERSION,
     dumpsCall,
     dumpsSmall,
@@ -84,6 +92,14 @@ RETRY_DELAY = 0.05
 MAX_RETRY_DELAY = 2.0
 #: Seconds a graceful close may take before the connection is cut.
 CLOSE_GRACE = 2.0
+
+
+def _lane(series: Hashable) -> int:
+    """
+    The lane of *series* (1 to 2**32): two series that share one only run
+    one after the other on the server, which is still right.
+    """
+    return (hash(series) & 0xFFFFFFFF) + 1
 
 
 def _isUniverse(obj: Any) -> bool:
@@ -306,6 +322,15 @@ class WireWorker(PipelineWindow):
         if task.timeout is not None:
             flags |= FLAG_STARTED
         conn = self._conn
+        series = task.series
+        if (
+            series is not None
+            and task.update is None
+            and conn is not None
+            and conn.info.get("lanes")
+            and getattr(task.owner, "inSequence", True)
+        ):
+            flags |= _lane(series) << LANE_SHIFT
         if conn is None:
             if task.update is not None:
                 self._held.append((task, parts, flags))  # sent on connection
@@ -318,30 +343,55 @@ class WireWorker(PipelineWindow):
             return None
         return self._waitForRoom()
 
+    @property
+    def runsInOrder(self) -> bool:
+        """True while connected to a server that runs each series' calls in sequence (lanes)."""
+        conn = self._conn
+        return conn is not None and bool(conn.info.get("lanes"))
+
     def timedOut(self, task: Task) -> None:
         """
-        The queue gave up on *task* (a timeout, or a cancel: the queue calls
-        this for both): the server cancels it in its own queue.
+        The queue gave up on *task* after a timeout: the server cancels it in
+        its own queue, and the calls of its series sent after it come back
+        unrun (innocent), to run after its retry.
         """
+        self._giveUpOn(task, handBack=True)
+
+    def cancelled(self, task: Task) -> None:
+        """The caller cancelled *task*: the server cancels it; its series goes on."""
+        self._giveUpOn(task, handBack=False)
+
+    def _giveUpOn(self, task: Task, handBack: bool) -> None:
         conn = self._conn
         if conn is None:
             return
         taskID = None
+        behind: list[Any] = []  # attempts of its series sent after it
         for attempt in conn.inflight.values():
-            if attempt.task is task:
+            if taskID is not None:
+                other = attempt.task
+                if other is not None and other.series == task.series:
+                    behind.append(attempt)
+            elif attempt.task is task:
                 taskID = attempt.taskID
-                break
-        else:
+                if not (handBack and task.series is not None and self.runsInOrder):
+                    break
+        if taskID is None:
             for attempt, _ in conn.firstBatch.values():
                 if attempt.task is task:
                     taskID = attempt.taskID
                     break
         if taskID is None:
             return
-        conn.forget(taskID)
+        given = [taskID, *(attempt.taskID for attempt in behind)]
+        for lost in given:
+            conn.forget(lost)
         if conn.connected:
-            conn.flush()  # the call itself first, if it was still in the outbox
-            conn.send(encode(ABANDON, [dumpsSmall([taskID])]))
+            conn.flush()  # the calls themselves first, if still in the outbox
+            conn.send(encode(ABANDON, [dumpsSmall(given)]))
+        for attempt in behind:
+            attempt.task.innocent = True
+            attempt.task.callback((Status.NOT_RUN, "a call before it in its series timed out"))
         self._checkReady()
 
     def stop(self) -> Deferred[None]:

@@ -5,6 +5,19 @@ results in bursts), the records it keeps of its calls (`_Served`) and
 iterators (`_ServedIterator`), and the encoding of errors and iterator items
 for the client.
 
+Lanes: the calls whose flags carry one lane number (``flags >> LANE_SHIFT``,
+see `asynqueue._wire._codec`) run one at a time, in the order they came: a
+client's series. They go to the server's queue as a series of their own
+(``("wire", connID, lane)``), which runs them in sequence, and a worker
+that runs its tasks in order (a process worker) takes the next ones while
+one runs. A universe method of a lane (run here, not in the queue) waits
+until the lane's calls before it are over, and the lane's later calls wait
+for it (`_Lane`). So the client sends a series' next calls without waiting
+for each result: one network round trip per batch instead of per call (the
+server's HELLO says ``"lanes": True``). Each lane shares the server's
+workers as a client's own flow does. Calls without a lane run side by side
+in their connection's flow, as before.
+
 See `asynqueue._remote._server` for the design of the server.
 """
 
@@ -14,6 +27,7 @@ import itertools
 import logging
 import os
 import pickle
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,6 +54,7 @@ from .._wire._codec import (
     FLAG_UNIVERSE,
     FLAG_UPDATE,
     HELLO,
+    LANE_SHIFT,
     NEXT,
     RESULTS,
     STARTED,
@@ -133,6 +148,7 @@ class _Served:
         "abandoned",
         "d",
         "flags",
+        "lane",
         "pc",
         "receivedAt",
         "serverTask",
@@ -149,6 +165,7 @@ class _Served:
         self.serverTask: Any = None  # the local worker's Task, once started
         self.d: Deferred[Any] | None = None  # the server queue's call, or a universe method's
         self.abandoned = False
+        self.lane = flags >> LANE_SHIFT  # (0: none)
 
     def finished(self) -> None:
         """
@@ -163,6 +180,22 @@ class _Served:
             pc.onStart = None
             self.pc = None
         self.serverTask = None
+
+
+class _Lane:
+    """A lane's calls started and not over, and those waiting their turn (see the module)."""
+
+    __slots__ = ("running", "universe", "waiting")
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.universe = False  # the one running is a universe method
+        self.waiting: deque[tuple[_Served, list[Any]]] = deque()
+
+    def mayStart(self, served: _Served) -> bool:
+        if self.universe:
+            return False
+        return not self.running or not served.flags & FLAG_UNIVERSE
 
 
 class _ServedIterator:
@@ -195,6 +228,8 @@ class _ClientSession(BurstSender, FrameReceiver):
         self.entries: list[tuple[int, str, list[Any], float, Any]] = []
         self.following: list[list[Any]] = []
         self.startedIDs: list[int] = []
+        # Lanes with calls running or waiting.
+        self.lanes: dict[int, _Lane] = {}
         self._timer: Any = None
         self._paused = False
         self._counted = False  # in the server's count of unauthenticated connections
@@ -242,8 +277,11 @@ class _ClientSession(BurstSender, FrameReceiver):
         self.server._connections.discard(self)
         self.unscheduleSend()
         for served in list(self.calls.values()):
+            served.abandoned = True  # (no lane starts its next call meanwhile)
+        for served in list(self.calls.values()):
             self._abandon(served, "the client disconnected")
         self.calls.clear()
+        self.lanes.clear()
         for it in list(self.iterators.values()):
             self._closeIterator(it)
         if wasOpen:
@@ -280,10 +318,14 @@ class _ClientSession(BurstSender, FrameReceiver):
                 if it is not None:
                     self._closeIterator(it)
         elif kind == ABANDON:
+            given = []
             for taskID in pickle.loads(message.parts[0]):
                 served = self.calls.pop(taskID, None)
                 if served is not None:
-                    self._abandon(served, "the client gave up on it")
+                    served.abandoned = True  # all first: no lane starts one of them
+                    given.append(served)
+            for served in given:
+                self._abandon(served, "the client gave up on it")
         elif kind == EXIT:
             self.close()
         else:
@@ -314,6 +356,7 @@ class _ClientSession(BurstSender, FrameReceiver):
             "maxFrame": server.maxFrame,
             "restricted": server.allow is not None,
             "universe": server.universe is not None,
+            "lanes": True,
         }
         self.send(encode(AUTH, _auth.proof(server._key, self.nonce, clientNonce)))
         self.send(encode(HELLO, [dumpsSmall(info)]))
@@ -334,13 +377,49 @@ class _ClientSession(BurstSender, FrameReceiver):
             if len(callParts) != nparts:
                 raise errors.WireError("a call envelope announces more parts than were sent")
             calls.append((taskID, callParts, flags))
+        lanes = self.lanes
         for taskID, callParts, flags in calls:
             served = _Served(taskID, flags, now)
             self.calls[taskID] = served
-            try:
-                self._start(served, callParts)
-            except Exception:
-                self._failed(Failure(), served)
+            lane = served.lane
+            if lane:
+                state = lanes.get(lane)
+                if state is None:
+                    state = lanes[lane] = _Lane()
+                if state.waiting or not state.mayStart(served):
+                    state.waiting.append((served, callParts))  # (its turn: `_laneNext`)
+                    continue
+                state.running += 1
+                state.universe = bool(served.flags & FLAG_UNIVERSE)
+            self._startOrFail(served, callParts)
+
+    def _startOrFail(self, served: _Served, parts: list[Any]) -> None:
+        try:
+            self._start(served, parts)
+        except Exception:
+            self._failed(Failure(), served)
+
+    def _laneNext(self, lane: int) -> None:
+        """A call of *lane* is over: start those waiting whose turn it is."""
+        state = self.lanes.get(lane)
+        if state is None:
+            return  # (the connection is gone)
+        state.running -= 1
+        state.universe = False
+        waiting = state.waiting
+        while waiting:
+            served, parts = waiting[0]
+            if served.abandoned:
+                waiting.popleft()
+                continue
+            if not state.mayStart(served):
+                return
+            waiting.popleft()
+            state.running += 1
+            state.universe = bool(served.flags & FLAG_UNIVERSE)
+            self._startOrFail(served, parts)
+        if not state.running and self.lanes.get(lane) is state:
+            del self.lanes[lane]
 
     def _start(self, served: _Served, parts: list[Any]) -> None:
         server = self.server
@@ -374,6 +453,13 @@ class _ClientSession(BurstSender, FrameReceiver):
             ephemeral = bool(flags & FLAG_EPHEMERAL) or not server._firstUpdate(parts)
             d = queue.update(pc, ephemeral=ephemeral)
             d.addCallback(_updateOutcome)
+        elif served.lane:
+            # A client's series: in sequence, in a flow of its own (see the module).
+            d = queue.call(
+                pc, series=(*self.series, served.lane), raw=bool(flags & FLAG_RAW),
+                returnFailure=True,
+            )  # fmt: skip
+            served.d = d
         else:
             # The connection's own flow: fair between clients, not a sequence.
             d = queue._callInFlow(self.series, pc, raw=bool(flags & FLAG_RAW), returnFailure=True)
@@ -407,6 +493,13 @@ class _ClientSession(BurstSender, FrameReceiver):
         d.addCallbacks(self._done, self._failed, (served,), None, (served,))
 
     def _done(self, value: Any, served: _Served) -> None:
+        try:
+            self._reportDone(value, served)
+        finally:
+            if served.lane:
+                self._laneNext(served.lane)  # (after its result: in the order they ran)
+
+    def _reportDone(self, value: Any, served: _Served) -> None:
         served.finished()
         if served.abandoned or self.calls.pop(served.taskID, None) is None:
             if isinstance(value, Deferator):
@@ -444,10 +537,11 @@ class _ClientSession(BurstSender, FrameReceiver):
 
     def _failed(self, failure: Failure, served: _Served) -> None:
         served.finished()
-        if served.abandoned or self.calls.pop(served.taskID, None) is None:
-            return
-        dt = self.reactor.seconds() - (served.startedAt or served.receivedAt)
-        self._entry(served.taskID, WIRE_ERROR, errorParts(failure), dt)
+        if not (served.abandoned or self.calls.pop(served.taskID, None) is None):
+            dt = self.reactor.seconds() - (served.startedAt or served.receivedAt)
+            self._entry(served.taskID, WIRE_ERROR, errorParts(failure), dt)
+        if served.lane:
+            self._laneNext(served.lane)
 
     def _abandon(self, served: _Served, why: str) -> None:
         """

@@ -52,6 +52,7 @@ __all__ = [
     "HELLO",
     "INIT",
     "ITEMS",
+    "LANE_SHIFT",
     "NEXT",
     "PLACED",
     "PLAIN_TYPES",
@@ -130,6 +131,12 @@ FLAG_SHARED_RESULT = 32
 # (to a child) large parts of the call are in the child's inbox arena: the
 # call's first part says where (see `_arena`), the others follow.
 FLAG_INBOX = 64
+# (to a server that says ``"lanes": True`` in its HELLO) the bits from
+# LANE_SHIFT up: the call's *lane*, a number the client chose for its series
+# (0: none). The server runs the calls of one lane one at a time, in the
+# order they came, so a client may send a series' next calls before the
+# one running is done (see `asynqueue._remote._session`).
+LANE_SHIFT = 16
 
 
 class _ByValue(Exception):
