@@ -498,6 +498,29 @@ class HeldResultsTests(WorkerTestCase):
             self.assertEqual(sizes, [1] * 40)
 
     @inlineCallbacks
+    def test_iterators_and_errors_among_held_results_keep_their_order(self) -> Any:
+        # An iterator result sends its first items at once, and the results
+        # held before it go first; errors are held like values.
+        q = self.makeQueue(1)
+        yield q.call(h.add, 0, 0)
+        ds = []
+        for i in range(30):
+            if i % 7 == 3:
+                ds.append(q.call(h.squares, i))
+            elif i % 5 == 4:
+                ds.append(q.call(h.raiseKeyError, f"k{i}").addErrback(lambda f: f.value.args))
+            else:
+                ds.append(q.call(h.add, i, 1))
+        outcomes = yield defer.gatherResults(ds)
+        for i, outcome in enumerate(outcomes):
+            if i % 7 == 3:
+                self.assertEqual((yield collect(outcome)), [k * k for k in range(i)])
+            elif i % 5 == 4:
+                self.assertEqual(outcome, (f"k{i}",))
+            else:
+                self.assertEqual(outcome, i + 1)
+
+    @inlineCallbacks
     def test_timed_calls_are_answered_one_by_one(self) -> Any:
         # The parent times a call from its start, which it learns from the
         # result before it: no result waits around a timed call.
