@@ -575,6 +575,15 @@ class HeldResultsTests(WorkerTestCase):
                 self.assertTrue(task.innocent)
 
     @inlineCallbacks
+    def test_with_a_sigalrm_handler_of_the_users_every_result_goes_at_once(self) -> Any:
+        w = self.makeWorker()
+        self.assertIs((yield self.value(w, h.installAlarmHandler)), True)
+        sizes = self.countResults(w)
+        values = yield defer.gatherResults([self.value(w, h.add, i, 1) for i in range(40)])
+        self.assertEqual(values, [i + 1 for i in range(40)])
+        self.assertEqual(sizes, [1] * 40)
+
+    @inlineCallbacks
     def test_code_timing_itself_with_sigalrm_gets_its_own_alarm(self) -> Any:
         w = self.makeWorker()
         yield self.value(w, h.add, 0, 0)

@@ -364,10 +364,10 @@ class ChildLoop:
         """
         if flags & FLAG_STARTED or len(self.held) >= len(self.calls):
             return False
+        handler = self.alarmHandler
+        if handler is None or _signal.getsignal(_signal.SIGALRM) is not handler:
+            return False  # (not installed, or replaced by code in a call)
         if len(self.held) == 1:
-            handler = self.alarmHandler
-            if handler is None or _signal.getsignal(_signal.SIGALRM) is not handler:
-                return False  # (not installed, or replaced by code in a call)
             if self.startedSlot is None:
                 return False  # (no arena: a crash would blame the first held call)
             self.heldSince = perf_counter()
