@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -86,5 +87,9 @@ def test_timeline_stamps_every_step_of_a_process_round_trip() -> None:
     table = [line.strip("| ").split(" | ") for line in proc.stdout.splitlines() if "|" in line]
     steps = table[2:-1]  # (after the header and its rule; before the total)
     assert len(steps) == 13, proc.stdout
-    assert all(float(micros) >= 0 for _, _, micros in steps), proc.stdout
+    # Every step has a figure. One that crosses processes may be negative on
+    # a busy machine (the child can run the call before the parent's
+    # sendmsg has returned), so only the whole round trip must be positive.
+    assert all(math.isfinite(float(micros)) for _, _, micros in steps), proc.stdout
     assert table[-1][:2] == ["call", "result"], proc.stdout
+    assert float(table[-1][2].split()[0].strip("*")) > 0, proc.stdout
