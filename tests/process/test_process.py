@@ -6,9 +6,11 @@ import functools
 import gc
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from typing import Any
@@ -537,8 +539,8 @@ class HeldResultsTests(WorkerTestCase):
     def test_a_long_call_does_not_keep_the_results_before_it(self) -> Any:
         # `meet` waits (up to 10 s) for a file that the test writes only
         # once the results of the calls before it are in.
-        folder = self.mktemp()
-        os.makedirs(folder)
+        folder = tempfile.mkdtemp(prefix="aq-held")
+        self.addCleanup(shutil.rmtree, folder, True)
         w = self.makeWorker()
         yield self.value(w, h.add, 0, 0)
         before = [self.value(w, h.add, i, 1) for i in range(3)]
