@@ -347,6 +347,11 @@ class ChildLoop:
         while queue:
             queue.advance(os.writev(self.fd, queue.peek()))
 
+    def _flushHeld(self) -> None:
+        """Send the held results now, if any."""
+        if self.held:
+            self._write([])
+
     def _heldMessage(self) -> list[Any]:
         """The held results as one RESULTS message; none are held after."""
         if self.alarmSet:
@@ -375,7 +380,7 @@ class ChildLoop:
             _signal.setitimer(_signal.ITIMER_REAL, HOLD_SECONDS)
         return True
 
-    def sendHeld(self, signum: int, frame: Any) -> None:
+    def onAlarm(self, signum: int, frame: Any) -> None:
         """
         SIGALRM: a call runs while results are held; send them from inside it.
         Outside a call (the loop sends them itself soon), or inside my other
@@ -392,7 +397,7 @@ class ChildLoop:
         blocked = _signal.pthread_sigmask(_signal.SIG_BLOCK, [_signal.SIGUSR1])
         self.interrupting = True
         try:
-            self._write([])
+            self._flushHeld()
         except OSError:
             pass  # (the parent is gone: the loop finds out when it reads)
         finally:
@@ -413,16 +418,14 @@ class ChildLoop:
                     if self.held and (
                         call[2] & FLAG_STARTED or perf_counter() - self.heldSince > HOLD_SECONDS
                     ):
-                        self._write([])
+                        self._flushHeld()
                     self._runCall(*call)
                     self.drained = False  # more may have come meanwhile
             else:
-                if self.held:
-                    self._write([])
+                self._flushHeld()  # (before waiting to read)
                 if not self._read():
                     return 0
-        if self.held:
-            self._write([])
+        self._flushHeld()
         return 0
 
     def _dispatch(self, message: Message) -> None:
@@ -457,8 +460,7 @@ class ChildLoop:
             self.cancelCurrent = True
         dropped = [call for call in self.calls if call[0] in wanted]
         if not dropped:
-            if self.held:
-                self._write([])  # (the call given up on may be among them)
+            self._flushHeld()  # (the call given up on may be among them)
             return
         for call in dropped:
             self.calls.remove(call)
@@ -618,7 +620,7 @@ def main(argv: list[str]) -> int:
     except Exception:
         pass
     try:
-        handler = loop.sendHeld  # (one bound method: `_mayHold` compares it)
+        handler = loop.onAlarm  # (one bound method: `_mayHold` compares it)
         _signal.signal(_signal.SIGALRM, handler)
         _signal.siginterrupt(_signal.SIGALRM, False)  # (system calls in a call go on)
         loop.alarmHandler = handler

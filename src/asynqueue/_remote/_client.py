@@ -326,8 +326,7 @@ class WireWorker(PipelineWindow):
         if (
             series is not None
             and task.update is None
-            and conn is not None
-            and conn.info.get("lanes")
+            and self.runsInOrder  # (connected, to a server with lanes)
             and getattr(task.owner, "inSequence", True)
         ):
             flags |= _lane(series) << LANE_SHIFT
