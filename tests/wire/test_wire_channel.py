@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.error import ConnectionDone
 from twisted.trial.unittest import TestCase
 
 from asynqueue._wire._channel import SocketChannel
@@ -91,3 +92,65 @@ class HeldSendsTest(TestCase):
         # Sent when the read ended, not at a later reactor turn.
         self.assertIs(self.answerer.leftAfterRead, False)
         self.assertEqual(self._answers(), [[b"alone"]])
+
+
+class _Recorder:
+    """Records the messages it gets and how the channel ended."""
+
+    def __init__(self) -> None:
+        self.messages: list[list[bytes]] = []
+        self.reason: Any = None
+        self.lost: Deferred[None] = Deferred()
+
+    def messageReceived(self, message: Any) -> None:
+        self.messages.append([bytes(p) for p in message.parts])
+
+    def channelLost(self, reason: Any) -> None:
+        self.reason = reason
+        self.lost.callback(None)
+
+
+class PeerGoneTest(TestCase):
+    """The peer sent its last messages and went: none of them is lost."""
+
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.peer, side = socket.socketpair()
+        self.addCleanup(self.peer.close)
+        self.recorder = _Recorder()
+        self.channel = SocketChannel(side, self.recorder, reactor)
+        self.addCleanup(self.channel.loseConnection)
+
+    def _lastWords(self) -> None:
+        self.peer.sendall(b"".join(b"".join(encode(3, [b"last%d" % i])) for i in range(3)))
+        self.peer.close()
+
+    @inlineCallbacks
+    def test_a_failed_write_still_reads_what_the_peer_sent_before(self) -> Any:
+        # Paused, so the reactor does not read them first: the write fails
+        # (the peer is gone) with its messages still unread.
+        self.channel.pauseReading()
+        self._lastWords()
+        self.channel.send(encode(4, [b"too late"]))
+        self.assertTrue(self.channel.connected)  # (it reads before it closes)
+        self.channel.send(encode(4, [b"nothing more goes out"]))
+        yield self.recorder.lost
+        self.assertEqual(self.recorder.messages, [[b"last0"], [b"last1"], [b"last2"]])
+        # (It read up to the end of file: the peer closed after its messages.)
+        self.assertIsInstance(self.recorder.reason.value, ConnectionDone)
+        self.assertFalse(self.channel.connected)
+
+    @inlineCallbacks
+    def test_read_last_takes_what_is_unread_even_while_paused(self) -> Any:
+        self.channel.pauseReading()
+        self._lastWords()
+        self.channel.readLast()
+        self.assertEqual(self.recorder.messages, [[b"last0"], [b"last1"], [b"last2"]])
+        yield self.recorder.lost  # (and the end of file after them)
+        self.assertIsInstance(self.recorder.reason.value, ConnectionDone)
+
+    def test_read_last_with_nothing_there_leaves_the_channel_open(self) -> None:
+        self.channel.readLast()
+        self.assertTrue(self.channel.connected)
+        self.assertEqual(self.recorder.messages, [])

@@ -71,6 +71,8 @@ LOW_WATER_PATIENCE = 0.05
 _LOW_WATER_FAMILIES = (socket.AF_INET, socket.AF_INET6) if sys.platform.startswith("linux") else ()
 
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
+# At most this many reads (of up to READ_BUDGET bytes each) in `readLast`.
+_LAST_READS = 64
 
 
 class RelayCutShort(ConnectionLost):
@@ -115,6 +117,9 @@ class SocketChannel:
         # The early message whose bytes the front of the send queue waits for.
         self._stalled: Filling | None = None
         self._readingPaused = False
+        # Why a write failed (see `_sendFailed`): then it sends no more, and
+        # closes once it has read what is left.
+        self._sendError: Failure | None = None
         # The receiver's ``holdSends(bool)``, if it has one: told before and
         # after each read, so that what it sends in answer goes out once.
         self._holdSends = getattr(receiver, "holdSends", None)
@@ -265,7 +270,7 @@ class SocketChannel:
 
     def send(self, buffers: list[Any]) -> None:
         """Queue an encoded message (see `encode`) and write what can be written now."""
-        if not self.connected:
+        if not self.connected or self._sendError is not None:
             return
         out = self._out
         if not out and not self._writing and len(buffers) <= MAX_IOVECS:
@@ -279,7 +284,7 @@ class SocketChannel:
             except TypeError:
                 n = 0  # placeholders of parts still arriving: nothing was sent
             except OSError as e:
-                self._close(Failure(ConnectionLost(str(e))))
+                self._sendFailed(e)
                 return
             if n == HEADER_SIZE + HEADER.unpack_from(buffers[0])[3]:
                 return
@@ -292,10 +297,34 @@ class SocketChannel:
 
     def sendPreamble(self, data: bytes) -> None:
         """Queue bytes that are not a frame (read by the peer before its first frame)."""
-        if self.connected:
+        if self.connected and self._sendError is None:
             self._out.append([data])
             if not self._writing and self._stalled is None:
                 self._flush()
+
+    def readLast(self) -> None:
+        """
+        Read and deliver, now, what the peer sent and is not read yet, even
+        while reading is paused: for a receiver that learns some other way
+        that the peer is gone (a child process reaped before its socket
+        said end of file), whose last messages would be lost with the
+        connection. Stops at end of file, or when nothing more is there.
+        """
+        for _ in range(_LAST_READS):
+            if not self.connected:
+                return
+            try:
+                more = self.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except OSError:
+                return  # (nothing there: the peer's socket lives on elsewhere)
+            paused, self._readingPaused = self._readingPaused, False
+            try:
+                self.doRead()
+            finally:
+                if self.connected:
+                    self._readingPaused = paused
+            if not more:
+                return  # (end of file: doRead closed me)
 
     def loseConnection(self, reason: Failure | None = None) -> None:
         """Close now; unwritten data is dropped. The receiver gets ``channelLost``."""
@@ -318,7 +347,7 @@ class SocketChannel:
             except BlockingIOError:
                 break
             except OSError as e:
-                self._close(Failure(ConnectionLost(str(e))))
+                self._sendFailed(e)
                 return
             out.advance(n)
         if stalled is not None:
@@ -351,6 +380,26 @@ class SocketChannel:
         self._stalled = None
         if self.connected and not self._writing:
             self._flush(True)
+
+    def _sendFailed(self, error: OSError) -> None:
+        """
+        A write failed: the peer is gone, or stopped reading. What it sent
+        before may still be unread here (the results of calls it did):
+        write no more, read that (next turn, out of the sender's call), then
+        close.
+        """
+        self._sendError = Failure(ConnectionLost(str(error)))
+        self._out.clear()
+        self._stalled = None
+        if self._writing:
+            self._writing = False
+            self._reactor.removeWriter(self)
+        self._reactor.callLater(0, self._closeAfterReading)
+
+    def _closeAfterReading(self) -> None:
+        self.readLast()
+        if self.connected and self._sendError is not None:
+            self._close(self._sendError)
 
     def _close(self, reason: Failure) -> None:
         if not self.connected:
