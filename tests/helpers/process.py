@@ -43,6 +43,12 @@ def exitWith(code: int) -> None:
     os._exit(code)
 
 
+def appendLine(path: str, text: str) -> str:
+    """Append *text* as a line to the file at *path* (a side effect to count); returns it."""
+    _append(path, text + "\n")
+    return text
+
+
 def killSelf(signum: int) -> None:
     os.kill(os.getpid(), signum)
     time.sleep(10)

@@ -277,6 +277,50 @@ def test_the_arena_takes_only_what_fits_and_checks_what_it_is_told() -> None:
         parent.take([b"p"], [(3, 4096, 10, True)])  # no such part
 
 
+def test_held_results_noted_in_the_arena_are_read_back_in_order() -> None:
+    parent, child = _arenaPair()
+    assert parent.heldResults() == []
+    big = pickle.PickleBuffer(bytearray(b"xy" * 10))
+    assert child.holdResult(7, "r", 0.5, [b"\x80\x05K\x02."])
+    assert child.holdResult(8, "n", 0.25, [])
+    assert child.holdResult(9, "e", 1.0, [b"ab", memoryview(b"cdef"), big])
+    assert parent.heldResults() == [
+        (7, "r", 0.5, [b"\x80\x05K\x02."]),
+        (8, "n", 0.25, []),
+        (9, "e", 1.0, [b"ab", b"cdef", b"xy" * 10]),
+    ]
+    child.dropHeld()  # (sent)
+    assert parent.heldResults() == []
+    assert child.holdResult(10, "r", 0.0, [b"again"])
+    assert parent.heldResults() == [(10, "r", 0.0, [b"again"])]
+
+
+def test_held_results_fill_one_page_at_most() -> None:
+    parent, child = _arenaPair()
+    assert not child.holdResult(1, "r", 0.0, [b"x" * mmap.PAGESIZE])  # never fits
+    kept = 0
+    while child.holdResult(kept + 1, "r", 0.0, [b"y" * 100]):
+        kept += 1
+    assert 0 < kept < mmap.PAGESIZE // 100
+    assert [r[0] for r in parent.heldResults()] == list(range(1, kept + 1))
+    # The large parts of a result still have the rest of the arena.
+    assert child.reserve([b"p", hl.pattern(ARENA_MIN, 5)]) is not None
+
+
+def test_a_torn_or_garbled_held_record_is_left_out() -> None:
+    parent, child = _arenaPair()
+    assert child.holdResult(1, "r", 0.0, [b"whole"])
+    used = child.heldUsed
+    # A record written, its count not yet updated (the child died in between).
+    struct.pack_into("=qcdHI", child.map, 24 + used, 2, b"r", 0.0, 1, 3)
+    assert parent.heldResults() == [(1, "r", 0.0, [b"whole"])]
+    # A count that runs past the last record: the whole ones before still come.
+    struct.pack_into("=q", child.map, 16, used + 12)
+    assert parent.heldResults() == [(1, "r", 0.0, [b"whole"])]
+    struct.pack_into("=q", child.map, 16, 1 << 40)  # nonsense
+    assert parent.heldResults() == []
+
+
 # ------------------------------------------------------------------ early messages
 
 

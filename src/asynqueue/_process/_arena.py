@@ -70,6 +70,17 @@ _FREE, _TAKEN = 0, 1
 # Also in the first page of a child's results arena: the task ID of the call
 # it started last (a native int64), which its parent reads if it dies.
 _STARTED = 8
+# And the results it holds back (see `_child`, *Results*), which its parent
+# also reads if it dies, so that a call that finished is not lost or run
+# again: the bytes of records in use (a native int64), then the records, up
+# to the end of the page. A record: the task ID, the status letter, the
+# seconds the call ran, how many parts; then each part, its length first.
+_HELD_USED = 16
+_HELD = 24
+_HELD_RECORD = struct.Struct("=qcdH")
+_HELD_PART = struct.Struct("=I")
+_HELD_USED_SLOT = struct.Struct("=q")
+_HELD_ONE = struct.Struct("=qcdHI")  # a record and the length of its one part
 
 
 class Arena:
@@ -81,6 +92,8 @@ class Arena:
         self.map = mmap.mmap(fd, size)
         # The most bytes ever written (the child's memory that it costs).
         self.highWater = 0
+        # The child's side: bytes of held-result records in use (see holdResult).
+        self.heldUsed = 0
 
     @classmethod
     def create(cls, size: int = ARENA_SIZE) -> Arena | None:
@@ -130,6 +143,81 @@ class Arena:
         """The parent's side: the task ID in the slot (0: none started yet)."""
         value: int = struct.unpack_from("q", self.map, _STARTED)[0]
         return value
+
+    def holdResult(self, taskID: int, status: str, seconds: float, parts: list[Any]) -> bool:
+        """
+        The child's side: note a result it holds back (see `heldResults`),
+        after the others. False if it does not fit: then send them all now.
+        """
+        region = self.map
+        pos = _HELD + self.heldUsed
+        letter = status.encode()
+        if len(parts) == 1 and type(parts[0]) is bytes:  # (the usual case, in one go)
+            part = parts[0]
+            end = pos + _HELD_ONE.size + len(part)
+            if end > _DATA:
+                return False
+            _HELD_ONE.pack_into(region, pos, taskID, letter, seconds, 1, len(part))
+            region[end - len(part) : end] = part
+        elif not parts:  # (a call that returned None)
+            end = pos + _HELD_RECORD.size
+            if end > _DATA:
+                return False
+            _HELD_RECORD.pack_into(region, pos, taskID, letter, seconds, 0)
+        else:
+            sizes = [nbytes(part) for part in parts]
+            end = pos + _HELD_RECORD.size + _HELD_PART.size * len(parts) + sum(sizes)
+            if end > _DATA:
+                return False
+            _HELD_RECORD.pack_into(region, pos, taskID, letter, seconds, len(parts))
+            pos += _HELD_RECORD.size
+            for part, size in zip(parts, sizes, strict=True):
+                _HELD_PART.pack_into(region, pos, size)
+                pos += _HELD_PART.size
+                view = memoryview(part)
+                region[pos : pos + size] = view if view.format == "B" else view.cast("B")
+                pos += size
+        # The record counts once it is whole: a child that dies while
+        # writing it leaves it out.
+        self.heldUsed = end - _HELD
+        _HELD_USED_SLOT.pack_into(region, _HELD_USED, end - _HELD)
+        return True
+
+    def dropHeld(self) -> None:
+        """The child's side: the held results went out."""
+        if self.heldUsed:
+            self.heldUsed = 0
+            _HELD_USED_SLOT.pack_into(self.map, _HELD_USED, 0)
+
+    def heldResults(self) -> list[tuple[int, str, float, list[bytes]]]:
+        """
+        The parent's side, once its child is gone: the results it held
+        back, ``(taskID, status, seconds, parts)`` each, in the order the
+        calls ran.
+        """
+        region = self.map
+        used = _HELD_USED_SLOT.unpack_from(region, _HELD_USED)[0]
+        end = _HELD + used
+        if not 0 < used <= _DATA - _HELD:
+            return []
+        results = []
+        pos = _HELD
+        try:
+            while pos < end:
+                taskID, letter, seconds, n = _HELD_RECORD.unpack_from(region, pos)
+                pos += _HELD_RECORD.size
+                parts = []
+                for _ in range(n):
+                    (size,) = _HELD_PART.unpack_from(region, pos)
+                    pos += _HELD_PART.size
+                    if pos + size > end:
+                        raise ValueError("a held result runs past its records")
+                    parts.append(region[pos : pos + size])
+                    pos += size
+                results.append((taskID, letter.decode(), seconds, parts))
+        except (struct.error, ValueError, UnicodeDecodeError):
+            pass  # (the records are the child's: keep the whole ones before)
+        return results
 
     # ------------------------------------------------------------ the writer
 

@@ -54,9 +54,10 @@ result at once, as before: the child holds none while the handler is not
 its own. (A handler runs between Python instructions: a call stuck in C
 code that keeps the GIL keeps the held results until it returns. A timed
 call holds none, so its timeout still counts from its start.) The child
-notes in its arena which call it started last: if it dies, the parent
-blames that call, not the first one whose result was held (those run
-again, innocent).
+notes in its arena which call it started last, and the results it holds:
+if it dies, the parent blames that call, and the calls before it get
+their results as if they had been sent (`Arena.holdResult`; a result that
+does not fit in the arena's first page goes out at once, with those held).
 
 On Linux the child also asks the kernel to kill it if its parent dies
 (``PR_SET_PDEATHSIG``), in case it is busy in a long call when that happens.
@@ -331,21 +332,25 @@ class ChildLoop:
         Write encoded messages (a header first), after the held results: at
         once, or in pieces if the kernel wants.
         """
-        if self.held:
+        held = bool(self.held)
+        if held:
             buffers = self._heldMessage() + buffers
-        n = 0
+        n, size = 0, -1
         if len(buffers) <= MAX_IOVECS:
             n = os.writev(self.fd, buffers)
             size = 0
             for buf in buffers:
                 size += len(buf) if type(buf) is bytes else nbytes(buf)
-            if n == size:
-                return  # (the usual case: no queue needed)
-        queue = SendQueue()
-        queue.append(buffers)
-        queue.advance(n)
-        while queue:
-            queue.advance(os.writev(self.fd, queue.peek()))
+        if n != size:  # (the kernel took part of it, or there were too many buffers)
+            queue = SendQueue()
+            queue.append(buffers)
+            queue.advance(n)
+            while queue:
+                queue.advance(os.writev(self.fd, queue.peek()))
+        if held and self.arena is not None:
+            # Only now: had I died before, the parent would have found them
+            # in the arena (or read them too: it keeps the first it gets).
+            self.arena.dropHeld()
 
     def _flushHeld(self) -> None:
         """Send the held results now, if any."""
@@ -362,19 +367,21 @@ class ChildLoop:
         retire = self.maxRSS is not None and self._memory() > self.maxRSS
         return encode(RESULTS, [pickle.dumps((entries, retire), PROTOCOL), *parts])
 
-    def _mayHold(self, flags: int) -> bool:
+    def _mayHold(self, taskID: int, status: str, dt: float, parts: list[Any], flags: int) -> bool:
         """
         Whether the result just added to the held ones may wait for others
-        (see *Results*); arms the timer for the first of a batch.
+        (see *Results*): if so, it is noted in the arena too, and the first
+        of a batch arms the timer.
         """
         if flags & FLAG_STARTED or len(self.held) >= len(self.calls):
             return False
         handler = self.alarmHandler
         if handler is None or _signal.getsignal(_signal.SIGALRM) is not handler:
             return False  # (not installed, or replaced by code in a call)
+        arena = self.arena
+        if arena is None or not arena.holdResult(taskID, status, dt, parts):
+            return False  # (no arena, or its page of held results is full)
         if len(self.held) == 1:
-            if self.startedSlot is None:
-                return False  # (no arena: a crash would blame the first held call)
             self.heldSince = perf_counter()
             self.alarmSet = True
             _signal.setitimer(_signal.ITIMER_REAL, HOLD_SECONDS)
@@ -558,7 +565,7 @@ class ChildLoop:
         self._flushStdio()
         self.held.append((taskID, status, len(parts), dt, extra))
         self.heldParts.extend(parts)
-        if placed is None and not following and self._mayHold(flags):
+        if placed is None and not following and self._mayHold(taskID, status, dt, parts, flags):
             return
         self._write(following)
         if placed is not None:

@@ -64,9 +64,10 @@ Faults
   exit code or signal). The task it was running gets `Status.NOT_RUN` (the
   queue re-runs it once, then fails it with `errors.WorkerLost`); the tasks
   queued behind it are *innocent* (``task.innocent = True``, `Status.NOT_RUN`), and the
-  queue requeues them free of charge. So are those it had done whose
-  results it still held: the child notes in its arena which task it
-  started last (`_arena.Arena.startedSlot`), so the crash is blamed on it.
+  queue requeues them free of charge. The tasks it had done whose results
+  it still held get those results: the child notes them in its arena
+  (`_arena.Arena.holdResult`) as it holds them, with the task it started
+  last (`_arena.Arena.startedSlot`), on which the crash is blamed.
   Iterators of that child fail with `errors.ProcessError`. A new child replaces it.
 - A timeout: the queue calls ``timedOut(task)``; the child is killed
   (SIGTERM, then SIGKILL after `KILL_GRACE` seconds) and replaced; the
@@ -121,7 +122,7 @@ from .._support._status import Status
 from .._support._system import cores, parseSize
 from .._support._util import dropTrigger
 from .._wire._channel import SocketChannel
-from .._wire._client import WireClient
+from .._wire._client import WireClient, statusResult
 from .._wire._codec import (
     ABANDON,
     EXIT,
@@ -229,6 +230,10 @@ class _Child(WireClient, ProcessProtocol):
         # The task ID of the call it started last, once it ended (from the
         # arena; 0 if unknown): the one a crash is blamed on.
         self.lastStarted = 0
+        # The results it held back when it ended, from the arena (see
+        # `Arena.heldResults`): calls that were done, whose results it had
+        # not sent yet.
+        self.heldResults: list[tuple[int, str, float, list[bytes]]] = []
         # Shared memory for the large arguments of its calls (the arena the
         # other way round), once the child said it mapped it.
         self.inbox: Arena | None = None
@@ -282,6 +287,16 @@ class _Child(WireClient, ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         if self.ended:
             return
+        if self.channel is not None and self.channel.connected:
+            # Reaped before its socket said end of file: what it sent last
+            # may be unread yet (results of calls it did). Read it now, with
+            # no new task sent its way meanwhile.
+            if self.takesTasks:
+                self.state = ChildState.LOST
+            self.channel.readLast()
+        # Reaped from within a read (its end of file made me reap it): the
+        # results that read took go first, before the death is reported.
+        self.reportReadResults()
         self.ended = True
         self.state = ChildState.ENDED
         self._cancelTimers()
@@ -290,6 +305,7 @@ class _Child(WireClient, ProcessProtocol):
             self.channel.loseConnection()
         if self.arena is not None:
             self.lastStarted = self.arena.lastStarted()
+            self.heldResults = self.arena.heldResults()
         # The shared memory, now (this object may wait for the garbage
         # collector, and each arena holds up to ARENA_SIZE bytes).
         for shared in (self.arena, self.inbox, self._inboxOffered):
@@ -871,20 +887,33 @@ class ProcessWorker(PipelineWindow):
         attempts = child.abandon()
         iterating = bool(child.itemWaiters)
         child.failIterators(f"the worker's {text}")
+        # Calls it had done, their results held back (see `_child`,
+        # *Results*) and left in the arena: reported as if it had sent them.
+        held = {taskID: (status, dt, parts) for taskID, status, dt, parts in child.heldResults}
+        done = [a for a in attempts if a.taskID in held]
+        if done:
+            attempts = [a for a in attempts if a.taskID not in held]
         head = None
         if attempts and child.helloed:
             # The call it was running: the one it started last, if still in
-            # hand (those before it were done, their results held back and
-            # lost: see `_child`, *Results*), else the oldest.
+            # hand, else the oldest.
             running = child.lastStarted
             head = next((a for a in attempts if a.taskID == running), attempts[0])
-        if (head is None or head.task is None) and not iterating:
+        if (head is None or head.task is None) and not iterating and not done:
             self._fruitless += 1
         if self._fruitless >= MAX_FRUITLESS and self._broken is None:
             self._giveUp(f"{MAX_FRUITLESS} child processes in a row died before running a task")
         if child is self._current:
             self._current = None if self._stopping or self._broken else self._spawn()
         log.warning("Process worker: %s", text)
+        now = self._reactor.seconds()
+        for attempt in done:
+            status, dt, parts = held[attempt.taskID]
+            task = attempt.task
+            if task is None:
+                continue  # (a replayed update: the next child replays it anyway)
+            self._noteRun(dt, now - attempt.sentAt)
+            task.callback(statusResult(status, parts, child.errorType, attempt.relay is not None))
         for attempt in attempts:
             task = attempt.task
             if task is None:
