@@ -49,6 +49,12 @@ def appendLine(path: str, text: str) -> str:
     return text
 
 
+def closeSocketAndSleep(seconds: float) -> None:
+    """Close the child's socket to its parent (file descriptor 3), and run on."""
+    os.close(3)
+    time.sleep(seconds)
+
+
 def killSelf(signum: int) -> None:
     os.kill(os.getpid(), signum)
     time.sleep(10)

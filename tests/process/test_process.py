@@ -483,6 +483,25 @@ class CrashTests(WorkerTestCase):
         self.assertFalse(readyAtOnce(ready))
 
     @inlineCallbacks
+    def test_a_child_that_closes_its_socket_and_runs_on_is_killed_and_reported(self) -> Any:
+        # Not a kill of ours: the call it was running is the culprit, the one
+        # behind it innocent, and neither waits forever.
+        w = self.makeWorker()
+        before = yield self.value(w, h.pid)
+        closer = Task(h.closeSocketAndSleep, (60,))
+        behind = Task(h.add, (1, 2))
+        w.run(closer)
+        w.run(behind)
+        status, text = yield closer.d
+        self.assertEqual(status, "d")
+        self.assertIn("SIGKILL", text)
+        self.assertFalse(closer.innocent)
+        self.assertEqual((yield behind.d)[0], "d")
+        self.assertTrue(behind.innocent)
+        self.assertNotEqual((yield self.value(w, h.pid)), before)
+        self.assertReaped([before])
+
+    @inlineCallbacks
     def resultUnread(self, w: ProcessWorker, task: Task) -> Any:
         """
         Run *task* alone on *w*'s child (its result goes out at once), the

@@ -69,6 +69,9 @@ Faults
   (`_arena.Arena.holdResult`) as it holds them, with the task it started
   last (`_arena.Arena.startedSlot`), on which the crash is blamed.
   Iterators of that child fail with `errors.ProcessError`. A new child replaces it.
+- The child closes its socket but runs on (code that closes every file
+  descriptor): killed `LOST_GRACE` seconds after the end of file, and
+  reported as above.
 - A timeout: the queue calls ``timedOut(task)``; the child is killed
   (SIGTERM, then SIGKILL after `KILL_GRACE` seconds) and replaced; the
   other tasks in its window are innocent.
@@ -378,7 +381,20 @@ class _Child(WireClient, ProcessProtocol):
         self.state = ChildState.LOST
         self._reap()
         if not self.ended:
-            self._later(LOST_GRACE, self.terminate, 0)
+            self._later(LOST_GRACE, self._killLost)
+
+    def _killLost(self) -> None:
+        """
+        Its socket ended `LOST_GRACE` seconds ago, yet it was not reaped
+        (its code closed the socket and runs on): kill it. Its end is still
+        reported as a death, the calls in hand with it (not as a kill of
+        ours, whose calls were reported already).
+        """
+        if self.ended:
+            return
+        log.warning("Child process %s closed its socket but did not exit: killing it", self.pid)
+        self.sendSignal("KILL")
+        self._reap()
 
     def _reap(self, delay: float = 0.01) -> None:
         # Normally SIGCHLD makes the reactor reap the child at once. Without
