@@ -153,6 +153,14 @@ def test_oversize_message_is_refused_before_allocation() -> None:
         decoder.feed(HEADER.pack(1, 0, 0, 10**12))
 
 
+def test_a_frame_larger_than_memory_is_refused_without_a_limit() -> None:
+    # Bytes that are not frames (a child's code writing to its socket): a
+    # clear framing error, which closes the channel, not a MemoryError.
+    for header in (HEADER.pack(1, 0, 0, 2**64 - 1), HEADER.pack(1, 0, 0, 2**62)):
+        with pytest.raises(OversizeMessage):
+            FrameDecoder().feed(header)
+
+
 def test_corrupt_frames_raise() -> None:
     with pytest.raises(FramingError):
         FrameDecoder().feed(HEADER.pack(1, 0, 5, 8))  # 5 parts cannot fit in 8 bytes

@@ -556,7 +556,14 @@ class FrameDecoder:
                 # Read the rest into buffers of its own; what is here goes first.
                 have = view[start + HEADER_SIZE : end]
                 start = end = 0
-                self._startLarge(kind, flags, nparts, length)
+                try:
+                    self._startLarge(kind, flags, nparts, length)
+                except (MemoryError, OverflowError) as e:
+                    # (Not a frame a peer of ours would send: bytes that are not ours.)
+                    raise OversizeMessage(
+                        f"frame announces {length} bytes in {nparts} parts, more than"
+                        f" this process can hold ({type(e).__name__})"
+                    ) from None
                 out.extend(self.feed(have))  # (less than the message: it stays large)
             break
         if start == end:
