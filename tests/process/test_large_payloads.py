@@ -298,6 +298,8 @@ def test_held_results_noted_in_the_arena_are_read_back_in_order() -> None:
 def test_held_results_fill_one_page_at_most() -> None:
     parent, child = _arenaPair()
     assert not child.holdResult(1, "r", 0.0, [b"x" * mmap.PAGESIZE])  # never fits
+    strided = memoryview(bytearray(range(20)))[::2]
+    assert not child.holdResult(1, "r", 0.0, [b"p", strided])  # (not one run of bytes)
     kept = 0
     while child.holdResult(kept + 1, "r", 0.0, [b"y" * 100]):
         kept += 1

@@ -165,18 +165,20 @@ class Arena:
                 return False
             _HELD_RECORD.pack_into(region, pos, taskID, letter, seconds, 0)
         else:
-            sizes = [nbytes(part) for part in parts]
-            end = pos + _HELD_RECORD.size + _HELD_PART.size * len(parts) + sum(sizes)
+            try:
+                views = [memoryview(part).cast("B") for part in parts]
+            except (TypeError, ValueError):
+                return False  # (a buffer that is not one run of bytes: sent as it is)
+            end = pos + _HELD_RECORD.size + sum(_HELD_PART.size + len(v) for v in views)
             if end > _DATA:
                 return False
             _HELD_RECORD.pack_into(region, pos, taskID, letter, seconds, len(parts))
             pos += _HELD_RECORD.size
-            for part, size in zip(parts, sizes, strict=True):
-                _HELD_PART.pack_into(region, pos, size)
+            for view in views:
+                _HELD_PART.pack_into(region, pos, len(view))
                 pos += _HELD_PART.size
-                view = memoryview(part)
-                region[pos : pos + size] = view if view.format == "B" else view.cast("B")
-                pos += size
+                region[pos : pos + len(view)] = view
+                pos += len(view)
         # The record counts once it is whole: a child that dies while
         # writing it leaves it out.
         self.heldUsed = end - _HELD
