@@ -841,6 +841,20 @@ class ShutdownTests(WorkerTestCase):
             self.assertEqual(w.pids, [])
         self.assertReaped(sorted(set(pids)))
 
+    @inlineCallbacks
+    def test_process_queue_shutdown_with_a_timeout_kills_a_busy_child(self) -> Any:
+        q = ProcessQueue(1)
+        [w] = q.workers()
+        pid = yield q.call(h.pid)
+        stuck = q.call(time.sleep, 30)
+        queued = q.call(h.add, 1, 2)
+        yield q.shutdown(timeout=0.3)
+        for d in (stuck, queued):
+            failure = self.failureResultOf(d, errors.QueueRunError)
+            self.assertIn("shutdown's timeout", str(failure.value))
+        yield w.waitForExit()
+        self.assertReaped([pid])
+
 
 def test_children_die_with_their_parent(tmp_path: Any) -> None:
     """A parent killed with SIGKILL leaves no child behind, idle or busy."""

@@ -156,6 +156,24 @@ class ThreadShutdownTests(TestCase):
         self.assertFalse([n for n in extra if "ThreadWorker" in n])
 
     @inlineCallbacks
+    def test_shutdown_with_a_timeout_fails_what_is_not_done_and_ends(self) -> Any:
+        release = threading.Event()
+        self.addCleanup(release.set)
+        q = ThreadQueue(2)
+        stuck = q.call(release.wait, 30)
+        yield _sleep(0.05)
+        quick = [q.call(time.sleep, 0) for _ in range(3)]  # (on the other worker)
+        stuckToo = q.call(release.wait, 30)
+        queued = q.call(time.sleep, 0)  # (behind the two stuck ones)
+        yield q.shutdown(timeout=0.3)
+        for d in quick:
+            self.assertIsNone(self.successResultOf(d))
+        for d in (stuck, stuckToo, queued):
+            failure = self.failureResultOf(d, errors.QueueRunError)
+            self.assertIn("shutdown's timeout (0.3 s)", str(failure.value))
+        self.assertEqual(q.workers(), [])
+
+    @inlineCallbacks
     def test_crash_detach_of_a_stuck_worker_reassigns(self) -> Any:
         release = threading.Event()
         self.addCleanup(release.set)

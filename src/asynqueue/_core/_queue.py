@@ -562,29 +562,44 @@ class TaskQueue:
 
     # ------------------------------------------------------------ shutdown
 
-    def shutdown(self) -> Deferred[None]:
+    def shutdown(self, timeout: float | None = None) -> Deferred[None]:
         """
         Shut down; wait for the returned Deferred before dropping the queue.
 
         1. Refuse new calls (they raise `errors.QueueRunError`).
-        2. Let queued and running tasks finish, while any worker is attached.
-        3. Stop every worker; crash those still busy after ``timeout``.
+        2. Let queued and running tasks finish, while any worker is attached:
+           for at most *timeout* seconds, if given (None: as long as they
+           take; each call's own ``timeout`` still applies).
+        3. Stop every worker; crash those still busy after ``timeout`` (the
+           queue's), or at once once the shutdown's *timeout* ran out.
         4. Fail every call still unfinished with `errors.QueueRunError`.
 
-        Calling it again returns a Deferred of the same shutdown.
+        Calling it again returns a Deferred of the same shutdown (its first
+        *timeout* holds).
         """
         if self._shutdownD is None:
             self._running = False
-            self._shutdownD = self._doShutdown()
+            self._shutdownD = self._doShutdown(timeout)
         return whenFired(self._shutdownD)
 
-    def _doShutdown(self) -> Deferred[None]:
+    def _doShutdown(self, timeout: float | None) -> Deferred[None]:
         from twisted.internet.defer import inlineCallbacks
 
         @inlineCallbacks
         def steps() -> Generator[Deferred[Any], Any, None]:
-            yield self._dispatcher.drained()
-            stops = [self.detachWorker(ID) for ID in list(self._dispatcher.slots)]
+            drained = self._dispatcher.drained()
+            late = False
+            if timeout is None:
+                yield drained
+            else:
+                late = yield _firedWithin(drained, timeout, self._reactor)
+            if late:
+                # Every unfinished call fails first (so none goes to another
+                # worker meanwhile), then the workers are crashed.
+                self._dispatcher.abandon(
+                    f"was not done when the shutdown's timeout ({timeout:g} s) ran out"
+                )
+            stops = [self.detachWorker(ID, crash=late) for ID in list(self._dispatcher.slots)]
             results = yield DeferredList(stops, consumeErrors=True)
             for ok, value in results:
                 if not ok:
@@ -592,6 +607,27 @@ class TaskQueue:
             self._dispatcher.abandon("never ran: the queue was shut down")
 
         return steps()
+
+
+def _firedWithin(d: Deferred[Any], seconds: float, reactor: Any) -> Deferred[bool]:
+    """A Deferred of whether *seconds* ran out before *d* fired (then sooner)."""
+    outcome: Deferred[bool] = Deferred()
+
+    def ranOut() -> None:
+        if not outcome.called:
+            outcome.callback(True)
+
+    timer = reactor.callLater(seconds, ranOut)
+
+    def fired(result: Any) -> Any:
+        if timer.active():
+            timer.cancel()
+        if not outcome.called:
+            outcome.callback(False)
+        return result
+
+    d.addBoth(fired)
+    return outcome
 
 
 def _ensureLogOutput() -> None:
