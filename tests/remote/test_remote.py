@@ -23,7 +23,7 @@ from twisted.internet.defer import CancelledError, gatherResults, inlineCallback
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
-from asynqueue import TaskQueue, errors
+from asynqueue import TaskQueue, ThreadWorker, errors
 from asynqueue._iter._producers import ListConsumer
 from asynqueue._remote._server import needsKey, resolveName
 from asynqueue._wire import _auth
@@ -589,6 +589,50 @@ class ResilienceTest(RemoteTestCase):
         yield gatherResults(ds)
         last = {tag: max(i for i, t in enumerate(order) if t == tag) for tag in "12"}
         self.assertLess(last["2"], last["1"])
+
+
+class HeartbeatTest(RemoteTestCase):
+    """A server that stops answering is given up on; a busy one is not."""
+
+    @inlineCallbacks
+    def test_a_frozen_server_is_given_up_on(self) -> Any:
+        proc, description = yield self.spawnServer("tcp:0:interface=127.0.0.1")
+        # (Cleanups run last first: the server runs on before it is reaped.)
+        self.addCleanup(_resume, proc.pid)
+        q = self.makeQueue(description, 1, heartbeat=0.1, giveUpAfter=1.0, handshakeTimeout=0.5)
+        yield q.whenConnected()
+        [remote] = q.workers()
+        logs = self.captureLogs()
+        folder = self.tmpdir()
+        # (It waits for a file "go", which is written only once it runs here.)
+        waiting = q.call(hp.meet, str(folder), "started", "go", 30)
+        yield helpers.waitUntil(lambda: (folder / "started").exists())
+        os.kill(proc.pid, signal.SIGSTOP)  # its kernel still acknowledges: TCP sees nothing wrong
+        yield helpers.waitUntil(lambda: remote not in q.workers())  # (it gave up, and resigned)
+        self.assertIn("the server did not answer for", logs.text())
+        self.assertFalse(waiting.called)  # not lost: back in the queue
+        (folder / "started").unlink()
+        q.attachWorker(ThreadWorker())
+        yield helpers.waitUntil(lambda: (folder / "started").exists())
+        (folder / "go").write_text("")
+        self.assertIs((yield waiting), True)
+
+    @inlineCallbacks
+    def test_a_busy_server_that_answers_is_kept(self) -> Any:
+        server = yield self.startServer()
+        q = self.makeQueue(self.clientDescription(server), 1, heartbeat=0.05)
+        yield q.whenConnected()
+        [worker] = q.workers()
+        # Many heartbeats long; the server's reactor answers meanwhile.
+        self.assertEqual((yield q.call(h.sleepy, 0.6)), os.getpid())
+        self.assertTrue(worker.connected)
+
+
+def _resume(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
 
 
 class CommandLineTest(RemoteTestCase):

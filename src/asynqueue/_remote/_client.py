@@ -71,6 +71,8 @@ from .._wire._codec import (
     FLAG_UPDATE,
     HELLO,
     LANE_SHIFT,
+    PING,
+    PONG,
     WIRE_VERSION,
     dumpsCall,
     dumpsSmall,
@@ -92,6 +94,12 @@ RETRY_DELAY = 0.05
 MAX_RETRY_DELAY = 2.0
 #: Seconds a graceful close may take before the connection is cut.
 CLOSE_GRACE = 2.0
+#: While calls wait on a server, it is asked this often whether it is there
+#: (PING); a connection that heard nothing for HEARTBEAT_MISSES of these
+#: pauses in a row is closed, its calls reported lost (a frozen server, or
+#: a host gone without a word, which TCP alone would notice after hours).
+HEARTBEAT = 10.0
+HEARTBEAT_MISSES = 3
 
 
 def _lane(series: Hashable) -> int:
@@ -124,6 +132,11 @@ class _ServerLink(WireClient, FrameReceiver):
         self._serverNonce = b""
         self._clientNonce = b""
         self._timer: Any = None
+        # The heartbeat (see HEARTBEAT): its timer, whether anything came
+        # since it last looked, and how many pauses in a row were silent.
+        self._beat: Any = None
+        self._heard = False
+        self._silent = 0
 
     def __repr__(self) -> str:
         return f"<WireWorker connection to {self.worker.description} {self.state}>"
@@ -143,6 +156,9 @@ class _ServerLink(WireClient, FrameReceiver):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._beat is not None and self._beat.active():
+            self._beat.cancel()
+        self._beat = None
         self.unscheduleSend()
         self.worker._lost(self, self.closeReason or reason.value)
 
@@ -150,6 +166,9 @@ class _ServerLink(WireClient, FrameReceiver):
 
     def handle(self, message: Message) -> None:
         if self.state == "open":
+            self._heard = True
+            if message.kind == PONG:
+                return
             if not self.handleMessage(message):
                 raise errors.WireError(f"unexpected message kind {message.kind} from the server")
             return
@@ -178,6 +197,9 @@ class _ServerLink(WireClient, FrameReceiver):
             self.state = "open"
             self.helloed = True
             self.channel = self.link
+            interval = self.worker.heartbeat
+            if interval and self.info.get("ping"):
+                self._beat = self.reactor.callLater(interval, self._pulse, interval)
             self.worker._opened(self)
             return
         if message.kind != AUTH:
@@ -191,6 +213,26 @@ class _ServerLink(WireClient, FrameReceiver):
             _auth.checkProof(key, self._serverNonce, self._clientNonce, message.parts)
             self.state = "hello"
             self.link.maxLength = self.worker.maxFrame
+
+    def _pulse(self, interval: float) -> None:
+        """The heartbeat: ask a server that calls wait on; close one that stays silent."""
+        self._beat = None
+        if self.state != "open" or not self.connected:
+            return
+        waiting = bool(self.inflight or self.firstBatch or self.itemWaiters)
+        if self._heard or not waiting:
+            self._silent = 0
+        else:
+            self._silent += 1
+            if self._silent >= HEARTBEAT_MISSES:
+                self.close(
+                    errors.WireError(f"the server did not answer for {self._silent * interval:g} s")
+                )
+                return
+        self._heard = False
+        if waiting:
+            self.send(encode(PING))
+        self._beat = self.reactor.callLater(interval, self._pulse, interval)
 
     # ------------------------------------------------------------ WireClient hooks
 
@@ -227,6 +269,9 @@ class WireWorker(PipelineWindow):
         handshakeTimeout: seconds the server has to answer the handshake.
         maxFrame: the largest frame accepted from the server.
         maxWindow: most tasks in flight at once.
+        heartbeat: while calls wait on the server, ask it this often (seconds)
+            whether it is there; after `HEARTBEAT_MISSES` silent pauses the
+            connection is closed and its calls reported lost (None: never).
         reactor: the reactor (the global one by default).
 
     The worker connects at once, in the background; see `whenConnected`.
@@ -248,6 +293,7 @@ class WireWorker(PipelineWindow):
         handshakeTimeout: float = HANDSHAKE_TIMEOUT,
         maxFrame: int = DEFAULT_MAX_FRAME,
         maxWindow: int = REMOTE_MAX_WINDOW,
+        heartbeat: float | None = HEARTBEAT,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -264,6 +310,7 @@ class WireWorker(PipelineWindow):
         self.reconnect = reconnect
         self.giveUpAfter = giveUpAfter
         self.handshakeTimeout = handshakeTimeout
+        self.heartbeat = heartbeat
         self.maxFrame = maxFrame
         self.maxWindow = max(1, maxWindow)
         if isinstance(description, str):
@@ -657,7 +704,7 @@ class RemoteQueue(TaskQueue):
         N: how many connections (workers).
         key: the shared secret (default: the ``ASYNQUEUE_KEY`` environment variable).
         series, raw, reconnect, giveUpAfter, handshakeTimeout, maxFrame,
-            maxWindow: passed to each `WireWorker`.
+            maxWindow, heartbeat: passed to each `WireWorker`.
         **kw: `TaskQueue` keywords (``timeout``, ``returnFailure``, ...).
     """
 
@@ -674,6 +721,7 @@ class RemoteQueue(TaskQueue):
         handshakeTimeout: float = HANDSHAKE_TIMEOUT,
         maxFrame: int = DEFAULT_MAX_FRAME,
         maxWindow: int = REMOTE_MAX_WINDOW,
+        heartbeat: float | None = HEARTBEAT,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
@@ -692,6 +740,7 @@ class RemoteQueue(TaskQueue):
                     handshakeTimeout=handshakeTimeout,
                     maxFrame=maxFrame,
                     maxWindow=maxWindow,
+                    heartbeat=heartbeat,
                     reactor=reactor,
                 )
             )

@@ -56,6 +56,8 @@ from .._wire._codec import (
     HELLO,
     LANE_SHIFT,
     NEXT,
+    PING,
+    PONG,
     RESULTS,
     STARTED,
     WIRE_ERROR,
@@ -326,6 +328,8 @@ class _ClientSession(BurstSender, FrameReceiver):
                     given.append(served)
             for served in given:
                 self._abandon(served, "the client gave up on it")
+        elif kind == PING:
+            self.send(encode(PONG))
         elif kind == EXIT:
             self.close()
         else:
@@ -357,6 +361,7 @@ class _ClientSession(BurstSender, FrameReceiver):
             "restricted": server.allow is not None,
             "universe": server.universe is not None,
             "lanes": True,
+            "ping": True,  # (it answers PING: the client may check it is there)
         }
         self.send(encode(AUTH, _auth.proof(server._key, self.nonce, clientNonce)))
         self.send(encode(HELLO, [dumpsSmall(info)]))

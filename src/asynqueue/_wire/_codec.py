@@ -54,8 +54,10 @@ __all__ = [
     "ITEMS",
     "LANE_SHIFT",
     "NEXT",
+    "PING",
     "PLACED",
     "PLAIN_TYPES",
+    "PONG",
     "PROTOCOL",
     "RESULTS",
     "STARTED",
@@ -112,6 +114,10 @@ ITEMS = 18
 STARTED = 19  # [envelope]: [taskID, ...] that started (remote only, FLAG_STARTED calls)
 # PLACED: [envelope]: the arena is written up to this offset (child only; see _arena)
 PLACED = 20
+# PING: [] (remote only, client to server): are you there? Answered by PONG: [],
+# from the server's reactor at once, whatever its workers are doing.
+PING = 21
+PONG = 22
 # The shared-secret handshake of remote connections (raw bytes, never pickles):
 # see `asynqueue._wire._auth`.
 AUTH = 32
