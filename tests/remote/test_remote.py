@@ -627,6 +627,18 @@ class HeartbeatTest(RemoteTestCase):
         self.assertEqual((yield q.call(h.sleepy, 0.6)), os.getpid())
         self.assertTrue(worker.connected)
 
+    @inlineCallbacks
+    def test_a_server_taking_a_large_call_is_kept(self) -> Any:
+        # Our PING waits behind the call's bytes, so nothing comes back for
+        # many heartbeats: the server is taking those bytes, so it is there.
+        server = yield self.startServer()
+        q = self.makeQueue(self.clientDescription(server), 1, heartbeat=0.002)
+        yield q.whenConnected()
+        [worker] = q.workers()
+        data = b"x" * (256 * 1024 * 1024)
+        self.assertEqual((yield q.call(hp.length, data)), len(data))
+        self.assertTrue(worker.connected)
+
 
 def _resume(pid: int) -> None:
     try:

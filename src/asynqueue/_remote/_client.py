@@ -137,6 +137,7 @@ class _ServerLink(WireClient, FrameReceiver):
         self._beat: Any = None
         self._heard = False
         self._silent = 0
+        self._unsent = 0  # bytes still queued for it at the last look
 
     def __repr__(self) -> str:
         return f"<WireWorker connection to {self.worker.description} {self.state}>"
@@ -220,7 +221,12 @@ class _ServerLink(WireClient, FrameReceiver):
         if self.state != "open" or not self.connected:
             return
         waiting = bool(self.inflight or self.firstBatch or self.itemWaiters)
-        if self._heard or not waiting:
+        # A large call still going out: our PING waits behind it, but the
+        # server is there if it takes our bytes (a frozen one soon stops).
+        unsent = getattr(self.link, "bufferedBytes", 0)
+        taking = unsent < self._unsent
+        self._unsent = unsent
+        if self._heard or taking or not waiting:
             self._silent = 0
         else:
             self._silent += 1
