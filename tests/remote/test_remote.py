@@ -639,6 +639,17 @@ class HeartbeatTest(RemoteTestCase):
         self.assertEqual((yield q.call(hp.length, data)), len(data))
         self.assertTrue(worker.connected)
 
+    @inlineCallbacks
+    def test_a_server_sending_a_large_result_is_kept(self) -> Any:
+        # No whole message comes back for many heartbeats, but its bytes do.
+        server = yield self.startServer()
+        q = self.makeQueue(self.clientDescription(server), 1, heartbeat=0.002)
+        yield q.whenConnected()
+        [worker] = q.workers()
+        size = 256 * 1024 * 1024
+        self.assertEqual(len((yield q.call(hp.makeBytes, size))), size)
+        self.assertTrue(worker.connected)
+
 
 def _resume(pid: int) -> None:
     try:

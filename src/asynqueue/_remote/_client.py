@@ -138,6 +138,7 @@ class _ServerLink(WireClient, FrameReceiver):
         self._heard = False
         self._silent = 0
         self._unsent = 0  # bytes still queued for it at the last look
+        self._read = 0  # bytes read from it at the last look
 
     def __repr__(self) -> str:
         return f"<WireWorker connection to {self.worker.description} {self.state}>"
@@ -226,7 +227,11 @@ class _ServerLink(WireClient, FrameReceiver):
         unsent = getattr(self.link, "bufferedBytes", 0)
         taking = unsent < self._unsent
         self._unsent = unsent
-        if self._heard or taking or not waiting:
+        # A large result still coming in: no message yet, but bytes.
+        read = getattr(self.link, "bytesRead", 0)
+        arriving = read != self._read
+        self._read = read
+        if self._heard or taking or arriving or not waiting:
             self._silent = 0
         else:
             self._silent += 1

@@ -117,6 +117,9 @@ class SocketChannel:
         # The early message whose bytes the front of the send queue waits for.
         self._stalled: Filling | None = None
         self._readingPaused = False
+        # Bytes read so far: a receiver can tell that a long message is
+        # still coming in (a heartbeat) before any of it is handed over.
+        self.bytesRead = 0
         # Why a write failed (see `_sendFailed`): then it sends no more, and
         # closes once it has read what is left.
         self._sendError: Failure | None = None
@@ -163,6 +166,7 @@ class SocketChannel:
                 self._close(Failure(ConnectionLost(str(e))))
                 return None
             del buf  # (it may be a view of a bytes object being read into)
+            self.bytesRead += n
             if not n:
                 if decoder.pending():
                     reason = ConnectionLost("end of file in the middle of a message")
