@@ -618,37 +618,33 @@ class HeartbeatTest(RemoteTestCase):
         self.assertIs((yield waiting), True)
 
     @inlineCallbacks
-    def test_a_busy_server_that_answers_is_kept(self) -> Any:
+    def keptThrough(self, heartbeat: float, f: Any, *args: Any) -> Any:
+        """``f(*args)`` on an in-process server, with *heartbeat*; the connection must stay."""
         server = yield self.startServer()
-        q = self.makeQueue(self.clientDescription(server), 1, heartbeat=0.05)
+        q = self.makeQueue(self.clientDescription(server), 1, heartbeat=heartbeat)
         yield q.whenConnected()
         [worker] = q.workers()
-        # Many heartbeats long; the server's reactor answers meanwhile.
-        self.assertEqual((yield q.call(h.sleepy, 0.6)), os.getpid())
+        result = yield q.call(f, *args)
         self.assertTrue(worker.connected)
+        return result
+
+    @inlineCallbacks
+    def test_a_busy_server_that_answers_is_kept(self) -> Any:
+        # Many heartbeats long; the server's reactor answers meanwhile.
+        self.assertEqual((yield self.keptThrough(0.05, h.sleepy, 0.6)), os.getpid())
 
     @inlineCallbacks
     def test_a_server_taking_a_large_call_is_kept(self) -> Any:
         # Our PING waits behind the call's bytes, so nothing comes back for
         # many heartbeats: the server is taking those bytes, so it is there.
-        server = yield self.startServer()
-        q = self.makeQueue(self.clientDescription(server), 1, heartbeat=0.002)
-        yield q.whenConnected()
-        [worker] = q.workers()
         data = b"x" * (256 * 1024 * 1024)
-        self.assertEqual((yield q.call(hp.length, data)), len(data))
-        self.assertTrue(worker.connected)
+        self.assertEqual((yield self.keptThrough(0.002, hp.length, data)), len(data))
 
     @inlineCallbacks
     def test_a_server_sending_a_large_result_is_kept(self) -> Any:
         # No whole message comes back for many heartbeats, but its bytes do.
-        server = yield self.startServer()
-        q = self.makeQueue(self.clientDescription(server), 1, heartbeat=0.002)
-        yield q.whenConnected()
-        [worker] = q.workers()
         size = 256 * 1024 * 1024
-        self.assertEqual(len((yield q.call(hp.makeBytes, size))), size)
-        self.assertTrue(worker.connected)
+        self.assertEqual(len((yield self.keptThrough(0.002, hp.makeBytes, size))), size)
 
 
 def _resume(pid: int) -> None:
