@@ -150,6 +150,28 @@ class PeerGoneTest(TestCase):
         yield self.recorder.lost  # (and the end of file after them)
         self.assertIsInstance(self.recorder.reason.value, ConnectionDone)
 
+    @inlineCallbacks
+    def test_the_end_met_in_a_read_is_told_after_that_read_was_handled(self) -> Any:
+        # (A receiver that holds what one read brings, as WireClient does its
+        # results, reports it before it hears that the peer is gone.)
+        events: list[Any] = []
+        peer, side = socket.socketpair()
+        self.addCleanup(peer.close)
+        recorder = _Recorder()
+        recorder.holdSends = lambda hold: events.append("hold" if hold else "release")
+        recorder.messageReceived = lambda m: events.append(bytes(m.parts[0]))
+        channel = SocketChannel(side, recorder, reactor)
+        self.addCleanup(channel.loseConnection)
+        recorder.lost.addCallback(lambda _: events.append("lost"))
+        channel.pauseReading()
+        peer.sendall(b"".join(encode(3, [b"last"])))
+        peer.close()
+        channel.readLast()
+        yield recorder.lost
+        # Whichever read met the end of file, its end comes after its release.
+        self.assertEqual(events[:3], ["hold", b"last", "release"])
+        self.assertEqual(events[-2:], ["release", "lost"])
+
     def test_read_last_with_nothing_there_leaves_the_channel_open(self) -> None:
         self.channel.readLast()
         self.assertTrue(self.channel.connected)

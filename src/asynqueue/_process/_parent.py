@@ -297,9 +297,6 @@ class _Child(WireClient, ProcessProtocol):
             if self.takesTasks:
                 self.state = ChildState.LOST
             self.channel.readLast()
-        # Reaped from within a read (its end of file made me reap it): the
-        # results that read took go first, before the death is reported.
-        self.reportReadResults()
         self.ended = True
         self.state = ChildState.ENDED
         self._cancelTimers()

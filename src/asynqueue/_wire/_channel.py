@@ -120,6 +120,10 @@ class SocketChannel:
         # Bytes read so far: a receiver can tell that a long message is
         # still coming in (a heartbeat) before any of it is handed over.
         self.bytesRead = 0
+        # Inside doRead's hold (see _holdSends), and the end met there: the
+        # receiver hears of it only once what it read has been handled.
+        self._reading = False
+        self._lostInRead: Failure | None = None
         # Why a write failed (see `_sendFailed`): then it sends no more, and
         # closes once it has read what is left.
         self._sendError: Failure | None = None
@@ -145,10 +149,16 @@ class SocketChannel:
         if hold is None:
             return self._read()
         hold(True)
+        self._reading = True
         try:
             return self._read()
         finally:
+            self._reading = False
             hold(False)
+            # An end met in this read is told after its messages were handled.
+            lost, self._lostInRead = self._lostInRead, None
+            if lost is not None:
+                self._receiver.channelLost(lost)
 
     def _read(self) -> None:
         decoder = self._decoder
@@ -422,4 +432,7 @@ class SocketChannel:
             self.socket.close()
         except OSError:
             pass
-        self._receiver.channelLost(reason)
+        if self._reading:
+            self._lostInRead = reason  # (told at the end of doRead)
+        else:
+            self._receiver.channelLost(reason)

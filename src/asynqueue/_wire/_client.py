@@ -496,15 +496,6 @@ class WireClient(BurstSender):
                 log.exception("Reporting a result in %r failed", self)
         self.settle()
 
-    def reportReadResults(self) -> None:
-        """
-        Report now the results held during the read in progress, if any (see
-        `holdSends`): for an end that is handled within that read, whose
-        reports must not overtake them.
-        """
-        if self._reportsDue:
-            self._reportHeld()
-
     def _reportHeld(self, release: bool = False) -> None:
         """Report the results held during a read (see `holdSends`)."""
         reports, self._reports = self._reports, []
