@@ -99,7 +99,7 @@ class GCPauseTests(DispatchTestCase):
 
     def test_two_holders_release_together(self) -> None:
         first = self.submit(BURST + 1)
-        token = _gcpause.hold()  # another queue's hold
+        token = _gcpause.hold(lambda: 0)  # another queue's hold
         for c in first:
             c.addErrback(lambda _: None)
         self.dispatcher.abandon("was shut down")
@@ -134,3 +134,25 @@ class GCPauseTests(DispatchTestCase):
             c.addErrback(lambda _: None)
         self.dispatcher.abandon("was shut down")
         self.assertEqual(gc.get_threshold(), (600, 10, 10))
+
+    def test_a_moving_queue_keeps_its_hold(self) -> None:
+        # Progress is polled at a collection's start: a queue whose backlog
+        # moved since the last look renews the hold, one that did not loses
+        # it once STALE has passed.
+        w = PipeliningWorker(window=4)
+        self.attach(w)
+        calls = self.submit(BURST + 10)
+        for c in calls:
+            c.addErrback(lambda _: None)
+        self.assertHeld()
+        self.patch(_gcpause, "POLL", 0.0)
+        self.patch(_gcpause, "STALE", 1e-9)
+        w.finishAll()  # progress since the hold began
+        self.patch(_gcpause, "_renewed", -1.0)
+        gc.collect(0)
+        self.assertHeld()  # renewed: it moved
+        self.patch(_gcpause, "_renewed", -1.0)
+        gc.collect(0)
+        self.assertReleased()  # nothing moved since the last look
+        while w.current:
+            w.finishAll()

@@ -97,7 +97,7 @@ class Dispatcher:
         self.canceller = self.cancel
         # The token of this dispatcher's hold on full garbage collections
         # while its backlog is large (see `_gcpause`), or None.
-        self._gcHold: int | None = None
+        self._gcHold: object | None = None
 
     def running(self) -> int:
         """How many attempts are in flight."""
@@ -268,7 +268,7 @@ class Dispatcher:
         # The call is its own entry (push sets its seq).
         call.entry = scheduler.push(call, call.series, call.niceness, call.doNext, call.doLast)
         if scheduler.count > _gcpause.BURST and self._gcHold is None:
-            self._gcHold = _gcpause.hold()
+            self._gcHold = _gcpause.hold(self._progress)
         if self._dispatching:
             self._redispatch = True
         else:
@@ -328,8 +328,11 @@ class Dispatcher:
             token, self._gcHold = self._gcHold, None
             if token is not None:
                 _gcpause.release(token)
-        else:
-            _gcpause.renew()
+
+    def _progress(self) -> tuple[int, int]:
+        """What moves while this queue makes progress (`_gcpause` polls it)."""
+        scheduler = self.scheduler
+        return scheduler.virtualTime, scheduler.count
 
     def _requeue(self, call: _Call) -> None:
         """Put *call* back at the front, in its original place among retries."""
@@ -341,7 +344,7 @@ class Dispatcher:
             self._redispatch = True
             return
         scheduler = self.scheduler
-        if self._gcHold is not None:
+        if self._gcHold is not None and scheduler.count <= _gcpause.LOW:
             self._checkBacklog()
         if not scheduler.count:
             return
