@@ -70,6 +70,14 @@ class IWorker(Interface):
         Register a callable to call (with no arguments) when the worker quits
         on its own, e.g. after losing its connection. The queue then detaches
         it and reassigns its unfinished tasks.
+
+        Optional: a worker that quits because it cannot work any more (its
+        server is gone, its children die at start) may say why in a
+        ``gaveUp`` attribute (a string; None otherwise), read when it
+        resigns. If it was the queue's last worker, the queue's calls then
+        fail with `asynqueue.errors.WorkerError` instead of waiting for a
+        worker that may never come; new calls fail too until a worker is
+        attached.
         """
 
     def run(task):

@@ -777,6 +777,46 @@ class DetachTests(DispatchTestCase):
         spare.finish("r", "a")
         self.assertEqual(self.successResultOf(d), "a")
 
+    def test_calls_fail_when_the_last_worker_gives_up(self) -> None:
+        # A worker that gave up for good (gaveUp says why) and was the last:
+        # the queued calls, and the one it was running, fail at once rather
+        # than wait for a worker that may never come; so do new calls, until
+        # a worker is attached.
+        first, last = ManualWorker(name="first"), ManualWorker(name="last")
+        self.attach(first, last)
+        running = self.call(identity, "running")
+        queued = [self.call(identity, i) for i in range(3)]
+        first.gaveUp = "its server is gone"  # type: ignore[attr-defined]
+        first.resignator()
+        for d in [running, *queued]:
+            self.assertNoResult(d)  # another worker is left: they wait for it
+        last.gaveUp = "could not connect for 60 seconds"  # type: ignore[attr-defined]
+        last.resignator()
+        self.assertEqual(self.dispatcher.slots, {})
+        for d in [running, *queued]:
+            error = self.failureResultOf(d, errors.WorkerError).value
+            self.assertIn("last worker gave up (could not connect for 60 seconds)", str(error))
+        self.assertEqual((self.queued(), self.dispatcher.pending), (0, set()))
+        late = self.call(identity, "late")
+        self.assertIn("gave up", str(self.failureResultOf(late, errors.WorkerError).value))
+        spare = ManualWorker(name="spare")
+        self.attach(spare)
+        d = self.call(identity, "after")
+        spare.finish("r", "after")
+        self.assertEqual(self.successResultOf(d), "after")
+
+    def test_a_last_worker_resigning_without_giving_up_leaves_the_calls_queued(self) -> None:
+        # (The original's workers, and a process worker at reactor shutdown,
+        # resign without a gaveUp: its calls wait for the next worker.)
+        quitter = ManualWorker(name="quitter")
+        quitter.gaveUp = None  # type: ignore[attr-defined]
+        self.attach(quitter)
+        d = self.call(identity, "a")
+        quitter.resignator()
+        self.assertNoResult(d)
+        self.assertNoResult(self.call(identity, "b"))
+        self.assertEqual(self.queued(), 2)
+
     def test_a_worker_whose_ready_deferred_fails_is_detached_and_its_calls_reassigned(
         self,
     ) -> None:

@@ -467,6 +467,18 @@ class CrashTests(WorkerTestCase):
         self.assertEqual(values, ["yes"] * 6)
 
     @inlineCallbacks
+    def test_a_queue_whose_children_all_die_at_start_fails_its_calls(self) -> Any:
+        # Its only worker gives up: the calls fail instead of waiting for ever
+        # (a program whose children cannot start must not hang).
+        q = self.makeQueue(1)
+        yield q.update(h.exitWith, 1).addErrback(lambda _: None)  # replayed to every child
+        error = yield self.assertFailure(q.call(h.add, 1, 1), errors.WorkerError)
+        self.assertIn("last worker gave up", str(error))
+        self.assertIn("died before running a task", str(error))
+        self.assertEqual(q.workers(), [])
+        yield self.assertFailure(q.call(h.add, 2, 2), errors.WorkerError)
+
+    @inlineCallbacks
     def test_children_dying_before_any_task_make_the_worker_resign(self) -> Any:
         w = self.makeWorker()
         resigned: list[bool] = []

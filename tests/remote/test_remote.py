@@ -568,10 +568,13 @@ class ResilienceTest(RemoteTestCase):
         worker = WireWorker(description, key=KEY, giveUpAfter=0.3)
         q = TaskQueue(worker, returnFailure=True)
         d = q.call(h.add, 1, 2)
-        yield waitUntil(lambda: len(q) == 0)  # it gave up and resigned
+        # It gives up and resigns; it was the last worker, so the call fails.
+        error = yield self.assertFailure(d, errors.WorkerError)
+        self.assertIn("last worker gave up (could not connect to", str(error))
+        self.assertEqual(len(q), 0)
         yield self.assertFailure(worker.whenConnected(), errors.WorkerError)
+        yield self.assertFailure(q.call(h.add, 2, 2), errors.WorkerError)  # at once
         yield q.shutdown()
-        yield self.assertFailure(d, errors.QueueRunError)
         other = WireWorker(description, key=KEY)
         yield other.stop()  # at once: nothing can finish without a server
         self.assertEqual(other.crash(), [])
@@ -608,14 +611,19 @@ class HeartbeatTest(RemoteTestCase):
         waiting = q.call(hp.meet, str(folder), "started", "go", 30)
         yield helpers.waitUntil(lambda: (folder / "started").exists())
         os.kill(proc.pid, signal.SIGSTOP)  # its kernel still acknowledges: TCP sees nothing wrong
-        yield helpers.waitUntil(lambda: remote not in q.workers())  # (it gave up, and resigned)
+        # It gives up, and resigns: the queue's last worker, so the call fails
+        # rather than wait for ever.
+        error = yield self.assertFailure(waiting, errors.WorkerError)
+        self.assertNotIn(remote, q.workers())
         self.assertIn("the server did not answer for", logs.text())
-        self.assertFalse(waiting.called)  # not lost: back in the queue
+        self.assertIn("last worker gave up", str(error))
+        # Another worker attached: the queue runs calls again.
         (folder / "started").unlink()
         q.attachWorker(ThreadWorker())
+        again = q.call(hp.meet, str(folder), "started", "go", 30)
         yield helpers.waitUntil(lambda: (folder / "started").exists())
         (folder / "go").write_text("")
-        self.assertIs((yield waiting), True)
+        self.assertIs((yield again), True)
 
     @inlineCallbacks
     def keptThrough(self, heartbeat: float, f: Any, *args: Any) -> Any:

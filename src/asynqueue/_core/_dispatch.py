@@ -98,6 +98,9 @@ class Dispatcher:
         # The token of this dispatcher's hold on full garbage collections
         # while its backlog is large (see `_gcpause`), or None.
         self._gcHold: object | None = None
+        # Why the queue has no worker: its last one gave up (see _resigned);
+        # None once a worker is attached.
+        self._orphaned: str | None = None
 
     def running(self) -> int:
         """How many attempts are in flight."""
@@ -116,9 +119,25 @@ class Dispatcher:
         # (Not in IWorker: the original's queue set both on its workers.)
         worker.ID = ID  # type: ignore[attr-defined]
         worker.hired = True  # type: ignore[attr-defined]
-        worker.setResignator(lambda *_: self.detach(slot, reassign=True, crash=True))
+        worker.setResignator(lambda *_: self._resigned(slot))
+        self._orphaned = None
         self._refreshRestricted()
         return slot
+
+    def _resigned(self, slot: _Slot) -> Deferred[list[Task]]:
+        """
+        *slot*'s worker quit on its own: detach it, its unfinished calls back
+        in the queue. If it gave up (its ``gaveUp`` says why: a server gone,
+        children that die at start) and it was the last worker, no call can
+        run: the queued ones fail, and so do new ones until a worker is
+        attached, rather than wait for ever.
+        """
+        why = getattr(slot.worker, "gaveUp", None) if slot.attached else None
+        d = self.detach(slot, reassign=True, crash=True)
+        if why and not self._slotList:
+            self._orphaned = f"was not run: the queue's last worker gave up ({why})"
+            self.abandon(self._orphaned, errors.WorkerError)
+        return d
 
     def requalify(self, slot: _Slot) -> None:
         """*slot*'s worker is qualified for other series now."""
@@ -265,6 +284,9 @@ class Dispatcher:
                     if self._redispatch and scheduler.count:
                         self._dispatch()  # something was queued meanwhile (a retry)
                     return call
+        if self._orphaned is not None and not self._slotList:
+            self._finish(call, Failure(errors.WorkerError(f"{call.describe()} {self._orphaned}")))
+            return call
         # The call is its own entry (push sets its seq).
         call.entry = scheduler.push(call, call.series, call.niceness, call.doNext, call.doLast)
         if scheduler.count > _gcpause.BURST and self._gcHold is None:
@@ -310,15 +332,15 @@ class Dispatcher:
         self.checkDrained()
         return d
 
-    def abandon(self, why: str) -> None:
-        """Fail every unfinished call with `errors.QueueRunError`: it *why*."""
+    def abandon(self, why: str, error: type[Exception] = errors.QueueRunError) -> None:
+        """Fail every unfinished call with *error* (`errors.QueueRunError`): it *why*."""
         for call in self.scheduler.drain():
             call.entry = None
         if self._gcHold is not None:
             self._checkBacklog()
         for call in list(self.pending):
             self._closeAttempt(call)
-            self._finish(call, Failure(errors.QueueRunError(f"{call.describe()} {why}")))
+            self._finish(call, Failure(error(f"{call.describe()} {why}")))
 
     # ------------------------------------------------------------ dispatch
 

@@ -84,6 +84,11 @@ class PipelineWindow:
     # worker starts a child for it; a remote worker waits for its link).
     _roomWithoutClient = True
 
+    @property
+    def gaveUp(self) -> str | None:
+        """Why the worker quit for good on its own (its queue reads it on resignation), or None."""
+        return self._broken
+
     def _activeClient(self) -> Pipe | None:
         raise NotImplementedError
 
