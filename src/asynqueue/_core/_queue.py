@@ -280,11 +280,21 @@ class TaskQueue:
             raise errors.QueueRunError(
                 f"Cannot call {describeCall(func, args, kw)}: the queue is shut down"
             )
-        if kw or not self._plainNewTask or not callable(func):
+        if not self._plainNewTask or not callable(func):
             return self._dispatcher.submit(self.newTask(func, args, kw))
-        # What newTask makes of a callable without keywords (inlined: once
-        # per call; a subclass's own newTask is always called).
-        call = _Call(func, args, None, self._dispatcher.canceller)
+        # What newTask makes of a callable without keywords, or with only a
+        # series (inlined: once per call; a subclass's own newTask is always
+        # called).
+        if kw:
+            if len(kw) != 1 or "series" not in kw:
+                return self._dispatcher.submit(self.newTask(func, args, kw))
+            series = kw["series"]
+            call = _Call(func, args, None, self._dispatcher.canceller)
+            if series is not None:
+                hash(series)  # TypeError at the call site for an unhashable series
+                call.series = series
+        else:
+            call = _Call(func, args, None, self._dispatcher.canceller)
         if self.returnFailure:
             call.returnFailure = True
         return self._dispatcher.submit(call)
