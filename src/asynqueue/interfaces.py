@@ -56,6 +56,15 @@ class IWorker(Interface):
       right behind it (no other worker may start one before it finishes).
       Such a worker's ``timedOut(task)`` must hand back unrun (innocent
       ``Status.NOT_RUN``) the tasks of the same series that it holds behind it.
+    - ``handBack()`` (with ``reportsStart``): hand back unrun (innocent
+      ``Status.NOT_RUN``) every task it holds that has not started, keeping
+      the running one. The queue calls it when the task running there (the
+      oldest it handed over) has run for longer than a short patience
+      (`asynqueue._core._dispatch.HANDBACK_PATIENCE`) with others waiting
+      behind it, and another worker is attached: the first worker free then
+      takes them. A thread worker has it. Called in the reactor thread.
+    - ``gaveUp``: why the worker resigned for good (a string), or None; see
+      ``setResignator``.
     """
 
     cQualified = Attribute(

@@ -25,6 +25,7 @@ from twisted.trial.unittest import TestCase
 from asynqueue import errors
 from asynqueue._core._calls import _Call, _Slot, takeQueueOptions
 from asynqueue._core._dispatch import (
+    HANDBACK_PATIENCE,
     MAX_LOSSES,
     MAX_TIMEOUTS,
     PIPELINE_PATIENCE,
@@ -652,6 +653,90 @@ class StallTests(DispatchTestCase):
         self.clock.advance(0.2)
         self.assertEqual(len(w.log), 3)  # timed out and retried
         self.assertEqual(arg(w.log[2]), "timed")
+
+
+class HandingBack(StartingWorker):
+    """A StartingWorker that hands back its tasks waiting behind the oldest."""
+
+    def __init__(self, window: int, name: str = "w") -> None:
+        super().__init__(window, name)
+        self.handedBack = 0
+
+    def handBack(self) -> None:
+        waiting, self.current = self.current[1:], self.current[:1]
+        self.handedBack += 1
+        for task, _ in waiting:
+            task.innocent = True
+            task.callback(("d", "handed back"))
+
+
+class HandBackTests(DispatchTestCase):
+    """Tasks waiting behind a long one move to a worker that can start them."""
+
+    def test_tasks_behind_a_long_one_move_to_a_free_worker(self) -> None:
+        stuck, other = HandingBack(5, "stuck"), HandingBack(5, "other")
+        self.attach(stuck, other)
+        self.call(identity, "long")  # to stuck
+        self.call(identity, "o1")  # to other
+        ds = [self.call(identity, x) for x in ("a", "b", "c")]  # alternately, behind those
+        self.assertEqual([arg(t) for t in stuck.log], ["long", "a", "c"])
+        stuck.current[0][0].started()
+        other.finishOldest()  # o1
+        other.finishOldest()  # b: other is idle, a and c wait behind long
+        self.clock.advance(HANDBACK_PATIENCE / 2)
+        self.assertEqual(stuck.handedBack, 0)  # not long yet
+        self.clock.advance(HANDBACK_PATIENCE)
+        self.assertEqual((stuck.handedBack, other.handedBack), (1, 0))
+        self.assertEqual([arg(t) for t, _ in stuck.current], ["long"])
+        self.assertEqual([arg(t) for t in other.log], ["o1", "b", "a", "c"])
+        while other.current:
+            other.finishOldest()
+        self.assertEqual([self.successResultOf(d) for d in ds], ["a", "b", "c"])
+        stuck.finishOldest()
+        self.clock.advance(HANDBACK_PATIENCE)  # (the watch ends: nothing waits)
+        self.assertNoTimers()
+
+    def test_with_every_worker_stuck_the_first_free_one_takes_them(self) -> None:
+        one, two = HandingBack(5, "one"), HandingBack(5, "two")
+        self.attach(one, two)
+        ds = [self.call(identity, x) for x in ("long1", "long2", "a", "b")]
+        self.assertEqual([arg(t) for t in one.log], ["long1", "a"])
+        one.current[0][0].started()
+        two.current[0][0].started()
+        self.clock.advance(HANDBACK_PATIENCE * 1.5)
+        self.assertEqual((one.handedBack, two.handedBack), (1, 1))
+        self.assertEqual(self.queued(), 2)  # (no stuck worker takes more)
+        two.finishOldest()  # long2 done: two takes both, in order
+        self.assertEqual([arg(t) for t in two.log], ["long2", "b", "a", "b"])
+        while two.current:
+            two.finishOldest()
+        one.finishOldest()
+        self.assertEqual([self.successResultOf(d) for d in ds], ["long1", "long2", "a", "b"])
+        self.clock.advance(HANDBACK_PATIENCE)  # (the watch ends: nothing waits)
+        self.assertNoTimers()
+
+    def test_the_only_worker_keeps_its_tasks(self) -> None:
+        w = HandingBack(5)
+        self.attach(w)
+        ds = [self.call(identity, x) for x in ("long", "a")]
+        w.current[0][0].started()
+        self.clock.advance(HANDBACK_PATIENCE * 5)
+        self.assertEqual(w.handedBack, 0)
+        self.assertEqual([arg(t) for t, _ in w.current], ["long", "a"])
+        w.finishOldest()
+        w.finishOldest()
+        self.assertEqual([self.successResultOf(d) for d in ds], ["long", "a"])
+        self.clock.advance(HANDBACK_PATIENCE * 2)
+        self.assertNoTimers()
+
+    def test_abandoning_the_calls_stops_the_watch(self) -> None:
+        w = HandingBack(5)
+        self.attach(w)
+        for x in ("long", "a"):
+            self.call(identity, x).addErrback(lambda _: None)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.dispatcher.abandon("was shut down")
+        self.assertNoTimers()
 
 
 class CancelTests(DispatchTestCase):

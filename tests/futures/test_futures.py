@@ -454,6 +454,25 @@ class ContractTests(UsesTrialsReactor):
 
         return blocking(body)
 
+    def test_a_task_may_submit_to_its_own_pool_and_wait(self) -> Any:
+        # As with the standard pool: while a thread is free, a call made from
+        # a running call runs, even one first lined up behind a call that
+        # waits for it.
+        def body() -> None:
+            with ThreadPoolExecutor(4) as pool:
+
+                def inner(n: int) -> int:
+                    return n * 10
+
+                def outer(n: int) -> int:
+                    return pool.submit(inner, n).result(timeout=20) + 1
+
+                for _ in range(3):
+                    futures = [pool.submit(outer, n) for n in range(3)]
+                    self.assertEqual([f.result(timeout=30) for f in futures], [1, 11, 21])
+
+        return blocking(body)
+
     def test_thread_names_and_initializer(self) -> Any:
         def body() -> None:
             seen: list[str] = []

@@ -11,7 +11,8 @@ from twisted.internet import defer
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from asynqueue import ThreadQueue, ThreadWorker, deferToThread, errors
+from asynqueue import TaskQueue, ThreadQueue, ThreadWorker, deferToThread, errors
+from asynqueue.tasks import Task
 
 from ..helpers import common as helpers
 
@@ -299,6 +300,53 @@ class ThreadSchedulingTests(TestCase):
         window = order[:30]
         self.assertEqual(window.count("A"), 20, order)
         self.assertEqual(window.count("B"), 10, order)
+
+
+class ThreadHandBackTests(TestCase):
+    """Tasks lined up behind a long one in a worker move to a free worker."""
+
+    timeout = 20
+
+    @inlineCallbacks
+    def test_tasks_behind_a_long_task_run_on_the_other_worker(self) -> Any:
+        # Two workers with deep windows: a burst lines tasks up behind the
+        # long one too. Those must not wait for it while the other worker is
+        # free: each records which thread ran it, and all finish first.
+        long_, other = ThreadWorker(window=16), ThreadWorker(window=16)
+        q = TaskQueue(long_, other, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        release = threading.Event()
+        self.addCleanup(release.set)
+        busy = q.call(release.wait, 15)
+        quick = [q.call(threadName) for _ in range(30)]
+        names = yield defer.gatherResults(quick)
+        self.assertFalse(busy.called)  # (they did not wait for it)
+        self.assertFalse(long_.threadRunning and long_._inbox)
+        self.assertEqual(len(set(names)), 1, names)  # all on the free worker
+        release.set()
+        self.assertIs((yield busy), True)
+
+    @inlineCallbacks
+    def test_hand_back_keeps_the_running_task_and_the_thread_calls(self) -> Any:
+        w = ThreadWorker(window=8)
+        self.addCleanup(w.stop)
+        release = threading.Event()
+        self.addCleanup(release.set)
+        first = Task(release.wait, (15,))
+        self.assertIsNone(w.run(first))
+        waiting = [Task(abs, (-i,)) for i in range(3)]
+        for task in waiting:
+            w.run(task)
+        yield helpers.waitUntil(lambda: first.startedAt is not None)
+        viaThread = w.deferToThread(abs, -7)  # (ahead of tasks: it waits only for the first)
+        w.handBack()
+        for task in waiting:
+            self.assertEqual(task.d.result, ("d", "handed back from behind a long task"))
+            self.assertTrue(task.innocent)
+        self.assertFalse(viaThread.called)
+        release.set()
+        self.assertEqual((yield first.d), ("r", True))
+        self.assertEqual((yield viaThread), 7)
 
 
 def deferToThreadWait(event: threading.Event) -> defer.Deferred[Any]:

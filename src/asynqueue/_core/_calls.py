@@ -223,6 +223,7 @@ class _Slot:
         "ID",
         "attached",
         "bounced",
+        "handBack",
         "held",
         "inOrder",
         "inflight",
@@ -247,6 +248,9 @@ class _Slot:
         self.bounced = False
         self.rest: IDelayedCall | None = None  # the delayed call that ends a refusal pause
         self.reportsStart = bool(getattr(worker, "reportsStart", False))
+        # The worker's optional handBack(): give back the tasks waiting
+        # behind its running one (see Dispatcher._checkStalls).
+        self.handBack: Callable[[], object] | None = getattr(worker, "handBack", None)
         # The worker's runsInOrder if it is a constant, None if it is a
         # property (asked on every task handed out while it holds a series).
         inOrder = getattr(type(worker), "runsInOrder", None)

@@ -26,7 +26,7 @@ from collections.abc import Collection, Hashable
 from typing import Any, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from .. import errors
@@ -48,6 +48,11 @@ REFUSAL_PAUSE = 0.005
 # A pipelining worker whose running task started longer ago than this gets
 # no more tasks until that one is done (the stall rule, see Dispatcher._offer).
 PIPELINE_PATIENCE = 0.005
+
+# Tasks waiting in a worker behind a running one that has taken longer than
+# this are handed back to the queue (the worker's optional ``handBack``), if
+# another worker could run them: see Dispatcher._checkStalls.
+HANDBACK_PATIENCE = 0.02
 
 # How many times a call may be charged with a timeout / a lost worker.
 MAX_TIMEOUTS = 2
@@ -98,6 +103,9 @@ class Dispatcher:
         # The token of this dispatcher's hold on full garbage collections
         # while its backlog is large (see `_gcpause`), or None.
         self._gcHold: object | None = None
+        # The delayed call of _checkStalls, while tasks wait behind others in
+        # a worker that can hand them back.
+        self._stallTimer: IDelayedCall | None = None
         # Why the queue has no worker: its last one gave up (see _resigned);
         # None once a worker is attached.
         self._orphaned: str | None = None
@@ -334,6 +342,10 @@ class Dispatcher:
 
     def abandon(self, why: str, error: type[Exception] = errors.QueueRunError) -> None:
         """Fail every unfinished call with *error* (`errors.QueueRunError`): it *why*."""
+        if self._stallTimer is not None:
+            if self._stallTimer.active():
+                self._stallTimer.cancel()
+            self._stallTimer = None
         for call in self.scheduler.drain():
             call.entry = None
         if self._gcHold is not None:
@@ -429,6 +441,9 @@ class Dispatcher:
             started = next(iter(inflight)).startedAt
             if started is not None and self._seconds() - started > PIPELINE_PATIENCE:
                 return False
+            if self._stallTimer is None and slot.handBack is not None:
+                # (The task handed out now waits behind another there.)
+                self._stallTimer = self._reactor.callLater(HANDBACK_PATIENCE, self._checkStalls)
         scheduler = self.scheduler
         # The held series whose next task this slot may take: those it holds,
         # if its worker runs its tasks one at a time in the order given.
@@ -459,6 +474,44 @@ class Dispatcher:
             call.seq = scheduler.ticket()
         self._runOn(slot, call)
         return True
+
+    def _checkStalls(self) -> None:
+        """
+        Tasks wait in a worker behind a running one: once that has run longer
+        than `HANDBACK_PATIENCE`, the worker hands them back (if the queue has
+        another), and the first worker free takes them, as from one shared
+        queue. Without this, a task lined up behind one that waits for it (a
+        thread pool's task that submits to its own pool and waits) would wait
+        for ever while other workers idle.
+        """
+        self._stallTimer = None
+        now = self._seconds()
+        stalled: list[_Slot] = []
+        soonest: float | None = None
+        for slot in self._slotList:
+            inflight = slot.inflight
+            if len(inflight) < 2 or slot.handBack is None:
+                continue
+            started = next(iter(inflight)).startedAt
+            if started is not None and now - started > HANDBACK_PATIENCE:
+                stalled.append(slot)
+                continue
+            # Waiting behind one that may stall yet: look again then.
+            due = HANDBACK_PATIENCE if started is None else started + HANDBACK_PATIENCE - now
+            soonest = due if soonest is None else min(soonest, due)
+        if stalled and len(self._slotList) > 1:
+            for slot in stalled:
+                if slot.attached and slot.handBack is not None:
+                    try:
+                        slot.handBack()
+                    except Exception:
+                        log.exception(
+                            "Worker %r failed to hand back its waiting tasks", slot.worker
+                        )
+        elif stalled:
+            soonest = HANDBACK_PATIENCE  # the only worker: again later (one may be attached)
+        if soonest is not None and self._stallTimer is None:
+            self._stallTimer = self._reactor.callLater(max(soonest, 0.001), self._checkStalls)
 
     def _clearInflight(self, slot: _Slot) -> list[Task]:
         """Forget every attempt in flight on *slot*; returns them."""

@@ -323,6 +323,30 @@ class ThreadWorker:
             t.callback((Status.NOT_RUN, "handed back behind a task of its series that timed out"))
         self._maybeReady()
 
+    def handBack(self) -> None:
+        """
+        Hand back, unrun, the tasks waiting here behind the running one: the
+        queue asks when that one takes long and another worker could run them
+        (a task waiting for one of those would otherwise wait for ever).
+        """
+        with self._lock:
+            if self._quitting:
+                return  # (stopping: it finishes what it has; crashed: nothing is left)
+            waiting = [item[1] for item in self._vip if item[0] == _TASK]
+            if waiting:
+                calls = [item for item in self._vip if item[0] != _TASK]
+                self._vip.clear()
+                self._vip.extend(calls)
+            waiting += self._inbox
+            self._inbox.clear()
+        if not waiting:
+            return
+        self._inflight -= len(waiting)
+        for t in waiting:
+            t.innocent = True
+            t.callback((Status.NOT_RUN, "handed back from behind a long task"))
+        self._maybeReady()
+
     def stop(self) -> Deferred[None]:
         """
         Finish the tasks in hand (with the first batch of their iterator
