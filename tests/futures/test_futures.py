@@ -473,6 +473,33 @@ class ContractTests(UsesTrialsReactor):
 
         return blocking(body)
 
+    def test_calls_of_a_group_behind_a_long_one_run_on_other_threads(self) -> Any:
+        # A burst travels in groups; a call stuck in one must not hold up the
+        # calls behind it in its group while other threads are free.
+        from twisted.internet import reactor
+        from twisted.internet.threads import blockingCallFromThread
+
+        gate = Gate()
+        self.addCleanup(gate.event.set)
+
+        def body() -> None:
+            with ThreadPoolExecutor(2) as pool:
+
+                def burst() -> list[Future[Any]]:
+                    # Submitted in one reactor turn: one batch, sent in groups
+                    # (of 40 // (4 * 2) = 5); the first group starts with the stuck call.
+                    calls = [pool.submit(gate.hold, "long")]
+                    calls += [pool.submit(abs, -i) for i in range(1, 40)]
+                    return calls
+
+                futures = blockingCallFromThread(reactor, burst)
+                self.assertEqual([f.result(timeout=10) for f in futures[1:]], list(range(1, 40)))
+                self.assertFalse(futures[0].done())
+                gate.event.set()
+                self.assertEqual(futures[0].result(timeout=10), "long")
+
+        return blocking(body)
+
     def test_thread_names_and_initializer(self) -> Any:
         def body() -> None:
             seen: list[str] = []

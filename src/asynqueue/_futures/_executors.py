@@ -67,6 +67,9 @@ __all__ = ["ProcessPoolExecutor", "QueueExecutor", "ThreadPoolExecutor", "theRea
 # are small. A lone call travels alone.
 MAX_GROUP = 32
 GROUPS_PER_WORKER = 4
+# (Thread pools) The calls of a group still waiting behind one that has run
+# this long (seconds) go back to the queue for the other threads.
+GROUP_PATIENCE = 0.02
 
 # The queue options that `Executor.options` accepts (the others, such as a
 # consumer or raw results, make no sense for a Future).
@@ -270,9 +273,42 @@ def _runInto(future: _Future, fn: Callable[..., Any], args: Any, kwargs: dict[st
     return _SETTLED
 
 
-def _runGroupHere(calls: list[tuple[Any, ...]]) -> str:
-    """(A worker thread) `_runInto` for each call of a group not cancelled yet."""
-    for future, fn, args, kwargs in calls:
+class _Group:
+    """
+    (Thread pools) The calls of a group, which a worker thread runs one by
+    one (`_runGroupHere`); the ones it has not started yet can be taken back
+    (`takeRest`) while it is stuck in a long one, for other threads to run.
+    """
+
+    __slots__ = ("calls", "end", "lock", "next", "startedAt")
+
+    def __init__(self, calls: list[tuple[Any, ...]]) -> None:
+        self.calls = calls  # (future, fn, args, kwargs) each
+        self.next = 0  # the next call to run
+        self.end = len(calls)  # calls from here on were taken back
+        self.lock = threading.Lock()
+        self.startedAt: float | None = None  # when the running call started
+
+    def takeRest(self) -> int:
+        """Take back the calls not started yet; returns where they begin."""
+        with self.lock:
+            start = self.end = self.next
+        return start
+
+
+def _runGroupHere(group: _Group) -> str:
+    """(A worker thread) `_runInto` for each call of *group* not cancelled or taken back."""
+    lock = group.lock
+    calls = group.calls
+    clock = time.monotonic
+    while True:
+        with lock:
+            i = group.next
+            if i >= group.end:
+                break
+            group.next = i + 1
+            group.startedAt = clock()
+        future, fn, args, kwargs = calls[i]
         if not future._aqCancelled:
             _runInto(future, fn, args, kwargs)
     return _SETTLED
@@ -459,6 +495,10 @@ class _QueueExecutorBase(_Submitting, Executor):
         # Queue keywords added to every call (None: none).
         self._keywords = keywords or None
         self._unfinished: set[_Future] = set()  # reactor thread only
+        # (Thread pools) The groups running or queued -> their items; the
+        # delayed call that looks for stuck ones. Reactor thread only.
+        self._groups: dict[_Group, list[Any]] = {}
+        self._groupWatch: Any = None
         self._idleWaiters: list[Deferred[None]] = []
         self._mapWaiters: list[Deferred[None]] = []
         reactor = self._reactor = _Future._aqReactor = theReactor()
@@ -591,11 +631,51 @@ class _QueueExecutorBase(_Submitting, Executor):
         """
         futures = [item[0] for item in items]
         if self._inProcess:
-            d = self.queue.call(_runGroupHere, [item[2] for item in items])
+            group = _Group([item[2] for item in items])
+            d = self.queue.call(_runGroupHere, group)
+            self._groups[group] = items
+            d.addBoth(self._groupDone, group)
+            if self._groupWatch is None:
+                self._groupWatch = self._reactor.callLater(GROUP_PATIENCE, self._checkGroups)
         else:
             d = self.queue.call(runGroup, [(fn, args) for _, fn, args, _ in items])
         self._unfinished.update(futures)
         d.addBoth(self._settleGroup, items)
+
+    def _groupDone(self, result: Any, group: _Group) -> Any:
+        groups = self._groups
+        groups.pop(group, None)
+        if not groups and self._groupWatch is not None:
+            if self._groupWatch.active():
+                self._groupWatch.cancel()
+            self._groupWatch = None
+        return result
+
+    def _checkGroups(self) -> None:
+        """
+        (Reactor thread) A thread pool's group whose running call has taken
+        longer than `GROUP_PATIENCE`: the calls behind it go back to the
+        queue, one task each, for the other threads (as a standard pool's
+        threads take the next call from its one queue).
+        """
+        self._groupWatch = None
+        if not self._groups:
+            return
+        now = time.monotonic()
+        for group, items in list(self._groups.items()):
+            started = group.startedAt
+            if started is None or now - started <= GROUP_PATIENCE or group.next >= group.end:
+                continue
+            start = group.takeRest()
+            rest = items[start:]
+            del items[start:]  # (what _settleGroup will see of the group)
+            for future in [item[0] for item in rest]:
+                self._unfinished.discard(future)
+            for item in rest:
+                if not item[0]._aqCancelled:
+                    self._callOne(*item)
+        if self._groups:
+            self._groupWatch = self._reactor.callLater(GROUP_PATIENCE, self._checkGroups)
 
     def _settleGroup(self, result: Any, items: list[Any]) -> None:
         """(Reactor thread) Hand each call of a group its outcome."""
