@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
@@ -353,6 +354,76 @@ def deferToThreadWait(event: threading.Event) -> defer.Deferred[Any]:
     from twisted.internet import threads
 
     return threads.deferToThread(event.wait, 10)
+
+
+class ThreadWakePipeTests(TestCase):
+    """A thread worker wakes the reactor through a pipe of its own, closed when it ends."""
+
+    timeout = 15
+
+    def pipeOf(self, w: ThreadWorker) -> Any:
+        from twisted.internet import reactor
+
+        pipe = w._pipe
+        self.assertIsNotNone(pipe)
+        self.assertIn(pipe, reactor.getReaders())
+        return pipe
+
+    def assertClosed(self, pipe: Any) -> None:
+        from twisted.internet import reactor
+
+        self.assertTrue(pipe.closed)
+        self.assertNotIn(pipe, reactor.getReaders())
+        for fd in (pipe._r, pipe._w):
+            self.assertRaises(OSError, os.fstat, fd)
+
+    @inlineCallbacks
+    def test_stop_closes_the_pipe(self) -> Any:
+        w = ThreadWorker()
+        pipe = self.pipeOf(w)
+        self.assertEqual((yield w.deferToThread(abs, -3)), 3)
+        yield w.stop()
+        self.assertClosed(pipe)
+
+    @inlineCallbacks
+    def test_crash_closes_the_pipe_and_still_delivers_finished_thread_calls(self) -> Any:
+        w = ThreadWorker()
+        pipe = self.pipeOf(w)
+        release = threading.Event()
+        self.addCleanup(release.set)
+        done = w.deferToThread(abs, -5)
+        # (This reactor turn waits for it: its result sits in the outbox,
+        # its wake-up byte in the pipe, when the crash comes.)
+        helpers.waitUntilSync(lambda: bool(w._outbox), limit=5)
+        self.assertFalse(done.called)
+        blocked = w.deferToThread(release.wait, 10)
+        self.assertEqual(w.crash(), [])
+        self.assertClosed(pipe)
+        self.assertEqual((yield done), 5)  # finished before the crash: delivered
+        yield self.assertFailure(blocked, errors.ThreadError)
+
+    @inlineCallbacks
+    def test_a_reactor_without_descriptors_gets_thread_calls(self) -> Any:
+        from twisted.internet import reactor
+
+        class CallsOnly:
+            """Only what a thread worker needs of a reactor besides descriptors."""
+
+            def callFromThread(self, f: Any, *args: Any) -> None:
+                reactor.callFromThread(f, *args)
+
+            def callLater(self, *args: Any) -> Any:
+                return reactor.callLater(*args)
+
+            def seconds(self) -> float:
+                return reactor.seconds()
+
+        q = TaskQueue(ThreadWorker(reactor=CallsOnly()), returnFailure=True)
+        self.addCleanup(q.shutdown)
+        (w,) = q.workers()
+        self.assertIsNone(w._pipe)
+        results = yield defer.gatherResults([q.call(abs, -i) for i in range(300)])
+        self.assertEqual(results, list(range(300)))
 
 
 class ThreadWakeUpTests(TestCase):

@@ -4,9 +4,9 @@
 Each ThreadWorker owns one daemon thread and an inbox. The reactor puts tasks
 in the inbox; the thread runs them in order and puts ``(task, status, result)``
 in an outbox. Crossing back to the reactor costs one wake-up per *batch*
-(what ``callFromThread`` does, see `_fromThread`): the thread only wakes the
-reactor when the outbox was empty, and the reactor takes everything in the
-outbox at once.
+(a byte in the worker's own pipe, which the reactor watches: see `_wake`):
+the thread only wakes the reactor when the outbox was empty, and the
+reactor takes everything in the outbox at once.
 
 The worker accepts up to a *window* of tasks before its ``run`` Deferred
 waits, so the thread always has the next task at hand while the reactor is
@@ -57,6 +57,7 @@ from .._iter._base import isIterator
 from .._support._status import ERROR, ITERATOR, RESULT, Status
 from .._support._util import whenFired
 from ..interfaces import IWorker
+from ._wake import wakerFor
 
 __all__ = ["ThreadQueue", "ThreadWorker", "deferToThread"]
 
@@ -174,7 +175,13 @@ class ThreadWorker:
         self._readyWaiter: Deferred[None] | None = None
         self._stopD: Deferred[None] | None = None
         self._resignator: Callable[[], Any] | None = None
-        self._post = _fromThread(reactor, self._flush)
+        # How the thread wakes the reactor into _flush: my own pipe if the
+        # reactor watches descriptors (closed when I end), else through its
+        # thread calls. Called under the lock, so never after the close.
+        self._pipe = wakerFor(reactor, self._flush)
+        self._post = (
+            self._pipe.wake if self._pipe is not None else _fromThread(reactor, self._flush)
+        )
         self._startThread()
 
     @property
@@ -269,8 +276,10 @@ class ThreadWorker:
                     target.callback(value)
                 else:
                     target.errback(value)
-            elif kind == _EXIT and self._stopD is not None and not self._stopD.called:
-                self._stopD.callback(None)
+            elif kind == _EXIT:
+                self._closePipe()
+                if self._stopD is not None and not self._stopD.called:
+                    self._stopD.callback(None)
         if runCount:
             self._avgRun = avg = smoothed(self._avgRun, runTime / runCount)
             self._adaptive = windowFor(avg, THREAD_MAX_WINDOW)
@@ -281,6 +290,12 @@ class ThreadWorker:
 
     def _window(self) -> int:
         return self._adaptive if self.window is None else self.window
+
+    def _closePipe(self) -> None:
+        """My thread has ended or was dropped: no more wake-ups through my pipe."""
+        if self._pipe is not None and not self._pipe.closed:
+            with self._lock:
+                self._pipe.close()
 
     def _maybeReady(self) -> None:
         waiter = self._readyWaiter
@@ -384,6 +399,11 @@ class ThreadWorker:
             self._vip.clear()
             self._inbox.clear()
             self._current = None
+            if self._pipe is not None:
+                self._pipe.close()  # (no thread posts any more)
+        if outbox:
+            # deferToThread results the pipe's last wake-up was for.
+            self._reactor.callLater(0, self._flush)
         self._doorbell.put(None)  # a sleeping thread wakes up to end
         for d in calls:
             d.errback(Failure(errors.ThreadError("thread worker crashed")))
@@ -425,8 +445,7 @@ class ThreadWorker:
                     elif self._quitting and not self._firstBatches:
                         self._ended = True
                         outbox.append((_EXIT, None, None, None, 0.0))
-                        wake = len(outbox) == 1
-                        if wake:
+                        if len(outbox) == 1:
                             self._post()
                         return
                     if kind == _TASK:
@@ -464,7 +483,8 @@ class ThreadWorker:
                     if status is ITERATOR:
                         self._firstBatches += 1
                     outbox.append(item)
-                    wake = len(outbox) == 1
+                    if len(outbox) == 1:
+                        self._post()
                 # Drop the task and its result now (the reactor drops its
                 # own references as it delivers): held until the next task,
                 # a big result would be freed then, delaying that task.
@@ -479,10 +499,9 @@ class ThreadWorker:
                     if self._generation != generation:
                         return
                     outbox.append(item)
-                    wake = len(outbox) == 1
+                    if len(outbox) == 1:
+                        self._post()
                 item = payload = None
-            if wake:
-                self._post()
 
 
 class ThreadQueue(TaskQueue):
