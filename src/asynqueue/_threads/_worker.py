@@ -37,7 +37,6 @@ reactor's timeouts and crashes; the reactor takes results without it.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
@@ -57,7 +56,7 @@ from .._iter._base import isIterator
 from .._support._status import ERROR, ITERATOR, RESULT, Status
 from .._support._util import whenFired
 from ..interfaces import IWorker
-from ._wake import wakerFor
+from ._wake import fromThread, wakerFor
 
 __all__ = ["ThreadQueue", "ThreadWorker", "deferToThread"]
 
@@ -71,50 +70,6 @@ THREAD_MAX_WINDOW = 64
 _TASK = 0
 _CALL = 1
 _EXIT = 2
-
-
-def _fromThread(reactor: Any, f: Callable[[], object]) -> Callable[[], None]:
-    """
-    A callable that, from any thread, has *reactor* call ``f()`` soon: the
-    same as ``reactor.callFromThread(f)``, whose Python calls (the waker's,
-    through Twisted's deprecated-module proxy of ``twisted.python.util``)
-    cost more than its system call on a thread worker's round trip. For a
-    reactor whose ``callFromThread`` and waker are the stock ones (every
-    POSIX reactor), it queues the call and writes the waker's byte itself;
-    for any other, it is ``callFromThread``.
-    """
-    from twisted.internet.base import ReactorBase
-
-    try:
-        from twisted.internet._signals import _UnixWaker
-    except ImportError:  # (a Twisted that keeps its waker elsewhere)
-        _UnixWaker = None  # type: ignore[assignment,misc]
-    cls = type(reactor)
-    waker = getattr(reactor, "waker", None)
-    queue = getattr(reactor, "threadCallQueue", None)
-    if (
-        _UnixWaker is None
-        or getattr(cls, "callFromThread", None) is not ReactorBase.callFromThread
-        or getattr(cls, "wakeUp", None) is not ReactorBase.wakeUp
-        or getattr(type(waker), "wakeUp", None) is not _UnixWaker.wakeUp
-        or type(queue) is not list
-    ):
-        callFromThread = reactor.callFromThread
-        return lambda: callFromThread(f)
-    entry: tuple[Callable[[], object], tuple[()], dict[str, Any]] = (f, (), {})
-    append = queue.append
-    write = os.write
-
-    def post() -> None:
-        append(entry)  # (what callFromThread queues, and how the reactor runs it)
-        try:
-            write(waker.o, b"x")
-        except (OSError, AttributeError):
-            # A full pipe (the reactor wakes anyway), or a reactor that has
-            # closed its waker and runs no more.
-            pass
-
-    return post
 
 
 @implementer(IWorker)
@@ -179,9 +134,7 @@ class ThreadWorker:
         # reactor watches descriptors (closed when I end), else through its
         # thread calls. Called under the lock, so never after the close.
         self._pipe = wakerFor(reactor, self._flush)
-        self._post = (
-            self._pipe.wake if self._pipe is not None else _fromThread(reactor, self._flush)
-        )
+        self._post = self._pipe.wake if self._pipe is not None else fromThread(reactor, self._flush)
         self._startThread()
 
     @property
