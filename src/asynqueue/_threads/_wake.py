@@ -91,8 +91,12 @@ class WakePipe:
 
 
 def wakerFor(reactor: Any, onWake: Callable[[], object]) -> WakePipe | None:
-    """A `WakePipe` for *reactor*, or None if it does not watch descriptors."""
-    if not IReactorFDSet.providedBy(reactor):
+    """
+    A `WakePipe` for *reactor*, or None if it does not watch descriptors, or
+    watches them with ``select`` (limited to descriptors below 1024: many
+    thread workers would run out).
+    """
+    if not IReactorFDSet.providedBy(reactor) or type(reactor).__name__ == "SelectReactor":
         return None
     try:
         return WakePipe(reactor, onWake)
