@@ -602,7 +602,7 @@ class TaskQueue:
             if timeout is None:
                 yield drained
             else:
-                late = yield _firedWithin(drained, timeout, self._reactor)
+                late = yield _ranOutFirst(timeout, drained, self._reactor)
             if late:
                 # Every unfinished call fails first (so none goes to another
                 # worker meanwhile), then the workers are crashed.
@@ -619,7 +619,7 @@ class TaskQueue:
         return steps()
 
 
-def _firedWithin(d: Deferred[Any], seconds: float, reactor: Any) -> Deferred[bool]:
+def _ranOutFirst(seconds: float, d: Deferred[Any], reactor: Any) -> Deferred[bool]:
     """A Deferred of whether *seconds* ran out before *d* fired (then sooner)."""
     outcome: Deferred[bool] = Deferred()
 

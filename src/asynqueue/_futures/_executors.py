@@ -56,6 +56,7 @@ from twisted.python.failure import Failure
 
 from .. import errors
 from .._core._calls import QUEUE_KEYWORDS
+from .._core._dispatch import HANDBACK_PATIENCE
 from .._core._scheduler import checkNiceness
 from ._work import applyKeywords, runGroup
 
@@ -68,8 +69,9 @@ __all__ = ["ProcessPoolExecutor", "QueueExecutor", "ThreadPoolExecutor", "theRea
 MAX_GROUP = 32
 GROUPS_PER_WORKER = 4
 # (Thread pools) The calls of a group still waiting behind one that has run
-# this long (seconds) go back to the queue for the other threads.
-GROUP_PATIENCE = 0.02
+# this long (seconds) go back to the queue for the other threads: the
+# patience after which a thread worker hands back the tasks behind its own.
+GROUP_PATIENCE = HANDBACK_PATIENCE
 
 # The queue options that `Executor.options` accepts (the others, such as a
 # consumer or raw results, make no sense for a Future).

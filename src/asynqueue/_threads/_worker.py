@@ -246,9 +246,9 @@ class ThreadWorker:
 
     def _closePipe(self) -> None:
         """My thread has ended or was dropped: no more wake-ups through my pipe."""
-        if self._pipe is not None and not self._pipe.closed:
+        if self._pipe is not None:
             with self._lock:
-                self._pipe.close()
+                self._pipe.close()  # (once: a second close does nothing)
 
     def _maybeReady(self) -> None:
         waiter = self._readyWaiter
