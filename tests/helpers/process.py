@@ -247,3 +247,13 @@ def installAlarmHandler() -> bool:
     """Install a SIGALRM handler of my own and leave it there."""
     signal.signal(signal.SIGALRM, lambda signum, frame: None)
     return True
+
+
+def childSpin() -> tuple[float, int]:
+    """This child's polling time before a blocking read, and its skip cap (see *Waiting*)."""
+    import gc
+
+    from asynqueue._process import _child
+
+    (loop,) = [o for o in gc.get_objects() if type(o) is _child.ChildLoop]
+    return loop.spinSeconds, _child.MAX_SPIN_SKIP

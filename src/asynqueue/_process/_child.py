@@ -59,6 +59,23 @@ if it dies, the parent blames that call, and the calls before it get
 their results as if they had been sent (`Arena.holdResult`; a result that
 does not fit in the arena's first page goes out at once, with those held).
 
+Waiting
+=======
+
+With nothing queued, the child waits for the parent's next call. On a
+machine with idle cores, a process blocked in a read gets its core back
+only after the kernel wakes that core from its idle state, which took
+20-30 µs per hop on our 2-core VM, twice per round trip. So the child
+first polls its socket for up to ``spin`` seconds (`SPIN_SECONDS` by
+default, the parent's to choose in INIT; 0: never) and blocks only after.
+A poll that outlasts its time costs that much CPU for nothing, so it backs
+off: after a miss the child blocks at once for the next wait, after a
+second miss in a row for the next two, and so on up to `MAX_SPIN_SKIP`
+waits; a hit, or a blocking wait shorter than ``spin``, starts over. A
+steady caller awaiting each result gets its next call taken at once; an
+idle child spins ``spin`` seconds now and then, at most once per
+`MAX_SPIN_SKIP` waits.
+
 On Linux the child also asks the kernel to kill it if its parent dies
 (``PR_SET_PDEATHSIG``), in case it is busy in a long call when that happens.
 SIGINT is ignored: a Ctrl-C in a terminal is the parent's business.
@@ -189,6 +206,10 @@ FIRST_BATCH = 256  # items sent with an iterator result
 BATCH_SECONDS = 0.01  # stop filling a batch after this long
 # Results of short calls wait at most about this long for others (see *Results*).
 HOLD_SECONDS = 0.001
+# How long an idle child polls for the next call before it blocks (*Waiting*).
+SPIN_SECONDS = 0.0001
+# The longest run of waits without polling after polls that came to nothing.
+MAX_SPIN_SKIP = 1024
 
 
 class ProcessBase:
@@ -287,6 +308,9 @@ class ChildLoop:
         self.firstBatch = FIRST_BATCH
         self.batchSeconds = BATCH_SECONDS
         self.exiting = False
+        self.spinSeconds = SPIN_SECONDS
+        self.spinSkip = 0  # waits left to block in without polling first
+        self.spinMisses = 0  # polls in a row that came to nothing (then, the skip doubled)
         self.ids = count(1)
         self.arena: Arena | None = None
         self.inbox: Arena | None = None
@@ -323,6 +347,32 @@ class ChildLoop:
         for message in self.decoder.bufferUpdated(n):
             self._dispatch(message)
         return True
+
+    def _waitAndRead(self) -> bool:
+        """
+        Wait for input, polling for a while first if lately that paid (see
+        *Waiting*), then read it; False at end of file.
+        """
+        seconds = self.spinSeconds
+        if not seconds:
+            return self._read()
+        if self.spinSkip:
+            self.spinSkip -= 1
+            blocked = perf_counter()
+            if not self._read():
+                return False
+            if perf_counter() - blocked < seconds:
+                self.spinSkip = self.spinMisses = 0  # (polling would have paid)
+            return True
+        poll = self.poller.poll
+        end = perf_counter() + seconds
+        while not poll(0):
+            if perf_counter() > end:
+                self.spinMisses = self.spinSkip = min(2 * self.spinMisses or 1, MAX_SPIN_SKIP)
+                break
+        else:
+            self.spinMisses = 0
+        return self._read()
 
     def _readable(self) -> bool:
         return bool(self.poller.poll(0))
@@ -430,7 +480,7 @@ class ChildLoop:
                     self.drained = False  # more may have come meanwhile
             else:
                 self._flushHeld()  # (before waiting to read)
-                if not self._read():
+                if not self._waitAndRead():
                     return 0
         self._flushHeld()
         return 0
@@ -449,6 +499,7 @@ class ChildLoop:
             self.maxRSS = config.get("maxRSS")
             self.firstBatch = config.get("firstBatch", FIRST_BATCH)
             self.batchSeconds = config.get("batchSeconds", BATCH_SECONDS)
+            self.spinSeconds = config.get("spin", SPIN_SECONDS)
             self.arena = _mapArena(config.get("arena"))
             if self.arena is not None:
                 self.startedSlot = self.arena.startedSlot()

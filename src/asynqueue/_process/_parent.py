@@ -142,7 +142,7 @@ from .._wire._framing import Filling, Message, encode
 from .._wire._relay import PickledCall
 from ..interfaces import IWorker
 from ._arena import ARENA_MIN, Arena
-from ._child import BOOTSTRAP, FIRST_BATCH, ProcessBase, leanCode
+from ._child import BOOTSTRAP, FIRST_BATCH, SPIN_SECONDS, ProcessBase, leanCode
 
 __all__ = ["ProcessBase", "ProcessQueue", "ProcessWorker"]
 
@@ -562,6 +562,17 @@ def _isOpen(fd: int) -> bool:
     return True
 
 
+def _spinSeconds(spin: float | None) -> float:
+    """*spin* checked: seconds, 0 for None."""
+    if spin is None:
+        return 0.0
+    if isinstance(spin, bool) or not isinstance(spin, int | float):
+        raise TypeError(f"spin must be a number of seconds or None, not {spin!r}")
+    if not 0 <= spin < 1:  # (NaN fails too)
+        raise ValueError(f"spin must be at least 0 and under a second, not {spin!r}")
+    return float(spin)
+
+
 @implementer(IWorker)
 class ProcessWorker(PipelineWindow):
     """
@@ -582,6 +593,12 @@ class ProcessWorker(PipelineWindow):
         maxRSS: replace the child once its resident memory exceeds this
             many bytes (an int) or a size like ``"500M"`` or ``"2G"``.
         maxWindow: most tasks queued in the child at once.
+        spin: seconds an idle child polls for its next call before it
+            blocks (`SPIN_SECONDS`, 100 µs, by default; 0 or None: never).
+            Spares a steady caller two wake-ups per round trip on a machine
+            with idle cores, for at most that much CPU per wait; the child
+            backs off while polls come to nothing (`asynqueue._process._child`,
+            *Waiting*).
         reactor: the reactor (the global one by default).
 
     The child starts at once, in the background; calls made meanwhile wait
@@ -603,12 +620,14 @@ class ProcessWorker(PipelineWindow):
         maxTasks: int | None = None,
         maxRSS: int | float | str | None = None,
         maxWindow: int = PROCESS_MAX_WINDOW,
+        spin: float | None = SPIN_SECONDS,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         if maxTasks is not None and maxTasks < 1:
             raise ValueError(f"maxTasks must be at least 1, not {maxTasks!r}")
+        self.spin = _spinSeconds(spin)
         self.iQualified = list(series)
         self.raw = raw
         self.callStats = callStats
@@ -813,6 +832,7 @@ class ProcessWorker(PipelineWindow):
             "maxRSS": self.maxRSS,
             "firstBatch": self.firstBatchItems,
             "batchSeconds": BATCH_SECONDS,
+            "spin": self.spin,
         }
 
     def _spawn(self) -> _Child | None:
@@ -987,7 +1007,7 @@ class ProcessQueue(TaskQueue):
     Args:
         N: how many workers (child processes); None for `cores()`.
         callStats: have the workers record call statistics (see `stats`).
-        raw, maxTasks, maxRSS: passed to each `ProcessWorker`.
+        raw, maxTasks, maxRSS, spin: passed to each `ProcessWorker`.
         **kw: `TaskQueue` keywords (``timeout``, ``returnFailure``, ...).
     """
 
@@ -999,6 +1019,7 @@ class ProcessQueue(TaskQueue):
         raw: bool = False,
         maxTasks: int | None = None,
         maxRSS: int | float | str | None = None,
+        spin: float | None = SPIN_SECONDS,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
@@ -1014,6 +1035,7 @@ class ProcessQueue(TaskQueue):
                     callStats=callStats,
                     maxTasks=maxTasks,
                     maxRSS=maxRSS,
+                    spin=spin,
                     reactor=reactor,
                 )
             )
