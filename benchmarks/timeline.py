@@ -4,6 +4,7 @@ another, each stamped at the steps it passes, medians printed step by step.
 
     python -m benchmarks.timeline            # 4,000 round trips
     python -m benchmarks.timeline --calls 1000
+    python -m benchmarks.timeline --spin none  # the child blocks at once when idle
 
 The parent's steps are stamped by wrapping a few methods of the dispatcher,
 the worker, the wire client and the socket channel (about 0.2 µs each); the
@@ -66,7 +67,15 @@ STEPS = [
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.timeline")
     parser.add_argument("--calls", type=int, default=4000)
+    parser.add_argument(
+        "--spin",
+        default="default",
+        help="ProcessQueue(spin=...): seconds, 'none', or 'default' (the default)",
+    )
     options = parser.parse_args(argv)
+    spin: dict[str, Any] = {}
+    if options.spin != "default":
+        spin["spin"] = None if options.spin == "none" else float(options.spin)
 
     from twisted.internet import defer, task
 
@@ -105,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
 
     @defer.inlineCallbacks
     def go(reactor: Any) -> Any:
-        q = ProcessQueue(1, returnFailure=True)
+        q = ProcessQueue(1, returnFailure=True, **spin)
         yield q.call(stampChildWrites)
         for _ in range(300):
             yield q.call(clock)
@@ -123,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
         pairs = [(stamps[i], stamps[i + 1]) for i in range(2, len(stamps), 2)]
         for row, (before, after) in zip(rows, pairs, strict=True):
             row["write"], row["written"] = before, after
-        print(f"{options.calls:,} round trips of ProcessQueue(1), medians:\n")
+        setting = f", spin={options.spin}" if spin else ""
+        print(f"{options.calls:,} round trips of ProcessQueue(1{setting}), medians:\n")
         print("| from | to | µs |\n| --- | --- | ---: |")
         for (a, labelA), (b, labelB) in itertools.pairwise(STEPS):
             dt = statistics.median(row[b] - row[a] for row in rows) / 1000
