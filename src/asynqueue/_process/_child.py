@@ -64,17 +64,17 @@ Waiting
 
 With nothing queued, the child waits for the parent's next call. On a
 machine with idle cores, a process blocked in a read gets its core back
-only after the kernel wakes that core from its idle state, which took
-20-30 µs per hop on our 2-core VM, twice per round trip. So the child
-first polls its socket for up to ``spin`` seconds (`SPIN_SECONDS` by
-default, the parent's to choose in INIT; 0: never) and blocks only after.
-A poll that outlasts its time costs that much CPU for nothing, so it backs
-off: after a miss the child blocks at once for the next wait, after a
-second miss in a row for the next two, and so on up to `MAX_SPIN_SKIP`
-waits; a hit, or a blocking wait shorter than ``spin``, starts over. A
-steady caller awaiting each result gets its next call taken at once; an
-idle child spins ``spin`` seconds now and then, at most once per
-`MAX_SPIN_SKIP` waits.
+only after the kernel wakes that core from its idle state: 20-25 µs per
+hop on our 2-core VM, twice per round trip. So the child first polls its
+socket for up to ``spin`` seconds (`SPIN_SECONDS` by default, the
+parent's to choose in INIT; 0: never) and blocks only after. A poll that
+outlasts its time costs that much CPU for nothing, so it backs off: after
+a miss the child blocks at once for the next wait, after a second miss in
+a row for the next two, and so on up to `MAX_SPIN_SKIP` waits; a hit, or
+a blocking wait shorter than ``spin``, starts over. A steady caller
+awaiting each result gets its next call taken at once; a child whose
+calls come now and then polls after fewer and fewer of them, down to one
+in `MAX_SPIN_SKIP`.
 
 On Linux the child also asks the kernel to kill it if its parent dies
 (``PR_SET_PDEATHSIG``), in case it is busy in a long call when that happens.

@@ -55,6 +55,9 @@ result comes back the next task has started: the worker then calls its
 child may hold the results of short calls for up to a millisecond, to send
 them together (`asynqueue._process._child`, *Results*), but never around a
 task with a timeout (``FLAG_STARTED``): its start is known when it starts.
+With nothing queued, the child polls its socket for up to ``spin`` seconds
+(100 µs) before it blocks, so that a caller awaiting each result does not
+wait for an idle core to wake (`asynqueue._process._child`, *Waiting*).
 
 Faults
 ------
