@@ -12,8 +12,9 @@ from twisted.internet import defer
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from asynqueue._process import _child
+from asynqueue._process import _child, _parent
 from asynqueue._process._child import MAX_SPIN_SKIP, SPIN_SECONDS, ChildLoop
+from asynqueue._support._system import cpuBudget
 from asynqueue._wire._codec import CLOSE
 from asynqueue._wire._framing import encode
 from asynqueue.process import ProcessQueue, ProcessWorker
@@ -123,7 +124,13 @@ class SettingTests(TestCase):
         self.assertEqual(results, list(range(1, 201)))
 
     def test_the_default(self) -> Any:
-        return self.check(SPIN_SECONDS)
+        return self.check(SPIN_SECONDS if cpuBudget() >= 2 else 0.0)
+
+    def test_auto_polls_only_with_two_cpus_or_more(self) -> None:
+        for budget, expected in ((1.0, 0.0), (1.5, 0.0), (2.0, SPIN_SECONDS), (8.0, SPIN_SECONDS)):
+            self.patch(_parent, "cpuBudget", lambda budget=budget: budget)
+            self.assertEqual(_parent._spinSeconds("auto"), expected, budget)
+            self.assertEqual(_parent._spinSeconds(0.0003), 0.0003)
 
     def test_a_chosen_time(self) -> Any:
         return self.check(0.0003, spin=0.0003)
@@ -138,6 +145,7 @@ class SettingTests(TestCase):
             (float("nan"), ValueError),
             ("fast", TypeError),
             (True, TypeError),
+            ("Auto", TypeError),
         ):
             with self.assertRaises(error, msg=repr(bad)):
                 ProcessQueue(1, spin=bad)

@@ -56,8 +56,9 @@ child may hold the results of short calls for up to a millisecond, to send
 them together (`asynqueue._process._child`, *Results*), but never around a
 task with a timeout (``FLAG_STARTED``): its start is known when it starts.
 With nothing queued, the child polls its socket for up to ``spin`` seconds
-(100 µs) before it blocks, so that a caller awaiting each result does not
-wait for an idle core to wake (`asynqueue._process._child`, *Waiting*).
+(100 µs where two CPUs or more may run this process) before it blocks, so
+that a caller awaiting each result does not wait for an idle core to wake
+(`asynqueue._process._child`, *Waiting*).
 
 Faults
 ------
@@ -125,7 +126,7 @@ from .._core._task import Task
 from .._core._window import PipelineWindow, smoothed
 from .._iter._base import BATCH_ITEMS, BATCH_SECONDS
 from .._support._status import Status
-from .._support._system import cores, parseSize
+from .._support._system import cores, cpuBudget, parseSize
 from .._support._util import dropTrigger
 from .._wire._channel import SocketChannel
 from .._wire._client import WireClient, statusResult
@@ -565,12 +566,19 @@ def _isOpen(fd: int) -> bool:
     return True
 
 
-def _spinSeconds(spin: float | None) -> float:
-    """*spin* checked: seconds, 0 for None."""
+def _spinSeconds(spin: float | str | None) -> float:
+    """
+    *spin* checked: seconds, 0 for None. ``"auto"``: `SPIN_SECONDS` where
+    this process may use two CPUs at once or more, else 0 (on one CPU the
+    parent cannot run while the child polls, and under a container's CPU
+    quota the polling would use up the parent's time).
+    """
     if spin is None:
         return 0.0
+    if spin == "auto":
+        return SPIN_SECONDS if cpuBudget() >= 2 else 0.0
     if isinstance(spin, bool) or not isinstance(spin, int | float):
-        raise TypeError(f"spin must be a number of seconds or None, not {spin!r}")
+        raise TypeError(f"spin must be a number of seconds, 'auto' or None, not {spin!r}")
     if not 0 <= spin < 1:  # (NaN fails too)
         raise ValueError(f"spin must be at least 0 and under a second, not {spin!r}")
     return float(spin)
@@ -597,11 +605,13 @@ class ProcessWorker(PipelineWindow):
             many bytes (an int) or a size like ``"500M"`` or ``"2G"``.
         maxWindow: most tasks queued in the child at once.
         spin: seconds an idle child polls for its next call before it
-            blocks (`SPIN_SECONDS`, 100 µs, by default; 0 or None: never).
-            Spares a steady caller two wake-ups per round trip on a machine
-            with idle cores, for at most that much CPU per wait; the child
-            backs off while polls come to nothing (`asynqueue._process._child`,
-            *Waiting*).
+            blocks; 0 or None: never. Spares a steady caller two wake-ups
+            per round trip on a machine with idle cores, for at most that
+            much CPU per wait; the child backs off while polls come to
+            nothing (`asynqueue._process._child`, *Waiting*). The default,
+            ``"auto"``, is `SPIN_SECONDS` (100 µs) where this process may
+            use two CPUs at once or more (`cpuBudget`: cores, and a
+            container's CPU quota), else 0.
         reactor: the reactor (the global one by default).
 
     The child starts at once, in the background; calls made meanwhile wait
@@ -623,7 +633,7 @@ class ProcessWorker(PipelineWindow):
         maxTasks: int | None = None,
         maxRSS: int | float | str | None = None,
         maxWindow: int = PROCESS_MAX_WINDOW,
-        spin: float | None = SPIN_SECONDS,
+        spin: float | str | None = "auto",
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -1022,7 +1032,7 @@ class ProcessQueue(TaskQueue):
         raw: bool = False,
         maxTasks: int | None = None,
         maxRSS: int | float | str | None = None,
-        spin: float | None = SPIN_SECONDS,
+        spin: float | str | None = "auto",
         **kw: Any,
     ) -> None:
         super().__init__(**kw)

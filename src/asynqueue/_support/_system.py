@@ -1,5 +1,6 @@
 """
-Facts about this machine and the sizes users write: `cores`, `parseSize`.
+Facts about this machine and the sizes users write: `cores`, `cpuBudget`,
+`parseSize`.
 """
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["cores", "parseSize"]
+__all__ = ["cores", "cpuBudget", "parseSize"]
 
 _SIZE = re.compile(r"^\s*([0-9.]+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 
@@ -36,3 +37,39 @@ def cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def cpuBudget(cgroupRoot: str = "/sys/fs/cgroup") -> float:
+    """
+    How many CPUs' worth of time this process may use at once: `cores`, or
+    less under a cgroup CPU quota (a container's ``--cpus``, read as the
+    container sees it: at the root of *cgroupRoot*, version 2 or 1).
+    """
+    budget = float(cores())
+    quota = _cgroupQuota(cgroupRoot)
+    return budget if quota is None else min(budget, quota)
+
+
+def _cgroupQuota(root: str) -> float | None:
+    """The CPU quota over its period (None: no quota, or none readable)."""
+    try:
+        with open(os.path.join(root, "cpu.max")) as f:  # version 2: "quota period"
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        quota = period = ""
+        for folder in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):  # version 1
+            try:
+                with open(os.path.join(root, folder, "cpu.cfs_quota_us")) as f:
+                    quota = f.read().strip()
+                with open(os.path.join(root, folder, "cpu.cfs_period_us")) as f:
+                    period = f.read().strip()
+                break
+            except OSError:
+                continue
+    try:
+        q, p = int(quota), int(period)
+    except ValueError:
+        return None  # ("max", or nothing found)
+    if q <= 0 or p <= 0:
+        return None  # (-1: no quota)
+    return q / p

@@ -1,0 +1,64 @@
+"""`cores` and `cpuBudget`: the CPUs this process may use, a container's quota included."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from asynqueue._support import _system
+from asynqueue._support._system import cores, cpuBudget
+
+
+class CpuBudgetTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp())
+        self.root.mkdir()
+        self.patch(_system, "cores", lambda: 4)
+
+    def write(self, relative: str, text: str) -> None:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    def budget(self) -> float:
+        return cpuBudget(str(self.root))
+
+    def test_no_cgroup_files_means_the_cores(self) -> None:
+        self.assertEqual(self.budget(), 4.0)
+
+    def test_version_2_quota(self) -> None:
+        self.write("cpu.max", "150000 100000\n")
+        self.assertEqual(self.budget(), 1.5)
+
+    def test_version_2_without_a_quota(self) -> None:
+        self.write("cpu.max", "max 100000\n")
+        self.assertEqual(self.budget(), 4.0)
+
+    def test_a_quota_above_the_cores_leaves_the_cores(self) -> None:
+        self.write("cpu.max", "800000 100000\n")
+        self.assertEqual(self.budget(), 4.0)
+
+    def test_version_1_quota(self) -> None:
+        self.write("cpu,cpuacct/cpu.cfs_quota_us", "50000\n")
+        self.write("cpu,cpuacct/cpu.cfs_period_us", "100000\n")
+        self.assertEqual(self.budget(), 0.5)
+
+    def test_version_1_without_a_quota(self) -> None:
+        self.write("cpu/cpu.cfs_quota_us", "-1\n")
+        self.write("cpu/cpu.cfs_period_us", "100000\n")
+        self.assertEqual(self.budget(), 4.0)
+
+    def test_unreadable_values_are_no_quota(self) -> None:
+        self.write("cpu.max", "garbage\n")
+        self.write("cpu/cpu.cfs_quota_us", "soon\n")
+        self.write("cpu/cpu.cfs_period_us", "100000\n")
+        self.assertEqual(self.budget(), 4.0)
+
+    def test_this_machine(self) -> None:
+        # Whatever the machine, the budget is positive and at most its cores.
+        self.patch(_system, "cores", cores)
+        budget = cpuBudget()
+        self.assertGreater(budget, 0)
+        self.assertLessEqual(budget, len(os.sched_getaffinity(0)))
