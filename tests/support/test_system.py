@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from twisted.trial import unittest
@@ -13,8 +15,8 @@ from asynqueue._support._system import cores, cpuBudget
 
 class CpuBudgetTest(unittest.TestCase):
     def setUp(self) -> None:
-        self.root = Path(self.mktemp())
-        self.root.mkdir()
+        self.root = Path(tempfile.mkdtemp(prefix="cgroup-"))
+        self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
         self.patch(_system, "cores", lambda: 4)
 
     def write(self, relative: str, text: str) -> None:
