@@ -249,11 +249,15 @@ def installAlarmHandler() -> bool:
     return True
 
 
-def childSpin() -> tuple[float, int]:
-    """This child's polling time before a blocking read, and its skip cap (see *Waiting*)."""
+def childSpin() -> tuple[float, int, bool, int, int]:
+    """
+    This child's polling time before a blocking read, its skip cap, whether
+    it has a poll board, its place there, and how many children may be busy
+    while it polls (see *Waiting*).
+    """
     import gc
 
     from asynqueue._process import _child
 
     (loop,) = [o for o in gc.get_objects() if type(o) is _child.ChildLoop]
-    return loop.spinSeconds, _child.MAX_SPIN_SKIP
+    return loop.spinSeconds, _child.MAX_SPIN_SKIP, loop.board is not None, loop.slot, loop.pollers

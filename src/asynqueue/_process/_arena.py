@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # the child must not pay for importing typing
     from collections.abc import Iterator
     from typing import Any
 
-__all__ = ["ARENA_MIN", "ARENA_SIZE", "Arena"]
+__all__ = ["ARENA_MIN", "ARENA_SIZE", "BOARD_SLOTS", "Arena", "PollBoard"]
 
 #: Bytes of an arena (address space; memory only as far as it is used).
 ARENA_SIZE = 32 * 1024 * 1024
@@ -323,3 +323,76 @@ def _free(region: mmap.mmap) -> None:
         region[0] = _FREE
     except ValueError:  # the mapping was closed
         pass
+
+
+# Children of one parent that can have a place on its `PollBoard`.
+BOARD_SLOTS = 256
+_STAMP = struct.Struct("=q")
+
+
+class PollBoard:
+    """
+    Memory that the children of one parent all map, for them to poll only
+    while that leaves the parent a CPU (see `asynqueue._process._child`,
+    *Waiting*). Per child: a byte, 1 while it runs calls or polls for its
+    next one, 0 while it blocks in a read; and when it last took calls in
+    (``time.monotonic_ns``). Each child writes only its own; the parent
+    clears them when the child has ended, and says how many places are in
+    use (the first *extent* of them); readers take values that may be a
+    moment old.
+    """
+
+    _EXTENT = BOARD_SLOTS  # (the extent, as an 8-byte number)
+    _STAMPS = BOARD_SLOTS + _STAMP.size
+    SIZE = _STAMPS + BOARD_SLOTS * _STAMP.size
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.map = mmap.mmap(fd, self.SIZE)
+        self.stamps = memoryview(self.map)[self._STAMPS :].cast("q")
+
+    @classmethod
+    def create(cls) -> PollBoard | None:
+        """A new board (the parent's side), or None where there can be none."""
+        memfdCreate = getattr(os, "memfd_create", None)
+        if memfdCreate is None:
+            return None
+        try:
+            fd = memfdCreate("asynqueue-board", os.MFD_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            os.ftruncate(fd, cls.SIZE)
+            return cls(fd)
+        except (OSError, ValueError):
+            os.close(fd)
+            return None
+
+    def busy(self) -> int:
+        """How many children are busy now."""
+        return self.map[: _STAMP.unpack_from(self.map, self._EXTENT)[0]].count(1)
+
+    def mark(self, slot: int, busy: bool) -> None:
+        self.map[slot] = busy
+
+    def stamp(self, slot: int, when: int) -> None:
+        """The child at *slot* took calls in at *when*."""
+        self.stamps[slot] = when
+
+    def recent(self, slot: int, since: int) -> int:
+        """How many children but the one at *slot* took calls in since *since*."""
+        stamps = self.stamps
+        n = 0
+        for i in range(_STAMP.unpack_from(self.map, self._EXTENT)[0]):
+            if stamps[i] > since and i != slot:
+                n += 1
+        return n
+
+    def setExtent(self, extent: int) -> None:
+        """(The parent) places from *extent* on are not in use."""
+        _STAMP.pack_into(self.map, self._EXTENT, extent)
+
+    def clear(self, slot: int) -> None:
+        """(The parent) the child at *slot* has ended."""
+        self.map[slot] = 0
+        self.stamps[slot] = 0

@@ -67,7 +67,17 @@ machine with idle cores, a process blocked in a read gets its core back
 only after the kernel wakes that core from its idle state: 20-25 µs per
 hop on our 2-core VM, twice per round trip. So the child first polls its
 socket for up to ``spin`` seconds (`SPIN_SECONDS` by default, the
-parent's to choose in INIT; 0: never) and blocks only after. A poll that
+parent's to choose in INIT; 0: never) and blocks only after. Polling
+children must leave the parent a CPU to answer them: the children of one
+parent mark on a shared `PollBoard` whether they are busy (running calls
+or polling), and a child polls only while at most ``pollers`` of them are,
+itself included (the parent's CPUs less one); it stops polling as soon
+as more are. Polling pays only while no more children than that are in
+play: in rounds of calls at once, one per child, a polling child takes the
+CPU that the others, woken by the round's next calls, need. So each child
+also stamps on the board when it last took calls in, and a child does not
+poll while ``pollers`` others did within `IN_PLAY_SECONDS`. (Without a
+board, where there is no ``memfd``, the child does not poll.) A poll that
 outlasts its time costs that much CPU for nothing, so it backs off: after
 a miss the child blocks at once for the next wait, after a second miss in
 a row for the next two, and so on up to `MAX_SPIN_SKIP` waits; a hit, or
@@ -93,7 +103,7 @@ import select
 import sys
 from collections import deque
 from itertools import count
-from time import perf_counter
+from time import monotonic_ns, perf_counter
 
 from .._wire._codec import (
     ABANDON,
@@ -121,7 +131,7 @@ from .._wire._codec import (
 )
 from .._wire._framing import MAX_IOVECS, FrameDecoder, Message, SendQueue, encode, nbytes
 from .._wire._streams import IteratorTable, encodeItems, isIterator
-from ._arena import Arena
+from ._arena import Arena, PollBoard
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # the child must not pay for importing typing
@@ -210,6 +220,9 @@ HOLD_SECONDS = 0.001
 SPIN_SECONDS = 0.0001
 # The longest run of waits without polling after polls that came to nothing.
 MAX_SPIN_SKIP = 1024
+# A child that took calls in this recently is in play (see *Waiting*).
+IN_PLAY_SECONDS = 0.01
+IN_PLAY_NS = int(IN_PLAY_SECONDS * 1e9)
 
 
 class ProcessBase:
@@ -275,6 +288,19 @@ def _mapArena(setting: Any) -> Arena | None:
         os.close(fd)
 
 
+def _mapBoard(setting: Any) -> tuple[PollBoard | None, int]:
+    """The poll board the parent passed as ``(fd, slot)``, mapped, and my slot (None if none)."""
+    if setting is None:
+        return None, 0
+    fd, slot = setting
+    try:
+        return PollBoard(fd), slot
+    except (OSError, ValueError):
+        return None, 0
+    finally:
+        os.close(fd)
+
+
 def _dieWithParent(parentPid: int) -> None:
     """Linux: have the kernel SIGKILL us when the parent dies."""
     if sys.platform.startswith("linux"):
@@ -309,6 +335,9 @@ class ChildLoop:
         self.batchSeconds = BATCH_SECONDS
         self.exiting = False
         self.spinSeconds = SPIN_SECONDS
+        self.pollers = 1  # how many children of the parent may be busy while one polls
+        self.board: PollBoard | None = None
+        self.slot = 0  # my place on the board
         self.spinSkip = 0  # waits left to block in without polling first
         self.spinMisses = 0  # polls in a row that came to nothing (then, the skip doubled)
         self.ids = count(1)
@@ -350,29 +379,54 @@ class ChildLoop:
 
     def _waitAndRead(self) -> bool:
         """
-        Wait for input, polling for a while first if lately that paid (see
+        Wait for input, polling for a while first if lately that paid and no
+        more children are in play than leaves the parent a CPU (see
         *Waiting*), then read it; False at end of file.
         """
+        board = self.board
         seconds = self.spinSeconds
-        if not seconds:
+        if board is None or not seconds:
             return self._read()
         if self.spinSkip:
             self.spinSkip -= 1
-            blocked = perf_counter()
-            if not self._read():
-                return False
-            if perf_counter() - blocked < seconds:
-                self.spinSkip = self.spinMisses = 0  # (polling would have paid)
-            return True
+            return self._blockAndRead(board, seconds, counts=True)
+        pollers = self.pollers
+        if (
+            board.busy() > pollers
+            or board.recent(self.slot, monotonic_ns() - IN_PLAY_NS) >= pollers
+        ):
+            return self._blockAndRead(board, seconds, counts=False)
         poll = self.poller.poll
         end = perf_counter() + seconds
         while not poll(0):
             if perf_counter() > end:
                 self.spinMisses = self.spinSkip = min(2 * self.spinMisses or 1, MAX_SPIN_SKIP)
                 break
+            if board.busy() > pollers:
+                break  # (another child got busy: leave the CPUs to them)
         else:
             self.spinMisses = 0
-        return self._read()
+            board.stamp(self.slot, monotonic_ns())
+            return self._read()  # (at once: not blocking)
+        return self._blockAndRead(board, seconds, counts=False)
+
+    def _blockAndRead(self, board: PollBoard, seconds: float, counts: bool) -> bool:
+        """
+        Block in a read, marked idle on the board meanwhile; if *counts*, a
+        wait shorter than *seconds* ends the back-off (polling would have paid).
+        """
+        slot = self.slot
+        board.mark(slot, False)
+        blocked = perf_counter()
+        try:
+            if not self._read():
+                return False
+        finally:
+            board.mark(slot, True)
+        board.stamp(slot, monotonic_ns())
+        if counts and perf_counter() - blocked < seconds:
+            self.spinSkip = self.spinMisses = 0
+        return True
 
     def _readable(self) -> bool:
         return bool(self.poller.poll(0))
@@ -500,6 +554,10 @@ class ChildLoop:
             self.firstBatch = config.get("firstBatch", FIRST_BATCH)
             self.batchSeconds = config.get("batchSeconds", BATCH_SECONDS)
             self.spinSeconds = config.get("spin", SPIN_SECONDS)
+            self.pollers = config.get("pollers", 1)
+            self.board, self.slot = _mapBoard(config.get("board"))
+            if self.board is not None:
+                self.board.mark(self.slot, True)
             self.arena = _mapArena(config.get("arena"))
             if self.arena is not None:
                 self.startedSlot = self.arena.startedSlot()

@@ -57,8 +57,9 @@ them together (`asynqueue._process._child`, *Results*), but never around a
 task with a timeout (``FLAG_STARTED``): its start is known when it starts.
 With nothing queued, the child polls its socket for up to ``spin`` seconds
 (100 µs where two CPUs or more may run this process) before it blocks, so
-that a caller awaiting each result does not wait for an idle core to wake
-(`asynqueue._process._child`, *Waiting*).
+that a caller awaiting each result does not wait for an idle core to wake,
+while few children are in play: all of this process's children share a
+`PollBoard` (`_Board`) to know (`asynqueue._process._child`, *Waiting*).
 
 Faults
 ------
@@ -145,7 +146,7 @@ from .._wire._codec import (
 from .._wire._framing import Filling, Message, encode
 from .._wire._relay import PickledCall
 from ..interfaces import IWorker
-from ._arena import ARENA_MIN, Arena
+from ._arena import ARENA_MIN, BOARD_SLOTS, Arena, PollBoard
 from ._child import BOOTSTRAP, FIRST_BATCH, SPIN_SECONDS, ProcessBase, leanCode
 
 __all__ = ["ProcessBase", "ProcessQueue", "ProcessWorker"]
@@ -245,6 +246,7 @@ class _Child(WireClient, ProcessProtocol):
         # other way round), once the child said it mapped it.
         self.inbox: Arena | None = None
         self._inboxOffered: Arena | None = None
+        self.boardSlot: int | None = None  # its place on the `PollBoard`
         # Task IDs cancelled and not yet answered: the timer that kills me.
         self.cancelling: dict[int, Any] = {}
 
@@ -273,12 +275,21 @@ class _Child(WireClient, ProcessProtocol):
             if inbox is not None:
                 childFDs[5] = inbox.fd
                 config = {**config, "inbox": (5, inbox.size)}
+            if config.get("spin"):
+                slot = self.boardSlot = _Board.take()
+                if slot is not None:
+                    assert _Board.board is not None
+                    childFDs[6] = _Board.board.fd
+                    config = {**config, "board": (6, slot)}
             args = [sys.executable, "-c", BOOTSTRAP, PACKAGE_DIR, "3", str(os.getpid()), "code"]
             self.process = self.reactor.spawnProcess(
                 self, sys.executable, args, env=dict(os.environ), childFDs=childFDs
             )
         except BaseException:
             parentSock.close()
+            if self.boardSlot is not None:
+                _Board.give(self.boardSlot)
+                self.boardSlot = None
             raise
         finally:
             os.close(devnull)
@@ -316,6 +327,9 @@ class _Child(WireClient, ProcessProtocol):
             if shared is not None:
                 shared.unmap()
         self.arena = self.inbox = self._inboxOffered = None
+        if self.boardSlot is not None:
+            _Board.give(self.boardSlot)
+            self.boardSlot = None
         self.worker._childEnded(self, text)
 
     def sendSignal(self, name: str | int) -> None:
@@ -584,6 +598,41 @@ def _spinSeconds(spin: float | str | None) -> float:
     return float(spin)
 
 
+class _Board:
+    """
+    This process's `PollBoard`, made when a first child may poll, and which
+    places on it children have.
+    """
+
+    board: PollBoard | None = None
+    made = False
+    used: set[int] = set()
+
+    @classmethod
+    def take(cls) -> int | None:
+        """A place for a new child (None if there is no board, or no place left)."""
+        if not cls.made:
+            cls.made = True
+            cls.board = PollBoard.create()
+        board = cls.board
+        if board is None or len(cls.used) >= BOARD_SLOTS:
+            return None
+        slot = min(set(range(len(cls.used) + 1)) - cls.used)  # (the lowest free one)
+        cls.used.add(slot)
+        board.clear(slot)
+        board.setExtent(max(cls.used) + 1)
+        return slot
+
+    @classmethod
+    def give(cls, slot: int) -> None:
+        """The child at *slot* ended: it is not busy, and its place is free."""
+        board = cls.board
+        if board is not None and slot in cls.used:
+            cls.used.discard(slot)
+            board.clear(slot)
+            board.setExtent(max(cls.used) + 1 if cls.used else 0)
+
+
 @implementer(IWorker)
 class ProcessWorker(PipelineWindow):
     """
@@ -611,7 +660,9 @@ class ProcessWorker(PipelineWindow):
             nothing (`asynqueue._process._child`, *Waiting*). The default,
             ``"auto"``, is `SPIN_SECONDS` (100 µs) where this process may
             use two CPUs at once or more (`cpuBudget`: cores, and a
-            container's CPU quota), else 0.
+            container's CPU quota), else 0. Whatever the setting, a child
+            polls only while no more of this process's children are in play
+            than its CPUs less one (`asynqueue._process._arena.PollBoard`).
         reactor: the reactor (the global one by default).
 
     The child starts at once, in the background; calls made meanwhile wait
@@ -846,6 +897,8 @@ class ProcessWorker(PipelineWindow):
             "firstBatch": self.firstBatchItems,
             "batchSeconds": BATCH_SECONDS,
             "spin": self.spin,
+            # Children that may be busy while one polls: one CPU is left to me.
+            "pollers": max(1, int(cpuBudget()) - 1),
         }
 
     def _spawn(self) -> _Child | None:
