@@ -42,20 +42,21 @@ class CpuBudgetTest(unittest.TestCase):
         self.write("cpu.max", "800000 100000\n")
         self.assertEqual(self.budget(), 4.0)
 
+    def writeVersion1(self, folder: str, quota: str) -> None:
+        self.write(f"{folder}/cpu.cfs_quota_us", f"{quota}\n")
+        self.write(f"{folder}/cpu.cfs_period_us", "100000\n")
+
     def test_version_1_quota(self) -> None:
-        self.write("cpu,cpuacct/cpu.cfs_quota_us", "50000\n")
-        self.write("cpu,cpuacct/cpu.cfs_period_us", "100000\n")
+        self.writeVersion1("cpu,cpuacct", "50000")
         self.assertEqual(self.budget(), 0.5)
 
     def test_version_1_without_a_quota(self) -> None:
-        self.write("cpu/cpu.cfs_quota_us", "-1\n")
-        self.write("cpu/cpu.cfs_period_us", "100000\n")
+        self.writeVersion1("cpu", "-1")
         self.assertEqual(self.budget(), 4.0)
 
     def test_unreadable_values_are_no_quota(self) -> None:
         self.write("cpu.max", "garbage\n")
-        self.write("cpu/cpu.cfs_quota_us", "soon\n")
-        self.write("cpu/cpu.cfs_period_us", "100000\n")
+        self.writeVersion1("cpu", "soon")
         self.assertEqual(self.budget(), 4.0)
 
     def test_this_machine(self) -> None:

@@ -98,19 +98,16 @@ class Arena:
     @classmethod
     def create(cls, size: int = ARENA_SIZE) -> Arena | None:
         """A new arena (the parent's side), or None where there can be none."""
-        memfdCreate = getattr(os, "memfd_create", None)
-        if memfdCreate is None or size <= _DATA:
+        if not hasattr(os, "memfd_create") or size <= _DATA:
             return None
         try:
             import ctypes  # noqa: F401  (`take` needs it)
         except ImportError:
             return None
-        try:
-            fd = memfdCreate("asynqueue-arena", os.MFD_CLOEXEC)
-        except OSError:
+        fd = _sharedFile("asynqueue-arena", size)
+        if fd is None:
             return None
         try:
-            os.ftruncate(fd, size)
             return cls(fd, size)
         except OSError:
             os.close(fd)
@@ -325,6 +322,23 @@ def _free(region: mmap.mmap) -> None:
         pass
 
 
+def _sharedFile(name: str, size: int) -> int | None:
+    """A new ``memfd`` of *size* bytes (close-on-exec), or None where there can be none."""
+    memfdCreate = getattr(os, "memfd_create", None)
+    if memfdCreate is None:
+        return None
+    try:
+        fd = memfdCreate(name, os.MFD_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 # Children of one parent that can have a place on its `PollBoard`.
 BOARD_SLOTS = 256
 _STAMP = struct.Struct("=q")
@@ -354,15 +368,10 @@ class PollBoard:
     @classmethod
     def create(cls) -> PollBoard | None:
         """A new board (the parent's side), or None where there can be none."""
-        memfdCreate = getattr(os, "memfd_create", None)
-        if memfdCreate is None:
+        fd = _sharedFile("asynqueue-board", cls.SIZE)
+        if fd is None:
             return None
         try:
-            fd = memfdCreate("asynqueue-board", os.MFD_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            os.ftruncate(fd, cls.SIZE)
             return cls(fd)
         except (OSError, ValueError):
             os.close(fd)

@@ -287,9 +287,7 @@ class _Child(WireClient, ProcessProtocol):
             )
         except BaseException:
             parentSock.close()
-            if self.boardSlot is not None:
-                _Board.give(self.boardSlot)
-                self.boardSlot = None
+            self._leaveBoard()
             raise
         finally:
             os.close(devnull)
@@ -301,6 +299,12 @@ class _Child(WireClient, ProcessProtocol):
         self.channel = SocketChannel(parentSock, self, self.reactor)
         self.channel.sendPreamble(leanCode(PACKAGE_DIR))  # read by BOOTSTRAP, before any frame
         self.channel.send(encode(INIT, [dumpsSmall(config)]))
+
+    def _leaveBoard(self) -> None:
+        """Give my place on the `PollBoard` back, if I had one."""
+        if self.boardSlot is not None:
+            _Board.give(self.boardSlot)
+            self.boardSlot = None
 
     def processEnded(self, reason: Failure) -> None:
         if self.ended:
@@ -327,9 +331,7 @@ class _Child(WireClient, ProcessProtocol):
             if shared is not None:
                 shared.unmap()
         self.arena = self.inbox = self._inboxOffered = None
-        if self.boardSlot is not None:
-            _Board.give(self.boardSlot)
-            self.boardSlot = None
+        self._leaveBoard()
         self.worker._childEnded(self, text)
 
     def sendSignal(self, name: str | int) -> None:
