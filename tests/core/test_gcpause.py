@@ -20,22 +20,29 @@ BURST = 20
 LOW = 5
 
 
-class GCPauseTests(DispatchTestCase):
+class _GCPauseCase(DispatchTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.thresholds = gc.get_threshold()
         self.addCleanup(gc.set_threshold, *self.thresholds)
         self.patch(_gcpause, "BURST", BURST)
         self.patch(_gcpause, "LOW", LOW)
+        # No full collection seen lately (unless a test runs one): a hold
+        # ends with the thresholds put back, not with a grace.
+        self.patch(_gcpause, "_lastFull", float("-inf"))
         self.assertFalse(_gcpause.isHeld())
 
     def tearDown(self) -> None:
-        # No test may leave the collector held (nor, failing, the next tests).
+        # No test may leave the collector held or in a grace (nor, failing,
+        # the next tests).
         held = _gcpause.isHeld()
-        if held:
-            with _gcpause._lock:
+        graced = _gcpause._saved is not None
+        with _gcpause._lock:
+            if held:
                 _gcpause._end()
+            _gcpause._restore()
         self.assertFalse(held)
+        self.assertFalse(graced)
         super().tearDown()
 
     def submit(self, n: int) -> list[_Call]:
@@ -50,6 +57,8 @@ class GCPauseTests(DispatchTestCase):
         self.assertFalse(_gcpause.isHeld())
         self.assertEqual(gc.get_threshold(), self.thresholds)
 
+
+class GCPauseTests(_GCPauseCase):
     def test_a_backlog_over_the_burst_holds_until_it_drains(self) -> None:
         w = PipeliningWorker(window=4)
         self.attach(w)
@@ -161,3 +170,98 @@ class GCPauseTests(DispatchTestCase):
         self.assertReleased()  # nothing moved since the last look
         while w.current:
             w.finishAll()
+
+
+class GraceTests(_GCPauseCase):
+    """
+    A hold that ends less than SPACING seconds after a full collection
+    ends with a grace: the next full collection comes a usual cycle later.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        # Only the collections below run (an automatic one would move the
+        # count between a release and its check).
+        if gc.isenabled():
+            gc.disable()
+            self.addCleanup(gc.enable)
+
+    def holdAndRelease(self) -> None:
+        """A backlog over the burst, then abandoned: one hold, one release."""
+        calls = self.submit(BURST + 1)
+        self.assertHeld()
+        for c in calls:
+            c.addErrback(lambda _: None)
+        self.dispatcher.abandon("was shut down")
+        self.assertFalse(_gcpause.isHeld())
+
+    def assertGrace(self, usual: tuple[int, ...]) -> None:
+        self.assertFalse(_gcpause.isHeld())
+        threshold = gc.get_threshold()
+        self.assertEqual(threshold[:2], usual[:2])
+        # A usual cycle from now: the count of middle-generation collections
+        # since the last full one, plus the usual threshold.
+        self.assertEqual(threshold[2], gc.get_count()[2] + usual[2])
+
+    def test_a_full_collection_during_the_hold_ends_it_with_a_grace(self) -> None:
+        calls = self.submit(BURST + 1)
+        self.assertHeld()
+        gc.collect()  # seen by the watch: the hold goes on
+        self.assertHeld()
+        for c in calls:
+            c.addErrback(lambda _: None)
+        self.dispatcher.abandon("was shut down")
+        self.assertGrace(self.thresholds)
+        graced = gc.get_threshold()
+        gc.collect(1)  # not a full collection: the grace goes on (its count rises)
+        self.assertEqual(gc.get_threshold(), graced)
+        gc.collect()  # the full collection the grace waited for
+        self.assertReleased()
+
+    def test_a_full_collection_long_ago_gets_no_grace(self) -> None:
+        self.holdAndRelease()  # the watch is on now
+        gc.collect()
+        self.patch(_gcpause, "SPACING", 0.0)
+        self.holdAndRelease()
+        self.assertReleased()
+
+    def test_a_hold_during_a_grace_goes_back_to_the_usual_thresholds(self) -> None:
+        self.holdAndRelease()
+        gc.collect()
+        self.holdAndRelease()
+        self.assertGrace(self.thresholds)
+        self.holdAndRelease()  # held from the grace: its usual ones kept
+        self.assertGrace(self.thresholds)
+        gc.collect()
+        self.assertReleased()
+
+    def test_a_threshold_set_during_a_grace_is_kept(self) -> None:
+        self.holdAndRelease()
+        gc.collect()
+        self.holdAndRelease()
+        self.assertGrace(self.thresholds)
+        gc.set_threshold(500, 7, 9)  # the program's own choice
+        gc.collect()
+        self.assertEqual(gc.get_threshold(), (500, 7, 9))
+        self.assertIsNone(_gcpause._saved)
+        # And the next hold goes back to the program's choice.
+        self.patch(_gcpause, "SPACING", 0.0)
+        calls = self.submit(BURST + 1)
+        self.assertEqual(gc.get_threshold()[:2], (500, 7))
+        self.assertGreater(gc.get_threshold()[2], 1_000_000)
+        for c in calls:
+            c.addErrback(lambda _: None)
+        self.dispatcher.abandon("was shut down")
+        self.assertEqual(gc.get_threshold(), (500, 7, 9))
+
+    def test_a_threshold_set_during_the_hold_gets_no_grace(self) -> None:
+        self.holdAndRelease()
+        gc.collect()
+        calls = self.submit(BURST + 1)
+        self.assertHeld()
+        gc.set_threshold(500, 7, 9)
+        for c in calls:
+            c.addErrback(lambda _: None)
+        self.dispatcher.abandon("was shut down")
+        self.assertEqual(gc.get_threshold(), (500, 7, 9))
+        self.assertIsNone(_gcpause._saved)
