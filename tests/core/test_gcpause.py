@@ -186,31 +186,51 @@ class GraceTests(_GCPauseCase):
             gc.disable()
             self.addCleanup(gc.enable)
 
-    def holdAndRelease(self) -> None:
-        """A backlog over the burst, then abandoned: one hold, one release."""
+    def holdAndRelease(self, meanwhile: Any = None, usual: tuple[int, ...] | None = None) -> None:
+        """
+        A backlog over the burst, then abandoned: one hold, one release;
+        *meanwhile()* is called during the hold, whose thresholds come from
+        *usual* (by default those before the test).
+        """
+        usual = usual or self.thresholds
         calls = self.submit(BURST + 1)
-        self.assertHeld()
+        self.assertTrue(_gcpause.isHeld())
+        self.assertEqual(gc.get_threshold()[:2], usual[:2])
+        self.assertGreater(gc.get_threshold()[2], 1_000_000)
+        if meanwhile is not None:
+            meanwhile()
         for c in calls:
             c.addErrback(lambda _: None)
         self.dispatcher.abandon("was shut down")
         self.assertFalse(_gcpause.isHeld())
+
+    def enterGrace(self) -> None:
+        """A hold, a full collection, a hold again: a grace after that one."""
+        self.holdAndRelease()  # (the watch is on from now)
+        self.fullThenYoung()
+        self.holdAndRelease()
+        self.assertGrace(self.thresholds)
 
     def assertGrace(self, usual: tuple[int, ...]) -> None:
         self.assertFalse(_gcpause.isHeld())
         threshold = gc.get_threshold()
         self.assertEqual(threshold[:2], usual[:2])
         # A usual cycle from now: the count of middle-generation collections
-        # since the last full one, plus the usual threshold.
-        self.assertEqual(threshold[2], gc.get_count()[2] + usual[2])
+        # since the last full one, plus the usual threshold (the count is
+        # above 0 here: see fullThenYoung).
+        count = gc.get_count()[2]
+        self.assertGreater(count, 0)
+        self.assertEqual(threshold[2], count + usual[2])
+
+    @staticmethod
+    def fullThenYoung() -> None:
+        """A full collection, then two of the middle generation (the count is 2)."""
+        gc.collect()
+        gc.collect(1)
+        gc.collect(1)
 
     def test_a_full_collection_during_the_hold_ends_it_with_a_grace(self) -> None:
-        calls = self.submit(BURST + 1)
-        self.assertHeld()
-        gc.collect()  # seen by the watch: the hold goes on
-        self.assertHeld()
-        for c in calls:
-            c.addErrback(lambda _: None)
-        self.dispatcher.abandon("was shut down")
+        self.holdAndRelease(meanwhile=self.fullThenYoung)  # seen by the watch: held on
         self.assertGrace(self.thresholds)
         graced = gc.get_threshold()
         gc.collect(1)  # not a full collection: the grace goes on (its count rises)
@@ -219,49 +239,33 @@ class GraceTests(_GCPauseCase):
         self.assertReleased()
 
     def test_a_full_collection_long_ago_gets_no_grace(self) -> None:
-        self.holdAndRelease()  # the watch is on now
-        gc.collect()
+        self.holdAndRelease()
+        self.fullThenYoung()
         self.patch(_gcpause, "SPACING", 0.0)
         self.holdAndRelease()
         self.assertReleased()
 
     def test_a_hold_during_a_grace_goes_back_to_the_usual_thresholds(self) -> None:
-        self.holdAndRelease()
-        gc.collect()
-        self.holdAndRelease()
-        self.assertGrace(self.thresholds)
+        self.enterGrace()
         self.holdAndRelease()  # held from the grace: its usual ones kept
         self.assertGrace(self.thresholds)
         gc.collect()
         self.assertReleased()
 
     def test_a_threshold_set_during_a_grace_is_kept(self) -> None:
-        self.holdAndRelease()
-        gc.collect()
-        self.holdAndRelease()
-        self.assertGrace(self.thresholds)
+        self.enterGrace()
         gc.set_threshold(500, 7, 9)  # the program's own choice
         gc.collect()
         self.assertEqual(gc.get_threshold(), (500, 7, 9))
         self.assertIsNone(_gcpause._saved)
         # And the next hold goes back to the program's choice.
         self.patch(_gcpause, "SPACING", 0.0)
-        calls = self.submit(BURST + 1)
-        self.assertEqual(gc.get_threshold()[:2], (500, 7))
-        self.assertGreater(gc.get_threshold()[2], 1_000_000)
-        for c in calls:
-            c.addErrback(lambda _: None)
-        self.dispatcher.abandon("was shut down")
+        self.holdAndRelease(usual=(500, 7, 9))
         self.assertEqual(gc.get_threshold(), (500, 7, 9))
 
     def test_a_threshold_set_during_the_hold_gets_no_grace(self) -> None:
         self.holdAndRelease()
-        gc.collect()
-        calls = self.submit(BURST + 1)
-        self.assertHeld()
-        gc.set_threshold(500, 7, 9)
-        for c in calls:
-            c.addErrback(lambda _: None)
-        self.dispatcher.abandon("was shut down")
+        self.fullThenYoung()
+        self.holdAndRelease(meanwhile=lambda: gc.set_threshold(500, 7, 9))
         self.assertEqual(gc.get_threshold(), (500, 7, 9))
         self.assertIsNone(_gcpause._saved)
