@@ -261,3 +261,22 @@ def childSpin() -> tuple[float, int, bool, int, int]:
 
     (loop,) = [o for o in gc.get_objects() if type(o) is _child.ChildLoop]
     return loop.spinSeconds, _child.MAX_SPIN_SKIP, loop.board is not None, loop.slot, loop.pollers
+
+
+def byNameTarget() -> str:
+    """A function the tests rebind (in the parent or in a child)."""
+    return "original"
+
+
+def _replacement() -> str:
+    return "replacement"
+
+
+def rebindTarget() -> None:
+    """Rebind `byNameTarget` in this process's copy of the module."""
+    globals()["byNameTarget"] = _replacement
+
+
+def byNameHeads() -> list[bytes]:
+    """The heads of the calls this child has taken by name (see `_codec`)."""
+    return sorted(sys.modules["asynqueue._wire._codec"]._byHead)  # type: ignore[attr-defined]

@@ -25,6 +25,7 @@ from asynqueue import errors
 from asynqueue._core._chunk import applyChunk
 from asynqueue._core._task import Task
 from asynqueue._iter._producers import ListConsumer
+from asynqueue._wire import _codec
 from asynqueue.process import ProcessBase, ProcessQueue, ProcessWorker
 
 from ..helpers import process as h
@@ -129,6 +130,32 @@ class CallTests(WorkerTestCase):
         self.assertEqual((yield self.value(w, fromMain, 1)), "main 1")
         self.assertEqual((yield self.call(w, h.nothing)), ("n", None))
         self.assertEqual((yield self.value(w, h.add, "a", kw={"b": "b"})), "ab")
+
+    @inlineCallbacks
+    def test_plain_calls_go_by_name_and_find_their_function_in_the_child(self) -> Any:
+        w = self.makeWorker()
+        self.assertEqual((yield self.value(w, h.byNameTarget)), "original")
+        self.assertEqual((yield self.value(w, h.add, 2, 3)), 5)
+        heads = yield self.value(w, h.byNameHeads)
+        module = h.__name__.encode()
+        self.assertIn(module + b"\0byNameTarget\0", heads)
+        self.assertIn(module + b"\0add\0", heads)
+        # Rebound in the child (by an update, say): the child calls what its
+        # module holds now, as unpickling a reference would find it.
+        yield self.value(w, h.rebindTarget)
+        self.assertEqual((yield self.value(w, h.byNameTarget)), "replacement")
+
+    @inlineCallbacks
+    def test_a_function_rebound_in_the_parent_is_sent_by_value(self) -> Any:
+        w = self.makeWorker()
+        original = h.byNameTarget
+        self.assertEqual((yield self.value(w, original)), "original")  # by name
+        self.patch(h, "byNameTarget", h._replacement)
+        # No longer what its module holds: by name, the child would find the
+        # replacement. It travels by value and runs as it is.
+        self.assertIsNone(_codec.dumpsCallByName(original, (), {}))
+        self.assertEqual((yield self.value(w, original)), "original")
+        self.assertEqual((yield self.value(w, h.byNameTarget)), "replacement")
 
     @inlineCallbacks
     def test_child_is_lean_and_separate(self) -> Any:

@@ -250,6 +250,84 @@ def test_calls_of_plain_values_pickle_whole_and_main_functions_still_by_value() 
     assert g(3) == 2 and args == (1, 2.5, "s", None, True) and kw == {}
 
 
+def test_plain_calls_of_module_functions_go_by_name() -> None:
+    part = _codec.dumpsCallByName(divmod, (7, 2), {})
+    assert type(part) is bytes and part.startswith(b"builtins\0divmod\0")
+    assert _codec.loadsCallByName(part) == (divmod, (7, 2))
+    assert _codec.loadsCallByName(memoryview(part)) == (divmod, (7, 2))
+    assert _codec.loadsCallByName(_codec.dumpsCallByName(struct.calcsize, (), {})) == (
+        struct.calcsize,
+        (),
+    )
+    plain = (1, 2.5, "s", None, True, 3j)
+    assert _codec.loadsCallByName(_codec.dumpsCallByName(max, plain, {}))[1] == plain
+
+
+def test_calls_that_cannot_go_by_name() -> None:
+    def local(x: int) -> int:
+        return x
+
+    main = _fresh(local, "__main__", "main")
+
+    class Callable:
+        def __call__(self) -> None:
+            pass
+
+    long = "x" * _framing.BYTES_MIN
+    for f, args, kw in [
+        (divmod, (7, 2), {"k": 1}),  # keywords
+        (local, (1,), {}),  # a local function
+        (lambda: None, (), {}),
+        (main, (), {}),  # a function of __main__
+        (_codec._Pickler.reducer_override, (), {}),  # a method (a dotted name)
+        (Callable(), (), {}),  # not a function
+        (divmod, ([1], 2), {}),  # not plain values
+        (struct.pack, (long,), {}),  # a large string: a part of its own
+        (_fresh(local, __name__, "notInTheModule"), (), {}),  # not what its module holds
+    ]:
+        assert _codec.dumpsCallByName(f, args, kw) is None, f
+
+
+def _fresh(f: Any, module: str, name: str) -> Any:
+    """A copy of function *f* that claims to be *module*'s *name*."""
+    import types
+
+    copy = types.FunctionType(f.__code__, f.__globals__, name)
+    copy.__module__, copy.__qualname__ = module, name
+    return copy
+
+
+def test_a_function_rebound_in_its_module_is_no_longer_sent_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    original = json.dumps
+    assert _codec.dumpsCallByName(original, (1,), {}) is not None  # (remembered now)
+    monkeypatch.setattr(json, "dumps", _fresh(original, "json", "dumps"))
+    assert _codec.dumpsCallByName(original, (1,), {}) is None
+    # The receiver looks the name up for every call: the replacement now.
+    part = _codec.dumpsCallByName(json.dumps, (1,), {})
+    assert part is not None and _codec.loadsCallByName(part)[0] is json.dumps
+
+
+def test_the_name_caches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_codec, "BYNAME_CACHE", 2)
+    monkeypatch.setattr(_codec, "_byName", {})
+    monkeypatch.setattr(_codec, "_byHead", {})
+    for f in (divmod, max, min, abs, pow):
+        assert _codec.loadsCallByName(_codec.dumpsCallByName(f, (1, 1), {}))[0] is f
+        assert len(_codec._byName) <= 2 and len(_codec._byHead) <= 2
+
+
+def test_a_name_that_cannot_be_found_says_which() -> None:
+    args = pickle.dumps((), _codec.PROTOCOL)
+    with pytest.raises(ModuleNotFoundError, match="noSuchModule"):
+        _codec.loadsCallByName(b"noSuchModule\0f\0" + args)
+    with pytest.raises(AttributeError, match="'json' has no attribute 'noSuchName'"):
+        _codec.loadsCallByName(b"json\0noSuchName\0" + args)
+
+
 def test_out_of_band_buffers_are_separate_parts() -> None:
     data = bytearray(b"z" * 100_000)
     parts = _codec.dumps(pickle.PickleBuffer(data))
@@ -391,11 +469,17 @@ class _ChildOverSocket:
             self.inbox.extend(self.decoder.feed(data))
         return self.inbox.pop(0)
 
-    def call(self, *calls: tuple[Any, ...]) -> list[tuple[str, Any, Any]]:
+    def call(self, *calls: tuple[Any, ...], byName: bool = False) -> list[tuple[str, Any, Any]]:
+        """Run *calls* (``(f, *args)``; *byName*: sent so, `_codec.FLAG_BYNAME`)."""
         envelope, parts = [], []
         for i, (f, *args) in enumerate(calls):
-            callParts = _codec.dumps((f, tuple(args), {}))
-            envelope.append((i, len(callParts), 0))
+            if byName:
+                named = f if type(f) is bytes else _codec.dumpsCallByName(f, tuple(args), {})
+                assert named is not None
+                callParts, flags = [named], _codec.FLAG_BYNAME
+            else:
+                callParts, flags = _codec.dumps((f, tuple(args), {})), 0
+            envelope.append((i, len(callParts), flags))
             parts.extend(callParts)
         self.send(_codec.CALLS, [_codec.dumpsSmall(envelope), *parts])
         out = []
@@ -444,6 +528,33 @@ def test_child_speaks_the_protocol_and_imports_no_twisted() -> None:
         assert _codec.loads(items.parts[1 : 1 + nItems]) == [0, 1, 2, 3, 4]
     finally:
         # End of file on its socket: the child exits by itself.
+        assert child.close() == 0
+
+
+def test_a_child_runs_calls_sent_by_name() -> None:
+    child = _ChildOverSocket()
+    try:
+        noArgs = pickle.dumps((), _codec.PROTOCOL)
+        results = child.call(
+            (pow, 2, 8),
+            (struct.calcsize, "ii"),
+            (b"noSuchModule\0f\0" + noArgs,),
+            (b"json\0noSuchName\0" + noArgs,),
+            (len, "abc"),
+            byName=True,
+        )
+        assert results[0] == ("r", 256, None)
+        assert results[1] == ("r", 8, None)
+        assert results[4] == ("r", 3, None)
+        for (status, payload, _), missing in zip(
+            results[2:4], ["noSuchModule", "noSuchName"], strict=True
+        ):
+            # That call fails, saying why; the others run.
+            assert status == "e"
+            error = _codec.loadsError(payload)
+            assert "could not be unpickled in the child" in error.traceback
+            assert missing in error.message
+    finally:
         assert child.close() == 0
 
 

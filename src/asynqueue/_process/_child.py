@@ -20,6 +20,8 @@ and:
   its inbox can be used.
 - CALLS: queues the calls; runs them one at a time, first in first out, and
   answers with RESULTS messages (see *Results* below). A call flagged
+  ``FLAG_BYNAME`` names its function (looked up in its module for each
+  call) and pickles only its arguments; one flagged
   ``FLAG_INBOX`` has its large parts in the inbox; one flagged
   ``FLAG_SHARED_RESULT`` has the large parts of its result copied into the
   arena when it is free, the RESULTS message saying where, and PLACED
@@ -110,6 +112,7 @@ from .._wire._codec import (
     CALLS,
     CLOSE,
     EXIT,
+    FLAG_BYNAME,
     FLAG_INBOX,
     FLAG_RAW,
     FLAG_SHARED_RESULT,
@@ -128,6 +131,7 @@ from .._wire._codec import (
     dumps,
     dumpsError,
     dumpsSmall,
+    loadsCallByName,
 )
 from .._wire._framing import MAX_IOVECS, FrameDecoder, Message, SendQueue, encode, nbytes
 from .._wire._streams import IteratorTable, encodeItems, isIterator
@@ -138,6 +142,9 @@ if TYPE_CHECKING:  # the child must not pay for importing typing
     from typing import Any, ClassVar
 
 __all__ = ["BOOTSTRAP", "LEAN_MODULES", "CallCancelled", "ProcessBase", "leanCode", "main"]
+
+# The keywords of a call sent by name (it has none; ``**`` copies it anyway).
+_NO_KEYWORDS: dict[str, Any] = {}
 
 # Modules the child loads by path, in this order: (name, path relative to
 # the package directory). Each may import only the standard library and the
@@ -635,11 +642,15 @@ class ChildLoop:
         extra: Any = None
         following: list[Any] = []
         try:
-            if flags & FLAG_INBOX:
-                # Large parts are in the inbox: unpickling copies them out (or
-                # keeps views, which keep the inbox taken while they live).
-                parts = self.inbox.lend(parts[1:], pickle.loads(parts[0]))  # type: ignore[union-attr]
-            f, args, kw = pickle.loads(parts[0], buffers=parts[1:])  # (`loads`, inlined)
+            if flags & FLAG_BYNAME:
+                f, args = loadsCallByName(parts[0])
+                kw = _NO_KEYWORDS
+            else:
+                if flags & FLAG_INBOX:
+                    # Large parts are in the inbox: unpickling copies them out (or
+                    # keeps views, which keep the inbox taken while they live).
+                    parts = self.inbox.lend(parts[1:], pickle.loads(parts[0]))  # type: ignore[union-attr]
+                f, args, kw = pickle.loads(parts[0], buffers=parts[1:])  # (`loads`, inlined)
         except BaseException as e:
             status, payload = (
                 WIRE_ERROR,

@@ -134,6 +134,7 @@ from .._wire._client import WireClient, statusResult
 from .._wire._codec import (
     ABANDON,
     EXIT,
+    FLAG_BYNAME,
     FLAG_INBOX,
     FLAG_RAW,
     FLAG_STARTED,
@@ -141,6 +142,7 @@ from .._wire._codec import (
     INIT,
     RESULTS,
     dumpsCall,
+    dumpsCallByName,
     dumpsSmall,
 )
 from .._wire._framing import Filling, Message, encode
@@ -753,6 +755,7 @@ class ProcessWorker(PipelineWindow):
             return self._refuse(task, self._broken or "the process worker is stopping")
         f, args, kw = task.callTuple
         relay = None
+        flags = 0
         if type(f) is PickledCall:
             # A call relayed by a worker server: its pickle goes as it came,
             # with the server's flags, and its result goes back pickled.
@@ -761,13 +764,18 @@ class ProcessWorker(PipelineWindow):
                 return None
             parts, relay = f.parts, f
         else:
-            try:
-                parts = dumpsCall(f, args, kw)
-            except Exception:
-                task.callback((Status.ERROR, Failure()))
-                return None
+            named = dumpsCallByName(f, args, kw)
+            if named is not None:
+                parts, flags = [named], FLAG_BYNAME
+            else:
+                try:
+                    parts = dumpsCall(f, args, kw)
+                except Exception:
+                    task.callback((Status.ERROR, Failure()))
+                    return None
         raw = self.raw if task.raw is None else task.raw
-        flags = FLAG_RAW if raw else 0
+        if raw:
+            flags |= FLAG_RAW
         if relay is not None:
             flags |= relay.wireFlags
         if task.timeout is not None:

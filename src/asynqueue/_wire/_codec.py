@@ -23,6 +23,14 @@ plain pickle refuses, or would pickle by a reference the other side cannot
 resolve: lambdas, closures, local classes and functions, and anything
 defined in ``__main__`` (a child's ``__main__`` is not the parent's).
 
+A call to a process's child of a module's function with a few plain
+arguments goes *by name* (`dumpsCallByName`, ``FLAG_BYNAME``): its one
+part names the function, and only the arguments are pickled. Pickling a
+function by reference (a lookup of its module and name) was two thirds of
+such a call's pickle, and unpickling it most of the child's work on it.
+(Remote calls are pickled whole: a server may pass them to its children
+unread.)
+
 Errors raised by a call travel as `dumpsError` parts: the exception itself
 when it survives a pickle round trip, and always its type name, message and
 formatted traceback, so that the receiver can rebuild the exception or
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 from collections import namedtuple
 from types import BuiltinFunctionType, FunctionType
 
@@ -65,9 +74,11 @@ __all__ = [
     "RemoteError",
     "dumps",
     "dumpsCall",
+    "dumpsCallByName",
     "dumpsError",
     "dumpsSmall",
     "loads",
+    "loadsCallByName",
     "loadsError",
 ]
 
@@ -122,8 +133,8 @@ PONG = 22
 # see `asynqueue._wire._auth`.
 AUTH = 32
 
-# CALLS flags. A child looks at FLAG_RAW, FLAG_STARTED, FLAG_SHARED_RESULT and
-# FLAG_INBOX; the others are for a remote server.
+# CALLS flags. A child looks at FLAG_RAW, FLAG_STARTED, FLAG_SHARED_RESULT,
+# FLAG_INBOX and FLAG_BYNAME; the others are for a remote server.
 FLAG_RAW = 1
 # A server sends STARTED when the call starts; a child holds no result
 # around it (the results before it go out before it starts, its own at once).
@@ -137,6 +148,9 @@ FLAG_SHARED_RESULT = 32
 # (to a child) large parts of the call are in the child's inbox arena: the
 # call's first part says where (see `_arena`), the others follow.
 FLAG_INBOX = 64
+# (to a child) the call's one part names its callable instead of pickling
+# it, and pickles only its arguments (`dumpsCallByName`).
+FLAG_BYNAME = 128
 # (to a server that says ``"lanes": True`` in its HELLO) the bits from
 # LANE_SHIFT up: the call's *lane*, a number the client chose for its series
 # (0: none). The server runs the calls of one lane one at a time, in the
@@ -287,6 +301,94 @@ def dumpsCall(f: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> list[Any]:
         return dumps((f, args, kw))
     except Exception as e:
         raise pickle.PicklingError(_whatFailed(f, args, kw, e)) from e
+
+
+# Callables sent by name so far (`dumpsCallByName`): the callable -> (its
+# module's namespace, its name there, the part's head). Cleared when full.
+_byName: dict[Any, tuple[dict[str, Any], str, bytes]] = {}
+BYNAME_CACHE = 1024
+_NO_ARGS = pickle.dumps((), PROTOCOL)
+
+
+def dumpsCallByName(f: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> bytes | None:
+    """
+    The one part of ``f(*args)`` sent by name (`FLAG_BYNAME`), or None if it
+    cannot go so: *f* must be a function of a module other than ``__main__``
+    that the module holds under its own name (now: one rebound since is
+    pickled as usual), the arguments a few plain values, and no keywords.
+
+    Pickling the function by reference costs two thirds of a small call's
+    pickle, and unpickling it (an import lookup) most of the child's; here
+    the head is made once per function, and the child keeps the namespace.
+    The part is the module's name and the function's, each followed by a
+    NUL byte, then the pickle of *args*.
+    """
+    if kw or type(f) not in _PLAIN_CALLABLES:
+        return None
+    entry = _byName.get(f)
+    if entry is None:
+        entry = _nameEntry(f)
+        if entry is None:
+            return None
+    namespace, name, head = entry
+    if namespace.get(name) is not f:
+        return None
+    if not args:
+        return head + _NO_ARGS
+    if not PLAIN_TYPES.issuperset(map(type, args)):
+        return None
+    data = pickle.dumps(args, PROTOCOL)
+    if len(data) >= BYTES_MIN:
+        return None  # (a large string: a part of its own, as `dumpsCall` sends it)
+    return head + data
+
+
+def _nameEntry(f: Any) -> tuple[dict[str, Any], str, bytes] | None:
+    """Make and remember `dumpsCallByName`'s entry for *f*, if it may go by name."""
+    module = getattr(f, "__module__", None)
+    name = getattr(f, "__qualname__", None)
+    if not module or module == "__main__" or not isinstance(name, str):
+        return None
+    if "." in name or "<" in name or "\0" in module or "\0" in name:
+        return None  # (a method, a local function or a lambda)
+    namespace = getattr(sys.modules.get(module), "__dict__", None)
+    if namespace is None or namespace.get(name) is not f:
+        return None
+    if len(_byName) >= BYNAME_CACHE:
+        _byName.clear()
+    entry = _byName[f] = (namespace, name, f"{module}\0{name}\0".encode())
+    return entry
+
+
+# The child's side: a part's head -> (the module's namespace, the name).
+_byHead: dict[bytes, tuple[dict[str, Any], str]] = {}
+_MISSING = object()
+
+
+def loadsCallByName(part: Any) -> tuple[Any, tuple[Any, ...]]:
+    """
+    Inverse of `dumpsCallByName`: ``(f, args)``. The callable is looked up
+    in its module for every call (a module attribute rebound in this
+    process since is the one called, as unpickling would find it).
+    """
+    part = bytes(part)
+    end = part.index(0, part.index(0) + 1) + 1
+    head = part[:end]
+    found = _byHead.get(head)
+    if found is None:
+        import importlib
+
+        module, name, _ = head.decode().split("\0")
+        found = (importlib.import_module(module).__dict__, name)
+        if len(_byHead) >= BYNAME_CACHE:
+            _byHead.clear()
+        _byHead[head] = found
+    namespace, name = found
+    f = namespace.get(name, _MISSING)
+    if f is _MISSING:
+        module = head[: head.index(0)].decode()
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    return f, pickle.loads(part[end:])
 
 
 def _whatFailed(f: Any, args: tuple[Any, ...], kw: dict[str, Any], error: Exception) -> str:
