@@ -252,7 +252,7 @@ def test_calls_of_plain_values_pickle_whole_and_main_functions_still_by_value() 
 
 def test_plain_calls_of_module_functions_go_by_name() -> None:
     part = _codec.dumpsCallByName(divmod, (7, 2), {})
-    assert type(part) is bytes and part.startswith(b"builtins\0divmod\0")
+    assert type(part) is bytes and part[1 : 1 + part[0]] == b"builtins\0divmod"
     assert _codec.loadsCallByName(part) == (divmod, (7, 2))
     assert _codec.loadsCallByName(memoryview(part)) == (divmod, (7, 2))
     assert _codec.loadsCallByName(_codec.dumpsCallByName(struct.calcsize, (), {})) == (
@@ -320,12 +320,34 @@ def test_the_name_caches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         assert len(_codec._byName) <= 2 and len(_codec._byHead) <= 2
 
 
+def _named(module: str, name: str) -> bytes:
+    """The part of a call of *module*'s *name* without arguments, sent by name."""
+    head = f"{module}\0{name}".encode()
+    return bytes([len(head)]) + head + pickle.dumps((), _codec.PROTOCOL)
+
+
 def test_a_name_that_cannot_be_found_says_which() -> None:
-    args = pickle.dumps((), _codec.PROTOCOL)
+    assert _codec.loadsCallByName(_named("json", "dumps")) == (__import__("json").dumps, ())
     with pytest.raises(ModuleNotFoundError, match="noSuchModule"):
-        _codec.loadsCallByName(b"noSuchModule\0f\0" + args)
+        _codec.loadsCallByName(_named("noSuchModule", "f"))
     with pytest.raises(AttributeError, match="'json' has no attribute 'noSuchName'"):
-        _codec.loadsCallByName(b"json\0noSuchName\0" + args)
+        _codec.loadsCallByName(_named("json", "noSuchName"))
+
+
+def test_a_name_too_long_for_its_length_byte_goes_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    def f() -> int:
+        return 1
+
+    for size, byName in [(200, True), (300, False)]:
+        module = types.ModuleType("m" * size)
+        module.f = _fresh(f, module.__name__, "f")  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        part = _codec.dumpsCallByName(module.f, (), {})  # type: ignore[attr-defined]
+        assert (part is not None) is byName
+        if part is not None:
+            assert _codec.loadsCallByName(part) == (module.f, ())  # type: ignore[attr-defined]
 
 
 def test_out_of_band_buffers_are_separate_parts() -> None:
@@ -534,12 +556,11 @@ def test_child_speaks_the_protocol_and_imports_no_twisted() -> None:
 def test_a_child_runs_calls_sent_by_name() -> None:
     child = _ChildOverSocket()
     try:
-        noArgs = pickle.dumps((), _codec.PROTOCOL)
         results = child.call(
             (pow, 2, 8),
             (struct.calcsize, "ii"),
-            (b"noSuchModule\0f\0" + noArgs,),
-            (b"json\0noSuchName\0" + noArgs,),
+            (_named("noSuchModule", "f"),),
+            (_named("json", "noSuchName"),),
             (len, "abc"),
             byName=True,
         )

@@ -320,8 +320,9 @@ def dumpsCallByName(f: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> bytes 
     Pickling the function by reference costs two thirds of a small call's
     pickle, and unpickling it (an import lookup) most of the child's; here
     the head is made once per function, and the child keeps the namespace.
-    The part is the module's name and the function's, each followed by a
-    NUL byte, then the pickle of *args*.
+    The part is a byte that says how long the *head* is, the head (the
+    module's name and the function's, a NUL byte between them), then the
+    pickle of *args*.
     """
     if kw or type(f) not in _PLAIN_CALLABLES:
         return None
@@ -354,15 +355,17 @@ def _nameEntry(f: Any) -> tuple[dict[str, Any], str, bytes] | None:
     namespace = getattr(sys.modules.get(module), "__dict__", None)
     if namespace is None or namespace.get(name) is not f:
         return None
+    head = f"{module}\0{name}".encode()
+    if len(head) > 255:
+        return None  # (its length must fit in the part's first byte)
     if len(_byName) >= BYNAME_CACHE:
         _byName.clear()
-    entry = _byName[f] = (namespace, name, f"{module}\0{name}\0".encode())
+    entry = _byName[f] = (namespace, name, bytes([len(head)]) + head)
     return entry
 
 
 # The child's side: a part's head -> (the module's namespace, the name).
 _byHead: dict[bytes, tuple[dict[str, Any], str]] = {}
-_MISSING = object()
 
 
 def loadsCallByName(part: Any) -> tuple[Any, tuple[Any, ...]]:
@@ -371,23 +374,25 @@ def loadsCallByName(part: Any) -> tuple[Any, tuple[Any, ...]]:
     in its module for every call (a module attribute rebound in this
     process since is the one called, as unpickling would find it).
     """
-    part = bytes(part)
-    end = part.index(0, part.index(0) + 1) + 1
-    head = part[:end]
+    if type(part) is not bytes:
+        part = bytes(part)
+    end = part[0] + 1
+    head = part[1:end]
     found = _byHead.get(head)
     if found is None:
         import importlib
 
-        module, name, _ = head.decode().split("\0")
+        module, name = head.decode().split("\0")
         found = (importlib.import_module(module).__dict__, name)
         if len(_byHead) >= BYNAME_CACHE:
             _byHead.clear()
         _byHead[head] = found
     namespace, name = found
-    f = namespace.get(name, _MISSING)
-    if f is _MISSING:
+    try:
+        f = namespace[name]
+    except KeyError:
         module = head[: head.index(0)].decode()
-        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        raise AttributeError(f"module {module!r} has no attribute {name!r}") from None
     return f, pickle.loads(part[end:])
 
 
