@@ -735,11 +735,14 @@ class ProcessWorker(PipelineWindow):
         a retiring child still works, nor when the next task starts a new one.
         """
         current = self._current
-        if self._handingBack or current is None or not current.takesTasks:
+        if self._handingBack or current is None or current.state not in _TAKES_TASKS:
             return False
         if self.maxTasks is not None and current.sent >= self.maxTasks:
             return False
-        return all(c is current or not (c.inflight or c.firstBatch) for c in self._children)
+        children = self._children
+        if len(children) == 1 and children[0] is current:
+            return True  # (the usual case, asked once per task of a series)
+        return all(c is current or not (c.inflight or c.firstBatch) for c in children)
 
     # ------------------------------------------------------------ IWorker
 
