@@ -334,6 +334,25 @@ def test_a_name_that_cannot_be_found_says_which() -> None:
         _codec.loadsCallByName(_named("json", "noSuchName"))
 
 
+def test_a_name_the_module_gives_lazily_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The child's module may make the function only when it is asked for
+    # (a module __getattr__), as unpickling a reference would ask.
+    import types
+
+    def make(name: str) -> Any:
+        if name == "made":
+            return divmod
+        raise AttributeError(f"no {name} here")
+
+    lazy = types.ModuleType("lazyFunctions")
+    lazy.__getattr__ = make  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "lazyFunctions", lazy)
+    assert "made" not in vars(lazy)
+    assert _codec.loadsCallByName(_named("lazyFunctions", "made")) == (divmod, ())
+    with pytest.raises(AttributeError, match="no unmade here"):
+        _codec.loadsCallByName(_named("lazyFunctions", "unmade"))
+
+
 def test_a_name_too_long_for_its_length_byte_goes_whole(monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 

@@ -364,8 +364,8 @@ def _nameEntry(f: Any) -> tuple[dict[str, Any], str, bytes] | None:
     return entry
 
 
-# The child's side: a part's head -> (the module's namespace, the name).
-_byHead: dict[bytes, tuple[dict[str, Any], str]] = {}
+# The child's side: a part's head -> (the module's namespace, the name, the module).
+_byHead: dict[bytes, tuple[dict[str, Any], str, Any]] = {}
 
 
 def loadsCallByName(part: Any) -> tuple[Any, tuple[Any, ...]]:
@@ -382,17 +382,19 @@ def loadsCallByName(part: Any) -> tuple[Any, tuple[Any, ...]]:
     if found is None:
         import importlib
 
-        module, name = head.decode().split("\0")
-        found = (importlib.import_module(module).__dict__, name)
+        moduleName, name = head.decode().split("\0")
+        module = importlib.import_module(moduleName)
+        found = (module.__dict__, name, module)
         if len(_byHead) >= BYNAME_CACHE:
             _byHead.clear()
         _byHead[head] = found
-    namespace, name = found
+    namespace, name, module = found
     try:
         f = namespace[name]
     except KeyError:
-        module = head[: head.index(0)].decode()
-        raise AttributeError(f"module {module!r} has no attribute {name!r}") from None
+        # Not (yet) in the module's namespace: a module's own __getattr__
+        # (lazy loading) may give it, as it would to unpickling.
+        f = getattr(module, name)
     return f, pickle.loads(part[end:])
 
 
