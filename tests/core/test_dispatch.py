@@ -939,6 +939,29 @@ class DetachTests(DispatchTestCase):
         self.assertEqual(self.successResultOf(good), "good")
         self.assertEqual([s.worker for s in self.dispatcher.slots.values()], [w])
 
+    def test_an_abandoned_call_that_ran_before_says_so(self) -> None:
+        w1, w2 = ManualWorker(name="w1"), ManualWorker(name="w2")
+        slots = self.attach(w1, w2)
+        timedOut = self.call(identity, "timed out", timeout=5)  # on w1
+        lost = self.call(identity, "lost")  # on w2
+        fresh = self.call(identity, "fresh")  # queued
+        w1.finish("t", None)  # run again, on w1
+        w2.finish("d", "child died")  # run again, on w2
+        self.assertEqual([arg(t) for t in w1.log + w2.log], ["timed out"] * 2 + ["lost"] * 2)
+        for slot in slots:
+            self.dispatcher.detach(slot, reassign=True, crash=True)  # back in the queue
+        late = self.call(identity, "late")
+        self.assertEqual((self.pending(), self.queued()), (4, 4))
+        self.dispatcher.abandon("never ran: the test gave up", retried="was not run again")
+        for d, text in [
+            (timedOut, "identity('timed out') was not run again"),
+            (lost, "identity('lost') was not run again"),
+            (fresh, "identity('fresh') never ran: the test gave up"),
+            (late, "identity('late') never ran: the test gave up"),
+        ]:
+            self.assertIn(text, str(self.failureResultOf(d, errors.QueueRunError).value))
+        self.assertNoTimers()
+
     def test_detached_workers_leave_the_drain_to_nobody(self) -> None:
         w = ManualWorker()
         (slot,) = self.attach(w)

@@ -144,7 +144,11 @@ class Dispatcher:
         d = self.detach(slot, reassign=True, crash=True)
         if why and not self._slotList:
             self._orphaned = f"was not run: the queue's last worker gave up ({why})"
-            self.abandon(self._orphaned, errors.WorkerError)
+            self.abandon(
+                self._orphaned,
+                errors.WorkerError,
+                retried=f"was not run again: the queue's last worker gave up ({why})",
+            )
         return d
 
     def requalify(self, slot: _Slot) -> None:
@@ -340,8 +344,17 @@ class Dispatcher:
         self.checkDrained()
         return d
 
-    def abandon(self, why: str, error: type[Exception] = errors.QueueRunError) -> None:
-        """Fail every unfinished call with *error* (`errors.QueueRunError`): it *why*."""
+    def abandon(
+        self,
+        why: str,
+        error: type[Exception] = errors.QueueRunError,
+        retried: str | None = None,
+    ) -> None:
+        """
+        Fail every unfinished call with *error* (`errors.QueueRunError`): it
+        *why*; with *retried*, a call that an earlier attempt ran (it timed
+        out, or its worker was lost) says *retried* instead.
+        """
         if self._stallTimer is not None:
             if self._stallTimer.active():
                 self._stallTimer.cancel()
@@ -352,7 +365,8 @@ class Dispatcher:
             self._checkBacklog()
         for call in list(self.pending):
             self._closeAttempt(call)
-            self._finish(call, Failure(error(f"{call.describe()} {why}")))
+            text = retried if retried is not None and (call.timeouts or call.losses) else why
+            self._finish(call, Failure(error(f"{call.describe()} {text}")))
 
     # ------------------------------------------------------------ dispatch
 

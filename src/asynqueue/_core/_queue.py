@@ -614,7 +614,10 @@ class TaskQueue:
             for ok, value in results:
                 if not ok:
                     log.error("Stopping a worker failed: %s", value.value)
-            self._dispatcher.abandon("never ran: the queue was shut down")
+            self._dispatcher.abandon(
+                "never ran: the queue was shut down",
+                retried="was not run again: the queue was shut down",
+            )
 
         return steps()
 
