@@ -269,3 +269,64 @@ class GraceTests(_GCPauseCase):
         self.holdAndRelease(meanwhile=lambda: gc.set_threshold(500, 7, 9))
         self.assertEqual(gc.get_threshold(), (500, 7, 9))
         self.assertIsNone(_gcpause._saved)
+
+
+class LongHoldTests(_GCPauseCase):
+    """A hold lets a full collection through once MAX_DEFER seconds passed without one."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        # Only the collections below run, and each looks at the holders.
+        if gc.isenabled():
+            gc.disable()
+            self.addCleanup(gc.enable)
+        self.patch(_gcpause, "POLL", 0.0)
+        self.worker = PipeliningWorker(window=4)
+        self.attach(self.worker)
+        self.calls = self.submit(BURST + 10)
+        for c in self.calls:
+            c.addErrback(lambda _: None)
+        self.assertHeld()
+
+    def drain(self) -> None:
+        while self.worker.current:
+            self.worker.finishAll()
+
+    def test_a_full_collection_comes_through_once_one_is_due(self) -> None:
+        gc.collect(0)  # a look at the holders: not due yet (MAX_DEFER is a minute)
+        self.assertHeld()
+        self.patch(_gcpause, "MAX_DEFER", 0.0)
+        gc.collect(0)  # due now: the oldest threshold goes down, held still
+        self.assertTrue(_gcpause.isHeld())
+        self.assertEqual(gc.get_threshold(), (*self.thresholds[:2], 0))
+        gc.collect(1)  # not a full collection: still let through
+        self.assertEqual(gc.get_threshold()[2], 0)
+        self.patch(_gcpause, "MAX_DEFER", 60.0)
+        gc.collect()  # the full collection: held again
+        self.assertHeld()
+        gc.collect(0)  # and not due again for a while
+        self.assertHeld()
+        self.drain()  # a full collection ran lately: the hold ends with a grace
+        self.assertFalse(_gcpause.isHeld())
+        self.assertGreater(gc.get_threshold()[2], 0)
+        gc.collect()
+        self.assertReleased()
+
+    def test_a_hold_that_ends_while_a_full_collection_is_due_puts_the_thresholds_back(
+        self,
+    ) -> None:
+        self.patch(_gcpause, "MAX_DEFER", 0.0)
+        gc.collect(0)
+        self.assertEqual(gc.get_threshold()[2], 0)
+        self.drain()
+        self.assertReleased()
+        gc.collect()  # (no hold left to raise it again)
+        self.assertReleased()
+
+    def test_a_threshold_the_program_set_is_not_lowered(self) -> None:
+        gc.set_threshold(500, 7, 9)
+        self.patch(_gcpause, "MAX_DEFER", 0.0)
+        gc.collect(0)
+        self.assertEqual(gc.get_threshold(), (500, 7, 9))
+        self.drain()
+        self.assertEqual(gc.get_threshold(), (500, 7, 9))

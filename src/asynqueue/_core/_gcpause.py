@@ -35,6 +35,18 @@ collections had not counted, and the usual threshold is put back when that
 collection (or anyone's ``gc.collect()``) has run. So back-to-back bursts
 get at most one full collection per `SPACING` seconds from us, and cycles
 that outlived the young collections are still freed that often.
+
+A long hold
+-----------
+
+A backlog that never drains to `LOW` would hold full collections off for
+as long as it lasts, and garbage cycles in the oldest generation (objects
+that lived through the young collections, then were dropped) would never
+be freed. So a hold lets one full collection through every `MAX_DEFER`
+seconds (counted from its start, or from the last full collection): at the
+first look at the holders after that, the oldest threshold goes down to 0,
+so that the collector's next automatic choice is a full collection (when
+CPython deems one worth it), and back up once one has run.
 """
 
 from __future__ import annotations
@@ -45,7 +57,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BURST", "LOW", "POLL", "SPACING", "STALE", "hold", "isHeld", "release"]
+__all__ = ["BURST", "LOW", "MAX_DEFER", "POLL", "SPACING", "STALE", "hold", "isHeld", "release"]
 
 #: More queued calls than this in one queue hold full collections off.
 BURST = 2_000
@@ -58,6 +70,9 @@ POLL = 1.0
 #: A hold ends with a grace (see "After the hold") if the last full collection
 #: ran less than this many seconds ago.
 SPACING = 1.0
+#: A hold lets a full collection through once this many seconds passed
+#: without one (see "A long hold").
+MAX_DEFER = 60.0
 # The oldest generation's threshold while held (CPython 3.11-3.13: a full
 # collection after this many collections of the middle generation; a
 # collector that ignores the third threshold is simply not held).
@@ -83,6 +98,8 @@ _ours: tuple[int, ...] | None = None  # the thresholds set by the hold or grace
 _renewed = 0.0  # when a holder was last seen to make progress
 _polled = 0.0  # when their progress was last looked at
 _lastFull = float("-inf")  # when the last full collection ended (seen since the watch began)
+_heldSince = 0.0  # when the current hold began
+_fullDue = False  # the hold lets a full collection through (see "A long hold")
 _watching = False
 
 
@@ -92,11 +109,13 @@ def hold(progress: Callable[[], object]) -> object:
     *progress*: a cheap callable whose value changes while the holder's
     queue moves (called from the collector's callback, in any thread).
     """
-    global _renewed, _polled, _watching
+    global _renewed, _polled, _watching, _heldSince, _fullDue
     with _lock:
         if not _holders:
             usual = _usual()
             _setOurs((usual[0], usual[1], max(usual[2], _HELD_THRESHOLD)), usual)
+            _heldSince = time.monotonic()
+            _fullDue = False
             if not _watching:
                 gc.callbacks.append(_watch)
                 _watching = True
@@ -142,7 +161,9 @@ def _restore() -> None:
 
 def _end() -> None:
     """The hold ends: restore, or a grace if a full collection ran lately."""
+    global _fullDue
     _holders.clear()  # (every token is spent)
+    _fullDue = False
     usual = _saved
     if usual is not None and gc.get_threshold() == _ours and time.monotonic() - _lastFull < SPACING:
         # A usual cycle from now: as many collections of the middle
@@ -155,16 +176,16 @@ def _end() -> None:
 def _watch(phase: str, info: dict[str, Any]) -> None:
     """
     (A gc callback, in whichever thread collects.) Note when full
-    collections end, ending a grace; end a stale hold.
+    collections end (which ends a grace, or the full collection a long hold
+    let through); look at the holders now and then (see `_poll`).
     """
     global _lastFull
     if phase != "start":
         if info.get("generation") == 2:
             _lastFull = time.monotonic()
-            if not _holders and _saved is not None and _lock.acquire(blocking=False):
+            if (_fullDue or not _holders) and _saved is not None and _lock.acquire(blocking=False):
                 try:
-                    if not _holders:
-                        _restore()  # the grace's collection has run
+                    _fullDone()
                 finally:
                     _lock.release()
         return
@@ -180,9 +201,24 @@ def _watch(phase: str, info: dict[str, Any]) -> None:
             _lock.release()
 
 
+def _fullDone() -> None:
+    """A full collection has run: a grace is over; a long hold holds again."""
+    global _fullDue
+    if not _holders:
+        _restore()
+    elif _fullDue:
+        _fullDue = False
+        usual = _saved
+        if usual is not None and gc.get_threshold() == _ours:
+            _setOurs((usual[0], usual[1], max(usual[2], _HELD_THRESHOLD)), usual)
+
+
 def _poll(now: float) -> None:
-    """Look at the holders' progress; end the hold if none moved for STALE s."""
-    global _renewed, _polled
+    """
+    Look at the holders' progress; end the hold if none moved for STALE s,
+    else let a full collection through if none ran for MAX_DEFER s.
+    """
+    global _renewed, _polled, _fullDue
     _polled = now
     for holder in list(_holders.values()):
         try:
@@ -194,3 +230,12 @@ def _poll(now: float) -> None:
             _renewed = now
     if _holders and now - _renewed > STALE:
         _end()
+    elif (
+        _holders
+        and not _fullDue
+        and now - max(_lastFull, _heldSince) > MAX_DEFER
+        and _saved is not None
+        and gc.get_threshold() == _ours
+    ):
+        _fullDue = True
+        _setOurs((_saved[0], _saved[1], 0), _saved)
