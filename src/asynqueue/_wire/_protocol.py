@@ -207,6 +207,9 @@ class FrameProtocol(Protocol):
         self._lostReason: Failure | None = None
         self._aborted = False
         self._lost = False
+        # Bytes received so far (a heartbeat counts them as an answer: a
+        # large message may take many heartbeats to arrive whole).
+        self.bytesRead = 0
 
     def connectionMade(self) -> None:
         transport = self.transport
@@ -304,6 +307,7 @@ class FrameProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if not self.connected:
             return
+        self.bytesRead += len(data)
         try:
             messages = self.decoder.feed(data)
         except FramingError as e:
