@@ -121,6 +121,15 @@ class RemoteTestCase(TestCase):
         self.addCleanup(q.shutdown)
         return q
 
+    @inlineCallbacks
+    def callKeepingTheConnection(self, q: RemoteQueue, f: Any, *args: Any) -> Any:
+        """``f(*args)`` on *q*'s one worker, whose connection must stay open throughout."""
+        yield q.whenConnected()
+        [worker] = q.workers()
+        result = yield q.call(f, *args)
+        self.assertTrue(worker.connected)
+        return result
+
     def captureLogs(self) -> LogRecords:
         handler = LogRecords()
         log = logging.getLogger("asynqueue")
@@ -630,11 +639,7 @@ class HeartbeatTest(RemoteTestCase):
         """``f(*args)`` on an in-process server, with *heartbeat*; the connection must stay."""
         server = yield self.startServer()
         q = self.makeQueue(self.clientDescription(server), 1, heartbeat=heartbeat)
-        yield q.whenConnected()
-        [worker] = q.workers()
-        result = yield q.call(f, *args)
-        self.assertTrue(worker.connected)
-        return result
+        return (yield self.callKeepingTheConnection(q, f, *args))
 
     @inlineCallbacks
     def test_a_busy_server_that_answers_is_kept(self) -> Any:
@@ -840,11 +845,7 @@ class TLSTest(RemoteTestCase):
             ":hostname=localhost",
             heartbeat=heartbeat,
         )
-        yield q.whenConnected()
-        [worker] = q.workers()
-        result = yield q.call(f, *args)
-        self.assertTrue(worker.connected)
-        return result
+        return (yield self.callKeepingTheConnection(q, f, *args))
 
     @inlineCallbacks
     def test_a_server_sending_a_large_result_over_tls_is_kept(self) -> Any:
