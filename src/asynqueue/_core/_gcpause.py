@@ -146,6 +146,7 @@ def _usual() -> tuple[int, ...]:
 
 
 def _setOurs(thresholds: tuple[int, ...], usual: tuple[int, ...]) -> None:
+    """Set *thresholds* (the hold's, or a grace's), to go back to *usual* later."""
     global _saved, _ours
     gc.set_threshold(*thresholds)
     _saved, _ours = usual, gc.get_threshold()
