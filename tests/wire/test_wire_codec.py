@@ -263,6 +263,26 @@ def test_plain_calls_of_module_functions_go_by_name() -> None:
     assert _codec.loadsCallByName(_codec.dumpsCallByName(max, plain, {}))[1] == plain
 
 
+plainValues = st.one_of(
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.complex_numbers(allow_nan=False),
+    st.text(max_size=40),
+    st.booleans(),
+    st.none(),
+)
+
+
+@settings(max_examples=200)
+@given(st.lists(plainValues, max_size=8))
+def test_any_plain_arguments_come_back_as_they_were(args: list[Any]) -> None:
+    part = _codec.dumpsCallByName(max, tuple(args), {})
+    assert part is not None
+    f, back = _codec.loadsCallByName(memoryview(bytearray(part)))
+    assert f is max and back == tuple(args)
+    assert [type(a) for a in back] == [type(a) for a in args]
+
+
 def test_calls_that_cannot_go_by_name() -> None:
     def local(x: int) -> int:
         return x
