@@ -30,17 +30,14 @@ class CpuBudgetTest(unittest.TestCase):
     def test_no_cgroup_files_means_the_cores(self) -> None:
         self.assertEqual(self.budget(), 4.0)
 
-    def test_version_2_quota(self) -> None:
-        self.write("cpu.max", "150000 100000\n")
-        self.assertEqual(self.budget(), 1.5)
-
-    def test_version_2_without_a_quota(self) -> None:
-        self.write("cpu.max", "max 100000\n")
-        self.assertEqual(self.budget(), 4.0)
-
-    def test_a_quota_above_the_cores_leaves_the_cores(self) -> None:
-        self.write("cpu.max", "800000 100000\n")
-        self.assertEqual(self.budget(), 4.0)
+    def test_version_2(self) -> None:
+        for cpuMax, budget in [
+            ("150000 100000", 1.5),  # a quota
+            ("max 100000", 4.0),  # no quota
+            ("800000 100000", 4.0),  # a quota above the cores leaves the cores
+        ]:
+            self.write("cpu.max", f"{cpuMax}\n")
+            self.assertEqual(self.budget(), budget, cpuMax)
 
     def writeVersion1(self, folder: str, quota: str) -> None:
         self.write(f"{folder}/cpu.cfs_quota_us", f"{quota}\n")

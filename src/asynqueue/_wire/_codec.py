@@ -163,6 +163,15 @@ class _ByValue(Exception):
     """Raised inside the plain pickler: this object needs cloudpickle."""
 
 
+def _onlyByValue(module: object, qualname: str) -> bool:
+    """
+    Whether a function or class of *module* named *qualname* must travel by
+    value: the other side cannot import it by name (``__main__``'s, a local
+    one, a lambda).
+    """
+    return module is None or module == "__main__" or "<" in qualname
+
+
 class _Pickler(pickle.Pickler):
     """
     Plain pickle that gives up on functions and classes that only cloudpickle
@@ -172,7 +181,7 @@ class _Pickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, (FunctionType, type)):
             module = getattr(obj, "__module__", None)
-            if module == "__main__" or module is None or "<" in obj.__qualname__:
+            if _onlyByValue(module, obj.__qualname__):
                 raise _ByValue
         return NotImplemented
 
@@ -285,7 +294,7 @@ def dumpsCall(f: Any, args: tuple[Any, ...], kw: dict[str, Any]) -> list[Any]:
         # pickler alone, which sees no object that `_Pickler` would have
         # given to cloudpickle once the function itself was checked.
         module = getattr(f, "__module__", None)
-        if module is not None and module != "__main__" and "<" not in f.__qualname__:
+        if not _onlyByValue(module, f.__qualname__):
             try:
                 data = pickle.dumps((f, args, kw), PROTOCOL)
             except Exception:
@@ -348,10 +357,10 @@ def _nameEntry(f: Any) -> tuple[dict[str, Any], str, bytes] | None:
     """Make and remember `dumpsCallByName`'s entry for *f*, if it may go by name."""
     module = getattr(f, "__module__", None)
     name = getattr(f, "__qualname__", None)
-    if not module or module == "__main__" or not isinstance(name, str):
+    if not isinstance(name, str) or not module or _onlyByValue(module, name):
         return None
-    if "." in name or "<" in name or "\0" in module or "\0" in name:
-        return None  # (a method, a local function or a lambda)
+    if "." in name or "\0" in module or "\0" in name:
+        return None  # (a method, or a name the part could not carry)
     namespace = getattr(sys.modules.get(module), "__dict__", None)
     if namespace is None or namespace.get(name) is not f:
         return None
