@@ -11,8 +11,12 @@ Each (contender, workload) measurement runs in a fresh subprocess
 (``python -m benchmarks.run --one CONTENDER WORKLOAD --json``), one after
 another, so that no contender inherits another's threads, processes or warm
 caches, and our contenders get a reactor of their own (``task.react``).
-``--inprocess`` (the default of ``--smoke``) runs them all in this process,
-inside one reactor run, instead.
+A full run measures the whole table three times over (``--rounds``), the
+contenders of a row taking turns, and takes the median of the rounds: on a
+shared VM a slow spell lasts seconds, as long as one measurement, and would
+otherwise fall on whichever contender ran then. ``--inprocess`` (the default
+of ``--smoke`` without ``--rounds``) runs them all in this process, inside
+one reactor run, once.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
+        "rounds": 3,
         "reps": 5,
         "warm": 200,
         "dispatch": 20_000,
@@ -59,6 +64,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "timeout": 120,
     },
     "quick": {
+        "rounds": 1,
         "reps": 3,
         "warm": 50,
         "dispatch": 10_000,
@@ -75,6 +81,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "timeout": 60,
     },
     "smoke": {
+        "rounds": 1,
         "reps": 1,
         "warm": 4,
         "dispatch": 200,
@@ -236,6 +243,48 @@ def runInProcess(
     return results
 
 
+def runRounds(
+    plan: list[tuple[str, str]], sizes: dict[str, Any], progress: Callable[..., None]
+) -> Results:
+    """
+    Measure every pair of *plan*, each in a fresh subprocess, ``sizes["rounds"]``
+    times over: round after round of the whole plan, so that the contenders
+    of a row take turns and a slow spell of the machine (a shared VM has them,
+    seconds long) weighs on all of them instead of on whichever ran then.
+    Each figure is the median of its rounds (each the median of its reps).
+    """
+    rounds = sizes.get("rounds", 1)
+    perPair: dict[tuple[str, str], list[dict[str, Any]]] = {pair: [] for pair in plan}
+    total = len(plan) * rounds
+    for r in range(rounds):
+        for i, (w, c) in enumerate(plan):
+            t0 = time.perf_counter()
+            reason = staticReason(CONTENDERS[c], WORKLOADS[w])
+            if reason and r:
+                continue  # (said once is enough)
+            result = {"na": reason} if reason else runSubprocess(c, w, sizes)
+            perPair[(w, c)].append(result)
+            progress(r * len(plan) + i, total, w, c, result, time.perf_counter() - t0)
+    return {pair: combineRounds(results) for pair, results in perPair.items()}
+
+
+def combineRounds(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """
+    One result from a pair's rounds: the median of each figure; a round
+    that failed or did not apply makes the whole pair say so (a figure
+    that only sometimes exists is not one to compare).
+    """
+    for result in results:
+        if "figures" not in result:
+            return result
+    combined: dict[str, Any] = {"figures": aggregate([r["figures"] for r in results])}
+    seconds = [r["seconds"] for r in results if "seconds" in r]
+    if seconds:
+        combined["seconds"] = round(sum(seconds), 3)
+    combined["rounds"] = [r["figures"] for r in results]
+    return combined
+
+
 def runSubprocess(contenderKey: str, workloadKey: str, sizes: dict[str, Any]) -> dict[str, Any]:
     """Measure one pair in a fresh interpreter; kill its whole group on timeout."""
     cmd = [
@@ -390,6 +439,15 @@ def parseList(text: str | None, known: list[str], what: str) -> list[str]:
     return chosen
 
 
+def _spell(sizes: dict[str, Any]) -> str:
+    """How each figure of the main table was taken, in words."""
+    reps = f"{sizes['reps']} repetitions"
+    rounds = sizes.get("rounds", 1)
+    if rounds == 1:
+        return reps
+    return f"{rounds} rounds (the whole table over, contenders taking turns), each of {reps}"
+
+
 def progressPrinter(verbose: bool) -> Callable[..., None]:
     def progress(
         i: int, total: int, w: str, c: str, result: dict[str, Any], seconds: float
@@ -422,6 +480,13 @@ def main(argv: list[str] | None = None) -> int:
         "--no-scale", action="store_true", help="skip the scale rows (backlogs up to 1,000,000)"
     )
     parser.add_argument("--no-map", action="store_true", help="skip the parallel map rows")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help="measure the whole table N times over, contenders taking turns, and take"
+        " the median (full: 3, --quick: 1)",
+    )
     parser.add_argument("--save", metavar="FILE", help="also write the raw results as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     # Internal: one measurement, in a child process.
@@ -447,15 +512,13 @@ def main(argv: list[str] | None = None) -> int:
     sizes = prepareSizes(modeName)
     plan = [(w, c) for w in workloads for c in contenders]
     progress = progressPrinter(not args.quiet)
-    if args.inprocess or args.smoke:
+    if args.rounds is not None:
+        sizes["rounds"] = max(1, args.rounds)
+    if args.inprocess or (args.smoke and args.rounds is None):
+        sizes["rounds"] = 1  # (one reactor run, one round)
         results = runInProcess(plan, sizes, progress)
     else:
-        results = {}
-        for i, (w, c) in enumerate(plan):
-            t0 = time.perf_counter()
-            reason = staticReason(CONTENDERS[c], WORKLOADS[w])
-            results[(w, c)] = {"na": reason} if reason else runSubprocess(c, w, sizes)
-            progress(i, len(plan), w, c, results[(w, c)], time.perf_counter() - t0)
+        results = runRounds(plan, sizes, progress)
     if args.no_dask or args.smoke:
         dask: dict[str, Any] = {"na": "skipped" + (" in --smoke" if args.smoke else "")}
     else:
@@ -482,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"## asynqueue benchmarks, {today} ({modeName} run, {elapsed:.0f} s)\n")
     print(environment().replace("\n", "  \n") + "  ")
     print(
-        f"Every figure is the median of {sizes['reps']} repetitions, each contender with"
+        f"Every figure is the median of {_spell(sizes)}, each contender with"
         f" {WORKERS} workers (floors: 1). Ratios: xN > 1 means ours is better.\n"
     )
     print(table(results, sizes, workloads))

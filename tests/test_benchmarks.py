@@ -42,6 +42,25 @@ def test_smoke_run_prints_every_row(tmp_path: Path) -> None:
     assert {r["workload"] for r in measured} == {m.workload for m in METRICS}
 
 
+def test_rounds_take_turns_and_report_the_median(tmp_path: Path) -> None:
+    """``--rounds 3``: each pair measured three times, in subprocesses; each figure the median."""
+    saved = tmp_path / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--rounds", "3", "--save", str(saved),
+         "--workloads", "dispatch", "--contenders", "aq-null,floor-queue"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "the median of 3 rounds" in proc.stdout
+    # The progress lines: the plan over, three times, contenders taking turns.
+    order = [line.split()[2] for line in proc.stderr.splitlines() if line.startswith("[")]
+    assert order == ["aq-null", "floor-queue"] * 3
+    for result in json.loads(saved.read_text())["results"]:
+        rounds = [r["calls/s"] for r in result["rounds"]]
+        assert len(rounds) == 3 and all(r > 0 for r in rounds)
+        assert result["figures"]["calls/s"] == sorted(rounds)[1]
+
+
 def test_scale_measures_one_backlog() -> None:
     """One small configuration of ``bench_scale`` runs, profiled, and reports every figure."""
     proc = subprocess.run(
