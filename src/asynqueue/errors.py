@@ -6,6 +6,8 @@ Every exception asynqueue raises, in one tree.
     AsynQueueError
     ├── QueueRunError            the queue is not running (call after shutdown,
     │                            or a task still queued when shutdown finished)
+    ├── WrongThreadError         a queue was called from a thread other than
+    │                            its reactor's (also a ``RuntimeError``)
     ├── ImplementationError      an object does not implement what it must
     │   └── NotReadyError        a Deferator was advanced before its last item
     ├── TaskError                a task could not produce its result
@@ -53,6 +55,7 @@ __all__ = [
     "WireError",
     "WorkerError",
     "WorkerLost",
+    "WrongThreadError",
 ]
 
 
@@ -62,6 +65,15 @@ class AsynQueueError(Exception):
 
 class QueueRunError(AsynQueueError):
     """The queue is not running: it was shut down, or never started."""
+
+
+class WrongThreadError(AsynQueueError, RuntimeError):
+    """
+    A queue was called from a thread other than the one running its reactor.
+    A queue, like Twisted, belongs to the reactor's thread; from another
+    thread, use ``reactor.callFromThread`` (or ``blockingCallFromThread`` for
+    the result), or an executor (`asynqueue.futures`).
+    """
 
 
 class ImplementationError(AsynQueueError):

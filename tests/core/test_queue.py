@@ -6,6 +6,7 @@ import gc
 import logging
 import random
 import sys
+import warnings
 from io import StringIO
 from typing import Any
 
@@ -64,6 +65,26 @@ class CallTests(TestCase):
         )
         self.successResultOf(d)
         self.assertEqual(seen, [{"other": 1}])
+
+    def test_unknown_queue_keywords_warn_at_the_line_that_made_the_queue(self) -> None:
+        # Ignored, as the original did, but not silently: a misspelt
+        # timeout= would otherwise pass unnoticed.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            q = TaskQueue(AsyncWorker(), reactor=self.clock, timout=5)
+            null = NullQueue(reactor=self.clock, verbosity=2, bogus=None)
+            TaskQueue(reactor=self.clock, timeout=5, returnFailure=True)  # (all known)
+        self.addCleanup(null.shutdown)
+        self.addCleanup(q.shutdown)
+        self.assertEqual(
+            [str(w.message) for w in caught],
+            [
+                "TaskQueue ignores the unknown keyword(s) timout=",
+                "NullQueue ignores the unknown keyword(s) bogus=, verbosity=",
+            ],
+        )
+        self.assertEqual({w.filename for w in caught}, {__file__})
+        self.assertIsNone(q.timeout)
 
     def test_a_subclass_newtask_makes_every_calls_record(self) -> None:
         # call() makes the record of a plain call itself, but not past a

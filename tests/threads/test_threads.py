@@ -45,6 +45,33 @@ class ThreadQueueTests(TestCase):
         self.assertEqual(len(self.q), 2)
 
     @inlineCallbacks
+    def test_a_call_from_another_thread_is_refused_at_once(self) -> Any:
+        # It would race the reactor's own changes to the queue; the error
+        # says what to do instead, and that way works.
+        from twisted.internet import reactor, threads
+
+        raised: list[BaseException] = []
+
+        def callHere() -> None:
+            try:
+                self.q.call(threadName)
+            except BaseException as e:
+                raised.append(e)
+
+        other = threading.Thread(target=callHere, name="not-the-reactor")
+        other.start()
+        other.join(10)
+        self.assertEqual(len(raised), 1, "the call was not refused")
+        self.assertIsInstance(raised[0], errors.WrongThreadError)
+        self.assertIsInstance(raised[0], RuntimeError)
+        self.assertIn("'not-the-reactor'", str(raised[0]))
+        self.assertIn("callFromThread", str(raised[0]))
+        name = yield threads.deferToThread(
+            threads.blockingCallFromThread, reactor, self.q.call, threadName
+        )
+        self.assertIn("ThreadWorker", name)
+
+    @inlineCallbacks
     def test_an_idle_worker_keeps_no_result_alive(self) -> Any:
         # A big result held by an idle worker would hold its memory, and be
         # freed inside that worker's next call, delaying it.

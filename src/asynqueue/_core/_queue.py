@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import warnings
 from collections.abc import Callable, Generator, Hashable, Iterable
 from typing import TYPE_CHECKING, Any, cast, overload
 
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.python import threadable
 from twisted.python.failure import Failure
 
 from .. import errors
@@ -55,6 +58,27 @@ from ._task import DO_NEXT_PRIORITY, Report, Task
 
 if TYPE_CHECKING:
     from .._iter._deferator import Deferator
+
+_threadID = threading.get_ident
+
+
+def _warnIgnored(queueName: str, kw: dict[str, Any]) -> None:
+    """
+    Warn, at the caller's line, of keywords a queue does not know: the
+    original ignored them silently, so code written for it may pass some,
+    and a misspelt ``timeout=`` must not pass unnoticed either.
+    """
+    # The first frame outside this package: the line that made the queue.
+    depth = 1
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith("asynqueue."):
+        frame = frame.f_back
+        depth += 1
+    names = ", ".join(f"{k}=" for k in sorted(kw))
+    warnings.warn(
+        f"{queueName} ignores the unknown keyword(s) {names}", UserWarning, stacklevel=depth + 1
+    )
+
 
 # An update remembered for workers attached later: (func, args, kw, series).
 _Update = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Hashable]
@@ -102,6 +126,11 @@ class TaskQueue:
 
             reactor = cast(IReactorTime, globalReactor)
         self._reactor = reactor
+        # Calls must come from the reactor's thread (see _checkThread). Known
+        # for the global reactor only: Twisted notes the thread that runs it.
+        self._checksThread = reactor is sys.modules.get("twisted.internet.reactor")
+        # The thread known to be the reactor's: calls from it skip the check.
+        self._home: int | None = None if self._checksThread else _threadID()
         self.timeout = timeout
         self.warn = warn
         self.verbose = verbose or spew
@@ -114,6 +143,8 @@ class TaskQueue:
         self._running = True
         self._shutdownD: Deferred[None] | None = None
         self._stoppingReactor = False
+        if kw:
+            _warnIgnored(type(self).__name__, kw)
         if spew:
             _ensureLogOutput()
         for worker in workers:
@@ -280,6 +311,8 @@ class TaskQueue:
             raise errors.QueueRunError(
                 f"Cannot call {describeCall(func, args, kw)}: the queue is shut down"
             )
+        if _threadID() != self._home:
+            self._checkThread(func, args, kw)
         if not self._plainNewTask or not callable(func):
             return self._dispatcher.submit(self.newTask(func, args, kw))
         # What newTask makes of a callable without keywords, or with only a
@@ -298,6 +331,31 @@ class TaskQueue:
         if self.returnFailure:
             call.returnFailure = True
         return self._dispatcher.submit(call)
+
+    def _checkThread(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> None:
+        """
+        Refuse a call from a thread other than the reactor's: it would race
+        the reactor's own changes to the queue (a call lost, or run twice, or
+        a queue that stops dispatching). Before the reactor runs, any thread
+        may call (nothing races yet).
+        """
+        if not self._checksThread:
+            return
+        ioThread = threadable.ioThread
+        if ioThread is None:
+            return
+        if ioThread == _threadID():
+            self._home = ioThread
+            return
+        raise errors.WrongThreadError(
+            f"Cannot call {describeCall(func, args, kw)} from thread"
+            f" {threading.current_thread().name!r}: a queue belongs to its reactor's"
+            " thread. Use reactor.callFromThread(queue.call, ...) (or"
+            " twisted.internet.threads.blockingCallFromThread for the result), or an"
+            " executor of asynqueue.futures."
+        )
 
     def _callInFlow(
         self, flow: Hashable, func: Callable[..., Any], *args: Any, **kw: Any
