@@ -275,6 +275,79 @@ class ErrorText(unittest.TestCase):
         self.assertIn("doing call 'divmod(1, 0)'", text)
         self.assertIn("Traceback", text)
 
+    @inlineCallbacks
+    def test_aProcessWorkersErrorSaysTheSame(self) -> Any:
+        # Raised in another process: the same first lines, then the child's
+        # traceback; and for an exception that cannot travel as itself, its
+        # own short type name and message.
+        from asynqueue.process import ProcessQueue
+
+        from .helpers import process as helpers
+
+        q = ProcessQueue(1, warn=True)
+        try:
+            with self.assertLogs("asynqueue", "ERROR"):
+                text = yield q.call(divmod, 1, 0)
+                unrebuilt = yield q.call(helpers.raiseUnrebuildable)
+        finally:
+            yield q.shutdown()
+        self.assertTrue(
+            text.startswith(
+                "Exception 'integer division or modulo by zero' (ZeroDivisionError)\n"
+                " doing call 'divmod(1, 0)'\nTraceback"
+            ),
+            text,
+        )
+        self.assertTrue(
+            unrebuilt.startswith("Exception '1 and 2' (Unrebuildable)\n doing call "), unrebuilt
+        )
+        self.assertIn("in raiseUnrebuildable", unrebuilt)  # (the child's traceback)
+
+
+class ProcessWorkerCompat(unittest.TestCase):
+    @inlineCallbacks
+    def test_processIsAliveUntilStopped(self) -> Any:
+        from asynqueue.process import ProcessWorker
+
+        from .helpers import process as helpers
+
+        worker = ProcessWorker()
+        q = base.TaskQueue(worker)
+        try:
+            childPid = yield q.call(helpers.pid)
+            self.assertEqual(worker.process.pid, childPid)
+            self.assertTrue(worker.process.is_alive())
+        finally:
+            yield q.shutdown()
+        self.assertFalse(worker.process.is_alive())
+        self.assertIsNone(worker.process.pid)
+
+    @inlineCallbacks
+    def test_memUsageIsTheChildsVmSizeInKiB(self) -> Any:
+        from asynqueue.process import ProcessWorker
+
+        from .helpers import process as helpers
+
+        def vmSize(pid: int) -> int:
+            with open(f"/proc/{pid}/status") as f:
+                line = next(x for x in f if x.startswith("VmSize:"))
+            return int(line.split()[1])
+
+        worker = ProcessWorker()
+        q = base.TaskQueue(worker)
+        try:
+            childPid = yield q.call(helpers.pid)
+            before = worker.memUsage()
+            self.assertIsInstance(before, int)
+            self.assertEqual(before, vmSize(childPid))
+            yield q.call(helpers.hoard, 64)  # (kept in the child)
+            grown = worker.memUsage() - before
+            self.assertGreaterEqual(grown, 64 << 10)
+            self.assertLess(grown, 2 * (64 << 10))
+        finally:
+            yield q.shutdown()
+        self.assertIsNone(worker.memUsage())
+
 
 class LooperCompat(unittest.TestCase):
     def setUp(self) -> None:

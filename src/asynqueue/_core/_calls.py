@@ -71,15 +71,21 @@ def tracebackText(failure: Failure) -> str:
 def errorText(failure: Failure, description: str) -> str:
     """
     The text a caller gets for a failed call (the original's form): what was
-    raised, by which call, then the traceback. A worker's own report (a
-    remote traceback) already says all that and comes as it is.
+    raised, by which call, then the traceback (a worker's, for an exception
+    raised in another process or host). A worker's report that is only
+    words (a text, not an exception) comes as it is.
     """
-    if getattr(failure.value, "remoteTraceback", ""):
-        return tracebackText(failure)
-    return (
-        f"Exception '{failure.getErrorMessage()}' ({failure.type.__name__})\n"
-        f" doing call '{description}'\n{tracebackText(failure)}"
-    )
+    value = failure.value
+    remote = getattr(value, "remoteTraceback", "")
+    typeName = getattr(value, "typeName", "")
+    message = failure.getErrorMessage()
+    if remote and type(value) is errors.WorkerError and not typeName:
+        return str(remote)  # a worker's report in words: it says what it has to say
+    if typeName and message.startswith(f"{typeName}: "):
+        # An exception that could not travel as itself: say what it was.
+        message = message[len(typeName) + 2 :]
+    name = typeName.rpartition(".")[2] or failure.type.__name__
+    return f"Exception '{message}' ({name})\n doing call '{description}'\n{tracebackText(failure)}"
 
 
 def toFailure(result: object, errorType: type[errors.WorkerError] = errors.WorkerError) -> Failure:

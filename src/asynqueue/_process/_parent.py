@@ -637,6 +637,27 @@ class _Board:
             board.setExtent(max(cls.used) + 1 if cls.used else 0)
 
 
+class ChildProcess:
+    """
+    A `ProcessWorker`'s children seen as the original's one child process
+    (``ProcessWorker.process``): alive while any of them is not yet reaped.
+    """
+
+    def __init__(self, worker: ProcessWorker) -> None:
+        self._worker = worker
+
+    @property
+    def pid(self) -> int | None:
+        """Process ID of the child that takes new tasks, if any."""
+        return self._worker.pid
+
+    def is_alive(self) -> bool:  # (the name of multiprocessing.Process's method)
+        return bool(self._worker.pids)
+
+    def __repr__(self) -> str:
+        return f"<ChildProcess pid={self.pid} alive={self.is_alive()}>"
+
+
 @implementer(IWorker)
 class ProcessWorker(PipelineWindow):
     """
@@ -886,16 +907,30 @@ class ProcessWorker(PipelineWindow):
         """``(round trip, time in child)`` of each call so far (needs ``callStats``)."""
         return succeed(list(self._callTimes))
 
+    @property
+    def process(self) -> ChildProcess:
+        """
+        The original's ``process`` (its child, a ``multiprocessing.Process``),
+        as far as code used it: ``is_alive()`` and ``pid``.
+        """
+        return ChildProcess(self)
+
     def memUsage(self) -> int | None:
-        """Resident memory of the current child in bytes (Linux), or None."""
+        """
+        The current child's virtual memory size in KiB (``VmSize``, as the
+        original gave it), or None if there is no child, or no /proc to ask.
+        """
         pid = self.pid
         if pid is None:
             return None
         try:
-            with open(f"/proc/{pid}/statm", "rb") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmSize:"):
+                        return int(line.split()[1])
         except (OSError, ValueError, IndexError):
-            return None
+            pass
+        return None
 
     @staticmethod
     def cores() -> int:
