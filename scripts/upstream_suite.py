@@ -4,8 +4,11 @@ Run the original AsynQueue 0.9.9 test suite against this package.
 A measurement, not part of our tests: nothing of the original is kept in this
 repository. From nothing, in a scratch directory outside the repository:
 
-1. make a virtual environment there and install ``asynqueue==0.9.9`` and
-   ``six`` into it (the original's own dependencies come along);
+1. make a virtual environment there and install ``asynqueue==0.9.9``,
+   ``six`` and ``numpy`` into it (the original's own dependencies come
+   along; its process tests import numpy), and numpy for our run into a
+   folder of its own there (``extra``: the interpreter that runs ours is
+   left as it is);
 2. copy its installed ``asynqueue/test`` folder out as a package ``aqtests``;
 3. rewrite only the imports of its own helpers so that they load *our*
    ``asynqueue`` (see `rewrite`);
@@ -55,8 +58,16 @@ def makeVenv(scratch: Path) -> Path:
     python = venv / "bin" / "python"
     if not python.exists():
         run([sys.executable, "-m", "venv", str(venv)])
-    run([str(python), "-m", "pip", "install", "-q", UPSTREAM, "six"])
+    run([str(python), "-m", "pip", "install", "-q", UPSTREAM, "six", "numpy"])
     return python
+
+
+def extraFolder(scratch: Path, python: str) -> Path:
+    """A folder with numpy for *python* (our run's interpreter), off its own site-packages."""
+    extra = scratch / "extra"
+    if not (extra / "numpy").exists():
+        run([python, "-m", "pip", "install", "-q", "--target", str(extra), "numpy"])
+    return extra
 
 
 def upstreamPackage(python: Path) -> Path:
@@ -192,8 +203,13 @@ def main() -> int:
         output = trial(venvPython, "asynqueue.test", package.parent, "", scratch / "baseline.log")
         summarize("the original suite on the original package", output)
     src = str(REPO / "src")
+    extra = extraFolder(scratch, args.python)
     output = trial(
-        args.python, "aqtests", scratch, f"{src}{os.pathsep}{scratch}", scratch / "ours.log"
+        args.python,
+        "aqtests",
+        scratch,
+        os.pathsep.join([src, str(scratch), str(extra)]),
+        scratch / "ours.log",
     )
     summarize(f"the original suite on ours ({src})", output)
     print(f"\nfull output: {scratch}/ours.log")
