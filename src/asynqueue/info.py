@@ -1,5 +1,5 @@
-"""Describing calls for logs and debugging: `Info`, `showResult`, `whichThread`."""
+"""Describing calls for logs and debugging: `Info`, `showResult`, `whichThread`, `hashIt`."""
 
-from ._support._info import Info, InfoHolder, showResult, whichThread
+from ._support._info import Info, InfoHolder, hashIt, showResult, whichThread
 
-__all__ = ["Info", "InfoHolder", "showResult", "whichThread"]
+__all__ = ["Info", "InfoHolder", "hashIt", "showResult", "whichThread"]

@@ -13,7 +13,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 import asynqueue._support._info as infoModule
-from asynqueue.info import Info, InfoHolder, showResult, whichThread
+from asynqueue.info import Info, InfoHolder, hashIt, showResult, whichThread
 
 
 def divide(x: float, y: float) -> float:
@@ -112,6 +112,20 @@ class AboutTest(unittest.TestCase):
         self.assertEqual(info.setCall("os.path.join", ("a",)).aboutCall(), "os.path.join('a')")
         self.assertEqual(Info().aboutCall(), "<no call>")
 
+    def test_aNonCallableIsSaidToBeOne(self) -> None:
+        info = Info(remember=True)
+        ID = info.setCall(None, (1,), {}).ID
+        self.assertEqual(info.aboutCall(), "None[Not Callable!](1)")
+        self.assertEqual(info.getInfo(ID, "callDict")["fs"], "None[Not Callable!]")
+
+    def test_callDictNamesTheCallable(self) -> None:
+        # The original's "fs": the callable's name (a string call: itself).
+        info = Info(remember=True)
+        for f, fs in ((divide, "divide"), (Thing().method, "Thing.method"), ("os.sep", "os.sep")):
+            ID = info.setCall(f, (), {}).ID
+            callDict = info.getInfo(ID, "callDict")
+            self.assertEqual((callDict["f"], callDict["fs"]), (f, fs))
+
     def test_longArgumentsShortened(self) -> None:
         text = Info().setCall(divide, ("x" * 500,)).aboutCall()
         self.assertLess(len(text), 100)
@@ -176,6 +190,36 @@ class AboutTest(unittest.TestCase):
         info = Info()
         _, name = info.setCall(lambda: None).nn()
         self.assertIsNone(name)
+
+
+class HashItTest(unittest.TestCase):
+    def test_equalValuesHashAlike(self) -> None:
+        value = {"a": [1, 2.5, ("x", None)], 3: {4, 5}, "d": {"k": b"v"}}
+        rebuilt = pickle.loads(pickle.dumps(value))
+        self.assertIsNot(rebuilt, value)
+        self.assertEqual(hashIt(value), hashIt(rebuilt))
+        self.assertEqual(hashIt(1, "a"), hashIt(1, "a"))
+
+    def test_orderAndKindCount(self) -> None:
+        # (The original's sum of hashes gave these pairs the same value.)
+        samples = [
+            None, "abc", "def", 1, 2.5, divide, [1, 2], [2, 1], (1, 2),
+            {"a": 1, "b": 2}, {"a": 2, "b": 1}, {1, 2}, ((1, 2),), [[1], [2]],
+        ]  # fmt: skip
+        hashes = [hashIt(x) for x in samples]
+        self.assertEqual(len(set(hashes)), len(samples))
+        self.assertNotEqual(hashIt(1, 2), hashIt(2, 1))
+
+    def test_neitherHashableNorPicklableCountsByIdentity(self) -> None:
+        class Opaque:
+            __hash__ = None  # type: ignore[assignment]
+
+            def __reduce__(self) -> Any:
+                raise TypeError("not this one")
+
+        one = Opaque()
+        self.assertEqual(hashIt([one]), hashIt([one]))
+        self.assertNotEqual(hashIt([one]), hashIt([Opaque()]))
 
 
 class ShowResultTest(unittest.TestCase):

@@ -1,5 +1,6 @@
 """
-Describing calls for logs: `Info`, `InfoHolder`, `showResult`, `whichThread`.
+Describing calls for logs: `Info`, `InfoHolder`, `showResult`, `whichThread`,
+and `hashIt`.
 
 `Info` keeps a "current call" (``setCall``) and turns it into short text:
 ``aboutCall`` gives ``name(arg, key=value)``, ``aboutException`` and
@@ -20,13 +21,13 @@ import pickle
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-__all__ = ["Info", "InfoHolder", "showResult", "whichThread"]
+__all__ = ["Info", "InfoHolder", "hashIt", "showResult", "whichThread"]
 
 # Longest repr of one argument in a call description.
 ARG_REPR_MAX = 60
@@ -51,6 +52,44 @@ def _shortRepr(obj: Any) -> str:
     except Exception:
         text = f"<unrepresentable {type(obj).__name__}>"
     return text if len(text) <= ARG_REPR_MAX else text[: ARG_REPR_MAX - 3] + "..."
+
+
+def hashIt(*args: Any) -> int:
+    """
+    A hash of *args* by value, whatever they are: equal values hash alike,
+    lists, dicts and sets included (which ``hash`` refuses). Unlike the
+    original's (a sum of hashes), order and kind count: ``[1, 2]``,
+    ``[2, 1]`` and ``(1, 2)`` hash apart, as do ``{"a": 1, "b": 2}`` and
+    ``{"a": 2, "b": 1}``. An object neither hashable nor picklable counts
+    by its identity.
+    """
+    return hash(_byValue(args))
+
+
+def _byValue(obj: Any) -> Hashable:
+    """A hashable stand-in for *obj* that is equal for equal values."""
+    if isinstance(obj, (list, tuple)):
+        return (type(obj).__name__, tuple(_byValue(x) for x in obj))
+    if isinstance(obj, dict):
+        return ("dict", frozenset((_byValue(k), _byValue(v)) for k, v in obj.items()))
+    if isinstance(obj, (set, frozenset)):
+        return ("set", frozenset(_byValue(x) for x in obj))
+    try:
+        hash(obj)
+        return obj
+    except TypeError:
+        pass
+    try:
+        return ("pickle", pickle.dumps(obj))
+    except Exception:
+        return ("id", id(obj))
+
+
+def _funcText(f: Any) -> str:
+    """What the original called a call's ``fs``: the callable's name, or what is wrong."""
+    if isinstance(f, str) or callable(f):
+        return _callableName(f)
+    return f"{_shortRepr(f)}[Not Callable!]"
 
 
 def _callableName(f: Any) -> str:
@@ -138,7 +177,13 @@ class Info:
             if len(metaArgs) == 3:
                 fkw = dict(metaArgs[2] or {})
             instance = f.__self__ if inspect.ismethod(f) else None
-            self._current = {"f": f, "args": args, "kw": fkw, "instance": instance}
+            self._current = {
+                "f": f,
+                "fs": _funcText(f),
+                "args": args,
+                "kw": fkw,
+                "instance": instance,
+            }
             self._currentID = None
         if kw:
             if self._current is None:
@@ -189,8 +234,9 @@ class Info:
 
     def getInfo(self, ID: int | None, name: str, nowForget: bool = False) -> Any:
         """
-        What is known as *name* about call *ID*: ``"callDict"`` (f, args, kw,
-        instance), ``"aboutCall"``, or anything stored with `saveInfo`.
+        What is known as *name* about call *ID*: ``"callDict"`` (f, its name
+        ``fs``, args, kw, instance), ``"aboutCall"``, or anything stored with
+        `saveInfo`.
         """
         if name == "callDict":
             value: Any = self._callDict(ID)
@@ -258,7 +304,7 @@ class Info:
 
     def _describe(self, callDict: dict[str, Any]) -> str:
         f = callDict["f"]
-        name = _callableName(f)
+        name = _funcText(f)
         instance = callDict.get("instance")
         if instance is not None and not inspect.ismethod(f):
             name = f"{type(instance).__name__}.{name}"

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._iter._base import isIterator
+from ._info import Info
 from ._status import Status
 
 __all__ = [
@@ -393,12 +394,18 @@ class DeferredLock:
 # ----------------------------------------------------------------- runners
 
 
+# CallRunner's statuses: the original's, in bytes.
+_ERROR, _ITERATOR, _RESULT = (s.encode() for s in (Status.ERROR, Status.ITERATOR, Status.RESULT))
+
+
 class CallRunner:
     """
-    Runs a ``(f, args, kw)`` call tuple and reports ``(status, result)``:
-    ``(Status.ERROR, Failure)`` if it raised, ``(Status.ITERATOR, iterator)``
-    for an iterator (unless raw), else ``(Status.RESULT, result)``. A ``raw`` keyword in *kw* is
-    removed and overrides the runner's ``raw`` for that call.
+    Runs a ``(f, args, kw)`` call tuple and reports ``(status, result)`` as
+    the original did, statuses in bytes: ``(b"e", text)`` if it raised (what
+    went wrong, the call and the traceback, `Info.aboutException`),
+    ``(b"i", iterator)`` for an iterator (unless raw), else ``(b"r",
+    result)``. A ``raw`` keyword in *kw* is removed and overrides the
+    runner's ``raw`` for that call.
 
     With ``callStats=True``, the duration of every call that did not raise
     is appended to ``callTimes``.
@@ -409,7 +416,7 @@ class CallRunner:
         self.callStats = callStats
         self.callTimes: list[float] = []
 
-    def __call__(self, callTuple: tuple[Callable[..., Any], Any, Any]) -> tuple[Status, Any]:
+    def __call__(self, callTuple: tuple[Callable[..., Any], Any, Any]) -> tuple[bytes, Any]:
         f, args, kw = callTuple
         kw = dict(kw or {})
         raw = kw.pop("raw", None)
@@ -418,13 +425,13 @@ class CallRunner:
         started = time.perf_counter()
         try:
             result = f(*(args or ()), **kw)
-        except Exception:
-            return Status.ERROR, Failure()
+        except Exception as e:
+            return _ERROR, Info().setCall(f, args or (), kw).aboutException(exception=e)
         if self.callStats:
             self.callTimes.append(time.perf_counter() - started)
         if not raw and isIterator(result):
-            return Status.ITERATOR, result
-        return Status.RESULT, result
+            return _ITERATOR, result
+        return _RESULT, result
 
 
 def callAfterDeferred(
