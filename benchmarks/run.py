@@ -3,7 +3,7 @@ Run the benchmark suite and print one markdown table.
 
 From the repository root::
 
-    python -m benchmarks            # full run, ~10 minutes on 2 cores
+    python -m benchmarks            # full run, ~15 minutes on 2 cores
     python -m benchmarks --quick    # under a minute
     python -m benchmarks --smoke    # a few seconds, tiny sizes (the test's mode)
 
