@@ -256,7 +256,9 @@ def runRounds(
     rounds = sizes.get("rounds", 1)
     perPair: dict[tuple[str, str], list[dict[str, Any]]] = {pair: [] for pair in plan}
     total = len(plan) * rounds
+    speeds: list[float] = []
     for r in range(rounds):
+        speeds.append(machineSpeed(sizes))
         for i, (w, c) in enumerate(plan):
             t0 = time.perf_counter()
             reason = staticReason(CONTENDERS[c], WORKLOADS[w])
@@ -265,7 +267,25 @@ def runRounds(
             result = {"na": reason} if reason else runSubprocess(c, w, sizes)
             perPair[(w, c)].append(result)
             progress(r * len(plan) + i, total, w, c, result, time.perf_counter() - t0)
+    speeds.append(machineSpeed(sizes))
+    sizes["speeds"] = speeds
     return {pair: combineRounds(results) for pair, results in perPair.items()}
+
+
+def machineSpeed(sizes: dict[str, Any]) -> float:
+    """
+    How fast this machine runs Python now, against when the run started
+    (1.0: as fast; 0.8: a fifth slower): a shared VM's speed drifts, and
+    the table's header says by how much it did over the rounds.
+    """
+    n = sizes["cpuIters"] // 5  # (about a hundredth of a second)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        payloads.spin(n)
+        best = min(best, time.perf_counter() - t0)
+    reference = sizes.setdefault("speedReference", best)
+    return reference / best
 
 
 def combineRounds(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -548,6 +568,12 @@ def main(argv: list[str] | None = None) -> int:
         f"Every figure is the median of {_spell(sizes)}, each contender with"
         f" {WORKERS} workers (floors: 1). Ratios: xN > 1 means ours is better.\n"
     )
+    speeds = sizes.get("speeds")
+    if speeds:
+        print(
+            f"The machine's speed over the rounds (a reference loop, 1.0 at the start):"
+            f" {min(speeds):.2f}-{max(speeds):.2f}.\n"
+        )
     print(table(results, sizes, workloads))
     extras = (
         ("Parallel map", mapRows),
@@ -572,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
             "executors": executors,
             "map": mapRows,
             "environment": environment(),
+            "speeds": sizes.get("speeds"),
             "date": today,
         }
         Path(args.save).write_text(json.dumps(raw, indent=1))

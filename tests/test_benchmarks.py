@@ -52,10 +52,15 @@ def test_rounds_take_turns_and_report_the_median(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "the median of 3 rounds" in proc.stdout
+    assert "The machine's speed over the rounds" in proc.stdout
+    raw = json.loads(saved.read_text())
+    # Measured before each round and after the last; 1.0 at the start.
+    assert len(raw["speeds"]) == 4 and raw["speeds"][0] == 1.0
+    assert all(s > 0 for s in raw["speeds"])
     # The progress lines: the plan over, three times, contenders taking turns.
     order = [line.split()[2] for line in proc.stderr.splitlines() if line.startswith("[")]
     assert order == ["aq-null", "floor-queue"] * 3
-    for result in json.loads(saved.read_text())["results"]:
+    for result in raw["results"]:
         rounds = [r["calls/s"] for r in result["rounds"]]
         assert len(rounds) == 3 and all(r > 0 for r in rounds)
         assert result["figures"]["calls/s"] == sorted(rounds)[1]
