@@ -62,7 +62,8 @@ class IWorker(Interface):
       oldest it handed over) has run for longer than a short patience
       (`asynqueue._core._dispatch.HANDBACK_PATIENCE`) with others waiting
       behind it, and another worker is attached: the first worker free then
-      takes them. A thread worker has it. Called in the reactor thread.
+      takes them. Thread and process workers have it. Called in the
+      reactor thread.
     - ``gaveUp``: why the worker resigned for good (a string), or None; see
       ``setResignator``.
     """

@@ -988,6 +988,46 @@ class QueueTests(TestCase):
             self.assertEqual(w.cQualified, ["process", "local"])
 
     @inlineCallbacks
+    def test_calls_waiting_behind_a_long_one_go_to_a_free_child(self) -> Any:
+        # A child takes a window of calls at once; those behind one that
+        # runs long come back unrun (HANDBACK) and run in the other child,
+        # each exactly once: they all finish before the long one.
+        q = ProcessQueue(2, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        yield defer.gatherResults([q.call(h.pid) for _ in range(100)])  # (wide windows)
+        path = self.mktemp()
+        finished: list[str] = []
+
+        def call(tag: str, seconds: float = 0.0) -> Deferred[Any]:
+            return q.call(h.logRun, path, tag, seconds).addCallback(finished.append)
+
+        ds = [call(f"before{i}") for i in range(5)]
+        ds.append(call("long", 2.0))
+        ds += [call(f"after{i}") for i in range(40)]
+        yield defer.gatherResults(ds)
+        self.assertEqual(finished[-1], "long")
+        self.assertEqual(len(finished), 46)
+        with open(path) as f:
+            lines = f.read().splitlines()
+        # Each ran once: one start and one end per call.
+        self.assertEqual(sorted(lines), sorted(f"{x} {t}" for t in finished for x in "be"))
+
+    @inlineCallbacks
+    def test_a_cancelled_call_dropped_as_the_child_reads_is_no_crash(self) -> Any:
+        # The child reads before each call: an ABANDON (or HANDBACK) read
+        # there may leave no call to run (it used to pop an empty queue).
+        q = ProcessQueue(1, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        pid = yield q.call(h.pid)
+        for _ in range(20):
+            ds = [q.call(h.add, i, i) for i in range(10)]
+            for d in ds[5:]:
+                d.addErrback(lambda f: f.trap(errors.TaskCancelled, defer.CancelledError))
+                d.cancel()
+            self.assertEqual((yield defer.gatherResults(ds[:5])), [0, 2, 4, 6, 8])
+        self.assertEqual((yield q.call(h.pid)), pid)  # (the same child, alive)
+
+    @inlineCallbacks
     def test_process_queue_defaults_to_one_worker_per_core(self) -> Any:
         q = ProcessQueue(returnFailure=True)
         self.addCleanup(q.shutdown)

@@ -34,6 +34,11 @@ and:
   `CallCancelled` inside it (a BaseException, so that ``except Exception``
   in user code lets it through); its answer is an error, which the parent
   ignores. The parent waits for an answer, and kills the child if none comes.
+- HANDBACK (calls waiting behind one that runs long): those still queued
+  are dropped unrun, and answered with status ``d`` (the parent gives them
+  to another worker); one running or done is left alone (its result comes
+  as usual). The parent follows it with SIGUSR1, so that a child inside a
+  long call reads it (the handler drops and answers, and the call goes on).
 - EXIT, or end of file on the socket (the parent is gone): exits.
 
 Results
@@ -117,6 +122,7 @@ from .._wire._codec import (
     FLAG_RAW,
     FLAG_SHARED_RESULT,
     FLAG_STARTED,
+    HANDBACK,
     HELLO,
     INIT,
     NEXT,
@@ -127,6 +133,7 @@ from .._wire._codec import (
     WIRE_ERROR,
     WIRE_ITERATOR,
     WIRE_NONE,
+    WIRE_NOT_RUN,
     WIRE_RESULT,
     dumps,
     dumpsError,
@@ -531,7 +538,8 @@ class ChildLoop:
             elif self.calls:
                 if not self.drained and self._readable() and not self._read():
                     return 0
-                if not self.controls:
+                # (What was read may have dropped the calls: ABANDON, HANDBACK.)
+                if not self.controls and self.calls:
                     call = self.calls.popleft()
                     if self.held and (
                         call[2] & FLAG_STARTED or perf_counter() - self.heldSince > HOLD_SECONDS
@@ -573,6 +581,8 @@ class ChildLoop:
             self._write(encode(HELLO, [dumpsSmall(hello)]))
         elif kind == ABANDON:
             self._abandon(pickle.loads(parts[0]))
+        elif kind == HANDBACK:
+            self._handBack(pickle.loads(parts[0]))
         else:
             self.controls.append(message)
 
@@ -581,6 +591,14 @@ class ChildLoop:
         wanted = set(taskIDs)
         if self.current in wanted:
             self.cancelCurrent = True
+        self._drop(wanted, WIRE_NONE)
+
+    def _handBack(self, taskIDs: list[int]) -> None:
+        """Drop the queued calls among *taskIDs*, answered ``d`` (not run)."""
+        self._drop(set(taskIDs), WIRE_NOT_RUN)
+
+    def _drop(self, wanted: set[int], status: str) -> None:
+        """Drop the queued calls in *wanted*, each answered with *status*."""
         dropped = [call for call in self.calls if call[0] in wanted]
         if not dropped:
             self._flushHeld()  # (the call given up on may be among them)
@@ -594,9 +612,7 @@ class ChildLoop:
                     self.inbox.lend(call[1][1:], pickle.loads(call[1][0]))
                 except Exception:
                     pass
-        envelope = dumpsSmall(
-            ([(taskID, WIRE_NONE, 0, 0.0, None) for taskID, _, _ in dropped], False)
-        )
+        envelope = dumpsSmall(([(taskID, status, 0, 0.0, None) for taskID, _, _ in dropped], False))
         self._write(encode(RESULTS, [envelope]))
 
     def interrupt(self, signum: int, frame: Any) -> None:

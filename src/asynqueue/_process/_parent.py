@@ -51,7 +51,11 @@ more than a few milliseconds (which gain nothing from queueing in one child
 while another might be idle; a map's batches of up to 20 ms go two at a time,
 see `asynqueue._core._window`). The child runs its tasks in order, so when a
 result comes back the next task has started: the worker then calls its
-``task.started()`` (``reportsStart``), and a timeout counts from there. The
+``task.started()`` (``reportsStart``), and a timeout counts from there.
+When one runs long with others waiting behind it in the child, the queue
+asks for those back (`ProcessWorker.handBack`): the child answers each it
+has not started as not run (a HANDBACK message, read inside the long call
+on SIGUSR1), and the first worker free takes them. The
 child may hold the results of short calls for up to a millisecond, to send
 them together (`asynqueue._process._child`, *Results*), but never around a
 task with a timeout (``FLAG_STARTED``): its start is known when it starts.
@@ -138,6 +142,7 @@ from .._wire._codec import (
     FLAG_INBOX,
     FLAG_RAW,
     FLAG_STARTED,
+    HANDBACK,
     HELLO,
     INIT,
     RESULTS,
@@ -518,6 +523,25 @@ class _Child(WireClient, ProcessProtocol):
         self._timers.append(timer)
         self.cancelling[taskID] = timer
 
+    def handBack(self) -> None:
+        """
+        Have the child give back, unrun, the calls waiting behind the one it
+        runs (see `ProcessWorker.handBack`): it answers each it had not
+        started with status ``d``; one it started comes back as usual.
+        """
+        if self.channel is None or not self.channel.connected or not self.helloed:
+            return
+        waiting = [
+            taskID
+            for taskID, attempt in itertools.islice(self.inflight.items(), 1, None)
+            if attempt.task is not None  # (an update replayed here must run)
+        ]
+        if not waiting:
+            return
+        self.flush()  # (the calls themselves first, if still in the outbox)
+        self.channel.send(encode(HANDBACK, [dumpsSmall(waiting)]))
+        self.sendSignal(signal.SIGUSR1)  # (a child inside a long call reads it there)
+
     def _cancelTooSlow(self, taskID: int) -> None:
         if self.cancelling.pop(taskID, None) is not None and self.state is not ChildState.ENDED:
             self.worker._kill(self, f"child process {self.pid} did not stop a cancelled call", None)
@@ -868,6 +892,18 @@ class ProcessWorker(PipelineWindow):
         d: Deferred[None] = Deferred()
         self._stopD.addBoth(lambda r: (d.callback(None), r)[1])
         return d
+
+    def handBack(self) -> None:
+        """
+        Hand back, unrun, the tasks waiting in my children behind a running
+        one: the queue asks when that one takes long and another worker
+        could run them (see `IWorker`). The children answer: each task not
+        started comes back as not run (innocent), and the queue gives it to
+        the first worker free; one that started meanwhile runs here.
+        """
+        for child in list(self._children):
+            if len(child.inflight) > 1:
+                child.handBack()
 
     def crash(self) -> list[Task]:
         """Kill every child now; returns the tasks not finished."""

@@ -44,7 +44,7 @@ from twisted.python.failure import Failure
 from .. import errors
 from .._core._task import Task
 from .._iter._deferator import Deferator
-from .._support._status import ERROR, ITERATOR, NONE, RESULT, Status
+from .._support._status import ERROR, ITERATOR, NONE, NOT_RUN, RESULT, Status
 from ._codec import (
     CALLS,
     CLOSE,
@@ -125,6 +125,7 @@ def statusResult(
 
 # The report of a call that returned None (a tuple: reported as it is).
 _NONE_REPORT = (NONE, None)
+_HANDED_BACK = (NOT_RUN, "handed back unrun from behind a long call")
 
 
 class _Attempt:
@@ -454,6 +455,12 @@ class WireClient(BurstSender):
                 if status == ERROR:
                     failure = remoteFailure(payload, errorType)
                     log.error("Replaying an update in %r failed: %s", self, failure.value)
+                continue
+            if status == NOT_RUN:
+                # Handed back unrun (a process child's answer to HANDBACK):
+                # the queue gives it to the first worker free.
+                task.innocent = True
+                reports.append((task, _HANDED_BACK))
                 continue
             worker._noteRun(dt, now - attempt.sentAt)
             if status == ITERATOR:

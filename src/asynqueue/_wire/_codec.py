@@ -45,7 +45,7 @@ import sys
 from collections import namedtuple
 from types import BuiltinFunctionType, FunctionType
 
-from .._support._status import ERROR, ITERATOR, NONE, RESULT
+from .._support._status import ERROR, ITERATOR, NONE, NOT_RUN, RESULT
 from ._framing import BYTES_MIN
 
 TYPE_CHECKING = False
@@ -58,6 +58,7 @@ __all__ = [
     "CALLS",
     "CLOSE",
     "EXIT",
+    "HANDBACK",
     "HELLO",
     "INIT",
     "ITEMS",
@@ -105,6 +106,9 @@ NEXT = 3  # [envelope]: (iterID, maxItems), answered by ITEMS
 CLOSE = 4  # [envelope]: [iterID, ...], no answer
 EXIT = 5  # []: finish and exit
 ABANDON = 6  # [envelope]: [taskID, ...] the client gave up on (remote only), no answer
+# [envelope]: [taskID, ...] to give back unrun if not started yet (process
+# children only), answered in RESULTS with status WIRE_NOT_RUN
+HANDBACK = 7
 # Child (or server) to parent (or client):
 HELLO = 16  # [info]: the child is up; {'pid': ...}
 # RESULTS: [envelope, result parts...];
@@ -113,11 +117,12 @@ RESULTS = 17
 # A RESULTS entry's status: the letter of its `Status`, a plain str (pickled,
 # a member would name its class in every entry). The receiver compares it
 # with the members, which equal their letters.
-WIRE_RESULT, WIRE_NONE, WIRE_ERROR, WIRE_ITERATOR = (
+WIRE_RESULT, WIRE_NONE, WIRE_ERROR, WIRE_ITERATOR, WIRE_NOT_RUN = (
     RESULT.value,
     NONE.value,
     ERROR.value,
     ITERATOR.value,
+    NOT_RUN.value,
 )
 # ITEMS: [envelope, item parts..., error parts...];
 #   envelope = (iterID, nItemParts, more, nErrorParts)
