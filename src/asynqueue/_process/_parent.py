@@ -256,6 +256,8 @@ class _Child(WireClient, ProcessProtocol):
         self.boardSlot: int | None = None  # its place on the `PollBoard`
         # Task IDs cancelled and not yet answered: the timer that kills me.
         self.cancelling: dict[int, Any] = {}
+        # Calls asked back (`handBack`) and not yet answered: asked once.
+        self.askedBack: set[int] = set()
 
     def __repr__(self) -> str:
         return f"<_Child pid={self.pid} {self.state} inflight={len(self.inflight)}>"
@@ -531,13 +533,17 @@ class _Child(WireClient, ProcessProtocol):
         """
         if self.channel is None or not self.channel.connected or not self.helloed:
             return
+        asked = self.askedBack
+        asked.intersection_update(self.inflight)
         waiting = [
             taskID
             for taskID, attempt in itertools.islice(self.inflight.items(), 1, None)
-            if attempt.task is not None  # (an update replayed here must run)
+            # (an update replayed here must run; one asked already is on its way)
+            if attempt.task is not None and taskID not in asked
         ]
         if not waiting:
-            return
+            return  # (a child whose code took SIGUSR1 for itself is not asked again)
+        asked.update(waiting)
         self.flush()  # (the calls themselves first, if still in the outbox)
         self.channel.send(encode(HANDBACK, [dumpsSmall(waiting)]))
         self.sendSignal(signal.SIGUSR1)  # (a child inside a long call reads it there)
