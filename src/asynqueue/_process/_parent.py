@@ -538,8 +538,10 @@ class _Child(WireClient, ProcessProtocol):
         waiting = [
             taskID
             for taskID, attempt in itertools.islice(self.inflight.items(), 1, None)
-            # (an update replayed here must run; one asked already is on its way)
-            if attempt.task is not None and taskID not in asked
+            # An update replayed here must run; one asked already is on its
+            # way. A task of a series stays: the answer comes later, and the
+            # series' next task may come here meanwhile and run before it.
+            if attempt.task is not None and attempt.task.series is None and taskID not in asked
         ]
         if not waiting:
             return  # (a child whose code took SIGUSR1 for itself is not asked again)
@@ -905,7 +907,9 @@ class ProcessWorker(PipelineWindow):
         one: the queue asks when that one takes long and another worker
         could run them (see `IWorker`). The children answer: each task not
         started comes back as not run (innocent), and the queue gives it to
-        the first worker free; one that started meanwhile runs here.
+        the first worker free; one that started meanwhile runs here. Tasks
+        of a series stay, to run in order (the answer is not at once: a
+        series' next task could reach the child before it).
         """
         for child in list(self._children):
             if len(child.inflight) > 1:
