@@ -243,6 +243,19 @@ def ownAlarm(seconds: float = 0.05, limit: float = 5.0) -> bool:
         signal.signal(signal.SIGALRM, previous)
 
 
+def ownUsr1(seconds: float) -> int:
+    """Take SIGUSR1 for myself while I sleep *seconds*; how many came (then restore)."""
+    came: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: came.append(signum))
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.005)
+        return len(came)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def installAlarmHandler() -> bool:
     """Install a SIGALRM handler of my own and leave it there."""
     signal.signal(signal.SIGALRM, lambda signum, frame: None)

@@ -1013,6 +1013,26 @@ class QueueTests(TestCase):
         self.assertEqual(sorted(lines), sorted(f"{x} {t}" for t in finished for x in "be"))
 
     @inlineCallbacks
+    def test_calls_are_asked_back_once(self) -> Any:
+        # A call that takes SIGUSR1 for itself keeps the child from reading
+        # the request: the calls behind it wait it out, and the child is
+        # signalled once for them, not again each time the queue looks.
+        q = ProcessQueue(2, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        yield defer.gatherResults([q.call(h.pid) for _ in range(100)])  # (wide windows)
+        long = q.call(h.ownUsr1, 1.0)
+        quick = [q.call(h.add, i, 1) for i in range(40)]
+        # (More calls meanwhile: each one handed to a busy worker has the
+        # queue look for stalled ones again.)
+        more = []
+        for _ in range(10):
+            yield deferLater(reactor, 0.05, lambda: None)
+            more += [q.call(h.add, i, 2) for i in range(10)]
+        self.assertEqual((yield defer.gatherResults(quick)), [i + 1 for i in range(40)])
+        yield defer.gatherResults(more)
+        self.assertLessEqual((yield long), 1)
+
+    @inlineCallbacks
     def test_a_cancelled_call_dropped_as_the_child_reads_is_no_crash(self) -> Any:
         # The child reads before each call: an ABANDON (or HANDBACK) read
         # there may leave no call to run (it used to pop an empty queue).
