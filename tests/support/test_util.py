@@ -101,6 +101,7 @@ class DeferredTrackerTest(unittest.TestCase):
         self.assertEqual(self.dt.count, 2)
         first.callback(None)
         self.assertEqual(self.dt.count, 1)
+        self.assertEqual(self.dt.dCount, 1)  # (the original's name)
 
     def test_deferToAnyNothingPending(self) -> None:
         self.assertIs(self.successResultOf(self.dt.deferToAny()), True)

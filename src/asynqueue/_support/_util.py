@@ -149,6 +149,11 @@ class DeferredTracker:
         """How many tracked Deferreds (plus manual waits) are pending."""
         return self._count
 
+    @property
+    def dCount(self) -> int:
+        """`count`, by the original's name for it."""
+        return self._count
+
     def put(self, d: Deferred[Any]) -> Deferred[Any]:
         """Track *d*; returns *d* itself (see the class docstring)."""
         if not isinstance(d, Deferred):
