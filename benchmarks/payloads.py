@@ -57,16 +57,21 @@ def spin(n: int) -> int:
     return total
 
 
+def spinSeconds(n: int, tries: int) -> float:
+    """The shortest time `spin` (*n*) took over *tries* runs."""
+    best = float("inf")
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        spin(n)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def calibrate(seconds: float = 0.05) -> int:
     """How many `spin` rounds take about *seconds* on this machine (best of 5)."""
     probe = 200_000
     spin(probe)  # warm up
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        spin(probe)
-        best = min(best, time.perf_counter() - t0)
-    return max(1000, int(probe * seconds / best))
+    return max(1000, int(probe * seconds / spinSeconds(probe, 5)))
 
 
 _BIG: dict[int, bytes] = {}

@@ -256,9 +256,12 @@ def runRounds(
     rounds = sizes.get("rounds", 1)
     perPair: dict[tuple[str, str], list[dict[str, Any]]] = {pair: [] for pair in plan}
     total = len(plan) * rounds
-    speeds: list[float] = []
+    # The machine's speed: a reference loop timed before each round and after
+    # the last, reported against the first (1.0: as fast; 0.8: a fifth slower).
+    loop = sizes["cpuIters"] // 5  # (about a hundredth of a second)
+    loopTimes: list[float] = []
     for r in range(rounds):
-        speeds.append(machineSpeed(sizes))
+        loopTimes.append(payloads.spinSeconds(loop, 3))
         for i, (w, c) in enumerate(plan):
             t0 = time.perf_counter()
             reason = staticReason(CONTENDERS[c], WORKLOADS[w])
@@ -267,25 +270,9 @@ def runRounds(
             result = {"na": reason} if reason else runSubprocess(c, w, sizes)
             perPair[(w, c)].append(result)
             progress(r * len(plan) + i, total, w, c, result, time.perf_counter() - t0)
-    speeds.append(machineSpeed(sizes))
-    sizes["speeds"] = speeds
+    loopTimes.append(payloads.spinSeconds(loop, 3))
+    sizes["speeds"] = [loopTimes[0] / t for t in loopTimes]
     return {pair: combineRounds(results) for pair, results in perPair.items()}
-
-
-def machineSpeed(sizes: dict[str, Any]) -> float:
-    """
-    How fast this machine runs Python now, against when the run started
-    (1.0: as fast; 0.8: a fifth slower): a shared VM's speed drifts, and
-    the table's header says by how much it did over the rounds.
-    """
-    n = sizes["cpuIters"] // 5  # (about a hundredth of a second)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        payloads.spin(n)
-        best = min(best, time.perf_counter() - t0)
-    reference = sizes.setdefault("speedReference", best)
-    return reference / best
 
 
 def combineRounds(results: list[dict[str, Any]]) -> dict[str, Any]:
