@@ -582,7 +582,7 @@ class ChildLoop:
         elif kind == ABANDON:
             self._abandon(pickle.loads(parts[0]))
         elif kind == HANDBACK:
-            self._handBack(pickle.loads(parts[0]))
+            self._drop(set(pickle.loads(parts[0])), WIRE_NOT_RUN)  # (answered ``d``: not run)
         else:
             self.controls.append(message)
 
@@ -592,10 +592,6 @@ class ChildLoop:
         if self.current in wanted:
             self.cancelCurrent = True
         self._drop(wanted, WIRE_NONE)
-
-    def _handBack(self, taskIDs: list[int]) -> None:
-        """Drop the queued calls among *taskIDs*, answered ``d`` (not run)."""
-        self._drop(set(taskIDs), WIRE_NOT_RUN)
 
     def _drop(self, wanted: set[int], status: str) -> None:
         """Drop the queued calls in *wanted*, each answered with *status*."""

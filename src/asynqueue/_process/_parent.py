@@ -912,8 +912,7 @@ class ProcessWorker(PipelineWindow):
         series' next task could reach the child before it).
         """
         for child in list(self._children):
-            if len(child.inflight) > 1:
-                child.handBack()
+            child.handBack()
 
     def crash(self) -> list[Task]:
         """Kill every child now; returns the tasks not finished."""
