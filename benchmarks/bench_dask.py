@@ -153,8 +153,13 @@ def measure(quick: bool) -> list[dict[str, Any]]:
         import distributed
     except ImportError:
         return []
+    import dask
+
     n = sizes(quick)
-    cluster = distributed.LocalCluster(**CLUSTER)
+    # Python 3.11 can deadlock a process running Dask's profiler (CPython
+    # gh-106883); it only feeds the dashboard, and both contenders lose it.
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = distributed.LocalCluster(**CLUSTER)
     client = distributed.Client(cluster, set_as_default=False)
     try:
         raw = measureRaw(client, n)

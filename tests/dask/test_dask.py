@@ -523,6 +523,63 @@ class LifecycleTests(TestCase):
         with self.assertRaises(OSError):
             yield worker.whenReady()
 
+    def profilerOn(self, interval: str = "10ms") -> None:
+        """Dask's profiler on (the suite turns it off), for this test only."""
+        import dask
+
+        setting = dask.config.set(
+            {
+                "distributed.worker.profile.enabled": True,
+                "distributed.worker.profile.interval": interval,
+            }
+        )
+        self.addCleanup(setting.__exit__, None, None, None)
+
+    @inlineCallbacks
+    def test_embedded_cluster_has_no_profiler_where_it_can_deadlock(self) -> Any:
+        import dask
+
+        self.profilerOn()
+        q = DaskQueue(
+            clusterOptions={"processes": False, "n_workers": 2, "threads_per_worker": 1},
+            returnFailure=True,
+        )
+        self.addCleanup(q.shutdown)
+        yield q.whenReady()
+        profiling = yield deferToThread(
+            q.client.run, lambda dask_worker: "profile" in dask_worker.periodic_callbacks
+        )
+        self.assertEqual(len(profiling), 2)
+        # CPython gh-106883: fixed in 3.12, where the profiler stays as Dask has it.
+        expected = sys.version_info >= (3, 12)
+        self.assertEqual(set(profiling.values()), {expected})
+        self.assertTrue(dask.config.get("distributed.worker.profile.enabled"))  # left as set
+
+    @inlineCallbacks
+    def test_a_cluster_whose_profiler_can_deadlock_is_named_in_a_warning(self) -> Any:
+        import logging
+
+        # Profiling, but the first sample would come in an hour: nothing can deadlock here.
+        self.profilerOn(interval="1h")
+        cluster = inProcessCluster(n_workers=1, threads_per_worker=1)
+        self.addCleanup(lambda: deferToThread(cluster.close))
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler(logging.WARNING)
+        handler.emit = records.append  # type: ignore[method-assign]
+        logger = logging.getLogger("asynqueue")
+        logger.addHandler(handler)
+        self.addCleanup(logger.removeHandler, handler)
+        q = DaskQueue(cluster, returnFailure=True)
+        self.addCleanup(q.shutdown)
+        self.assertEqual((yield q.call(abs, -3)), 3)
+        warnings = [r.getMessage() for r in records if "gh-106883" in r.getMessage()]
+        if sys.version_info < (3, 12):
+            [text] = warnings
+            self.assertIn(cluster.workers[0].address, text)
+            self.assertIn("distributed.worker.profile.enabled", text)
+        else:
+            self.assertEqual(warnings, [])
+
     def test_import_asynqueue_does_not_import_dask(self) -> None:
         code = (
             "import sys, asynqueue, asynqueue.errors\n"

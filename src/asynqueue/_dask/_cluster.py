@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -14,9 +15,34 @@ from distributed import Client
 from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
-from ._daskside import _runUpdateHere, _UpdatePlugin
+from ._daskside import _runUpdateHere, _UpdatePlugin, _workerProfiles
 
 log = logging.getLogger("asynqueue")
+
+# Python 3.11 can deadlock a process whose Dask worker samples its threads
+# (sys._current_frames) while the garbage collector runs: one thread holds the
+# GIL and waits for the interpreter's thread-list lock, the other the reverse
+# (CPython gh-106883, fixed in 3.12). Every thread of the process stops, the
+# reactor's too, and no Deferred ever fires. Dask's statistical profiler is
+# what samples, ten times a second; it only feeds the dashboard.
+PROFILER_DEADLOCKS = sys.version_info < (3, 12)
+PROFILER_KEY = "distributed.worker.profile.enabled"
+
+
+def _warnIfProfilerCanDeadlock(client: Client) -> None:
+    """Log a warning naming the Dask workers that run the 3.11 profiler."""
+    try:
+        risky = [address for address, on in client.run(_workerProfiles).items() if on]
+    except Exception:  # an old or odd cluster: only a diagnosis was lost
+        log.debug("Could not ask the Dask workers about their profiler", exc_info=True)
+        return
+    if risky:
+        log.warning(
+            "Dask workers %s run Dask's profiler on Python 3.11, which can deadlock"
+            " their process (CPython gh-106883); start them with %s set to False",
+            ", ".join(sorted(risky)),
+            PROFILER_KEY,
+        )
 
 
 # ------------------------------------------------------------ blocking helpers
@@ -45,7 +71,7 @@ def _connect(
         schedulerKw.setdefault("allowed_failures", allowedFailures or 0)
         options["scheduler_kwargs"] = schedulerKw
         allowedFailures = None  # done
-        cluster = LocalCluster(**options)
+        cluster = _startLocalCluster(LocalCluster, options)
         try:
             client = Client(cluster, set_as_default=False, **timeout)
         except BaseException:
@@ -59,6 +85,8 @@ def _connect(
             f" a Dask cluster or None, not {address!r}"
         )
     try:
+        if PROFILER_DEADLOCKS and cluster is None:
+            _warnIfProfilerCanDeadlock(client)
         if allowedFailures is not None:
             n = int(allowedFailures)
             client.run_on_scheduler(
@@ -69,6 +97,17 @@ def _connect(
         _closeAll(client if own else None, cluster, own, [], 10.0)
         raise
     return client, cluster, own, threads
+
+
+def _startLocalCluster(factory: Any, options: dict[str, Any]) -> Any:
+    """The embedded cluster, without the profiler where it can deadlock."""
+    if not PROFILER_DEADLOCKS:
+        return factory(**options)
+    import dask
+
+    # Workers read the setting as they start (a nanny passes it to its child).
+    with dask.config.set({PROFILER_KEY: False}):
+        return factory(**options)
 
 
 def _applyUpdate(

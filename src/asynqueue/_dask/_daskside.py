@@ -10,6 +10,7 @@ that survives the trip and an iterator result into its first chunk
 from __future__ import annotations
 
 import pickle
+import sys
 import threading
 import time
 import traceback
@@ -188,6 +189,12 @@ def _runUpdateHere(
 ) -> tuple[str, Any]:
     """Run an update on one Dask worker (through ``Client.run``)."""
     return getattr(dask_worker, "id", ""), f(*args, **kw)
+
+
+def _workerProfiles(dask_worker: Any = None) -> bool:
+    """Whether this Dask worker runs the profiler that can deadlock Python 3.11."""
+    callbacks = getattr(dask_worker, "periodic_callbacks", {})
+    return sys.version_info < (3, 12) and "profile" in callbacks
 
 
 class _UpdatePlugin(WorkerPlugin):
