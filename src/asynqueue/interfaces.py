@@ -63,7 +63,11 @@ class IWorker(Interface):
       (`asynqueue._core._dispatch.HANDBACK_PATIENCE`) with others waiting
       behind it, and another worker is attached: the first worker free then
       takes them. Thread and process workers have it. Called in the
-      reactor thread.
+      reactor thread. If the running task runs a batch of calls (its first
+      argument is an `asynqueue._support._batch.Batch`), a worker that can
+      stop it after its current call may do so and tell the batch's
+      ``giveBack`` which calls it will not run; the queue also asks when
+      nothing waits behind such a task. Process workers do.
     - ``gaveUp``: why the worker resigned for good (a string), or None; see
       ``setResignator``.
     """

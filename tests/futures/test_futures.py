@@ -43,6 +43,7 @@ from asynqueue.futures import ProcessPoolExecutor, QueueExecutor, ThreadPoolExec
 
 from ..helpers import cancel as helpers_cancel
 from ..helpers import common as helpers
+from ..helpers import conformance as helpers_conformance
 from ..helpers import process as helpers_process
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -175,6 +176,55 @@ class ProcessPoolTests(UsesTrialsReactor):
                     else:
                         self.assertEqual(future.result(), i + 1)
                 self.assertEqual(pool.submit(helpers_process.add, 2, 3).result(), 5)
+
+        return blocking(body)
+
+    def test_calls_of_a_group_behind_a_long_one_run_in_the_other_process(self) -> Any:
+        # A burst travels in groups; the child running one whose call runs
+        # long stops it after that call: the outcomes so far come at once,
+        # the calls not started go to the other child. Each runs once.
+        from twisted.internet import reactor
+        from twisted.internet.threads import blockingCallFromThread
+
+        folder = tempfile.mkdtemp(prefix="aqgroup")
+        self.addCleanup(shutil.rmtree, folder, True)
+        holdDir = os.path.join(folder, "hold")
+        os.mkdir(holdDir)
+        self.addCleanup(Path(holdDir, helpers_conformance.RELEASE).touch)
+        log = os.path.join(folder, "log")
+
+        def body() -> None:
+            with ProcessPoolExecutor(2) as pool:
+                pool.submit(helpers_process.add, 1, 1).result()  # (both children up)
+
+                def burst() -> list[Future[Any]]:
+                    # Submitted in one reactor turn: one batch, sent in groups
+                    # of 36 // (4 * 2) = 4; the fifth is [fails, holds, 18, 19].
+                    calls = []
+                    for i in range(36):
+                        if i == 16:
+                            calls.append(pool.submit(helpers_process.raiseKeyError, "k16"))
+                        elif i == 17:
+                            calls.append(pool.submit(helpers_conformance.hold, holdDir, 40.0))
+                        else:
+                            calls.append(pool.submit(helpers_process.logRun, log, str(i)))
+                    return calls
+
+                futures = blockingCallFromThread(reactor, burst)
+                quick = [f for i, f in enumerate(futures) if i not in (16, 17)]
+                # (Behind the hold, these would wait for its 40 s.)
+                tags = [f.result(timeout=20) for f in quick]
+                self.assertEqual(tags, [str(i) for i in range(36) if i not in (16, 17)])
+                with self.assertRaises(KeyError) as ctx:
+                    futures[16].result(timeout=20)  # (ran before the hold: sent ahead)
+                self.assertIn("raiseKeyError", str(ctx.exception.__cause__))
+                self.assertFalse(futures[17].done())
+                Path(holdDir, helpers_conformance.RELEASE).touch()
+                self.assertEqual(futures[17].result(timeout=20), "released")
+                self.assertEqual(helpers_conformance.attempts(holdDir), 1)
+                begun = Path(log).read_text().split("\n")
+                for tag in tags:
+                    self.assertEqual(begun.count(f"b {tag}"), 1, tag)
 
         return blocking(body)
 

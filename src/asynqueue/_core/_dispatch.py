@@ -30,6 +30,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from .. import errors
+from .._support._batch import Batch, isBatch
 from .._support._status import NONE, NOT_RUN, RESULT, STATUS_BY_CODE, TIMEOUT, Status
 from ..interfaces import IWorker
 from . import _gcpause
@@ -496,7 +497,9 @@ class Dispatcher:
         another), and the first worker free takes them, as from one shared
         queue. Without this, a task lined up behind one that waits for it (a
         thread pool's task that submits to its own pool and waits) would wait
-        for ever while other workers idle.
+        for ever while other workers idle. The calls a running batch task has
+        not started (`asynqueue._support._batch`) come back alike, if its
+        worker can stop it.
         """
         self._stallTimer = None
         now = self._seconds()
@@ -504,9 +507,12 @@ class Dispatcher:
         soonest: float | None = None
         for slot in self._slotList:
             inflight = slot.inflight
-            if len(inflight) < 2 or slot.handBack is None:
+            if not inflight or slot.handBack is None:
                 continue
-            started = next(iter(inflight)).startedAt
+            head = next(iter(inflight))
+            if len(inflight) < 2 and not isBatch(head.callTuple[1]):
+                continue  # (nothing waits behind it, and nothing in it)
+            started = head.startedAt
             if started is not None and now - started > HANDBACK_PATIENCE:
                 stalled.append(slot)
                 continue
@@ -590,6 +596,11 @@ class Dispatcher:
         call.attempt = task
         call.slot = slot
         slot.inflight[task] = call
+        if self._stallTimer is None and slot.handBack is not None:
+            args = call.args
+            if args and type(args[0]) is Batch:
+                # Its calls not started yet can come back: see `_checkStalls`.
+                self._stallTimer = self._reactor.callLater(HANDBACK_PATIENCE, self._checkStalls)
         slot.bounced = False
         try:
             readyD = slot.worker.run(task)

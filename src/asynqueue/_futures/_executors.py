@@ -15,7 +15,11 @@ Data flow::
 - A task per call would cost the reactor more than small calls themselves:
   plain calls (no options) of a batch travel in *groups* (`runGroup`, an
   outcome per call). A group whose worker died is re-run call by call, so
-  that only the call that kills its worker fails.
+  that only the call that kills its worker fails. The calls of a group not
+  started while one of it runs long go back to the queue for other workers
+  (threads: `_checkGroups`; processes: the child stops the group, see
+  `asynqueue._support._batch`), as a standard pool's idle workers would
+  take them.
 - ``map`` is the queue's own batching ``map`` (`TaskQueue.map`: adaptive
   batches even with the default ``chunksize=1``, each item's result or
   exception as if alone, a failed batch re-run item by item). Its results
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import logging
 import os
 import threading
 import time
@@ -58,9 +63,12 @@ from .. import errors
 from .._core._calls import QUEUE_KEYWORDS
 from .._core._dispatch import HANDBACK_PATIENCE
 from .._core._scheduler import checkNiceness
+from .._support._batch import Batch
 from ._work import applyKeywords, runGroup
 
 __all__ = ["ProcessPoolExecutor", "QueueExecutor", "ThreadPoolExecutor", "theReactor"]
+
+log = logging.getLogger("asynqueue")
 
 # Plain calls (no options) submitted in a burst travel in groups of up to
 # MAX_GROUP calls per task, at least GROUPS_PER_WORKER groups per worker: a
@@ -640,9 +648,31 @@ class _QueueExecutorBase(_Submitting, Executor):
             if self._groupWatch is None:
                 self._groupWatch = self._reactor.callLater(GROUP_PATIENCE, self._checkGroups)
         else:
-            d = self.queue.call(runGroup, [(fn, args) for _, fn, args, _ in items])
+            calls = Batch([(fn, args) for _, fn, args, _ in items])
+            calls.giveBack = lambda start, done: self._groupRest(items, start, done)
+            d = self.queue.call(runGroup, calls)
         self._unfinished.update(futures)
         d.addBoth(self._settleGroup, items)
+
+    def _groupRest(self, items: list[Any], start: int, done: list[Any]) -> None:
+        """
+        (Reactor thread; process pools) The group of *items* ran long in its
+        worker, which runs none of it from *start* on: those calls go back to
+        the queue (as a group again if several) for the first worker free.
+        The first ``len(done)`` calls are done: their outcomes are *done*.
+        """
+        settled, rest = items[: len(done)], items[start:]
+        del items[start:]  # (what _settleGroup will see of the group)
+        del items[: len(done)]
+        unfinished = self._unfinished
+        for item in settled + rest:
+            unfinished.discard(item[0])
+        self._settleOutcomes(settled, done)
+        rest = [item for item in rest if not item[0]._aqCancelled]
+        if len(rest) > 1:
+            self._callGroup(rest)
+        elif rest:
+            self._callOne(*rest[0])
 
     def _groupDone(self, result: Any, group: _Group) -> Any:
         groups = self._groups
@@ -685,13 +715,7 @@ class _QueueExecutorBase(_Submitting, Executor):
         for item in items:
             unfinished.discard(item[0])
         if isinstance(result, list):
-            for item, (ok, value, text) in zip(items, result, strict=True):
-                if ok:
-                    self._settleFuture(value, item[0])
-                else:
-                    if text and value.__cause__ is None:
-                        value.__cause__ = _RemoteTraceback(f'\n"""\n{text.rstrip()}\n"""')
-                    self._settleFuture(Failure(value), item[0])
+            self._settleOutcomes(items, result)
         elif isinstance(result, Failure) and result.check(errors.WorkerLost) and len(items) > 1:
             # One of them may have killed the worker: each runs alone now,
             # so that only the call that kills it fails.
@@ -702,6 +726,21 @@ class _QueueExecutorBase(_Submitting, Executor):
             for item in items:
                 self._settleFuture(result, item[0])
         self._checkIdle()
+
+    def _settleOutcomes(self, items: list[Any], outcomes: list[Any]) -> None:
+        """Hand each call of *items* its outcome from `runGroup`."""
+        for item, (ok, value, text) in zip(items, outcomes, strict=False):
+            if ok:
+                self._settleFuture(value, item[0])
+            else:
+                if text and value.__cause__ is None:
+                    value.__cause__ = _RemoteTraceback(f'\n"""\n{text.rstrip()}\n"""')
+                self._settleFuture(Failure(value), item[0])
+        if len(outcomes) != len(items):  # (a bug: still, every Future ends)
+            lost = errors.WorkerError(f"{len(outcomes)} outcomes came for {len(items)} calls")
+            log.error("Executor group: %s", lost)
+            for item in items[len(outcomes) :]:
+                self._settleFuture(Failure(lost), item[0])
 
     def _settle(self, result: Any, future: _Future) -> None:
         """(Reactor thread) Hand a call's outcome to its Future."""

@@ -11,6 +11,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from .._support._batch import runningBatch
+
 __all__ = ["applyKeywords", "runGroup"]
 
 
@@ -28,12 +30,16 @@ def runGroup(
     """
     ``f(*args)`` for each ``(f, args)`` of a group of calls submitted in a
     burst (one task for all): ``(True, result, "")`` or ``(False, exception,
-    traceback text)`` for each.
+    traceback text)`` for each it ran. A process child may end it early, after
+    the call it runs, sending the outcomes so far ahead (see
+    `asynqueue._support._batch`): the owner queues the rest.
     """
-    outcomes: list[tuple[bool, Any, str]] = []
-    for f, args in calls:
-        try:
-            outcomes.append((True, f(*args), ""))
-        except Exception as e:
-            outcomes.append((False, e, traceback.format_exc()))
-    return outcomes
+    with runningBatch(len(calls)) as run:
+        outcomes = run.outcomes
+        for i in run.indices:
+            f, args = calls[i]
+            try:
+                outcomes.append((True, f(*args), ""))
+            except Exception as e:
+                outcomes.append((False, e, traceback.format_exc()))
+        return run.unsent()

@@ -39,6 +39,9 @@ and:
   to another worker); one running or done is left alone (its result comes
   as usual). The parent follows it with SIGUSR1, so that a child inside a
   long call reads it (the handler drops and answers, and the call goes on).
+  If it names the running task, and that task runs a batch of calls
+  (`asynqueue._support._batch`), the batch ends after its current call and
+  a REST message says where the calls it will not run begin.
 - EXIT, or end of file on the socket (the parent is gone): exits.
 
 Results
@@ -112,6 +115,7 @@ from collections import deque
 from itertools import count
 from time import monotonic_ns, perf_counter
 
+from .._support._batch import stopRunningBatch
 from .._wire._codec import (
     ABANDON,
     CALLS,
@@ -129,6 +133,7 @@ from .._wire._codec import (
     PLACED,
     PLAIN_TYPES,
     PROTOCOL,
+    REST,
     RESULTS,
     WIRE_ERROR,
     WIRE_ITERATOR,
@@ -160,6 +165,7 @@ LEAN_MODULES = (
     ("asynqueue._wire._framing", "_wire/_framing.py"),
     ("asynqueue._process._arena", "_process/_arena.py"),
     ("asynqueue._support._status", "_support/_status.py"),
+    ("asynqueue._support._batch", "_support/_batch.py"),
     ("asynqueue._wire._codec", "_wire/_codec.py"),
     ("asynqueue._wire._streams", "_wire/_streams.py"),
     ("asynqueue._process._child", "_process/_child.py"),
@@ -582,7 +588,10 @@ class ChildLoop:
         elif kind == ABANDON:
             self._abandon(pickle.loads(parts[0]))
         elif kind == HANDBACK:
-            self._drop(set(pickle.loads(parts[0])), WIRE_NOT_RUN)  # (answered ``d``: not run)
+            wanted = set(pickle.loads(parts[0]))
+            if self.current is not None and self.current in wanted:
+                self._stopBatch(self.current)
+            self._drop(wanted, WIRE_NOT_RUN)  # (answered ``d``: not run)
         else:
             self.controls.append(message)
 
@@ -592,6 +601,28 @@ class ChildLoop:
         if self.current in wanted:
             self.cancelCurrent = True
         self._drop(wanted, WIRE_NONE)
+
+    def _stopBatch(self, taskID: int) -> None:
+        """
+        (Inside the running task *taskID*) if it runs a batch, end it after
+        its current call; tell the parent where the rest begins, with the
+        outcomes of the calls done (REST).
+        """
+        stopped = stopRunningBatch()
+        if stopped is None:
+            return
+        start, run = stopped
+        done = run.unsent()
+        if start == run.n and not done:
+            return  # (nothing to give back, nothing to send ahead)
+        try:
+            outcomes = pickle.dumps(done, PROTOCOL)
+            pickle.loads(outcomes)  # (what the parent cannot load stays for the result)
+        except Exception:
+            done = []
+            outcomes = dumpsSmall(done)
+        run.sent += len(done)
+        self._write(encode(REST, [dumpsSmall((taskID, start, len(done))), outcomes]))
 
     def _drop(self, wanted: set[int], status: str) -> None:
         """Drop the queued calls in *wanted*, each answered with *status*."""

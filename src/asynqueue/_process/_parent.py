@@ -55,7 +55,10 @@ result comes back the next task has started: the worker then calls its
 When one runs long with others waiting behind it in the child, the queue
 asks for those back (`ProcessWorker.handBack`): the child answers each it
 has not started as not run (a HANDBACK message, read inside the long call
-on SIGUSR1), and the first worker free takes them. The
+on SIGUSR1), and the first worker free takes them. A long batch task
+(an executor's group of calls) is asked too: the child stops it after its
+current call and answers REST (the calls it will not run, and the outcomes
+of those it ran), which the batch's owner takes. The
 child may hold the results of short calls for up to a millisecond, to send
 them together (`asynqueue._process._child`, *Results*), but never around a
 task with a timeout (``FLAG_STARTED``): its start is known when it starts.
@@ -130,6 +133,7 @@ from .._core._queue import TaskQueue
 from .._core._task import Task
 from .._core._window import PipelineWindow, smoothed
 from .._iter._base import BATCH_ITEMS, BATCH_SECONDS
+from .._support._batch import isBatch
 from .._support._status import Status
 from .._support._system import cores, cpuBudget, parseSize
 from .._support._util import dropTrigger
@@ -529,7 +533,9 @@ class _Child(WireClient, ProcessProtocol):
         """
         Have the child give back, unrun, the calls waiting behind the one it
         runs (see `ProcessWorker.handBack`): it answers each it had not
-        started with status ``d``; one it started comes back as usual.
+        started with status ``d``; one it started comes back as usual. If
+        the one it runs is a batch (`asynqueue._support._batch`), the calls
+        of the batch it has not started go back to their owner (REST).
         """
         if self.channel is None or not self.channel.connected or not self.helloed:
             return
@@ -543,6 +549,14 @@ class _Child(WireClient, ProcessProtocol):
             # series' next task may come here meanwhile and run before it.
             if attempt.task is not None and attempt.task.series is None and taskID not in asked
         ]
+        # The running task itself, if it runs a batch whose owner takes back
+        # the calls it has not started (the child answers REST).
+        for taskID, attempt in itertools.islice(self.inflight.items(), 1):
+            task = attempt.task
+            if task is not None and taskID not in asked and task.series is None:
+                args = task.callTuple[1]
+                if isBatch(args) and args[0].giveBack is not None:
+                    waiting.insert(0, taskID)
         if not waiting:
             return  # (a child whose code took SIGUSR1 for itself is not asked again)
         asked.update(waiting)
@@ -909,7 +923,9 @@ class ProcessWorker(PipelineWindow):
         started comes back as not run (innocent), and the queue gives it to
         the first worker free; one that started meanwhile runs here. Tasks
         of a series stay, to run in order (the answer is not at once: a
-        series' next task could reach the child before it).
+        series' next task could reach the child before it). A running batch
+        (`asynqueue._support._batch`) stops after its current call, and its
+        owner gets back the calls it did not start.
         """
         for child in list(self._children):
             child.handBack()

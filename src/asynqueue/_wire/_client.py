@@ -44,6 +44,7 @@ from twisted.python.failure import Failure
 from .. import errors
 from .._core._task import Task
 from .._iter._deferator import Deferator
+from .._support._batch import isBatch
 from .._support._status import ERROR, ITERATOR, NONE, NOT_RUN, RESULT, Status
 from ._codec import (
     CALLS,
@@ -51,6 +52,7 @@ from ._codec import (
     ITEMS,
     NEXT,
     PLACED,
+    REST,
     RESULTS,
     STARTED,
     dumpsError,
@@ -344,9 +346,36 @@ class WireClient(BurstSender):
                 attempt = self.inflight.get(taskID)
                 if attempt is not None:
                     attempt.markStarted()
+        elif kind == REST:
+            self._batchRest(message.parts)
         else:
             return False
         return True
+
+    def _batchRest(self, parts: list[Any]) -> None:
+        """
+        A running batch stopped early (REST): tell its owner which of its
+        calls will not run there, with the outcomes of those done.
+        """
+        taskID, start, count = pickle.loads(parts[0])
+        try:
+            done = pickle.loads(parts[1])
+        except Exception as e:  # (the child loaded them: a module missing here?)
+            text = f"The outcome could not be unpickled: {type(e).__name__}: {e}"
+            done = [(False, errors.WorkerError(text), "")] * count
+        attempt = self.inflight.get(taskID)
+        task = attempt.task if attempt is not None else None
+        if task is None or not isBatch(task.callTuple[1]):
+            return
+        giveBack = task.callTuple[1][0].giveBack
+        if giveBack is None:
+            # (Never asked for: see `_Child.handBack`.)
+            log.error("Batch task %d ran no call from %d on; nobody to tell", taskID, start)
+            return
+        try:
+            giveBack(start, done)
+        except Exception:
+            log.exception("Giving back the calls of batch task %d failed", taskID)
 
     def wantsEarly(self, message: Message) -> bool:
         """

@@ -1,0 +1,102 @@
+"""
+Batches: many small calls travelling as one task, whose calls not started yet
+can be given back while one of them runs long.
+
+A `Batch` is the list of calls of such a task (it pickles as a plain list).
+Whoever queued it sets `Batch.giveBack`, to hear which calls will not run
+there. In the process that runs it, the batch runner takes its calls one at
+a time from `runningBatch`; `stopRunningBatch` (from a signal handler, in the
+middle of one of them) ends it after the current call, and lets the outcomes
+of the calls done go ahead. Standard library only: lean child processes
+import this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from collections import deque
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # (the child must not pay for importing typing)
+    from collections.abc import Callable, Iterator
+    from typing import Any
+
+__all__ = ["Batch", "BatchRun", "isBatch", "runningBatch", "stopRunningBatch"]
+
+
+class Batch(list):
+    """
+    The calls of one batch task. ``giveBack(k, done)`` (if set) is told, in
+    the reactor thread, that the calls from index *k* on will not run where
+    the task went (the owner queues them again), and given the outcomes of
+    the first ``len(done)`` calls, which the task's result then leaves out.
+    """
+
+    __slots__ = ("giveBack",)
+
+    def __init__(
+        self, calls: Any = (), giveBack: Callable[[int, list[Any]], object] | None = None
+    ) -> None:
+        super().__init__(calls)
+        self.giveBack = giveBack
+
+    def __reduce__(self) -> Any:
+        return (list, (list(self),))  # the far side needs the calls only
+
+
+def isBatch(args: Any) -> bool:
+    """Whether a task with these positional *args* runs a `Batch`."""
+    return bool(args) and type(args[0]) is Batch
+
+
+class BatchRun:
+    """
+    A batch running here: take call indices from ``indices`` one at a time
+    (taking one is a single step that a signal handler cannot split, so a
+    call is either taken, and runs here, or left to `stopRunningBatch`), and
+    append each call's outcome to ``outcomes``. ``sent`` outcomes went ahead
+    of the batch's result (see `stopRunningBatch`); it returns `unsent`.
+    """
+
+    __slots__ = ("indices", "n", "outcomes", "sent")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.indices = iter(range(n))
+        self.outcomes: list[Any] = []
+        self.sent = 0
+
+    def unsent(self) -> list[Any]:
+        return self.outcomes[self.sent :]
+
+
+# The running batches, innermost last (one, in practice).
+_running: list[BatchRun] = []
+
+
+@contextlib.contextmanager
+def runningBatch(n: int) -> Iterator[BatchRun]:
+    """A batch of *n* calls running in this block (see `BatchRun`)."""
+    run = BatchRun(n)
+    _running.append(run)
+    try:
+        yield run
+    finally:
+        _running.remove(run)
+
+
+def stopRunningBatch() -> tuple[int, BatchRun] | None:
+    """
+    End the innermost running batch after the call it runs: the index of
+    its first call not taken (its length if every call was), and the batch;
+    None if no batch runs. The outcomes of the calls done may go ahead of
+    the batch's result: then add their number to its ``sent``.
+    """
+    if not _running:
+        return None
+    run = _running[-1]
+    left = operator.length_hint(run.indices)
+    if left:
+        deque(run.indices, maxlen=0)  # (taken up: the runner's loop ends)
+    return run.n - left, run
