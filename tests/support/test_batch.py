@@ -34,6 +34,8 @@ def test_nothing_to_stop_outside_a_batch_and_nothing_left_after_its_last_call() 
             run.outcomes.append(i)
         assert stopRunningBatch() == (2, run)  # every call taken: none to give back
         assert run.unsent() == [0, 1]
+        assert run.finish() == [0, 1]
+        assert stopRunningBatch() is None  # (returning its result: nothing goes ahead)
     assert stopRunningBatch() is None
 
 

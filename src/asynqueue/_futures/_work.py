@@ -42,4 +42,4 @@ def runGroup(
                 outcomes.append((True, f(*args), ""))
             except Exception as e:
                 outcomes.append((False, e, traceback.format_exc()))
-        return run.unsent()
+        return run.finish()

@@ -56,18 +56,24 @@ class BatchRun:
     (taking one is a single step that a signal handler cannot split, so a
     call is either taken, and runs here, or left to `stopRunningBatch`), and
     append each call's outcome to ``outcomes``. ``sent`` outcomes went ahead
-    of the batch's result (see `stopRunningBatch`); it returns `unsent`.
+    of the batch's result (see `stopRunningBatch`); it returns `finish`.
     """
 
-    __slots__ = ("indices", "n", "outcomes", "sent")
+    __slots__ = ("finished", "indices", "n", "outcomes", "sent")
 
     def __init__(self, n: int) -> None:
         self.n = n
         self.indices = iter(range(n))
         self.outcomes: list[Any] = []
         self.sent = 0
+        self.finished = False
 
     def unsent(self) -> list[Any]:
+        return self.outcomes[self.sent :]
+
+    def finish(self) -> list[Any]:
+        """The outcomes not sent ahead, for the batch's result: none go ahead now."""
+        self.finished = True  # (first: a handler from here on sends nothing)
         return self.outcomes[self.sent :]
 
 
@@ -90,10 +96,11 @@ def stopRunningBatch() -> tuple[int, BatchRun] | None:
     """
     End the innermost running batch after the call it runs: the index of
     its first call not taken (its length if every call was), and the batch;
-    None if no batch runs. The outcomes of the calls done may go ahead of
-    the batch's result: then add their number to its ``sent``.
+    None if no batch runs (or it is returning its result). The outcomes of
+    the calls done may go ahead of the batch's result: then add their
+    number to its ``sent``.
     """
-    if not _running:
+    if not _running or _running[-1].finished:
         return None
     run = _running[-1]
     left = operator.length_hint(run.indices)
