@@ -32,9 +32,15 @@ _stderr: list[int] = []
 
 def pytest_configure(config: pytest.Config) -> None:
     # The stream pytest's own faulthandler dumps to: not the captured one.
-    _stderr.append(os.dup(sys.stderr.fileno()))
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            _stderr.append(os.dup(stream.fileno()))  # type: ignore[union-attr]
+            return
+        except (AttributeError, ValueError, OSError):
+            continue
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    faulthandler.dump_traceback_later(EXIT_LIMIT, exit=True, file=_stderr[0])
+    if _stderr:
+        faulthandler.dump_traceback_later(EXIT_LIMIT, exit=True, file=_stderr[0])
