@@ -228,6 +228,46 @@ class ProcessPoolTests(UsesTrialsReactor):
 
         return blocking(body)
 
+    def test_an_outcome_sent_ahead_that_does_not_unpickle_here_fails_its_call(self) -> Any:
+        from twisted.internet import reactor
+        from twisted.internet.threads import blockingCallFromThread
+
+        folder = tempfile.mkdtemp(prefix="aqgroup")
+        self.addCleanup(shutil.rmtree, folder, True)
+        self.addCleanup(Path(folder, helpers_conformance.RELEASE).touch)
+
+        def body() -> None:
+            with ProcessPoolExecutor(2, initializer=helpers_process.makeChildOnlyModule) as pool:
+                pool.submit(helpers_process.add, 1, 1).result()
+
+                def burst() -> list[Future[Any]]:
+                    # Groups of 24 // (4 * 2) = 3: the third is [7, child only, holds].
+                    calls = []
+                    for i in range(24):
+                        if i == 7:
+                            calls.append(pool.submit(helpers_process.childOnlyThing))
+                        elif i == 8:
+                            calls.append(pool.submit(helpers_conformance.hold, folder, 40.0))
+                        else:
+                            calls.append(pool.submit(helpers_process.add, i, 0))
+                    return calls
+
+                futures = blockingCallFromThread(reactor, burst)
+                # Both sent ahead while the hold runs; only the one fails.
+                self.assertEqual(futures[6].result(timeout=20), 6)
+                with self.assertRaises(errors.WorkerError) as ctx:
+                    futures[7].result(timeout=20)
+                self.assertIn("could not be unpickled", str(ctx.exception))
+                self.assertFalse(futures[8].done())
+                Path(folder, helpers_conformance.RELEASE).touch()
+                self.assertEqual(futures[8].result(timeout=20), "released")
+                self.assertEqual(
+                    [f.result(timeout=20) for i, f in enumerate(futures) if i not in (7, 8)],
+                    [i for i in range(24) if i not in (7, 8)],
+                )
+
+        return blocking(body)
+
     def test_a_map_chunk_whose_worker_died_runs_again_call_by_call(self) -> Any:
         def body() -> None:
             with ProcessPoolExecutor(2) as pool:

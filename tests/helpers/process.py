@@ -293,3 +293,19 @@ def rebindTarget() -> None:
 def byNameHeads() -> list[bytes]:
     """The heads of the calls this child has taken by name (see `_codec`)."""
     return sorted(sys.modules["asynqueue._wire._codec"]._byHead)  # type: ignore[attr-defined]
+
+
+# A module that exists in the child only: its objects pickle there, and do
+# not unpickle in the parent.
+
+
+def makeChildOnlyModule() -> None:
+    import types
+
+    module = types.ModuleType("aq_child_only")
+    exec("class Thing:\n    pass\n", module.__dict__)
+    sys.modules["aq_child_only"] = module
+
+
+def childOnlyThing() -> Any:
+    return sys.modules["aq_child_only"].Thing()

@@ -612,17 +612,18 @@ class ChildLoop:
         if stopped is None:
             return
         start, run = stopped
-        done = run.unsent()
-        if start == run.n and not done:
+        outcomes = []
+        for outcome in run.unsent():
+            try:
+                part = pickle.dumps(outcome, PROTOCOL)
+                pickle.loads(part)
+            except Exception:
+                break  # (it and those after it stay for the result, which reports it)
+            outcomes.append(part)
+        if start == run.n and not outcomes:
             return  # (nothing to give back, nothing to send ahead)
-        try:
-            outcomes = pickle.dumps(done, PROTOCOL)
-            pickle.loads(outcomes)  # (what the parent cannot load stays for the result)
-        except Exception:
-            done = []
-            outcomes = dumpsSmall(done)
-        run.sent += len(done)
-        self._write(encode(REST, [dumpsSmall((taskID, start, len(done))), outcomes]))
+        run.sent += len(outcomes)
+        self._write(encode(REST, [dumpsSmall((taskID, start)), *outcomes]))
 
     def _drop(self, wanted: set[int], status: str) -> None:
         """Drop the queued calls in *wanted*, each answered with *status*."""

@@ -357,12 +357,14 @@ class WireClient(BurstSender):
         A running batch stopped early (REST): tell its owner which of its
         calls will not run there, with the outcomes of those done.
         """
-        taskID, start, count = pickle.loads(parts[0])
-        try:
-            done = pickle.loads(parts[1])
-        except Exception as e:  # (the child loaded them: a module missing here?)
-            text = f"The outcome could not be unpickled: {type(e).__name__}: {e}"
-            done = [(False, errors.WorkerError(text), "")] * count
+        taskID, start = pickle.loads(parts[0])
+        done = []
+        for part in parts[1:]:
+            try:
+                done.append(pickle.loads(part))
+            except Exception as e:  # (the child loaded it: a module missing here?)
+                text = f"The outcome could not be unpickled: {type(e).__name__}: {e}"
+                done.append((False, errors.WorkerError(text), ""))
         attempt = self.inflight.get(taskID)
         task = attempt.task if attempt is not None else None
         if task is None or not isBatch(task.callTuple[1]):

@@ -135,11 +135,11 @@ PLACED = 20
 # from the server's reactor at once, whatever its workers are doing.
 PING = 21
 PONG = 22
-# REST: [envelope, outcomes]: envelope = (taskID, index, n): the running
+# REST: [envelope, outcome...]: envelope = (taskID, index): the running
 # task's batch (`_support._batch`) stops after its current call; its calls
-# from index on will not run, and outcomes (a pickled list) are those of its
-# first n calls, which its result leaves out. A child's answer to a HANDBACK
-# naming the task it runs (process children only).
+# from index on will not run, and the outcomes (each pickled) are those of
+# its first calls, which its result leaves out. A child's answer to a
+# HANDBACK naming the task it runs (process children only).
 REST = 23
 # The shared-secret handshake of remote connections (raw bytes, never pickles):
 # see `asynqueue._wire._auth`.
