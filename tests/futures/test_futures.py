@@ -268,6 +268,44 @@ class ProcessPoolTests(UsesTrialsReactor):
 
         return blocking(body)
 
+    def test_a_shutdown_still_runs_the_calls_a_group_gives_back(self) -> Any:
+        # The pool shuts down while a group holds: the calls it gives back
+        # were submitted before, so they run (the standard pool runs every
+        # call submitted before its shutdown).
+        from twisted.internet import reactor
+        from twisted.internet.threads import blockingCallFromThread
+
+        folder = tempfile.mkdtemp(prefix="aqgroup")
+        self.addCleanup(shutil.rmtree, folder, True)
+        self.addCleanup(Path(folder, helpers_conformance.RELEASE).touch)
+
+        def body() -> None:
+            pool = ProcessPoolExecutor(2)
+            pool.submit(helpers_process.add, 1, 1).result()
+
+            def burst() -> list[Future[Any]]:
+                # Groups of 16 // (4 * 2) = 2: the third is [holds, 5].
+                return [
+                    pool.submit(helpers_conformance.hold, folder, 40.0)
+                    if i == 4
+                    else pool.submit(helpers_process.add, i, 0)
+                    for i in range(16)
+                ]
+
+            futures = blockingCallFromThread(reactor, burst)
+            pool.shutdown(wait=False)
+            self.assertEqual(futures[5].result(timeout=20), 5)  # (given back meanwhile)
+            self.assertFalse(futures[4].done())
+            Path(folder, helpers_conformance.RELEASE).touch()
+            self.assertEqual(futures[4].result(timeout=20), "released")
+            self.assertEqual(
+                [f.result(timeout=20) for i, f in enumerate(futures) if i != 4],
+                [i for i in range(16) if i != 4],
+            )
+            pool.shutdown(wait=True)
+
+        return blocking(body)
+
     def test_a_map_chunk_whose_worker_died_runs_again_call_by_call(self) -> Any:
         def body() -> None:
             with ProcessPoolExecutor(2) as pool:
@@ -587,6 +625,32 @@ class ContractTests(UsesTrialsReactor):
                 self.assertFalse(futures[0].done())
                 gate.event.set()
                 self.assertEqual(futures[0].result(timeout=10), "long")
+
+        return blocking(body)
+
+    def test_a_shutdown_still_runs_the_calls_a_thread_group_gives_back(self) -> Any:
+        from twisted.internet import reactor
+        from twisted.internet.threads import blockingCallFromThread
+
+        gate = Gate()
+        self.addCleanup(gate.event.set)
+
+        def body() -> None:
+            pool = ThreadPoolExecutor(2)
+
+            def burst() -> list[Future[Any]]:
+                # Groups of 40 // (4 * 2) = 5; the first starts with the stuck call.
+                calls = [pool.submit(gate.hold, "long")]
+                calls += [pool.submit(abs, -i) for i in range(1, 40)]
+                return calls
+
+            futures = blockingCallFromThread(reactor, burst)
+            pool.shutdown(wait=False)
+            self.assertEqual([f.result(timeout=10) for f in futures[1:]], list(range(1, 40)))
+            self.assertFalse(futures[0].done())
+            gate.event.set()
+            self.assertEqual(futures[0].result(timeout=10), "long")
+            pool.shutdown(wait=True)
 
         return blocking(body)
 

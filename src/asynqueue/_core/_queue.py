@@ -142,6 +142,8 @@ class TaskQueue:
         self._updates: list[_Update] = []
         self._running = True
         self._shutdownD: Deferred[None] | None = None
+        # Until a shutdown has let the queued calls finish (see `_callAgain`).
+        self._draining = True
         self._stoppingReactor = False
         if kw:
             _warnIgnored(type(self).__name__, kw)
@@ -356,6 +358,18 @@ class TaskQueue:
             " twisted.internet.threads.blockingCallFromThread for the result), or an"
             " executor of asynqueue.futures."
         )
+
+    def _callAgain(self, func: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
+        """
+        Like `call`, for work that calls already queued hand back unfinished
+        (the calls of a batch its worker did not start): accepted also while
+        a shutdown lets queued calls finish, which they are part of.
+        """
+        if not self._running and not self._draining:
+            raise errors.QueueRunError(
+                f"Cannot call {describeCall(func, args, kw)}: the queue is shut down"
+            )
+        return self._dispatcher.submit(self.newTask(func, args, kw))
 
     def _callInFlow(
         self, flow: Hashable, func: Callable[..., Any], *args: Any, **kw: Any
@@ -661,6 +675,7 @@ class TaskQueue:
                 yield drained
             else:
                 late = yield _ranOutFirst(timeout, drained, self._reactor)
+            self._draining = False
             if late:
                 # Every unfinished call fails first (so none goes to another
                 # worker meanwhile), then the workers are crashed.

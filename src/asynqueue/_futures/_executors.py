@@ -622,9 +622,20 @@ class _QueueExecutorBase(_Submitting, Executor):
         for start in range(0, len(plain), max(size, 1)):
             self._callGroup(plain[start : start + size])
 
-    def _callOne(self, future: _Future, fn: Callable[..., Any], args: Any, kw: Any) -> None:
+    def _queueCall(self, again: bool) -> Callable[..., Deferred[Any]]:
+        """
+        How to queue a call: ``call``; *again* for calls a group hands back,
+        which a shutdown must still run (the queue's ``_callAgain``, if any).
+        """
+        queue = self.queue
+        return getattr(queue, "_callAgain", queue.call) if again else queue.call
+
+    def _callOne(
+        self, future: _Future, fn: Callable[..., Any], args: Any, kw: Any, again: bool = False
+    ) -> None:
         try:
-            d = self.queue.call(fn, *args, **kw) if kw else self.queue.call(fn, *args)
+            call = self._queueCall(again)
+            d = call(fn, *args, **kw) if kw else call(fn, *args)
         except Exception as e:  # e.g. the queue was shut down under us
             self._settleFuture(Failure(e), future)
             return
@@ -632,7 +643,7 @@ class _QueueExecutorBase(_Submitting, Executor):
         self._unfinished.add(future)
         d.addBoth(self._settle, future)
 
-    def _callGroup(self, items: list[Any]) -> None:
+    def _callGroup(self, items: list[Any], again: bool = False) -> None:
         """
         Queue plain calls of a burst as one task: `runGroup` runs them one by
         one and reports each outcome (in a thread, `_runInto` settles each
@@ -640,17 +651,24 @@ class _QueueExecutorBase(_Submitting, Executor):
         it has not run (thread workers); the group itself goes on.
         """
         futures = [item[0] for item in items]
-        if self._inProcess:
-            group = _Group([item[2] for item in items])
-            d = self.queue.call(_runGroupHere, group)
-            self._groups[group] = items
-            d.addBoth(self._groupDone, group)
-            if self._groupWatch is None:
-                self._groupWatch = self._reactor.callLater(GROUP_PATIENCE, self._checkGroups)
-        else:
-            calls = Batch([(fn, args) for _, fn, args, _ in items])
-            calls.giveBack = lambda start, done: self._groupRest(items, start, done)
-            d = self.queue.call(runGroup, calls)
+        call = self._queueCall(again)
+        try:
+            if self._inProcess:
+                group = _Group([item[2] for item in items])
+                d = call(_runGroupHere, group)
+                self._groups[group] = items
+                d.addBoth(self._groupDone, group)
+                if self._groupWatch is None:
+                    self._groupWatch = self._reactor.callLater(GROUP_PATIENCE, self._checkGroups)
+            else:
+                calls = Batch([(fn, args) for _, fn, args, _ in items])
+                calls.giveBack = lambda start, done: self._groupRest(items, start, done)
+                d = call(runGroup, calls)
+        except Exception as e:  # e.g. the queue was shut down under us
+            failure = Failure(e)
+            for future in futures:
+                self._settleFuture(failure, future)
+            return
         self._unfinished.update(futures)
         d.addBoth(self._settleGroup, items)
 
@@ -670,9 +688,10 @@ class _QueueExecutorBase(_Submitting, Executor):
         self._settleOutcomes(settled, done)
         rest = [item for item in rest if not item[0]._aqCancelled]
         if len(rest) > 1:
-            self._callGroup(rest)
+            self._callGroup(rest, again=True)
         elif rest:
-            self._callOne(*rest[0])
+            self._callOne(*rest[0], again=True)
+        self._checkIdle()
 
     def _groupDone(self, result: Any, group: _Group) -> Any:
         groups = self._groups
@@ -705,7 +724,7 @@ class _QueueExecutorBase(_Submitting, Executor):
                 self._unfinished.discard(future)
             for item in rest:
                 if not item[0]._aqCancelled:
-                    self._callOne(*item)
+                    self._callOne(*item, again=True)
         if self._groups:
             self._groupWatch = self._reactor.callLater(GROUP_PATIENCE, self._checkGroups)
 
