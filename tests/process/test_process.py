@@ -272,13 +272,13 @@ class CallTests(WorkerTestCase):
         # time it reads is pinned (on a loaded machine a 5 ms task can be
         # measured at over BATCH_BEHIND_LIMIT).
         pinned = [0.005]
-        noteRun = w._noteRun
+        noteRuns = w._noteRuns
 
-        def notePinned(dt: float, roundTrip: float) -> None:
-            noteRun(dt, roundTrip)
+        def notePinned(runs: list[tuple[float, float]], now: float) -> None:
+            noteRuns(runs, now)
             w._avgRun = pinned[0]
 
-        w._noteRun = notePinned  # type: ignore[method-assign]
+        w._noteRuns = notePinned  # type: ignore[method-assign]
         w._avgRun = pinned[0]
         self.assertEqual(w._window(), 1)
         first = Task(applyChunk, (h.pidAfter, [0.005]))

@@ -37,7 +37,7 @@ class _Worker:
         self._taskIDs = itertools.count(1)
         self.events: list[Any] = []
 
-    def _noteRun(self, dt: float, roundTrip: float) -> None:
+    def _noteRuns(self, runs: list[tuple[float, float]], now: float) -> None:
         pass
 
     def _checkReady(self) -> None:

@@ -699,7 +699,15 @@ class Dispatcher:
             else:
                 call.callback(result)
             if self.scheduler.count:
-                self._dispatch()
+                # (`_dispatch`, unless no worker is ready: the usual case in
+                # a burst, which refills the workers once per batch of reports)
+                for ready in self._slotList:
+                    if ready.ready:
+                        self._dispatch()
+                        break
+                else:
+                    if self._gcHold is not None and self.scheduler.count <= _gcpause.LOW:
+                        self._checkBacklog()
             if self._drainWaiters:
                 self.checkDrained()
             return

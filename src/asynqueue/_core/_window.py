@@ -22,15 +22,22 @@ later choices can apply.)
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sized
-from typing import Protocol
+from collections.abc import Iterable, Mapping, Sized
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
 from ._chunk import applyChunk
 from ._task import Task
 
-__all__ = ["BATCH_BEHIND_LIMIT", "WINDOW_WORK", "PipelineWindow", "smoothed", "windowFor"]
+__all__ = [
+    "BATCH_BEHIND_LIMIT",
+    "WINDOW_WORK",
+    "PipelineWindow",
+    "smoothed",
+    "smoothedOver",
+    "windowFor",
+]
 
 # A pipelining worker keeps about this much work (by the recent average
 # task time) in flight per worker at the other end.
@@ -43,6 +50,16 @@ BATCH_BEHIND_LIMIT = 0.02
 def smoothed(average: float | None, sample: float) -> float:
     """The running average of task times, after one more *sample*."""
     return sample if average is None else 0.7 * average + 0.3 * sample
+
+
+def smoothedOver(average: float | None, runs: Iterable[tuple[float, Any]]) -> float | None:
+    """
+    `smoothed` after the time of each of *runs* in turn (``(dt, ...)``
+    pairs): the results of one read, at the cost of one call.
+    """
+    for dt, _ in runs:
+        average = dt if average is None else 0.7 * average + 0.3 * dt
+    return average
 
 
 def windowFor(averageRun: float, maxWindow: int, workers: int = 1) -> int:
@@ -104,6 +121,10 @@ class PipelineWindow:
 
     def _noteRunTime(self, dt: float) -> None:
         self._avgRun = smoothed(self._avgRun, dt)
+
+    def _noteRuns(self, runs: list[tuple[float, float]], now: float) -> None:
+        """The calls of one read ran: ``(seconds at the other end, sent at)`` each."""
+        self._avgRun = smoothedOver(self._avgRun, runs)
 
     def _window(self) -> int:
         workers = self._parallelism()

@@ -131,7 +131,7 @@ from zope.interface import implementer
 from .. import errors
 from .._core._queue import TaskQueue
 from .._core._task import Task
-from .._core._window import PipelineWindow, smoothed
+from .._core._window import PipelineWindow, smoothedOver
 from .._iter._base import BATCH_ITEMS, BATCH_SECONDS
 from .._support._batch import isBatch
 from .._support._status import Status
@@ -863,8 +863,15 @@ class ProcessWorker(PipelineWindow):
         ):
             parts, flags = _placeInInbox(child.inbox, parts, flags)
         child.submit(task, parts, flags, relay)
-        if child is self._current and len(child.inflight) + len(child.firstBatch) < self._window():
-            return None  # (what `_hasRoom` would say, in fewer calls)
+        if child is self._current and not child.firstBatch:
+            # What `_hasRoom` would say, in fewer calls: the window computed
+            # last, unless a result has moved the average since.
+            key = self._windowKey
+            window = (
+                self._windowSize if key is not None and key[0] is self._avgRun else self._window()
+            )
+            if len(child.inflight) < window:
+                return None
         if self._hasRoom():
             return None
         d: Deferred[None] = Deferred()
@@ -1120,7 +1127,7 @@ class ProcessWorker(PipelineWindow):
             task = attempt.task
             if task is None:
                 continue  # (a replayed update: the next child replays it anyway)
-            self._noteRun(dt, now - attempt.sentAt)
+            self._noteRuns([(dt, attempt.sentAt)], now)
             task.callback(statusResult(status, parts, child.errorType, attempt.relay is not None))
         for attempt in attempts:
             task = attempt.task
@@ -1138,11 +1145,12 @@ class ProcessWorker(PipelineWindow):
         if self._resignator is not None:
             self._reactor.callLater(0, self._resignator)
 
-    def _noteRun(self, dt: float, roundTrip: float) -> None:
+    def _noteRuns(self, runs: list[tuple[float, float]], now: float) -> None:
+        """The calls of one read ran: ``(seconds in the child, sent at)`` each."""
         self._fruitless = 0
-        self._avgRun = smoothed(self._avgRun, dt)  # (`_noteRunTime`, inlined)
+        self._avgRun = smoothedOver(self._avgRun, runs)
         if self.callStats:
-            self._callTimes.append((roundTrip, dt))
+            self._callTimes.extend((now - sentAt, dt) for dt, sentAt in runs)
 
     def _activeClient(self) -> _Child | None:
         return self._current

@@ -662,9 +662,6 @@ class WireWorker(PipelineWindow):
         self._readyWaiters.append(d)
         return d
 
-    def _noteRun(self, dt: float, roundTrip: float) -> None:
-        self._noteRunTime(dt)
-
     # The pipelining window (PipelineWindow): no link, no room; a server
     # runs as many tasks at once as it has workers.
     _roomWithoutClient = False

@@ -24,7 +24,7 @@ A subclass provides the channel (an object with ``send(buffers)`` and
 ``connected``) and these hooks: ``settle()`` (after results or items were
 handled), ``retireRequested()`` (the other side asked to be retired), and
 ``location()`` (text for reprs). Its worker (``self.worker``) provides
-``_taskIDs``, ``batchItems``, ``_noteRun(dt, roundTrip)`` and
+``_taskIDs``, ``batchItems``, ``_noteRuns(runs, now)`` and
 ``_checkReady()``.
 """
 
@@ -423,7 +423,8 @@ class WireClient(BurstSender):
         if idle and self.helloed and self.orderedStart:
             attempt.markStarted()
         self.outbox.append((attempt.taskID, parts, flags))
-        self.sendSoon(self.flush)
+        if self._sendCall is None and self._held is None:  # (else a flush is due)
+            self.sendSoon(self.flush)
         return attempt
 
     def flush(self) -> None:
@@ -458,6 +459,7 @@ class WireClient(BurstSender):
         # The results are reported together (those of a whole read, see
         # `holdSends`), after the worker was told once that it has room again.
         reports: list[tuple[Task, Any]] = []
+        runs: list[tuple[float, float]] = []  # (dt, sentAt) of each call run
         for taskID, status, n, dt, extra in entries:
             payload = parts[pos : pos + n] if n else []
             pos += n
@@ -479,7 +481,12 @@ class WireClient(BurstSender):
                 # (`_startHead`, inlined) the next call has started
                 for head in inflight.values():
                     if not head.started:
-                        head.markStarted()
+                        if head.relay is None and head.task is not None:
+                            # (`markStarted`, inlined for the usual attempt)
+                            head.started = True
+                            head.task.startedAt = head.task._clock()
+                        else:
+                            head.markStarted()
                     break
             task = attempt.task
             if task is None:
@@ -493,7 +500,7 @@ class WireClient(BurstSender):
                 task.innocent = True
                 reports.append((task, _HANDED_BACK))
                 continue
-            worker._noteRun(dt, now - attempt.sentAt)
+            runs.append((dt, attempt.sentAt))
             if status == ITERATOR:
                 source = _RemoteSource(self, extra, worker.batchItems)
                 self.sources[extra] = source
@@ -510,6 +517,8 @@ class WireClient(BurstSender):
                 reports.append((task, _NONE_REPORT))
             else:
                 reports.append((task, statusResult(status, payload, errorType, relay, filling)))
+        if runs:
+            worker._noteRuns(runs, now)
         if self._holding:
             # With the rest of this read's (`holdSends`); settled then too,
             # even if none of these was a task's (replayed updates).
