@@ -197,10 +197,40 @@ def numbers(results: Results, metric: Metric, keys: list[str]) -> dict[str, floa
     return out
 
 
+def roundRatios(results: Results, metric: Metric, ours: str, other: str) -> list[float]:
+    """
+    *ours* against *other* round by round (each round measures both back to
+    back, so a ratio sees one state of the machine); [] unless both have
+    the same rounds.
+    """
+    mine = results.get((metric.workload, ours), {}).get("rounds")
+    theirs = results.get((metric.workload, other), {}).get("rounds")
+    if not mine or not theirs or len(mine) != len(theirs) or len(mine) < 2:
+        return []
+    out = []
+    for a, b in zip(mine, theirs, strict=True):
+        x, y = a.get(metric.key), b.get(metric.key)
+        if not isinstance(x, (int, float)) or not isinstance(y, (int, float)):
+            return []
+        out.append(better(metric, float(x), float(y)))
+    return out
+
+
+def ratioCell(results: Results, metric: Metric, ours: str, other: str, value: float) -> str:
+    """'x0.68' and, when measured in rounds, their spread: 'x0.68 (0.47-0.93)'."""
+    text = f"x{ratio(value)}"
+    byRound = roundRatios(results, metric, ours, other)
+    if byRound:
+        text += f" ({ratio(min(byRound))}-{ratio(max(byRound))})"
+    return text
+
+
 def comparison(results: Results, metric: Metric, ours: str) -> str:
     """
     'x1.3 pebble · x0.8 floor · x0.9 Twisted floor' (best peer of the same
-    kind, the bare transport, the bare reactor on it) or ''.
+    kind, the bare transport, the bare reactor on it) or ''. Each ratio is
+    of the medians; after a run in rounds, the range of the round-by-round
+    ratios follows it in parentheses.
     """
     if metric.higher is None:
         return ""
@@ -214,12 +244,14 @@ def comparison(results: Results, metric: Metric, ours: str) -> str:
     if peerValues:
         pick = max if metric.higher else min
         best = pick(peerValues, key=lambda k: peerValues[k])
-        parts.append(f"x{ratio(better(metric, mine, peerValues[best]))} {SHORT[best]}")
+        value = better(metric, mine, peerValues[best])
+        parts.append(f"{ratioCell(results, metric, ours, best, value)} {SHORT[best]}")
     for floors, name in ((FLOOR, "floor"), (TWISTED_FLOOR, "Twisted floor")):
         floorKey = floors.get(kind)
         floorValue = numbers(results, metric, [floorKey]).get(floorKey) if floorKey else None
         if floorValue is not None:
-            parts.append(f"x{ratio(better(metric, mine, floorValue))} {name}")
+            value = better(metric, mine, floorValue)
+            parts.append(f"{ratioCell(results, metric, ours, floorKey, value)} {name}")
     return " · ".join(parts)
 
 

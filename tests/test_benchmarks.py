@@ -117,3 +117,28 @@ def test_timeline_stamps_every_step_of_a_process_round_trip() -> None:
     assert all(math.isfinite(float(micros)) for _, _, micros in steps), proc.stdout
     assert table[-1][:2] == ["call", "result"], proc.stdout
     assert float(table[-1][2].split()[0].strip("*")) > 0, proc.stdout
+
+
+def test_comparison_shows_the_ratio_of_each_round() -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from benchmarks.report import METRICS, comparison
+    finally:
+        sys.path.remove(str(ROOT))
+    metric = next(m for m in METRICS if m.workload == "dispatch" and m.key == "calls/s")
+
+    def result(*rounds: float) -> dict[str, object]:
+        return {
+            "figures": {"calls/s": sorted(rounds)[len(rounds) // 2]},
+            "rounds": [{"calls/s": r} for r in rounds],
+        }
+
+    results = {
+        ("dispatch", "aq-process"): result(30.0, 60.0, 45.0),
+        ("dispatch", "floor-pipe"): result(60.0, 60.0, 90.0),
+    }
+    # Medians 45 vs 60; round by round 0.5, 1.0 and 0.5.
+    assert comparison(results, metric, "aq-process") == "x0.75 (0.5-1) floor"
+    # Measured once (no rounds kept, or a different number): the ratio alone.
+    results[("dispatch", "floor-pipe")] = {"figures": {"calls/s": 60.0}}
+    assert comparison(results, metric, "aq-process") == "x0.75 floor"
