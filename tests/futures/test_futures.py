@@ -91,6 +91,16 @@ class UsesTrialsReactor(TestCase):
 class ProcessPoolTests(UsesTrialsReactor):
     timeout = 60
 
+    def holdFolder(self) -> str:
+        """
+        A fresh folder for `helpers_conformance.hold` calls: released (so no
+        child stays held) and removed when the test ends.
+        """
+        folder = tempfile.mkdtemp(prefix="aqgroup")
+        self.addCleanup(shutil.rmtree, folder, True)
+        self.addCleanup(Path(folder, helpers_conformance.RELEASE).touch)
+        return folder
+
     def test_submit_results_errors_lambdas_and_closures(self) -> Any:
         def body() -> None:
             base = 40
@@ -232,9 +242,7 @@ class ProcessPoolTests(UsesTrialsReactor):
         from twisted.internet import reactor
         from twisted.internet.threads import blockingCallFromThread
 
-        folder = tempfile.mkdtemp(prefix="aqgroup")
-        self.addCleanup(shutil.rmtree, folder, True)
-        self.addCleanup(Path(folder, helpers_conformance.RELEASE).touch)
+        folder = self.holdFolder()
 
         def body() -> None:
             with ProcessPoolExecutor(2, initializer=helpers_process.makeChildOnlyModule) as pool:
@@ -275,9 +283,7 @@ class ProcessPoolTests(UsesTrialsReactor):
         from twisted.internet import reactor
         from twisted.internet.threads import blockingCallFromThread
 
-        folder = tempfile.mkdtemp(prefix="aqgroup")
-        self.addCleanup(shutil.rmtree, folder, True)
-        self.addCleanup(Path(folder, helpers_conformance.RELEASE).touch)
+        folder = self.holdFolder()
 
         def body() -> None:
             pool = ProcessPoolExecutor(2)

@@ -598,7 +598,7 @@ class Dispatcher:
         slot.inflight[task] = call
         if self._stallTimer is None and slot.handBack is not None:
             args = call.args
-            if args and type(args[0]) is Batch:
+            if args and type(args[0]) is Batch:  # (`isBatch`, inlined: once per task)
                 # Its calls not started yet can come back: see `_checkStalls`.
                 self._stallTimer = self._reactor.callLater(HANDBACK_PATIENCE, self._checkStalls)
         slot.bounced = False
@@ -706,8 +706,8 @@ class Dispatcher:
                         self._dispatch()
                         break
                 else:
-                    if self._gcHold is not None and self.scheduler.count <= _gcpause.LOW:
-                        self._checkBacklog()
+                    if self._gcHold is not None:
+                        self._checkBacklog()  # (as `_dispatch` would)
             if self._drainWaiters:
                 self.checkDrained()
             return

@@ -47,9 +47,13 @@ WINDOW_WORK = 0.002
 BATCH_BEHIND_LIMIT = 0.02
 
 
+# The weight of the newest task time in the running average.
+SMOOTHING = 0.3
+
+
 def smoothed(average: float | None, sample: float) -> float:
     """The running average of task times, after one more *sample*."""
-    return sample if average is None else 0.7 * average + 0.3 * sample
+    return sample if average is None else average + SMOOTHING * (sample - average)
 
 
 def smoothedOver(average: float | None, runs: Iterable[tuple[float, Any]]) -> float | None:
@@ -58,7 +62,7 @@ def smoothedOver(average: float | None, runs: Iterable[tuple[float, Any]]) -> fl
     pairs): the results of one read, at the cost of one call.
     """
     for dt, _ in runs:
-        average = dt if average is None else 0.7 * average + 0.3 * dt
+        average = dt if average is None else average + SMOOTHING * (dt - average)
     return average
 
 
@@ -118,9 +122,6 @@ class PipelineWindow:
     # one of them changed.
     _windowKey: tuple[float | None, int] | None = None
     _windowSize = 1
-
-    def _noteRunTime(self, dt: float) -> None:
-        self._avgRun = smoothed(self._avgRun, dt)
 
     def _noteRuns(self, runs: list[tuple[float, float]], now: float) -> None:
         """The calls of one read ran: ``(seconds at the other end, sent at)`` each."""
