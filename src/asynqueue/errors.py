@@ -69,7 +69,8 @@ class QueueRunError(AsynQueueError):
 
 class WrongThreadError(AsynQueueError, RuntimeError):
     """
-    A queue was called from a thread other than the one running its reactor.
+    A queue was used (a call, map, update, shutdown, or a change of its
+    workers) from a thread other than the one running its reactor.
     A queue, like Twisted, belongs to the reactor's thread; from another
     thread, use ``reactor.callFromThread`` (or ``blockingCallFromThread`` for
     the result), or an executor (`asynqueue.futures`).

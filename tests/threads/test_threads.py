@@ -50,6 +50,7 @@ class ThreadQueueTests(TestCase):
         # says what to do instead, and that way works.
         from twisted.internet import reactor, threads
 
+        yield self.q.call(threadName)  # (the reactor runs: its thread is known)
         raised: list[BaseException] = []
 
         def callHere() -> None:
@@ -70,6 +71,52 @@ class ThreadQueueTests(TestCase):
             threads.blockingCallFromThread, reactor, self.q.call, threadName
         )
         self.assertIn("ThreadWorker", name)
+
+    @inlineCallbacks
+    def test_every_other_use_from_another_thread_is_refused_and_changes_nothing(self) -> Any:
+        # map, update, shutdown and the changes of workers race the reactor
+        # as a call would: each is refused where it is made, and the queue
+        # is as it was.
+        yield self.q.call(threadName)  # (the reactor runs: its thread is known)
+        worker = self.q.workers()[0]
+        spare = ThreadWorker()
+        self.addCleanup(spare.stop)
+        uses = {
+            "map": lambda: self.q.map(abs, [-1, -2]),
+            "update": lambda: self.q.update(abs, -1),
+            "shut down": self.q.shutdown,
+            "attach": lambda: self.q.attachWorker(spare),
+            "detach": lambda: self.q.detachWorker(worker),
+            "qualify": lambda: self.q.qualifyWorker(worker, "lane"),
+        }
+        raised: dict[str, BaseException | None] = {}
+
+        def useHere() -> None:
+            for name, use in uses.items():
+                try:
+                    use()
+                except BaseException as e:
+                    raised[name] = e
+                else:
+                    raised[name] = None
+
+        other = threading.Thread(target=useHere, name="not-the-reactor")
+        other.start()
+        other.join(10)
+        self.assertEqual(set(raised), set(uses))
+        for name, error in raised.items():
+            self.assertIsInstance(error, errors.WrongThreadError, name)
+            self.assertTrue(str(error).startswith(f"Cannot {name}"), str(error))
+            self.assertIn("'not-the-reactor'", str(error))
+        # Nothing changed: still running, the same two workers, no update
+        # remembered, no qualification, and calls and maps still work.
+        self.assertTrue(self.q.isRunning())
+        self.assertEqual(len(self.q.workers()), 2)
+        self.assertNotIn(spare, self.q.workers())
+        self.assertNotIn("lane", worker.iQualified)
+        self.assertEqual(self.q._updates, [])
+        self.assertEqual((yield self.q.call(abs, -3)), 3)
+        self.assertEqual((yield helpers.collect(self.q.map(abs, [-4, -5]))), [4, 5])
 
     @inlineCallbacks
     def test_an_idle_worker_keeps_no_result_alive(self) -> Any:

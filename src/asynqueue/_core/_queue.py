@@ -205,6 +205,8 @@ class TaskQueue:
         Returns a Deferred firing with an int ID unique within this queue.
         Remembered updates run on the worker before it gets queued tasks.
         """
+        if _threadID() != self._home:
+            self._refuseOtherThread(lambda: f"attach {worker!r}")
         if not IWorker.providedBy(worker):
             raise errors.ImplementationError(f"{worker!r} does not provide IWorker")
         IWorker.validateInvariants(worker)
@@ -238,6 +240,8 @@ class TaskQueue:
         `errors.TaskCancelled`. A graceful stop (no ``crash``) lets the worker
         finish the tasks in hand; after the queue's ``timeout`` it is crashed.
         """
+        if _threadID() != self._home:
+            self._refuseOtherThread(lambda: f"detach worker {workerOrID!r}")
         slot = self._getSlot(workerOrID)
         if slot is None:
             return succeed([])
@@ -245,6 +249,8 @@ class TaskQueue:
 
     def qualifyWorker(self, worker: IWorker, series: Hashable) -> None:
         """Add *series* to the qualifications of an attached *worker*."""
+        if _threadID() != self._home:
+            self._refuseOtherThread(lambda: f"qualify {worker!r} for {series!r}")
         if series not in worker.iQualified:
             worker.iQualified.append(series)
         slot = self._getSlot(worker)
@@ -337,11 +343,16 @@ class TaskQueue:
     def _checkThread(
         self, func: Callable[..., Any], args: tuple[Any, ...], kw: dict[str, Any]
     ) -> None:
+        """`_refuseOtherThread` for a call of ``func(*args, **kw)``."""
+        self._refuseOtherThread(lambda: f"call {describeCall(func, args, kw)}")
+
+    def _refuseOtherThread(self, what: Callable[[], str]) -> None:
         """
-        Refuse a call from a thread other than the reactor's: it would race
-        the reactor's own changes to the queue (a call lost, or run twice, or
-        a queue that stops dispatching). Before the reactor runs, any thread
-        may call (nothing races yet).
+        Refuse to be used from a thread other than the reactor's: a call,
+        map, update, shutdown or change of workers there would race the
+        reactor's own changes to the queue (a call lost, or run twice, or a
+        queue that stops dispatching). Before the reactor runs, any thread
+        may (nothing races yet). *what* says what was refused.
         """
         if not self._checksThread:
             return
@@ -352,7 +363,7 @@ class TaskQueue:
             self._home = ioThread
             return
         raise errors.WrongThreadError(
-            f"Cannot call {describeCall(func, args, kw)} from thread"
+            f"Cannot {what()} from thread"
             f" {threading.current_thread().name!r}: a queue belongs to its reactor's"
             " thread. Use reactor.callFromThread(queue.call, ...) (or"
             " twisted.internet.threads.blockingCallFromThread for the result), or an"
@@ -497,6 +508,8 @@ class TaskQueue:
         """
         from ._map import MapRun, feedOf, lengthHint, mapDeferator
 
+        if _threadID() != self._home:
+            self._refuseOtherThread(lambda: f"map {func!r}")
         if not self._running:
             raise errors.QueueRunError(f"Cannot map {func!r}: the queue is shut down")
         if not callable(func):
@@ -545,6 +558,8 @@ class TaskQueue:
         Returns a Deferred firing with the list of results on the current
         workers. Wait for it before queueing calls that need the update.
         """
+        if _threadID() != self._home:
+            self._refuseOtherThread(lambda: f"update with {func!r}")
         if not self._running:
             raise errors.QueueRunError("Cannot update: the queue is shut down")
         if not callable(func):
@@ -659,6 +674,8 @@ class TaskQueue:
         Calling it again returns a Deferred of the same shutdown (its first
         *timeout* holds).
         """
+        if _threadID() != self._home:
+            self._refuseOtherThread(lambda: "shut down")
         if self._shutdownD is None:
             self._running = False
             self._shutdownD = self._doShutdown(timeout)
