@@ -142,3 +142,29 @@ def test_comparison_shows_the_ratio_of_each_round() -> None:
     # Measured once (no rounds kept, or a different number): the ratio alone.
     results[("dispatch", "floor-pipe")] = {"figures": {"calls/s": 60.0}}
     assert comparison(results, metric, "aq-process") == "x0.75 floor"
+
+
+def test_late_bells_ab_measures_both_sides_and_restores_the_limit() -> None:
+    """``benchmarks.ab_late_bells`` still drives the private limit it toggles."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from benchmarks import ab_late_bells as ab;"
+            "from asynqueue._threads import _worker as w;"
+            "before = w.LATE_BELLS_LIMIT;"
+            "ab.main(['--rounds', '2', '--trips', '50']);"
+            "print('restored', w.LATE_BELLS_LIMIT == before > 0)",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    medians = [line for line in lines if "median" in line]
+    assert len(medians) == 2, proc.stdout
+    assert all(len(line.split("[")[1].split(",")) == 2 for line in medians), proc.stdout
+    assert "of 2 pairs" in proc.stdout, proc.stdout
+    assert lines[-1] == "restored True", proc.stdout

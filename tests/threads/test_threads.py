@@ -551,6 +551,54 @@ class ThreadWakeUpTests(TestCase):
         chain(0)
         self.assertEqual((yield done), 2000)
 
+    def lateBellsFor(self, seconds: float) -> None:
+        from asynqueue._threads import _worker
+
+        self.patch(_worker, "LATE_BELLS_LIMIT", seconds)
+
+    @inlineCallbacks
+    def test_a_task_given_while_results_are_delivered_starts_when_they_are(self) -> Any:
+        # Given from the callback of its worker's own result, its doorbell
+        # rings when that delivery (the flush) ends, not while the reactor
+        # still runs the rest of its turn.
+        self.lateBellsFor(30.0)  # (however slow the machine: the bell waits)
+        q = ThreadQueue(returnFailure=True)
+        self.addCleanup(q.shutdown)
+        (worker,) = q.workers()
+        started = threading.Event()
+        seen: list[bool] = []
+        given: list[defer.Deferred[Any]] = []
+
+        def deliver(_: object) -> None:
+            helpers.waitUntilSync(lambda: worker._idle)  # (its thread sleeps)
+            given.append(q.call(started.set))
+            seen.append(started.wait(0.05))  # (lets the thread run, were it awake)
+
+        yield q.call(abs, -1).addCallback(deliver)
+        self.assertEqual(seen, [False])
+        yield given[0]
+        self.assertTrue(started.is_set())
+
+    @inlineCallbacks
+    def test_a_callback_that_blocks_after_giving_a_task_still_sees_it_start(self) -> Any:
+        # A held-back doorbell cannot leave the task waiting while the
+        # reactor blocks (an anti-pattern, but no reason to hang): the
+        # thread's first wait after its result ends by itself.
+        self.lateBellsFor(0.25)
+        q = ThreadQueue(returnFailure=True)
+        self.addCleanup(q.shutdown)
+        (worker,) = q.workers()
+        started = threading.Event()
+        seen: list[bool] = []
+
+        def deliver(_: object) -> None:
+            helpers.waitUntilSync(lambda: worker._idle)  # (its thread sleeps)
+            q.call(started.set)
+            seen.append(started.wait(20))
+
+        yield q.call(abs, -1).addCallback(deliver)
+        self.assertEqual(seen, [True])
+
     @inlineCallbacks
     def test_defer_to_thread_interleaved_with_calls(self) -> Any:
         q = ThreadQueue(returnFailure=True)
