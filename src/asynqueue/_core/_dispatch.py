@@ -290,7 +290,15 @@ class Dispatcher:
             if best is not None:
                 self._dispatching = True
                 try:
-                    taken = self._offer(best, call)
+                    if best.inflight or call.series is not None or not best.attached:
+                        taken = self._offer(best, call)
+                    else:
+                        # (What _offer does with a call without a series for
+                        # an idle worker, inlined: once per call that finds
+                        # a worker idle, as each of a sequence of calls does.)
+                        call.seq = scheduler.ticket()
+                        self._runOn(best, call)
+                        taken = True
                 finally:
                     self._dispatching = False
                 if taken:

@@ -100,11 +100,6 @@ class _LateBells(threading.local):
         self.flushing = 0  # (flushes under way in this thread: they may nest)
         self.bells: list[Callable[[None], None]] = []
 
-    def ring(self) -> None:
-        bells, self.bells = self.bells, []
-        for bell in bells:
-            bell(None)
-
 
 _lateBells = _LateBells()
 
@@ -238,63 +233,61 @@ class ThreadWorker:
         late = _lateBells
         late.flushing += 1
         try:
-            self._deliver()
+            outbox = self._outbox
+            popleft = outbox.popleft
+            runTime = 0.0
+            runCount = 0
+            # No lock: the thread only appends, and wakes the reactor when it
+            # made the outbox non-empty. Only what is there now: results that
+            # arrive meanwhile wait for the next reactor turn (below), so that
+            # a busy worker cannot keep the reactor in here.
+            for _ in range(len(outbox)):
+                try:
+                    kind, target, ok, value, seconds = popleft()
+                except IndexError:
+                    break  # a callback crashed me: crash() took the rest
+                if kind == _TASK:
+                    runTime += seconds
+                    runCount += 1
+                    self._inflight -= 1
+                    if ok is ITERATOR:
+                        from .._iter._deferator import threadDeferator
+
+                        value = threadDeferator(value, self.deferToThread)  # asks for a batch
+                        with self._lock:
+                            self._firstBatches -= 1
+                        self._doorbell.put(None)  # a quitting thread may go now
+                    report = (ok, value)
+                    onReport = target.onReport
+                    if onReport is not None and target._reported is None and target._d is None:
+                        # Task.callback, inlined (once per result): the queue's
+                        # receiver, and no Deferred made to fire.
+                        target._reported = report
+                        onReport(target, report)
+                    else:
+                        target.callback(report)
+                elif kind == _CALL:
+                    if ok:
+                        target.callback(value)
+                    else:
+                        target.errback(value)
+                elif kind == _EXIT:
+                    self._closePipe()
+                    if self._stopD is not None and not self._stopD.called:
+                        self._stopD.callback(None)
+            if runCount:
+                self._avgRun = avg = smoothed(self._avgRun, runTime / runCount)
+                self._adaptive = windowFor(avg, THREAD_MAX_WINDOW)
+            if outbox:
+                self._reactor.callLater(0, self._flush)
+            if self._readyWaiter is not None:
+                self._maybeReady()
         finally:
             late.flushing -= 1
             if not late.flushing and late.bells:
-                late.ring()
-
-    def _deliver(self) -> None:
-        """_flush's work: deliver what the outbox holds now."""
-        outbox = self._outbox
-        popleft = outbox.popleft
-        runTime = 0.0
-        runCount = 0
-        # No lock: the thread only appends, and wakes the reactor when it
-        # made the outbox non-empty. Only what is there now: results that
-        # arrive meanwhile wait for the next reactor turn (below), so that
-        # a busy worker cannot keep the reactor in here.
-        for _ in range(len(outbox)):
-            try:
-                kind, target, ok, value, seconds = popleft()
-            except IndexError:
-                break  # a callback crashed me: crash() took the rest
-            if kind == _TASK:
-                runTime += seconds
-                runCount += 1
-                self._inflight -= 1
-                if ok is ITERATOR:
-                    from .._iter._deferator import threadDeferator
-
-                    value = threadDeferator(value, self.deferToThread)  # asks for a batch
-                    with self._lock:
-                        self._firstBatches -= 1
-                    self._doorbell.put(None)  # a quitting thread may go now
-                report = (ok, value)
-                onReport = target.onReport
-                if onReport is not None and target._reported is None and target._d is None:
-                    # Task.callback, inlined (once per result): the queue's
-                    # receiver, and no Deferred made to fire.
-                    target._reported = report
-                    onReport(target, report)
-                else:
-                    target.callback(report)
-            elif kind == _CALL:
-                if ok:
-                    target.callback(value)
-                else:
-                    target.errback(value)
-            elif kind == _EXIT:
-                self._closePipe()
-                if self._stopD is not None and not self._stopD.called:
-                    self._stopD.callback(None)
-        if runCount:
-            self._avgRun = avg = smoothed(self._avgRun, runTime / runCount)
-            self._adaptive = windowFor(avg, THREAD_MAX_WINDOW)
-        if outbox:
-            self._reactor.callLater(0, self._flush)
-        if self._readyWaiter is not None:
-            self._maybeReady()
+                bells, late.bells = late.bells, []
+                for bell in bells:
+                    bell(None)
 
     def _window(self) -> int:
         return self._adaptive if self.window is None else self.window
