@@ -634,6 +634,42 @@ class ContractTests(UsesTrialsReactor):
 
         return blocking(body)
 
+    def test_calls_a_group_gives_back_run_before_the_calls_submitted_after_them(self) -> Any:
+        # Given back to the queue, they go to its front: the free thread runs
+        # them next, not after every group still queued behind them.
+        from twisted.internet import reactor
+        from twisted.internet.threads import blockingCallFromThread
+
+        gate = Gate()
+        self.addCleanup(gate.event.set)
+        ran: list[int] = []  # (list.append is atomic)
+
+        def step(i: int) -> int:
+            time.sleep(0.005)
+            ran.append(i)
+            return i
+
+        def body() -> None:
+            with ThreadPoolExecutor(2) as pool:
+
+                def burst() -> list[Future[Any]]:
+                    # Groups of 40 // (4 * 2) = 5: the first is the stuck
+                    # call and 1-4; the free thread takes 5-39, 5 ms each
+                    # (about 175 ms; the group's rest comes back after 20).
+                    calls = [pool.submit(gate.hold, "long")]
+                    calls += [pool.submit(step, i) for i in range(1, 40)]
+                    return calls
+
+                futures = blockingCallFromThread(reactor, burst)
+                self.assertEqual([f.result(timeout=20) for f in futures[1:]], list(range(1, 40)))
+                gate.event.set()
+                self.assertEqual(futures[0].result(timeout=10), "long")
+            given = [ran.index(i) for i in range(1, 5)]
+            self.assertEqual(given, sorted(given))  # (in their order)
+            self.assertLess(max(given), ran.index(30), ran)
+
+        return blocking(body)
+
     def test_a_shutdown_still_runs_the_calls_a_thread_group_gives_back(self) -> Any:
         from twisted.internet import reactor
         from twisted.internet.threads import blockingCallFromThread

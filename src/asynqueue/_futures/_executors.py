@@ -16,10 +16,10 @@ Data flow::
   plain calls (no options) of a batch travel in *groups* (`runGroup`, an
   outcome per call). A group whose worker died is re-run call by call, so
   that only the call that kills its worker fails. The calls of a group not
-  started while one of it runs long go back to the queue for other workers
-  (threads: `_checkGroups`; processes: the child stops the group, see
-  `asynqueue._support._batch`), as a standard pool's idle workers would
-  take them.
+  started while one of it runs long go back to the front of the queue for
+  other workers (threads: `_checkGroups`; processes: the child stops the
+  group, see `asynqueue._support._batch`), as a standard pool's idle
+  workers would take them, before the calls submitted after them.
 - ``map`` is the queue's own batching ``map`` (`TaskQueue.map`: adaptive
   batches even with the default ``chunksize=1``, each item's result or
   exception as if alone, a failed batch re-run item by item). Its results
@@ -625,10 +625,20 @@ class _QueueExecutorBase(_Submitting, Executor):
     def _queueCall(self, again: bool) -> Callable[..., Deferred[Any]]:
         """
         How to queue a call: ``call``; *again* for calls a group hands back,
-        which a shutdown must still run (the queue's ``_callAgain``, if any).
+        which a shutdown must still run (the queue's ``_callAgain``, if any)
+        and which go to the front of the queue (``doNext``).
         """
         queue = self.queue
-        return getattr(queue, "_callAgain", queue.call) if again else queue.call
+        if not again:
+            return queue.call
+        callAgain = getattr(queue, "_callAgain", queue.call)
+
+        def callAtFront(fn: Callable[..., Any], *args: Any, **kw: Any) -> Deferred[Any]:
+            # Given back, they were submitted before every call still queued:
+            # they go to the front (in the order given back), not behind them.
+            return callAgain(fn, *args, doNext=True, **kw)
+
+        return callAtFront
 
     def _callOne(
         self, future: _Future, fn: Callable[..., Any], args: Any, kw: Any, again: bool = False
