@@ -1068,3 +1068,38 @@ class QueueTests(TestCase):
         yield q.shutdown()
         yield defer.gatherResults([w.waitForExit() for w in workers])
         self.assertIsInstance(caught[0].value, errors.TaskCancelled)
+
+
+def test_a_child_whose_loop_breaks_exits_with_its_error_not_its_alarm(tmp_path: Any) -> None:
+    """
+    The child's loop raising outside any call, with results held (the timer
+    armed): the child exits with the error, not killed by its own SIGALRM.
+    """
+    script = tmp_path / "broken_loop.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import signal, socket
+            from asynqueue._process import _child
+
+            mine, theirs = socket.socketpair()
+
+            def serve(self):
+                signal.setitimer(signal.ITIMER_REAL, 30)  # (as a held result does)
+                raise RuntimeError("the loop broke")
+
+            _child.ChildLoop.serve = serve
+            try:
+                _child.main([str(mine.fileno())])
+            except RuntimeError as e:
+                print("raised", e)
+            print("armed", signal.getitimer(signal.ITIMER_REAL)[0])
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=30, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["raised the loop broke", "armed 0.0"], proc.stdout

@@ -801,3 +801,11 @@ def main(argv: list[str]) -> int:
         return loop.serve()
     except BrokenPipeError:
         return 0
+    finally:
+        # Results held when the loop broke (an exception outside any call)
+        # leave the timer armed: its SIGALRM would kill the exiting child,
+        # whose exit would then read as a signal, not as its error.
+        try:
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
+        except Exception:
+            pass
