@@ -277,6 +277,41 @@ class ProcessTest(_CancelTestCase):
         self.assertFalse((tmp / "slept").exists())
 
     @inlineCallbacks
+    def test_the_interrupt_waits_for_its_message_to_be_written(self) -> Any:
+        # The ABANDON waits in the parent's send queue (as behind a full
+        # socket): the signal goes only once it is written, or the child's
+        # handler would find nothing to read, sleep on, and be killed.
+        tmp = self.tmpdir()
+        q = self.queue()
+        pid = yield q.call(hc.pid)
+        (worker,) = q.workers()
+        (child,) = worker._children
+        channel = child.channel
+        queuedSend = channel.send
+
+        def sendLater(buffers: list[Any]) -> None:
+            # (What send does when the kernel takes nothing now: queue it,
+            # and write it when the reactor says the socket is writable.)
+            channel._out.append(buffers)
+            channel.send = queuedSend
+
+            def writable() -> None:
+                channel._writing = True
+                reactor.addWriter(channel)
+
+            reactor.callLater(0.3, writable)
+
+        sleeping = q.call(hc.sleepThenMark, str(tmp / "slept"), 5)
+        yield pause(0.3)
+        channel.send = sendLater
+        sleeping.cancel()
+        yield self.assertCancelled(sleeping)
+        # The same child, free again well before the sleep's end, and never
+        # killed (KILL_GRACE is 1 s): the call was interrupted.
+        self.assertEqual((yield q.call(hc.pid)), pid)
+        self.assertFalse((tmp / "slept").exists())
+
+    @inlineCallbacks
     def test_the_interrupt_passes_except_exception(self) -> Any:
         self.assertFalse(issubclass(CallCancelled, Exception))
         tmp = self.tmpdir()

@@ -260,6 +260,9 @@ class _Child(WireClient, ProcessProtocol):
         self.boardSlot: int | None = None  # its place on the `PollBoard`
         # Task IDs cancelled and not yet answered: the timer that kills me.
         self.cancelling: dict[int, Any] = {}
+        # SIGUSR1 is due once what is queued on my channel is written (see
+        # `_interruptOnceSent`).
+        self._interruptWhenSent = False
         # Calls asked back (`handBack`) and not yet answered: asked once.
         self.askedBack: set[int] = set()
 
@@ -523,8 +526,8 @@ class _Child(WireClient, ProcessProtocol):
         if self.channel is None or not self.channel.connected:
             return
         self.channel.send(encode(ABANDON, [dumpsSmall([taskID])]))
-        if self.helloed:
-            self.sendSignal(signal.SIGUSR1)  # (before HELLO it might not be handled yet)
+        if self.helloed:  # (before HELLO it might not be handled yet)
+            self._interruptOnceSent()
         timer = self.reactor.callLater(KILL_GRACE, self._cancelTooSlow, taskID)
         self._timers.append(timer)
         self.cancelling[taskID] = timer
@@ -562,7 +565,27 @@ class _Child(WireClient, ProcessProtocol):
         asked.update(waiting)
         self.flush()  # (the calls themselves first, if still in the outbox)
         self.channel.send(encode(HANDBACK, [dumpsSmall(waiting)]))
-        self.sendSignal(signal.SIGUSR1)  # (a child inside a long call reads it there)
+        self._interruptOnceSent()  # (a child inside a long call reads it there)
+
+    def _interruptOnceSent(self) -> None:
+        """
+        SIGUSR1, for a message just sent that a child inside a long call must
+        read from its signal handler (ABANDON, HANDBACK): at once if the
+        message is in the child's socket, else once my channel has written
+        it. A signal ahead of its message finds nothing to read, and the
+        message would wait for the end of the call it was about.
+        """
+        channel = self.channel
+        if channel is not None and channel.bufferedBytes:
+            self._interruptWhenSent = True  # (see channelDrained)
+        else:
+            self.sendSignal(signal.SIGUSR1)
+
+    def channelDrained(self) -> None:
+        """(My channel) Everything queued was written."""
+        if self._interruptWhenSent:
+            self._interruptWhenSent = False
+            self.sendSignal(signal.SIGUSR1)
 
     def _cancelTooSlow(self, taskID: int) -> None:
         if self.cancelling.pop(taskID, None) is not None and self.state is not ChildState.ENDED:
