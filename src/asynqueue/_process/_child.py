@@ -115,6 +115,7 @@ from collections import deque
 from itertools import count
 from time import monotonic_ns, perf_counter
 
+from .._support._batch import onStart as batchStarts
 from .._support._batch import stopRunningBatch
 from .._wire._codec import (
     ABANDON,
@@ -366,6 +367,8 @@ class ChildLoop:
         self.drained = False  # the last read emptied the socket
         self.current: int | None = None  # the task ID of the call in user code
         self.cancelCurrent = False  # an ABANDON came for it
+        # The running call whose batch is to stop as it begins (see `_batchStarted`).
+        self.stopPending: int | None = None
         self.interrupting = False  # in a signal handler of mine
         # Results held for one RESULTS message: envelope entries, their parts.
         self.held: list[tuple[int, str, int, float, Any]] = []
@@ -589,8 +592,12 @@ class ChildLoop:
             self._abandon(pickle.loads(parts[0]))
         elif kind == HANDBACK:
             wanted = set(pickle.loads(parts[0]))
-            if self.current is not None and self.current in wanted:
-                self._stopBatch(self.current)
+            current = self.current
+            if current is not None and current in wanted and not self._stopBatch(current):
+                # Its batch has not begun (the call is still being unpickled:
+                # a module imported on first use, say): stop it as it begins
+                # (`_batchStarted`).
+                self.stopPending = current
             self._drop(wanted, WIRE_NOT_RUN)  # (answered ``d``: not run)
         else:
             self.controls.append(message)
@@ -602,15 +609,15 @@ class ChildLoop:
             self.cancelCurrent = True
         self._drop(wanted, WIRE_NONE)
 
-    def _stopBatch(self, taskID: int) -> None:
+    def _stopBatch(self, taskID: int) -> bool:
         """
         (Inside the running task *taskID*) if it runs a batch, end it after
         its current call; tell the parent where the rest begins, with the
-        outcomes of the calls done (REST).
+        outcomes of the calls done (REST). False if no batch runs.
         """
         stopped = stopRunningBatch()
         if stopped is None:
-            return
+            return False
         start, run = stopped
         outcomes = []
         for outcome in run.unsent():
@@ -621,9 +628,16 @@ class ChildLoop:
                 break  # (it and those after it stay for the result, which reports it)
             outcomes.append(part)
         if start == run.n and not outcomes:
-            return  # (nothing to give back, nothing to send ahead)
+            return True  # (nothing to give back, nothing to send ahead)
         run.sent += len(outcomes)
         self._write(encode(REST, [dumpsSmall((taskID, start)), *outcomes]))
+        return True
+
+    def _batchStarted(self) -> None:
+        """(`runningBatch`) A batch begins: stop it now if asked to already."""
+        if self.stopPending is not None and self.stopPending == self.current:
+            self.stopPending = None
+            self._stopBatch(self.current)
 
     def _drop(self, wanted: set[int], status: str) -> None:
         """Drop the queued calls in *wanted*, each answered with *status*."""
@@ -649,7 +663,13 @@ class ChildLoop:
         calls the loop reads the ABANDON itself): read what came, and raise
         `CallCancelled` in the call if it is the one given up on.
         """
-        if self.current is None or self.interrupting:
+        if self.current is None:
+            # Between calls: the loop reads the message itself before the
+            # next call, even if its last read emptied the socket (the
+            # message came after it).
+            self.drained = False
+            return
+        if self.interrupting:
             return  # (a second signal during the first one's reads: those reads suffice)
         self.interrupting = True
         try:
@@ -685,6 +705,11 @@ class ChildLoop:
         payload: list[Any]
         extra: Any = None
         following: list[Any] = []
+        # The call counts as running from here: unpickling it may take long
+        # (a module imported on first use), and a signal meanwhile must read
+        # what came, as it does inside the call (see `interrupt`).
+        self.cancelCurrent = False  # (before current: the handler reads both)
+        self.current = taskID
         try:
             if flags & FLAG_BYNAME:
                 f, args = loadsCallByName(parts[0])
@@ -696,6 +721,7 @@ class ChildLoop:
                     parts = self.inbox.lend(parts[1:], pickle.loads(parts[0]))  # type: ignore[union-attr]
                 f, args, kw = pickle.loads(parts[0], buffers=parts[1:])  # (`loads`, inlined)
         except BaseException as e:
+            self.current = None
             status, payload = (
                 WIRE_ERROR,
                 dumpsError(e, "The call could not be unpickled in the child:"),
@@ -703,8 +729,6 @@ class ChildLoop:
         else:
             del parts
             try:
-                self.cancelCurrent = False  # (before current: the handler reads both)
-                self.current = taskID
                 try:
                     result = f(*args, **kw)
                 finally:
@@ -790,6 +814,7 @@ def main(argv: list[str]) -> int:
         _signal.signal(_signal.SIGUSR1, loop.interrupt)
     except Exception:
         pass
+    batchStarts.append(loop._batchStarted)
     try:
         handler = loop.onAlarm  # (one bound method: `_mayHold` compares it)
         _signal.signal(_signal.SIGALRM, handler)

@@ -80,6 +80,10 @@ class BatchRun:
 # The running batches, innermost last (one, in practice).
 _running: list[BatchRun] = []
 
+# Called as each batch starts, before its first call (the process child
+# sets it: a request to stop may have come before the batch began).
+onStart: list[Callable[[], object]] = []
+
 
 @contextlib.contextmanager
 def runningBatch(n: int) -> Iterator[BatchRun]:
@@ -87,6 +91,8 @@ def runningBatch(n: int) -> Iterator[BatchRun]:
     run = BatchRun(n)
     _running.append(run)
     try:
+        for hook in onStart:
+            hook()
         yield run
     finally:
         _running.remove(run)
