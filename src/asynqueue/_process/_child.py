@@ -659,9 +659,10 @@ class ChildLoop:
 
     def interrupt(self, signum: int, frame: Any) -> None:
         """
-        SIGUSR1: the parent cancelled a call. Only while a call runs (between
-        calls the loop reads the ABANDON itself): read what came, and raise
-        `CallCancelled` in the call if it is the one given up on.
+        SIGUSR1: the parent sent an ABANDON (a call cancelled) or a HANDBACK.
+        While a call runs (or is unpickled): read what came, and raise
+        `CallCancelled` in the call if it is the one given up on. Between
+        calls the loop reads it itself, before the next call.
         """
         if self.current is None:
             # Between calls: the loop reads the message itself before the
