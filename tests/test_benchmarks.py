@@ -11,6 +11,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def runPython(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python *args`` in the project's root, its output captured (a minute at most)."""
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_smoke_run_prints_every_row(tmp_path: Path) -> None:
     sys.path.insert(0, str(ROOT))
     try:
@@ -19,13 +26,7 @@ def test_smoke_run_prints_every_row(tmp_path: Path) -> None:
     finally:
         sys.path.remove(str(ROOT))
     saved = tmp_path / "results.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--smoke", "--quiet", "--save", str(saved)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = runPython("-m", "benchmarks", "--smoke", "--quiet", "--save", str(saved))
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "| figure | unit | ThreadQueue(2) |" in out
@@ -45,11 +46,8 @@ def test_smoke_run_prints_every_row(tmp_path: Path) -> None:
 def test_rounds_take_turns_and_report_the_median(tmp_path: Path) -> None:
     """``--rounds 3``: each pair measured three times, in subprocesses; each figure the median."""
     saved = tmp_path / "results.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--smoke", "--rounds", "3", "--save", str(saved),
-         "--workloads", "dispatch", "--contenders", "aq-null,floor-queue"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    proc = runPython("-m", "benchmarks", "--smoke", "--rounds", "3", "--save", str(saved),
+                     "--workloads", "dispatch", "--contenders", "aq-null,floor-queue")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "the median of 3 rounds" in proc.stdout
     assert "The machine's speed over the rounds" in proc.stdout
@@ -68,21 +66,14 @@ def test_rounds_take_turns_and_report_the_median(tmp_path: Path) -> None:
 
 def test_scale_measures_one_backlog() -> None:
     """One small configuration of ``bench_scale`` runs, profiled, and reports every figure."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "bench_scale.py"),
-            "--one",
-            "threads",
-            "500",
-            "7",
-            "--profile",
-            "5",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = runPython(
+        str(ROOT / "benchmarks" / "bench_scale.py"),
+        "--one",
+        "threads",
+        "500",
+        "7",
+        "--profile",
+        "5",
     )
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -100,13 +91,7 @@ def test_scale_measures_one_backlog() -> None:
 
 def test_timeline_stamps_every_step_of_a_process_round_trip() -> None:
     """``benchmarks.timeline`` still finds every step it stamps (they are private methods)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.timeline", "--calls", "50"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = runPython("-m", "benchmarks.timeline", "--calls", "50")
     assert proc.returncode == 0, proc.stderr
     table = [line.strip("| ").split(" | ") for line in proc.stdout.splitlines() if "|" in line]
     steps = table[2:-1]  # (after the header and its rule; before the total)
@@ -146,20 +131,13 @@ def test_comparison_shows_the_ratio_of_each_round() -> None:
 
 def test_late_bells_ab_measures_both_sides_and_restores_the_limit() -> None:
     """``benchmarks.ab_late_bells`` still drives the private limit it toggles."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from benchmarks import ab_late_bells as ab;"
-            "from asynqueue._threads import _worker as w;"
-            "before = w.LATE_BELLS_LIMIT;"
-            "ab.main(['--rounds', '2', '--trips', '50']);"
-            "print('restored', w.LATE_BELLS_LIMIT == before > 0)",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = runPython(
+        "-c",
+        "from benchmarks import ab_late_bells as ab;"
+        "from asynqueue._threads import _worker as w;"
+        "before = w.LATE_BELLS_LIMIT;"
+        "ab.main(['--rounds', '2', '--trips', '50']);"
+        "print('restored', w.LATE_BELLS_LIMIT == before > 0)",
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
