@@ -126,7 +126,7 @@ class TaskQueue:
 
             reactor = cast(IReactorTime, globalReactor)
         self._reactor = reactor
-        # Calls must come from the reactor's thread (see _checkThread). Known
+        # Calls must come from the reactor's thread (see _refuseOtherThread). Known
         # for the global reactor only: Twisted notes the thread that runs it.
         self._checksThread = reactor is sys.modules.get("twisted.internet.reactor")
         # The thread known to be the reactor's: calls from it skip the check.
@@ -205,8 +205,7 @@ class TaskQueue:
         Returns a Deferred firing with an int ID unique within this queue.
         Remembered updates run on the worker before it gets queued tasks.
         """
-        if _threadID() != self._home:
-            self._refuseOtherThread(lambda: f"attach {worker!r}")
+        self._refuseOtherThread(lambda: f"attach {worker!r}")
         if not IWorker.providedBy(worker):
             raise errors.ImplementationError(f"{worker!r} does not provide IWorker")
         IWorker.validateInvariants(worker)
@@ -240,8 +239,7 @@ class TaskQueue:
         `errors.TaskCancelled`. A graceful stop (no ``crash``) lets the worker
         finish the tasks in hand; after the queue's ``timeout`` it is crashed.
         """
-        if _threadID() != self._home:
-            self._refuseOtherThread(lambda: f"detach worker {workerOrID!r}")
+        self._refuseOtherThread(lambda: f"detach worker {workerOrID!r}")
         slot = self._getSlot(workerOrID)
         if slot is None:
             return succeed([])
@@ -249,8 +247,7 @@ class TaskQueue:
 
     def qualifyWorker(self, worker: IWorker, series: Hashable) -> None:
         """Add *series* to the qualifications of an attached *worker*."""
-        if _threadID() != self._home:
-            self._refuseOtherThread(lambda: f"qualify {worker!r} for {series!r}")
+        self._refuseOtherThread(lambda: f"qualify {worker!r} for {series!r}")
         if series not in worker.iQualified:
             worker.iQualified.append(series)
         slot = self._getSlot(worker)
@@ -320,7 +317,7 @@ class TaskQueue:
                 f"Cannot call {describeCall(func, args, kw)}: the queue is shut down"
             )
         if _threadID() != self._home:
-            self._checkThread(func, args, kw)
+            self._refuseOtherThread(lambda: f"call {describeCall(func, args, kw)}")
         if not self._plainNewTask or not callable(func):
             return self._dispatcher.submit(self.newTask(func, args, kw))
         # What newTask makes of a callable without keywords, or with only a
@@ -340,12 +337,6 @@ class TaskQueue:
             call.returnFailure = True
         return self._dispatcher.submit(call)
 
-    def _checkThread(
-        self, func: Callable[..., Any], args: tuple[Any, ...], kw: dict[str, Any]
-    ) -> None:
-        """`_refuseOtherThread` for a call of ``func(*args, **kw)``."""
-        self._refuseOtherThread(lambda: f"call {describeCall(func, args, kw)}")
-
     def _refuseOtherThread(self, what: Callable[[], str]) -> None:
         """
         Refuse to be used from a thread other than the reactor's: a call,
@@ -354,7 +345,7 @@ class TaskQueue:
         queue that stops dispatching). Before the reactor runs, any thread
         may (nothing races yet). *what* says what was refused.
         """
-        if not self._checksThread:
+        if _threadID() == self._home or not self._checksThread:
             return
         ioThread = threadable.ioThread
         if ioThread is None:
@@ -508,8 +499,7 @@ class TaskQueue:
         """
         from ._map import MapRun, feedOf, lengthHint, mapDeferator
 
-        if _threadID() != self._home:
-            self._refuseOtherThread(lambda: f"map {func!r}")
+        self._refuseOtherThread(lambda: f"map {func!r}")
         if not self._running:
             raise errors.QueueRunError(f"Cannot map {func!r}: the queue is shut down")
         if not callable(func):
@@ -558,8 +548,7 @@ class TaskQueue:
         Returns a Deferred firing with the list of results on the current
         workers. Wait for it before queueing calls that need the update.
         """
-        if _threadID() != self._home:
-            self._refuseOtherThread(lambda: f"update with {func!r}")
+        self._refuseOtherThread(lambda: f"update with {func!r}")
         if not self._running:
             raise errors.QueueRunError("Cannot update: the queue is shut down")
         if not callable(func):
@@ -674,8 +663,7 @@ class TaskQueue:
         Calling it again returns a Deferred of the same shutdown (its first
         *timeout* holds).
         """
-        if _threadID() != self._home:
-            self._refuseOtherThread(lambda: "shut down")
+        self._refuseOtherThread(lambda: "shut down")
         if self._shutdownD is None:
             self._running = False
             self._shutdownD = self._doShutdown(timeout)
