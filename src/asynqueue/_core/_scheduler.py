@@ -79,7 +79,7 @@ import bisect
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Collection, Hashable, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterator
 from typing import Any, Final, Generic, TypeVar
 
 __all__ = [
@@ -598,6 +598,35 @@ class Scheduler(Generic[T]):
         if holder is not None and entry.series is not None and entry.inSequence:
             self.hold(entry.series, holder)
         return entry.item
+
+    def popIf(self, accept: Callable[[T], bool]) -> T | None:
+        """
+        The item that ``pop()`` (a worker that may run anything, holding no
+        series) would return next, taken only if ``accept(item)``; else None,
+        leaving it queued. Also None whenever the next pick takes more than
+        the plain rules (a retry or doNext item is queued, a series is
+        restricted, or the best flow is held): a caller that takes several
+        items at once (a group, see `asynqueue._core._dispatch`) stops there,
+        and each item it took is one that ``pop()`` would have returned.
+        """
+        if self._retry or self._special[NEXT] or self._restrictedFlows:
+            return None
+        while True:
+            row = self._top()
+            if row is None:
+                return None
+            flow = row[2]
+            head = flow.head
+            if head is None or head.seq != row[1]:
+                self._dropTop()  # stale row
+                continue
+            if flow.held:
+                return None
+            item: T = head._item if head.__class__ is _Boxed else head  # type: ignore[assignment]
+            if not accept(item):
+                return None
+            self._take(head)
+            return item
 
     # ---------------------------------------------------------------- internals
 
