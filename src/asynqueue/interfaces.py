@@ -70,6 +70,19 @@ class IWorker(Interface):
       nothing waits behind such a task. Process workers do.
     - ``gaveUp``: why the worker resigned for good (a string), or None; see
       ``setResignator``.
+    - ``groupLimit()``, with ``groupRunner``, ``groupOutcome(outcome)`` and,
+      if it likes, ``groupRan(calls, seconds)`` and ``stopGroup(task)``: the
+      worker takes plain calls of a backlog in *groups*, a task each (see
+      `asynqueue._core._dispatch`, *Groups*). ``groupLimit()`` says how many
+      calls it takes in one now (less than 2: none); the task runs
+      ``groupRunner`` on a `asynqueue._support._batch.Batch` of ``(f, args,
+      kw)``; its result is ``(outcomes, seconds)``, each outcome decoded by
+      ``groupOutcome`` into a ``(status, result)`` as the call alone would
+      have had, while the batch's ``giveBack(start, done, own=False)``
+      takes outcomes sent ahead, the calls from *start* on it will not run,
+      and (*own*) that the call before *start* has the task's own outcome.
+      ``stopGroup`` stops a group one of whose calls was cancelled. Process
+      workers have them.
     """
 
     cQualified = Attribute(

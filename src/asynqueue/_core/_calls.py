@@ -131,6 +131,10 @@ class _Call(Deferred[Any], Entry):
     # False once a queue keyword other than series, raw or returnFailure was
     # given: its attempts need the full Task.
     plain = True
+    # The group it runs in (see Dispatcher, *Groups*), while it does.
+    group: Any = None
+    # True once a group it was in failed as a whole: it runs alone.
+    alone = False
 
     def __init__(
         self,
@@ -229,6 +233,7 @@ class _Slot:
         "ID",
         "attached",
         "bounced",
+        "groupLimit",
         "handBack",
         "held",
         "inOrder",
@@ -257,6 +262,9 @@ class _Slot:
         # The worker's optional handBack(): give back the tasks waiting
         # behind its running one (see Dispatcher._checkStalls).
         self.handBack: Callable[[], object] | None = getattr(worker, "handBack", None)
+        # The worker's optional groupLimit(): how many plain calls of a
+        # backlog it takes as one task (see Dispatcher, *Groups*).
+        self.groupLimit: Callable[[], int] | None = getattr(worker, "groupLimit", None)
         # The worker's runsInOrder if it is a constant, None if it is a
         # property (asked on every task handed out while it holds a series).
         inOrder = getattr(type(worker), "runsInOrder", None)

@@ -41,7 +41,9 @@ and:
   long call reads it (the handler drops and answers, and the call goes on).
   If it names the running task, and that task runs a batch of calls
   (`asynqueue._support._batch`), the batch ends after its current call and
-  a REST message says where the calls it will not run begin.
+  a REST message says where the calls it will not run begin. (A batch may
+  also end itself so, its last call's outcome then being its own result:
+  REST says that too.)
 - EXIT, or end of file on the socket (the parent is gone): exits.
 
 Results
@@ -115,8 +117,10 @@ from collections import deque
 from itertools import count
 from time import monotonic_ns, perf_counter
 
+from .._support._batch import BatchRun, stopRunningBatch
+from .._support._batch import onOutcome as outcomeHooks
+from .._support._batch import onOwnEnd as ownEnds
 from .._support._batch import onStart as batchStarts
-from .._support._batch import stopRunningBatch
 from .._wire._codec import (
     ABANDON,
     CALLS,
@@ -130,6 +134,7 @@ from .._wire._codec import (
     HANDBACK,
     HELLO,
     INIT,
+    MEMBER_STATUS,
     NEXT,
     PLACED,
     PLAIN_TYPES,
@@ -145,6 +150,7 @@ from .._wire._codec import (
     dumpsError,
     dumpsSmall,
     loadsCallByName,
+    resultPicklingError,
 )
 from .._wire._framing import MAX_IOVECS, FrameDecoder, Message, SendQueue, encode, nbytes
 from .._wire._streams import IteratorTable, encodeItems, isIterator
@@ -169,6 +175,7 @@ LEAN_MODULES = (
     ("asynqueue._support._batch", "_support/_batch.py"),
     ("asynqueue._wire._codec", "_wire/_codec.py"),
     ("asynqueue._wire._streams", "_wire/_streams.py"),
+    ("asynqueue._wire._group", "_wire/_group.py"),
     ("asynqueue._process._child", "_process/_child.py"),
 )
 
@@ -370,6 +377,7 @@ class ChildLoop:
         # The running call whose batch is to stop as it begins (see `_batchStarted`).
         self.stopPending: int | None = None
         self.interrupting = False  # in a signal handler of mine
+        self.missedSignal = False  # one came while `interrupting` (see _holdOutcomes)
         # Results held for one RESULTS message: envelope entries, their parts.
         self.held: list[tuple[int, str, int, float, Any]] = []
         self.heldParts: list[Any] = []
@@ -619,6 +627,56 @@ class ChildLoop:
         if stopped is None:
             return False
         start, run = stopped
+        self._sendRest(taskID, start, run, own=False)
+        return True
+
+    def _holdOutcomes(self, run: BatchRun) -> None:
+        """
+        (`outcomeReady`) The running batch has new outcomes: each is held as
+        a result of its task (status letter in upper case: a call of its
+        batch, see `MEMBER_STATUS`), in the arena too where it can be, and
+        sent with the other held results; else at once. A signal meanwhile
+        waits until the held results are whole again.
+        """
+        taskID = self.current
+        if taskID is None or self.interrupting:
+            return  # (left in the batch's outcomes: its result carries them)
+        outcomes = run.outcomes
+        new = outcomes[run.sent :]
+        run.sent = len(outcomes)
+        self.interrupting = True  # (my handlers must not send half a record)
+        try:
+            arena = self.arena
+            hold = (
+                arena is not None
+                and self.alarmHandler is not None
+                and _signal.getsignal(_signal.SIGALRM) is self.alarmHandler
+            )
+            for status, parts in new:
+                letter = MEMBER_STATUS[status]
+                self.held.append((taskID, letter, len(parts), 0.0, None))
+                self.heldParts.extend(parts)
+                if hold and not arena.holdResult(taskID, letter, 0.0, parts):  # type: ignore[union-attr]
+                    hold = False
+            if not hold:
+                self._write([])
+            elif not self.alarmSet:
+                self.heldSince = perf_counter()
+                self.alarmSet = True
+                _signal.setitimer(_signal.ITIMER_REAL, HOLD_SECONDS)
+        finally:
+            self.interrupting = False
+        if self.missedSignal:
+            self.missedSignal = False
+            self.interrupt(_signal.SIGUSR1, None)  # (what it would have done)
+
+    def _endedWithOwnOutcome(self, start: int, run: BatchRun) -> None:
+        """(`endWithOwnOutcome`) The running batch ends itself after call ``start - 1``."""
+        if self.current is not None:
+            self._sendRest(self.current, start, run, own=True)
+
+    def _sendRest(self, taskID: int, start: int, run: BatchRun, own: bool) -> None:
+        """REST: the calls of *taskID*'s batch from *start* on will not run here."""
         outcomes = []
         for outcome in run.unsent():
             try:
@@ -627,11 +685,10 @@ class ChildLoop:
             except Exception:
                 break  # (it and those after it stay for the result, which reports it)
             outcomes.append(part)
-        if start == run.n and not outcomes:
-            return True  # (nothing to give back, nothing to send ahead)
+        if start == run.n and not outcomes and not own:
+            return  # (nothing to give back, nothing to send ahead)
         run.sent += len(outcomes)
-        self._write(encode(REST, [dumpsSmall((taskID, start)), *outcomes]))
-        return True
+        self._write(encode(REST, [dumpsSmall((taskID, start, own)), *outcomes]))
 
     def _batchStarted(self) -> None:
         """(`runningBatch`) A batch begins: stop it now if asked to already."""
@@ -671,7 +728,10 @@ class ChildLoop:
             self.drained = False
             return
         if self.interrupting:
-            return  # (a second signal during the first one's reads: those reads suffice)
+            # A second signal during the first one's reads (those reads
+            # suffice), or one while held results are being added to.
+            self.missedSignal = True
+            return
         self.interrupting = True
         try:
             while self._readable() and self._read():
@@ -776,12 +836,7 @@ class ChildLoop:
         try:
             return WIRE_RESULT, dumps(result), None, []
         except Exception as e:
-            name = getattr(f, "__qualname__", None) or repr(f)
-            error = pickle.PicklingError(
-                f"cannot pickle the result of {name} ({type(result).__qualname__}):"
-                f" {type(e).__name__}: {e}"
-            )
-            return WIRE_ERROR, dumpsError(error), None, []
+            return WIRE_ERROR, dumpsError(resultPicklingError(f, result, e)), None, []
 
     def _items(self, iterID: int, maxItems: int) -> list[Any]:
         """An encoded ITEMS message with the next batch of iterator *iterID*."""
@@ -816,6 +871,8 @@ def main(argv: list[str]) -> int:
     except Exception:
         pass
     batchStarts.append(loop._batchStarted)
+    ownEnds.append(loop._endedWithOwnOutcome)
+    outcomeHooks.append(loop._holdOutcomes)
     try:
         handler = loop.onAlarm  # (one bound method: `_mayHold` compares it)
         _signal.signal(_signal.SIGALRM, handler)

@@ -131,14 +131,14 @@ from zope.interface import implementer
 from .. import errors
 from .._core._queue import TaskQueue
 from .._core._task import Task
-from .._core._window import PipelineWindow, smoothedOver
+from .._core._window import PipelineWindow, smoothed, smoothedOver
 from .._iter._base import BATCH_ITEMS, BATCH_SECONDS
 from .._support._batch import isBatch
 from .._support._status import Status
 from .._support._system import cores, cpuBudget, parseSize
 from .._support._util import dropTrigger
 from .._wire._channel import SocketChannel
-from .._wire._client import WireClient, statusResult
+from .._wire._client import WireClient, settleMembers, statusResult
 from .._wire._codec import (
     ABANDON,
     EXIT,
@@ -150,11 +150,13 @@ from .._wire._codec import (
     HELLO,
     INIT,
     RESULTS,
+    STATUS_OF_MEMBER,
     dumpsCall,
     dumpsCallByName,
     dumpsSmall,
 )
 from .._wire._framing import Filling, Message, encode
+from .._wire._group import runCalls
 from .._wire._relay import PickledCall
 from ..interfaces import IWorker
 from ._arena import ARENA_MIN, BOARD_SLOTS, Arena, PollBoard
@@ -177,6 +179,10 @@ EXIT_GRACE = 5.0
 LOST_GRACE = 3.0
 # Consecutive children dying before they ran a task: the worker gives up.
 MAX_FRUITLESS = 3
+# Groups (see `ProcessWorker.groupLimit`): at most this many calls in one,
+# and about this many seconds of them at most, going by the calls so far.
+GROUP_MAX = 32
+GROUP_SECONDS = 0.002
 # Bytes asked for the send and receive buffers of a child's socket (Linux
 # caps them at net.core.wmem_max and rmem_max, 4 MiB by default).
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -567,6 +573,23 @@ class _Child(WireClient, ProcessProtocol):
         self.channel.send(encode(HANDBACK, [dumpsSmall(waiting)]))
         self._interruptOnceSent()  # (a child inside a long call reads it there)
 
+    def stopBatch(self, taskID: int) -> None:
+        """
+        Have the child stop the batch of task *taskID* after its current
+        call (REST), or hand the task back unrun if it has not started: a
+        HANDBACK naming it alone.
+        """
+        if self.channel is None or not self.channel.connected or not self.helloed:
+            return
+        asked = self.askedBack
+        if taskID in asked:
+            return
+        asked.intersection_update(self.inflight)  # (forget those answered)
+        asked.add(taskID)
+        self.flush()  # (the call itself first, if still in the outbox)
+        self.channel.send(encode(HANDBACK, [dumpsSmall([taskID])]))
+        self._interruptOnceSent()
+
     def _interruptOnceSent(self) -> None:
         """
         SIGUSR1, for a message just sent that a child inside a long call must
@@ -800,6 +823,8 @@ class ProcessWorker(PipelineWindow):
         self._readyWaiters: deque[Deferred[None]] = deque()
         self._exitWaiters: list[Deferred[None]] = []
         self._avgRun: float | None = None
+        # Seconds per call of the groups run (None: none yet; see groupLimit).
+        self._avgCall: float | None = None
         self._callTimes: list[tuple[float, float]] = []
         self._resignator: Callable[[], Any] | None = None
         self._stopping = False
@@ -900,6 +925,47 @@ class ProcessWorker(PipelineWindow):
         d: Deferred[None] = Deferred()
         self._readyWaiters.append(d)
         return d
+
+    # ------------------------------------------------------------ groups
+
+    # The runner of a group task: plain calls of a backlog as one task, each
+    # with its own outcome (see `asynqueue._core._dispatch`, *Groups*).
+    groupRunner = staticmethod(runCalls)
+
+    def groupLimit(self) -> int:
+        """
+        How many plain calls of a backlog I take as one task now: about
+        `GROUP_SECONDS` of them, going by the calls run so far (1, no group,
+        before any has run, once they take that long, or with ``callStats``
+        or ``maxTasks``).
+        """
+        perCall = self._avgCall if self._avgCall is not None else self._avgRun
+        if perCall is None or self.callStats or self.maxTasks is not None:
+            # (callStats: the times of each call; maxTasks counts calls.)
+            return 1
+        return max(1, min(GROUP_MAX, int(GROUP_SECONDS / max(perCall, 1e-7))))
+
+    def groupOutcome(self, outcome: Any) -> tuple[Status, Any]:
+        """``(status, result)`` of one call of a group, from its outcome (`runCalls`)."""
+        status, parts = outcome
+        return statusResult(status, parts, errors.ProcessError)
+
+    def stopGroup(self, task: Task) -> None:
+        """
+        A call of group task *task* was cancelled: the group stops after the
+        call it runs, or comes back unrun, and its calls not run go back to
+        the queue (the cancelled one does not run).
+        """
+        for child in self._children:
+            taskID = child.attemptOf(task)
+            if taskID is not None:
+                child.stopBatch(taskID)
+                return
+
+    def groupRan(self, calls: int, seconds: float) -> None:
+        """A group ran *calls* calls in *seconds* (in its child)."""
+        if calls:
+            self._avgCall = smoothed(self._avgCall, seconds / calls)
 
     def _refuse(self, task: Task, why: str) -> Deferred[None]:
         """
@@ -1127,7 +1193,19 @@ class ProcessWorker(PipelineWindow):
         child.failIterators(f"the worker's {text}")
         # Calls it had done, their results held back (see `_child`,
         # *Results*) and left in the arena: reported as if it had sent them.
-        held = {taskID: (status, dt, parts) for taskID, status, dt, parts in child.heldResults}
+        held = {}
+        members: dict[Task, list[Any]] = {}  # (outcomes of calls of group tasks)
+        byID = {a.taskID: a for a in attempts}
+        for taskID, status, dt, parts in child.heldResults:
+            if status in STATUS_OF_MEMBER:
+                attempt = byID.get(taskID)
+                if attempt is not None and attempt.task is not None:
+                    outcome = (STATUS_OF_MEMBER[status], parts)
+                    members.setdefault(attempt.task, []).append(outcome)
+            else:
+                held[taskID] = (status, dt, parts)
+        if members:
+            settleMembers(members)  # (before their groups are reported)
         done = [a for a in attempts if a.taskID in held]
         if done:
             attempts = [a for a in attempts if a.taskID not in held]

@@ -98,6 +98,43 @@ def runningBatch(n: int) -> Iterator[BatchRun]:
         _running.remove(run)
 
 
+# Called when a batch ends itself after call *i*, whose outcome is to be the
+# batch task's own (`endWithOwnOutcome`): the process child sets it, and
+# sends the outcomes so far ahead, saying so (REST).
+onOwnEnd: list[Callable[[int, BatchRun], object]] = []
+
+
+# Called after each outcome a batch runner appends (`outcomeReady`): the
+# process child sets it, and holds the outcomes as results of the batch's
+# task (marking them sent), so that a call done is never lost to a crash.
+onOutcome: list[Callable[[BatchRun], object]] = []
+
+
+def outcomeReady(run: BatchRun) -> None:
+    """*run*'s runner appended an outcome: tell `onOutcome`."""
+    for hook in onOutcome:
+        hook(run)
+
+
+def endWithOwnOutcome(i: int) -> bool:
+    """
+    End the innermost running batch after its call *i*, whose outcome is to
+    be the batch task's own result or error (one that a batch's list of
+    outcomes cannot carry: an iterator to stream, say). The calls after *i*
+    go back to the owner, and the outcomes not sent yet go ahead of the
+    task's result (`onOwnEnd`). False, changing nothing, where nobody can
+    send them (no process child runs this batch).
+    """
+    if not onOwnEnd or not _running or _running[-1].finished:
+        return False
+    run = _running[-1]
+    deque(run.indices, maxlen=0)  # (taken up: the runner's loop ends)
+    run.finished = True  # (first: a signal handler from here on sends nothing)
+    for hook in onOwnEnd:
+        hook(i + 1, run)
+    return True
+
+
 def stopRunningBatch() -> tuple[int, BatchRun] | None:
     """
     End the innermost running batch after the call it runs: the index of

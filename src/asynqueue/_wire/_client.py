@@ -55,6 +55,7 @@ from ._codec import (
     REST,
     RESULTS,
     STARTED,
+    STATUS_OF_MEMBER,
     dumpsError,
     dumpsSmall,
     loads,
@@ -93,6 +94,20 @@ def remoteFailure(
             typeName=error.typeName,
         )
     return Failure(exc)
+
+
+def settleMembers(members: dict[Task, list[Any]]) -> None:
+    """Hand the outcomes of calls of group tasks to each group's owner (`Batch.giveBack`)."""
+    for task, outcomes in members.items():
+        args = task.callTuple[1]
+        giveBack = args[0].giveBack if isBatch(args) else None
+        if giveBack is None:
+            log.error("Outcomes came for calls of task %r, which runs no group", task)
+            continue
+        try:
+            giveBack(len(args[0]), outcomes)
+        except Exception:
+            log.exception("Settling the calls of a group failed")
 
 
 def statusResult(
@@ -357,7 +372,7 @@ class WireClient(BurstSender):
         A running batch stopped early (REST): tell its owner which of its
         calls will not run there, with the outcomes of those done.
         """
-        taskID, start = pickle.loads(parts[0])
+        taskID, start, own = pickle.loads(parts[0])
         done = []
         for part in parts[1:]:
             try:
@@ -375,7 +390,11 @@ class WireClient(BurstSender):
             log.error("Batch task %d ran no call from %d on; nobody to tell", taskID, start)
             return
         try:
-            giveBack(start, done)
+            if own:
+                # (Its last call's outcome is the task's own result, to come.)
+                giveBack(start, done, own=True)  # type: ignore[call-arg]
+            else:
+                giveBack(start, done)
         except Exception:
             log.exception("Giving back the calls of batch task %d failed", taskID)
 
@@ -460,9 +479,19 @@ class WireClient(BurstSender):
         # `holdSends`), after the worker was told once that it has room again.
         reports: list[tuple[Task, Any]] = []
         runs: list[tuple[float, float]] = []  # (dt, sentAt) of each call run
+        members: dict[Task, list[Any]] | None = None  # (outcomes of calls of groups)
         for taskID, status, n, dt, extra in entries:
             payload = parts[pos : pos + n] if n else []
             pos += n
+            if status in STATUS_OF_MEMBER:
+                # A call of a group task, held as it ran (see `_group`): its
+                # outcome goes to the group's owner, after this loop.
+                attempt = inflight.get(taskID)
+                if attempt is not None and attempt.task is not None:
+                    if members is None:
+                        members = {}
+                    members.setdefault(attempt.task, []).append((STATUS_OF_MEMBER[status], payload))
+                continue
             placed = None
             if status == RESULT and extra is not None:
                 # Parts placed in shared memory, still being written (given up
@@ -519,6 +548,8 @@ class WireClient(BurstSender):
                 reports.append((task, statusResult(status, payload, errorType, relay, filling)))
         if runs:
             worker._noteRuns(runs, now)
+        if members is not None:
+            settleMembers(members)
         if self._holding:
             # With the rest of this read's (`holdSends`); settled then too,
             # even if none of these was a task's (replayed updates).

@@ -63,6 +63,7 @@ __all__ = [
     "INIT",
     "ITEMS",
     "LANE_SHIFT",
+    "MEMBER_STATUS",
     "NEXT",
     "PING",
     "PLACED",
@@ -72,6 +73,7 @@ __all__ = [
     "REST",
     "RESULTS",
     "STARTED",
+    "STATUS_OF_MEMBER",
     "WIRE_VERSION",
     "RemoteError",
     "dumps",
@@ -82,6 +84,7 @@ __all__ = [
     "loads",
     "loadsCallByName",
     "loadsError",
+    "resultPicklingError",
 ]
 
 # Values that pickle by value with nothing inside them to check or to take
@@ -125,6 +128,13 @@ WIRE_RESULT, WIRE_NONE, WIRE_ERROR, WIRE_ITERATOR, WIRE_NOT_RUN = (
     ITERATOR.value,
     NOT_RUN.value,
 )
+
+# A RESULTS entry of a call of a group task (`_group.runCalls`) has the
+# call's own status in upper case (held by the child as it ran, see
+# `_process._child`), and the group task's own entry comes after them all.
+MEMBER_STATUS = {WIRE_RESULT: "R", WIRE_NONE: "N", WIRE_ERROR: "E"}
+STATUS_OF_MEMBER = {v: k for k, v in MEMBER_STATUS.items()}
+
 # ITEMS: [envelope, item parts..., error parts...];
 #   envelope = (iterID, nItemParts, more, nErrorParts)
 ITEMS = 18
@@ -135,11 +145,13 @@ PLACED = 20
 # from the server's reactor at once, whatever its workers are doing.
 PING = 21
 PONG = 22
-# REST: [envelope, outcome...]: envelope = (taskID, index): the running
+# REST: [envelope, outcome...]: envelope = (taskID, index, own): the running
 # task's batch (`_support._batch`) stops after its current call; its calls
 # from index on will not run, and the outcomes (each pickled) are those of
-# its first calls, which its result leaves out. A child's answer to a
-# HANDBACK naming the task it runs (process children only).
+# its first calls not yet sent, which its result leaves out. A child's answer
+# to a HANDBACK naming the task it runs, or (own: True) a batch that ends
+# itself after call index - 1, whose outcome is the task's own result
+# (`_support._batch.endWithOwnOutcome`). Process children only.
 REST = 23
 # The shared-secret handshake of remote connections (raw bytes, never pickles):
 # see `asynqueue._wire._auth`.
@@ -442,6 +454,15 @@ def _typeName(exc: BaseException) -> str:
     cls = type(exc)
     module = cls.__module__
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def resultPicklingError(f: Any, result: Any, error: Exception) -> pickle.PicklingError:
+    """What a call's caller gets when its result cannot travel back pickled."""
+    name = getattr(f, "__qualname__", None) or repr(f)
+    return pickle.PicklingError(
+        f"cannot pickle the result of {name} ({type(result).__qualname__}):"
+        f" {type(error).__name__}: {error}"
+    )
 
 
 def dumpsError(

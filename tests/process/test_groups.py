@@ -1,0 +1,230 @@
+"""
+Groups: a process queue's backlog of plain calls runs a group of calls per
+task (`asynqueue._core._dispatch`, *Groups*), each call with the outcome it
+would have had alone. Real child processes throughout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.defer import CancelledError, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from asynqueue import errors
+from asynqueue._process._parent import GROUP_MAX
+from asynqueue._wire._group import runCalls
+from asynqueue.process import ProcessQueue
+
+from ..helpers import process as h
+from ..helpers.common import waitUntil
+
+
+def watchGroups(q: ProcessQueue) -> list[list[Any]]:
+    """The groups *q*'s workers are given from now on: the callables of each."""
+    groups: list[list[Any]] = []
+    for slot in q._dispatcher._slotList:
+        worker = slot.worker
+        run = worker.run
+
+        def counting(task: Any, run: Any = run) -> Any:
+            f, args, _ = task.callTuple
+            if f is runCalls:
+                groups.append([call[0] for call in args[0]])
+            return run(task)
+
+        worker.run = counting  # type: ignore[method-assign]
+    return groups
+
+
+def lines(path: str) -> list[str]:
+    try:
+        with open(path) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
+
+
+class GroupTests(TestCase):
+    timeout = 30
+
+    def makeQueue(self, workers: int, **kw: Any) -> ProcessQueue:
+        q = ProcessQueue(workers, returnFailure=True, **kw)
+        self.addCleanup(q.shutdown)
+        return q
+
+    def folder(self) -> str:
+        path = tempfile.mkdtemp(prefix="aq-groups")
+        self.addCleanup(shutil.rmtree, path, True)
+        return path
+
+    @inlineCallbacks
+    def test_a_backlog_of_plain_calls_runs_in_groups_each_call_its_own_result(self) -> Any:
+        q = self.makeQueue(2)
+        yield q.call(h.add, 0, 0)  # (the calls so far say how long one takes)
+        groups = watchGroups(q)
+        results = yield defer.gatherResults([q.call(h.add, i, 1) for i in range(3000)])
+        self.assertEqual(results, [i + 1 for i in range(3000)])
+        self.assertTrue(groups, "no group was formed")
+        self.assertGreater(sum(map(len, groups)), 1500)  # (most calls went in groups)
+        self.assertLessEqual(max(map(len, groups)), GROUP_MAX)
+        self.assertTrue(all(f is h.add for group in groups for f in group))
+
+    @inlineCallbacks
+    def test_calls_with_options_a_series_or_a_timeout_never_go_in_a_group(self) -> Any:
+        q = self.makeQueue(2)
+        yield q.call(h.add, 0, 0)
+        groups = watchGroups(q)
+        calls = [q.call(h.add, i, 1) for i in range(600)]
+        for i in range(600):
+            calls.append(q.call(h.nothing, series=i % 7))
+            calls.append(q.call(h.pid, niceness=5))
+            calls.append(q.call(h.add, i, 2, timeout=10))
+            calls.append(q.call(h.length, b"x", raw=True))
+        results = yield defer.gatherResults(calls)
+        self.assertEqual(results[:600], [i + 1 for i in range(600)])
+        self.assertTrue(groups)
+        self.assertEqual({f for group in groups for f in group}, {h.add})
+        self.assertLessEqual(sum(map(len, groups)), 600)  # (only the plain ``add(i, 1)``)
+
+    @inlineCallbacks
+    def test_a_call_in_a_group_fails_as_it_would_alone(self) -> Any:
+        q = self.makeQueue(2)
+        alone = yield q.call(h.raiseKeyError, "k0").addErrback(lambda f: f.value)  # (alone)
+        groups = watchGroups(q)
+        calls = [
+            q.call(h.raiseKeyError, f"k{i}") if i % 10 == 3 else q.call(h.add, i, 0)
+            for i in range(800)
+        ]
+        outcomes = yield defer.DeferredList(calls, consumeErrors=True)
+        self.assertTrue(any(h.raiseKeyError in group for group in groups))
+        for i, (ok, value) in enumerate(outcomes):
+            if i % 10 == 3:
+                self.assertFalse(ok)
+                self.assertIs(type(value.value), type(alone))
+                self.assertEqual(value.value.args, (f"k{i}",))
+                self.assertIn(f"KeyError: 'k{i}'", value.value.remoteTraceback)
+            else:
+                self.assertEqual((ok, value), (True, i))
+
+    @inlineCallbacks
+    def test_an_unpicklable_result_in_a_group_is_its_calls_error_alone(self) -> Any:
+        q = self.makeQueue(1)
+        alone = yield q.call(h.unpicklableResult).addErrback(lambda f: f.value)
+        groups = watchGroups(q)
+        calls = [
+            q.call(h.unpicklableResult) if i % 50 == 7 else q.call(h.add, i, 0) for i in range(400)
+        ]
+        outcomes = yield defer.DeferredList(calls, consumeErrors=True)
+        self.assertTrue(any(h.unpicklableResult in group for group in groups))
+        for i, (ok, value) in enumerate(outcomes):
+            if i % 50 == 7:
+                self.assertFalse(ok)
+                self.assertEqual(str(value.value), str(alone))
+                self.assertIn("cannot pickle the result of unpicklableResult", str(value.value))
+            else:
+                self.assertEqual((ok, value), (True, i))
+
+    @inlineCallbacks
+    def test_an_iterator_result_in_a_group_streams_and_the_calls_after_it_still_run(self) -> Any:
+        q = self.makeQueue(1)
+        yield q.call(h.add, 0, 0)
+        groups = watchGroups(q)
+        calls = [
+            q.call(h.squares, 5 + i % 3) if i % 40 == 21 else q.call(h.add, i, 0)
+            for i in range(400)
+        ]
+        results = yield defer.gatherResults(calls)
+        self.assertTrue(any(h.squares in group for group in groups))
+        for i, result in enumerate(results):
+            if i % 40 == 21:
+                items = []
+                for d in result:
+                    items.append((yield d))
+                self.assertEqual(items, [k * k for k in range(5 + i % 3)])
+            else:
+                self.assertEqual(result, i)
+
+    @inlineCallbacks
+    def test_a_crash_in_a_group_runs_no_finished_call_again(self) -> Any:
+        # Each call of a group appends a line as it runs: after one of them
+        # kills the child, every other has run exactly once (the outcomes
+        # held in the child came through the arena), and only the culprit
+        # fails, once it has killed a child running alone too.
+        path = os.path.join(self.folder(), "lines")
+        q = self.makeQueue(1)
+        yield q.call(h.add, 0, 0)
+        groups = watchGroups(q)
+        texts = [f"t{i}" for i in range(300)]
+        calls = [q.call(h.appendLine, path, text) for text in texts[:150]]
+        crash = q.call(h.exitWith, 3)
+        calls += [q.call(h.appendLine, path, text) for text in texts[150:]]
+        self.assertEqual((yield defer.gatherResults(calls)), texts)
+        with self.assertRaises(errors.WorkerLost):
+            yield crash
+        self.assertTrue(any(h.exitWith in group for group in groups), groups)
+        self.assertEqual(sorted(lines(path)), sorted(texts))
+
+    @inlineCallbacks
+    def test_the_calls_behind_a_long_one_in_a_group_go_to_the_other_worker(self) -> Any:
+        # A group holding a 1 s call: the calls after it in the group come
+        # back to the queue (after HANDBACK_PATIENCE) and the other worker
+        # runs them, so every other call is done before the long one.
+        path = os.path.join(self.folder(), "log")
+        q = self.makeQueue(2)
+        yield q.call(h.add, 0, 0)
+        groups = watchGroups(q)
+        order: list[str] = []
+
+        def note(result: Any, tag: str) -> Any:
+            order.append(tag)
+            return result
+
+        calls = [q.call(h.add, i, 0).addCallback(note, f"a{i}") for i in range(200)]
+        calls.append(q.call(h.logRun, path, "long", 1.0).addCallback(note, "long"))
+        calls += [q.call(h.add, i, 0).addCallback(note, f"b{i}") for i in range(200)]
+        yield defer.gatherResults(calls)
+        self.assertTrue(any(h.logRun in group and group[-1] is h.add for group in groups), groups)
+        self.assertEqual(order[-1], "long")
+
+    @inlineCallbacks
+    def test_a_cancelled_call_of_a_group_not_run_yet_never_runs(self) -> Any:
+        folder = self.folder()
+        path, targetPath = os.path.join(folder, "log"), os.path.join(folder, "target")
+        q = self.makeQueue(1)
+        yield q.call(h.add, 0, 0)
+        yield defer.gatherResults([q.call(h.add, i, 0) for i in range(200)])  # (calls are quick)
+        groups = watchGroups(q)
+        busy = q.call(h.logRun, path, "busy", 0.3)
+        yield waitUntil(lambda: "busy" in lines(path))
+        # Queued behind the busy call: when it is done, one group.
+        blocker = q.call(h.logRun, path, "blocker", 0.5)
+        target = q.call(h.appendLine, targetPath, "target")
+        rest = [q.call(h.add, i, 1) for i in range(20)]
+        yield busy
+        yield waitUntil(lambda: lines(path).count("blocker") == 1)
+        self.assertTrue(any(g[:2] == [h.logRun, h.appendLine] for g in groups), "not in one group")
+        target.cancel()
+        with self.assertRaises(CancelledError):
+            yield target
+        self.assertEqual((yield blocker), "blocker")
+        self.assertEqual((yield defer.gatherResults(rest)), [i + 1 for i in range(20)])
+        yield q.call(h.add, 0, 0)  # (anything still in the child has run by now)
+        self.assertEqual(lines(targetPath), [])
+
+    @inlineCallbacks
+    def test_groups_in_flight_on_a_detached_worker_are_run_again_elsewhere(self) -> Any:
+        q = self.makeQueue(2)
+        yield q.call(h.add, 0, 0)
+        groups = watchGroups(q)
+        calls = [q.call(h.add, i, 1) for i in range(2000)]
+        yield deferLater(reactor, 0.01, lambda: None)  # (a moment into the burst)
+        workers = q.workers()
+        yield q.detachWorker(workers[0], reassign=True, crash=True)
+        self.assertEqual((yield defer.gatherResults(calls)), [i + 1 for i in range(2000)])
+        self.assertTrue(groups)
