@@ -16,11 +16,11 @@ the report counts the blocks each side wins as well as the medians.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from typing import Any
 
 from . import payloads
+from ._ab import alternating, report
 from ._reactor import runUntilDone
 
 
@@ -45,24 +45,20 @@ def main(argv: list[str] | None = None) -> int:
         noop = payloads.noop
         try:
             yield q.call(noop)
-            for round in range(args.rounds):
-                order = list(sides) if round % 2 else list(reversed(sides))
-                for name in order:
-                    _worker.LATE_BELLS_LIMIT = sides[name]
-                    yield q.call(noop)  # (the thread's wait after it is the side's)
-                    t0 = time.perf_counter()
-                    for _ in range(args.trips):
-                        yield q.call(noop)
-                    figures[name].append((time.perf_counter() - t0) / args.trips * 1e6)
+            for name, limit in alternating(sides, args.rounds):
+                _worker.LATE_BELLS_LIMIT = limit
+                yield q.call(noop)  # (the thread's wait after it is the side's)
+                t0 = time.perf_counter()
+                for _ in range(args.trips):
+                    yield q.call(noop)
+                figures[name].append((time.perf_counter() - t0) / args.trips * 1e6)
         finally:
             _worker.LATE_BELLS_LIMIT = late
             yield q.shutdown()
 
     runUntilDone(measure)
-    print(f"ThreadQueue(2), sequential round trip, µs ({args.rounds} blocks each way)")
-    for name, values in figures.items():
-        spread = ", ".join(f"{v:.1f}" for v in values)
-        print(f"  doorbell {name:8} median {statistics.median(values):5.1f}   [{spread}]")
+    title = f"ThreadQueue(2), sequential round trip, µs ({args.rounds} blocks each way)"
+    report(title, {f"doorbell {k}": v for k, v in figures.items()}, lambda v: f"{v:.1f}")
     wins = sum(a < b for a, b in zip(figures["late"], figures["at once"], strict=True))
     print(f"  late faster in {wins} of {args.rounds} pairs of blocks")
     return 0

@@ -129,20 +129,40 @@ def test_comparison_shows_the_ratio_of_each_round() -> None:
     assert comparison(results, metric, "aq-process") == "x0.75 floor"
 
 
-def test_late_bells_ab_measures_both_sides_and_restores_the_limit() -> None:
-    """``benchmarks.ab_late_bells`` still drives the private limit it toggles."""
+def runAB(module: str, limit: str, argv: list[str]) -> list[str]:
+    """Run ``benchmarks.<module>.main(argv)``; its output lines, and that *limit* came back."""
     proc = runPython(
         "-c",
-        "from benchmarks import ab_late_bells as ab;"
-        "from asynqueue._threads import _worker as w;"
-        "before = w.LATE_BELLS_LIMIT;"
-        "ab.main(['--rounds', '2', '--trips', '50']);"
-        "print('restored', w.LATE_BELLS_LIMIT == before > 0)",
+        f"from benchmarks import {module} as ab;"
+        f"import asynqueue.{limit.rpartition('.')[0]} as m;"
+        f"before = m.{limit.rpartition('.')[2]};"
+        f"ab.main({argv!r});"
+        f"print('restored', m.{limit.rpartition('.')[2]} == before)",
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    medians = [line for line in lines if "median" in line]
-    assert len(medians) == 2, proc.stdout
-    assert all(len(line.split("[")[1].split(",")) == 2 for line in medians), proc.stdout
-    assert "of 2 pairs" in proc.stdout, proc.stdout
     assert lines[-1] == "restored True", proc.stdout
+    return lines
+
+
+def assertTwoSides(lines: list[str], first: str, second: str, blocks: int) -> None:
+    """Each side's median line, in order, with one figure per block."""
+    medians = [line.split() for line in lines if " median " in line]
+    assert [words[0] for words in medians] == [first, second], lines
+    assert all(" ".join(words).count(";") == blocks - 1 for words in medians), lines
+
+
+def test_late_bells_ab_measures_both_sides_and_restores_the_limit() -> None:
+    """``benchmarks.ab_late_bells`` still drives the private limit it toggles."""
+    lines = runAB(
+        "ab_late_bells", "_threads._worker.LATE_BELLS_LIMIT", ["--rounds", "2", "--trips", "50"]
+    )
+    assertTwoSides(lines, "doorbell", "doorbell", 2)
+    assert any("of 2 pairs" in line for line in lines), lines
+
+
+def test_groups_ab_measures_both_sides_and_restores_the_limit() -> None:
+    """``benchmarks.ab_groups`` still drives the private limit it toggles, and puts it back."""
+    lines = runAB("ab_groups", "_process._parent.GROUP_MAX", ["--blocks", "2", "--calls", "300"])
+    assertTwoSides(lines, "one", "groups", 2)
+    assert any("groups / one task per call: x" in line for line in lines), lines
