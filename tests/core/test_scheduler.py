@@ -569,9 +569,9 @@ def test_pop_takes_exactly_what_peek_shows(ops, restricted):
 )
 def test_pop_if_takes_only_what_pop_would_and_only_if_accepted(ops, restricted):
     # Two schedulers fed the same: one popped, one asked with popIf first
-    # (what a group takes). Each item popIf gives is the one pop gives; it
-    # takes none that accept refuses, and none while retries, doNext items,
-    # restricted series or a held best flow call for pop's other rules.
+    # (what a group takes). Each item popIf gives is the one pop gives, its
+    # series held alike; it takes none that accept refuses, and none while
+    # retries, doNext items or restricted series call for pop's other rules.
     a, b = Scheduler(), Scheduler()
     a.setRestricted(restricted)
     b.setRestricted(restricted)
@@ -597,18 +597,20 @@ def test_pop_if_takes_only_what_pop_would_and_only_if_accepted(ops, restricted):
         elif op == "take":
             # Up to k items: popIf while it gives one (odd items refused),
             # each checked against pop on the other scheduler.
+            # As a worker that holds series and runs in order asks (mine:
+            # the series it holds; it holds the series of what it takes).
             special = bool(b._retry or b._special[0] or b._restrictedFlows)
             for _ in range(k):
-                wanted = a.peek()
-                got = b.popIf(lambda item: item % 2 == 0)
+                wanted = a.peek(None, (), holderA)
+                got = b.popIf(lambda item: item % 2 == 0, holderB, holderB)
                 if got is None:
-                    # Nothing taken; and in the plain case (no other rules,
-                    # the best flow not held) only because accept refused.
+                    # Nothing taken; and with no other rules in play (no
+                    # retries, doNext, restrictions, held series of its
+                    # own) only because accept refused it.
                     assert len(b) == len(a)
-                    top = b._top()
-                    plain = wanted is not None and not special and not (top and top[2].held)
-                    assert not plain or wanted % 2
+                    assert wanted is None or wanted % 2 or special or holderB
                     break
                 assert not special
-                assert got == wanted == a.pop()
+                assert got == wanted == a.pop(None, (), holderA, holderA)
+                assert holderA == holderB
     assert sorted(a.drain()) == sorted(b.drain())

@@ -17,12 +17,12 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from asynqueue import errors
-from asynqueue._process._parent import GROUP_MAX
+from asynqueue._process._parent import GROUP_MAX, GROUP_WINDOW
 from asynqueue._wire._group import runCalls
 from asynqueue.process import ProcessQueue
 
 from ..helpers import process as h
-from ..helpers.common import waitUntil
+from ..helpers.common import collect, waitUntil
 
 
 def watchGroups(q: ProcessQueue) -> list[list[Any]]:
@@ -76,21 +76,118 @@ class GroupTests(TestCase):
         self.assertTrue(all(f is h.add for group in groups for f in group))
 
     @inlineCallbacks
-    def test_calls_with_options_a_series_or_a_timeout_never_go_in_a_group(self) -> Any:
+    def test_a_worker_holds_a_few_groups_at_a_time(self) -> Any:
+        # A window of groups would commit far more calls to one worker than
+        # a window of calls (every series among them held): GROUP_WINDOW.
+        q = self.makeQueue(2)
+        yield q.call(h.add, 0, 0)
+        most = [0]
+        for slot in q._dispatcher._slotList:
+            worker = slot.worker
+            run = worker.run
+
+            def counting(task: Any, run: Any = run, worker: Any = worker) -> Any:
+                ready = run(task)
+                if task.callTuple[0] is runCalls:
+                    most[0] = max(most[0], len(worker._current.inflight))
+                return ready
+
+            worker.run = counting  # type: ignore[method-assign]
+        results = yield defer.gatherResults([q.call(h.add, i, 1) for i in range(5000)])
+        self.assertEqual(results, [i + 1 for i in range(5000)])
+        self.assertGreaterEqual(most[0], 2)
+        self.assertLessEqual(most[0], GROUP_WINDOW + 1)
+
+    @inlineCallbacks
+    def test_calls_with_queue_options_never_go_in_a_group(self) -> Any:
         q = self.makeQueue(2)
         yield q.call(h.add, 0, 0)
         groups = watchGroups(q)
         calls = [q.call(h.add, i, 1) for i in range(600)]
         for i in range(600):
-            calls.append(q.call(h.nothing, series=i % 7))
             calls.append(q.call(h.pid, niceness=5))
             calls.append(q.call(h.add, i, 2, timeout=10))
             calls.append(q.call(h.length, b"x", raw=True))
+            calls.append(q.call(h.nothing, doNext=True))
         results = yield defer.gatherResults(calls)
         self.assertEqual(results[:600], [i + 1 for i in range(600)])
         self.assertTrue(groups)
         self.assertEqual({f for group in groups for f in group}, {h.add})
         self.assertLessEqual(sum(map(len, groups)), 600)  # (only the plain ``add(i, 1)``)
+
+    @inlineCallbacks
+    def test_series_in_groups_still_run_in_sequence(self) -> Any:
+        # 12 series of 40 calls, interleaved, on two workers: each call of a
+        # series starts after the one before it ended, in submission order.
+        path = os.path.join(self.folder(), "log")
+        q = self.makeQueue(2)
+        yield q.call(h.add, 0, 0)
+        groups = watchGroups(q)
+        calls = [
+            q.call(h.logRun, path, f"s{k}-{i}", series=f"s{k}")
+            for i in range(40)
+            for k in range(12)
+        ]
+        yield defer.gatherResults(calls)
+        self.assertTrue(any(len(g) > 2 for g in groups), groups)  # (series side by side)
+        self.assertSeriesInSequence(path, 12, 40)
+
+    def assertSeriesInSequence(self, path: str, series: int, calls: int) -> None:
+        """In *path*'s log (``logRun``), each series' calls ran one at a time, in order."""
+        with open(path) as f:
+            events = [line.split() for line in f.read().splitlines()]
+        for k in range(series):
+            mine = [(kind, tag) for kind, tag in events if tag.startswith(f"s{k}-")]
+            expected = [(kind, f"s{k}-{i}") for i in range(calls) for kind in ("b", "e")]
+            self.assertEqual(mine, expected)
+
+    @inlineCallbacks
+    def test_calls_of_a_series_a_group_gives_back_go_before_the_later_ones(self) -> Any:
+        # Queued behind a busy call, one group forms: a call of each of 12
+        # series, with an iterator result among them. The group ends at the
+        # iterator; the calls of series behind it come back to the queue,
+        # and each series still runs in submission order, before its later
+        # calls (each series is held for the group until its call leaves it).
+        folder = self.folder()
+        path = os.path.join(folder, "log")
+        q = self.makeQueue(1)
+        yield defer.gatherResults([q.call(h.add, i, 0) for i in range(200)])  # (calls are quick)
+        groups = watchGroups(q)
+        busy = q.call(h.logRun, os.path.join(folder, "busy"), "busy", 0.3)
+        yield waitUntil(lambda: "busy" in lines(os.path.join(folder, "busy")))
+        calls = [q.call(h.logRun, path, f"s{k}-0", series=f"s{k}") for k in range(6)]
+        stream = q.call(h.squares, 3)
+        calls += [q.call(h.logRun, path, f"s{k}-0", series=f"s{k}") for k in range(6, 12)]
+        calls += [
+            q.call(h.logRun, path, f"s{k}-{i}", series=f"s{k}")
+            for i in range(1, 10)
+            for k in range(12)
+        ]
+        yield busy
+        yield defer.gatherResults(calls)
+        run = [h.logRun] * 6 + [h.squares] + [h.logRun] * 6
+        self.assertTrue(any(g[:13] == run for g in groups), groups)
+        self.assertEqual((yield collect((yield stream))), [0, 1, 4])
+        self.assertSeriesInSequence(path, 12, 10)
+
+    @inlineCallbacks
+    def test_series_keep_their_order_as_groups_end_early_on_two_workers(self) -> Any:
+        # As timing has it: two workers, groups that end early at iterator
+        # results here and there, series taken by both workers in turn.
+        path = os.path.join(self.folder(), "log")
+        q = self.makeQueue(2)
+        yield q.call(h.add, 0, 0)
+        calls = []
+        for i in range(60):
+            if i % 20 == 5:
+                calls.append(q.call(h.squares, 3))
+            for k in range(4):
+                calls.append(q.call(h.logRun, path, f"s{k}-{i}", series=f"s{k}"))
+        results = yield defer.gatherResults(calls)
+        for result in results:
+            if not isinstance(result, str):
+                self.assertEqual((yield collect(result)), [0, 1, 4])
+        self.assertSeriesInSequence(path, 4, 60)
 
     @inlineCallbacks
     def test_a_call_in_a_group_fails_as_it_would_alone(self) -> Any:

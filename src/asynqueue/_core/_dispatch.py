@@ -21,7 +21,7 @@ A backlog of small calls costs the queue more per call (a task, a hand-out,
 a report, the worker's framing) than the calls themselves. So a worker
 that says how many it takes at once (``groupLimit``: process workers, about
 2 ms of calls by their measured time, at most 32) gets the plain calls of
-a backlog (no options but ``returnFailure``, no series, never retried)
+a backlog (no options but ``returnFailure`` and ``series``, never retried)
 that the scheduler would hand out next, in order, as one task: a *group*
 (`_Group`; `Scheduler.popIf` takes each, stopping at the first that may
 not join). Each call keeps its own Deferred and gets the outcome it would
@@ -33,8 +33,10 @@ fails as a whole (it could not be sent, say) has each call run alone; one
 whose worker was lost charges the loss to the call it was running, and
 the others go back unrun. A cancelled call of a group is dropped from it
 and the group stopped (``stopGroup``), so that it does not run if it had
-not started. A queue whose results go through a ``taskDone`` of its own
-(or ``spew``) forms no groups.
+not started. A series still runs in sequence: the calls of a series in a
+group run in order there, and no other call of it is handed out until
+they have left the group (see `_runGroup`). A queue whose results go
+through a ``taskDone`` of its own (or ``spew``) forms no groups.
 
 The hot path is two methods: `Dispatcher._offer` gives a slot a task (a new
 call on the fast path of ``submit``, or the scheduler's pick in a dispatch
@@ -517,7 +519,6 @@ class Dispatcher:
             if (
                 slot.groupLimit is not None
                 and scheduler.count
-                and not mine
                 and self.plainResults
                 and _groupable(call)
                 and self._runGroup(slot, call)
@@ -793,9 +794,17 @@ class Dispatcher:
     def _runGroup(self, slot: _Slot, first: _Call) -> bool:
         """
         Give *slot* *first*, just popped, and the plain calls that the
-        scheduler would hand out next, as one task (a group, see the
-        class docstring). False, changing nothing, if no other call goes
-        with *first* now.
+        scheduler would hand out next, as one task (a group, see the module
+        docstring). False, changing nothing, if no other call goes with
+        *first* now.
+
+        The series of the calls after *first* are held for the group alone
+        (``group.held``, not the slot's): no other call of theirs is handed
+        out until the group's calls of that series have left it, so those
+        that come back (the group stopped early) go before any later one.
+        *first*'s series is the slot's (it may have come as the slot's next
+        call of it), and the group counts as a task of that series: not
+        handed back, as a series' task is not (see `IWorker`).
         """
         scheduler = self.scheduler
         limit = min(slot.groupLimit(), 1 + scheduler.count // len(self._slotList))  # type: ignore[misc]
@@ -803,15 +812,18 @@ class Dispatcher:
             return False
         members = [first]
         popIf = scheduler.popIf
+        held: dict[Hashable, int] = {}  # (the group's hold on its calls' series)
         while len(members) < limit:
-            call = popIf(_groupable)
+            # (One call per series at most: with none held as "mine", a
+            # series taken is held, so its next call is not at hand.)
+            call = popIf(_groupable, (), held)  # (and holds its series)
             if call is None:
                 break
             members.append(call)
         if len(members) < 2:
             return False
         slot.ready = False
-        group = _Group(members, slot)
+        group = _Group(members, slot, held)
         calls = Batch([(c.f, c.args, c._kw or _NO_KEYWORDS) for c in members])
         calls.giveBack = group.giveBack = lambda start, done, own=False: self._groupGiveBack(
             group, start, done, own
@@ -820,7 +832,7 @@ class Dispatcher:
         task.callTuple = (slot.worker.groupRunner, (calls,), {})  # type: ignore[attr-defined]
         task.callID = nextCallID()
         task._clock = self._seconds
-        task.series = None
+        task.series = first.series
         task.owner = group
         task.onReport = self._reporter
         group.task = task
@@ -846,10 +858,8 @@ class Dispatcher:
             return
         if group.own is not None:
             # It ended after this call, whose outcome is the task's own.
-            own = group.members[group.own]
+            self._memberReport(group, group.members[group.own], status, result)
             self._closeGroup(group)
-            own.group = group  # (still its: it gets the task's outcome)
-            self._memberReport(group, own, status, result)
         elif status is RESULT and _isOutcomes(result):
             outcomes, seconds = result
             ran = group.base + len(outcomes)
@@ -904,11 +914,11 @@ class Dispatcher:
             group.end = start
             for call in back:
                 if call.group is group:
-                    call.group = None
+                    self._leaveGroup(group, call)
                     if not call.done:
                         self._requeue(call)
-        if own and group.base < group.end:
-            group.own = group.base
+        if own and 0 < start <= len(members):
+            group.own = start - 1  # (its outcomes before may still be on their way)
         if self.scheduler.count:
             self._dispatch()
         if self._drainWaiters:
@@ -924,17 +934,24 @@ class Dispatcher:
         unsettled = []
         for call in group.members[group.base : group.end]:
             if call.group is group:
-                call.group = None
+                self._leaveGroup(group, call)
                 if not call.done:
                     unsettled.append(call)
         return unsettled
+
+    def _leaveGroup(self, group: _Group, call: _Call) -> None:
+        """*call* is no longer in *group*: its series (if any) is not held for it there."""
+        call.group = None
+        if call.series is not None:
+            holder = group.slotHeld if call is group.members[0] else group.held
+            self.scheduler.release(call.series, holder)
 
     def _memberReport(self, group: _Group, call: _Call, status: Status | str, result: Any) -> None:
         """A call of *group* ran: its outcome, as if it had run alone."""
         if call.done or call.group is not group:
             _dropLate(result)  # (cancelled meanwhile)
             return
-        call.group = None
+        self._leaveGroup(group, call)
         if status is NOT_RUN or status is TIMEOUT:  # (not from a call: none gives these)
             self._lost(call, result)
             return
@@ -1006,11 +1023,12 @@ class Dispatcher:
         if group is not None:
             # In a group: out of it (its outcome, if it comes, is dropped),
             # and the group stops, if its worker can, so that it does not run.
-            call.group = None
+            self._leaveGroup(group, call)
             self._finish(call, Failure(CancelledError()))
             slot = group.slot
             stopGroup = getattr(slot.worker, "stopGroup", None) if slot is not None else None
-            if stopGroup is not None and not group.closed:
+            # (Not one whose first call has a series: see _runGroup.)
+            if stopGroup is not None and not group.closed and group.members[0].series is None:
                 try:
                     stopGroup(group.task)
                 except Exception:
@@ -1080,8 +1098,8 @@ _NO_KEYWORDS: dict[str, Any] = {}
 
 
 def _groupable(call: _Call) -> bool:
-    """Whether *call* may run in a group: plain, without a series, never retried."""
-    if not call.plain or call.series is not None or call.raw is not None:
+    """Whether *call* may run in a group: plain (a series or not), never retried."""
+    if not call.plain or call.raw is not None:
         return False
     if call.timeouts or call.losses or call.alone:
         return False
@@ -1102,14 +1120,29 @@ class _Group:
     the task's own (its batch ended after it).
     """
 
-    __slots__ = ("base", "closed", "decode", "end", "giveBack", "members", "own", "slot", "task")
+    __slots__ = (
+        "base",
+        "closed",
+        "decode",
+        "end",
+        "giveBack",
+        "held",
+        "members",
+        "own",
+        "slot",
+        "slotHeld",
+        "task",
+    )
 
     # (Read as a call's where a slot's tasks in flight are: a group has none.)
     series = None
 
-    def __init__(self, members: list[_Call], slot: _Slot) -> None:
+    def __init__(self, members: list[_Call], slot: _Slot, held: dict[Hashable, int]) -> None:
         self.members = members
         self.slot: _Slot | None = slot
+        # Who holds its calls' series: the slot the first's, the group the others'.
+        self.slotHeld = slot.held
+        self.held = held
         self.base = 0
         self.end = len(members)
         self.own: int | None = None

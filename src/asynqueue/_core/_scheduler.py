@@ -551,44 +551,12 @@ class Scheduler(Generic[T]):
         its entry's ``inSequence`` is False), at less cost.
         """
         heads = self._heads
-        run = self._run
-        if (run or heads) and not (
+        if (self._run or heads) and not (
             self._retry or self._special[NEXT] or exclude or self._restrictedFlows
         ):
-            # The usual case (no retries, doNext items, exclusions or
-            # restricted series): the best is the flow head of the top row,
-            # once stale rows are dropped, unless a held series of *mine*
-            # has a better head. What _best would find, sooner.
-            while True:
-                if run and (not heads or run[0] < heads[0]):
-                    row = run[0]
-                elif heads:
-                    row = heads[0]
-                else:
-                    break
-                flow = row[2]
-                head = flow.head
-                if head is None or head.seq != row[1]:
-                    self._dropTop()  # stale row
-                    continue
-                if flow.held and not (mine and flow.series in mine):
-                    self._dropTop()
-                    self._park(flow)
-                    continue
-                if mine and self._heldHeads and self._mineMayWin(row[0], row[1]):
-                    break
-                self._take(head)
-                series = flow.series
-                if series is not None and holder is not None and head.inSequence:
-                    # hold, inlined, with the flow at hand (not restricted,
-                    # or its row would not be in this index).
-                    n = holder.get(series)
-                    if n:
-                        holder[series] = n + 1
-                    else:
-                        holder[series] = 1
-                        self._held[series] = flow
-                        flow.held = True
+            head = self._usualHead(mine)
+            if head is not None:
+                self._takeHead(head, holder)
                 # (head.item, without a property call for an item that is its own entry)
                 return head._item if head.__class__ is _Boxed else head  # type: ignore[return-value]
         entry = self._best(qualified, exclude, mine)
@@ -599,34 +567,32 @@ class Scheduler(Generic[T]):
             self.hold(entry.series, holder)
         return entry.item
 
-    def popIf(self, accept: Callable[[T], bool]) -> T | None:
+    def popIf(
+        self,
+        accept: Callable[[T], bool],
+        mine: Collection[Hashable] = (),
+        holder: dict[Hashable, int] | None = None,
+    ) -> T | None:
         """
-        The item that ``pop()`` (a worker that may run anything, holding no
-        series) would return next, taken only if ``accept(item)``; else None,
-        leaving it queued. Also None whenever the next pick takes more than
-        the plain rules (a retry or doNext item is queued, a series is
-        restricted, or the best flow is held): a caller that takes several
-        items at once (a group, see `asynqueue._core._dispatch`) stops there,
-        and each item it took is one that ``pop()`` would have returned.
+        The item that ``pop(None, (), mine, holder)`` would return next,
+        taken (its series held for *holder*, as pop would) only if
+        ``accept(item)``; else None, leaving it queued. Also None whenever
+        the next pick takes more than the usual rules (a retry or doNext
+        item is queued, a series is restricted, or a held series of *mine*
+        may have a better head): a caller that takes several items at once
+        (a group, see `asynqueue._core._dispatch`) stops there, and each
+        item it took is one that ``pop`` would have returned.
         """
         if self._retry or self._special[NEXT] or self._restrictedFlows:
             return None
-        while True:
-            row = self._top()
-            if row is None:
-                return None
-            flow = row[2]
-            head = flow.head
-            if head is None or head.seq != row[1]:
-                self._dropTop()  # stale row
-                continue
-            if flow.held:
-                return None
-            item: T = head._item if head.__class__ is _Boxed else head  # type: ignore[assignment]
-            if not accept(item):
-                return None
-            self._take(head)
-            return item
+        head = self._usualHead(mine)
+        if head is None:
+            return None
+        item: T = head._item if head.__class__ is _Boxed else head  # type: ignore[assignment]
+        if not accept(item):
+            return None
+        self._takeHead(head, holder)
+        return item
 
     # ---------------------------------------------------------------- internals
 
@@ -730,6 +696,52 @@ class Scheduler(Generic[T]):
             if best is None or (e.finish, e.seq) < (best.finish, best.seq):
                 best = e
         return best
+
+    def _usualHead(self, mine: Collection[Hashable]) -> Entry | None:
+        """
+        (No retries, doNext items, exclusions or restricted series queued.)
+        The best entry, the flow head of the top row once stale rows are
+        dropped and held flows not of *mine* parked: what `_best` would
+        find, sooner. None: the long way must decide (nothing indexed, or a
+        held series of *mine* may have a better head).
+        """
+        run = self._run
+        heads = self._heads
+        while True:
+            if run and (not heads or run[0] < heads[0]):
+                row = run[0]
+            elif heads:
+                row = heads[0]
+            else:
+                return None
+            flow = row[2]
+            head = flow.head
+            if head is None or head.seq != row[1]:
+                self._dropTop()  # stale row
+                continue
+            if flow.held and not (mine and flow.series in mine):
+                self._dropTop()
+                self._park(flow)
+                continue
+            if mine and self._heldHeads and self._mineMayWin(row[0], row[1]):
+                return None
+            return head
+
+    def _takeHead(self, head: Entry, holder: dict[Hashable, int] | None) -> None:
+        """Take *head*, found by `_usualHead`; hold its series for *holder*, as pop does."""
+        self._take(head)
+        flow = head.flow
+        series = flow.series  # type: ignore[union-attr]
+        if series is not None and holder is not None and head.inSequence:
+            # hold, inlined, with the flow at hand (not restricted, or its
+            # row would not be in the index).
+            n = holder.get(series)
+            if n:
+                holder[series] = n + 1
+            else:
+                holder[series] = 1
+                self._held[series] = flow
+                flow.held = True  # type: ignore[union-attr]
 
     def _take(self, entry: Entry) -> None:
         """Take *entry*, a flow's head or a special one, off the queue."""

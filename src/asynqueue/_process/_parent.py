@@ -183,6 +183,12 @@ MAX_FRUITLESS = 3
 # and about this many seconds of them at most, going by the calls so far.
 GROUP_MAX = 32
 GROUP_SECONDS = 0.002
+# A worker given a group with this many tasks in its child waits for one to
+# end: a few groups keep the child busy, and a window of groups (each up to
+# GROUP_MAX calls) would commit many more calls to one worker than a window
+# of calls does, before the scheduler's later choices (and every series of
+# them held).
+GROUP_WINDOW = 3
 # Bytes asked for the send and receive buffers of a child's socket (Linux
 # caps them at net.core.wmem_max and rmem_max, 4 MiB by default).
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -825,6 +831,7 @@ class ProcessWorker(PipelineWindow):
         self._avgRun: float | None = None
         # Seconds per call of the groups run (None: none yet; see groupLimit).
         self._avgCall: float | None = None
+        self._sentGroup = False  # (the last task sent was a group: see _hasRoom)
         self._callTimes: list[tuple[float, float]] = []
         self._resignator: Callable[[], Any] | None = None
         self._stopping = False
@@ -911,17 +918,22 @@ class ProcessWorker(PipelineWindow):
         ):
             parts, flags = _placeInInbox(child.inbox, parts, flags)
         child.submit(task, parts, flags, relay)
-        if child is self._current and not child.firstBatch:
-            # What `_hasRoom` would say, in fewer calls: the window computed
-            # last, unless a result has moved the average since.
-            key = self._windowKey
-            window = (
-                self._windowSize if key is not None and key[0] is self._avgRun else self._window()
-            )
-            if len(child.inflight) < window:
+        self._sentGroup = f is runCalls
+        if not self._sentGroup or len(child.inflight) < GROUP_WINDOW:
+            # (Else enough groups are in flight: wait for one to end.)
+            if child is self._current and not child.firstBatch:
+                # What `_hasRoom` would say, in fewer calls: the window computed
+                # last, unless a result has moved the average since.
+                key = self._windowKey
+                window = (
+                    self._windowSize
+                    if key is not None and key[0] is self._avgRun
+                    else self._window()
+                )
+                if len(child.inflight) < window:
+                    return None
+            if self._hasRoom():
                 return None
-        if self._hasRoom():
-            return None
         d: Deferred[None] = Deferred()
         self._readyWaiters.append(d)
         return d
@@ -961,6 +973,14 @@ class ProcessWorker(PipelineWindow):
             if taskID is not None:
                 child.stopBatch(taskID)
                 return
+
+    def _hasRoom(self) -> bool:
+        """As any pipelining worker's, but at most `GROUP_WINDOW` tasks while groups come."""
+        if self._sentGroup:
+            child = self._current
+            if child is not None and len(child.inflight) >= GROUP_WINDOW:
+                return False
+        return PipelineWindow._hasRoom(self)
 
     def groupRan(self, calls: int, seconds: float) -> None:
         """A group ran *calls* calls in *seconds* (in its child)."""

@@ -96,6 +96,12 @@ def remoteFailure(
     return Failure(exc)
 
 
+class _Members(list):  # type: ignore[type-arg]
+    """A report: outcomes of calls of a group task (see `settleMembers`), in turn with others."""
+
+    __slots__ = ()
+
+
 def settleMembers(members: dict[Task, list[Any]]) -> None:
     """Hand the outcomes of calls of group tasks to each group's owner (`Batch.giveBack`)."""
     for task, outcomes in members.items():
@@ -479,18 +485,20 @@ class WireClient(BurstSender):
         # `holdSends`), after the worker was told once that it has room again.
         reports: list[tuple[Task, Any]] = []
         runs: list[tuple[float, float]] = []  # (dt, sentAt) of each call run
-        members: dict[Task, list[Any]] | None = None  # (outcomes of calls of groups)
         for taskID, status, n, dt, extra in entries:
             payload = parts[pos : pos + n] if n else []
             pos += n
             if status in STATUS_OF_MEMBER:
                 # A call of a group task, held as it ran (see `_group`): its
-                # outcome goes to the group's owner, after this loop.
+                # outcome goes to the group's owner, in turn with the reports.
                 attempt = inflight.get(taskID)
                 if attempt is not None and attempt.task is not None:
-                    if members is None:
-                        members = {}
-                    members.setdefault(attempt.task, []).append((STATUS_OF_MEMBER[status], payload))
+                    outcome = (STATUS_OF_MEMBER[status], payload)
+                    last = reports[-1] if reports else None
+                    if last is not None and last[0] is attempt.task and type(last[1]) is _Members:
+                        last[1].append(outcome)
+                    else:
+                        reports.append((attempt.task, _Members([outcome])))
                 continue
             placed = None
             if status == RESULT and extra is not None:
@@ -548,8 +556,6 @@ class WireClient(BurstSender):
                 reports.append((task, statusResult(status, payload, errorType, relay, filling)))
         if runs:
             worker._noteRuns(runs, now)
-        if members is not None:
-            settleMembers(members)
         if self._holding:
             # With the rest of this read's (`holdSends`); settled then too,
             # even if none of these was a task's (replayed updates).
@@ -569,7 +575,10 @@ class WireClient(BurstSender):
             BurstSender.holdSends(self, False)
         for task, report in reports:
             try:
-                task.callback(report)
+                if type(report) is _Members:
+                    settleMembers({task: report})
+                else:
+                    task.callback(report)
             except Exception:  # (not to lose the reports after it)
                 log.exception("Reporting a result in %r failed", self)
         self.settle()
