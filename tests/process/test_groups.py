@@ -6,13 +6,15 @@ would have had alone. Real child processes throughout.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
+import weakref
 from typing import Any
 
 from twisted.internet import defer, reactor
-from twisted.internet.defer import CancelledError, inlineCallbacks
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -97,6 +99,36 @@ class GroupTests(TestCase):
         self.assertEqual(results, [i + 1 for i in range(5000)])
         self.assertGreaterEqual(most[0], 2)
         self.assertLessEqual(most[0], GROUP_WINDOW + 1)
+
+    @inlineCallbacks
+    def test_a_burst_and_its_groups_go_without_the_garbage_collector(self) -> Any:
+        # No reference cycle keeps a done group (and the calls in it) alive:
+        # a burst holds full collections off, so a cycle would keep every
+        # call of a million-call burst until it ends.
+        q = self.makeQueue(1)
+        yield q.call(h.add, 0, 0)
+        groups = watchGroups(q)
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        done: Deferred[None] = Deferred()
+        left = [500]
+
+        def one(_: Any) -> None:
+            left[0] -= 1
+            if not left[0]:
+                done.callback(None)
+
+        refs = []
+        for i in range(500):
+            d = q.call(h.add, i, 1)
+            d.addCallback(one)
+            refs.append(weakref.ref(d))
+        del d
+        yield done
+        yield q.call(h.add, 0, 0)  # (the last group's report has been handled)
+        self.assertTrue(groups)
+        self.assertEqual(sum(ref() is not None for ref in refs), 0)
 
     @inlineCallbacks
     def test_calls_with_queue_options_never_go_in_a_group(self) -> Any:

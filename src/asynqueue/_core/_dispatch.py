@@ -825,9 +825,7 @@ class Dispatcher:
         slot.ready = False
         group = _Group(members, slot, held)
         calls = Batch([(c.f, c.args, c._kw or _NO_KEYWORDS) for c in members])
-        calls.giveBack = group.giveBack = lambda start, done, own=False: self._groupGiveBack(
-            group, start, done, own
-        )
+        calls.giveBack = lambda start, done, own=False: self._groupGiveBack(group, start, done, own)
         task = _newTask(Task)
         task.callTuple = (slot.worker.groupRunner, (calls,), {})  # type: ignore[attr-defined]
         task.callID = nextCallID()
@@ -937,6 +935,14 @@ class Dispatcher:
                 self._leaveGroup(group, call)
                 if not call.done:
                     unsettled.append(call)
+        # No cycle left to outlive it (task, batch, its giveBack, me): a
+        # burst's groups, and the calls in them, go as soon as they are done,
+        # not at a full collection (which a burst holds off).
+        task = group.task
+        if task is not None:
+            group.task = None
+            task.callTuple[1][0].giveBack = None
+        group.members = []
         return unsettled
 
     def _leaveGroup(self, group: _Group, call: _Call) -> None:
@@ -1125,7 +1131,6 @@ class _Group:
         "closed",
         "decode",
         "end",
-        "giveBack",
         "held",
         "members",
         "own",
@@ -1148,7 +1153,6 @@ class _Group:
         self.own: int | None = None
         self.closed = False
         self.decode: Any = slot.worker.groupOutcome  # type: ignore[attr-defined]
-        self.giveBack: Any = None
         self.task: Task | None = None
 
 
