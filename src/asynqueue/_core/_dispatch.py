@@ -857,7 +857,7 @@ class Dispatcher:
         if group.own is not None:
             # It ended after this call, whose outcome is the task's own.
             self._memberReport(group, group.members[group.own], status, result)
-            self._closeGroup(group)
+            self._noOutcome(self._closeGroup(group))
         elif status is RESULT and _isOutcomes(result):
             outcomes, seconds = result
             ran = group.base + len(outcomes)
@@ -866,9 +866,7 @@ class Dispatcher:
                     break
                 self._memberReport(group, group.members[group.base], *group.decode(outcome))
                 group.base += 1
-            unsettled = self._closeGroup(group)
-            for call in unsettled:  # (a bug: fewer outcomes than calls)
-                self._finish(call, Failure(errors.WorkerError(f"{call.describe()}: no outcome")))
+            self._noOutcome(self._closeGroup(group))
             groupRan = getattr(slot.worker if slot is not None else None, "groupRan", None)
             if groupRan is not None:
                 groupRan(ran, seconds)
@@ -944,6 +942,11 @@ class Dispatcher:
             task.callTuple[1][0].giveBack = None
         group.members = []
         return unsettled
+
+    def _noOutcome(self, calls: list[_Call]) -> None:
+        """Calls of a group that ended with no outcome for them (a bug): they fail, not hang."""
+        for call in calls:
+            self._finish(call, Failure(errors.WorkerError(f"{call.describe()}: no outcome came")))
 
     def _leaveGroup(self, group: _Group, call: _Call) -> None:
         """*call* is no longer in *group*: its series (if any) is not held for it there."""

@@ -102,6 +102,25 @@ class _Members(list):  # type: ignore[type-arg]
     __slots__ = ()
 
 
+class _Rest:
+    """A report: a running batch stopped early (REST), for its owner (`Batch.giveBack`)."""
+
+    __slots__ = ("done", "own", "start")
+
+    def __init__(self, start: int, done: list[Any], own: bool) -> None:
+        self.start, self.done, self.own = start, done, own
+
+    def giveBack(self, task: Task) -> None:
+        giveBack = task.callTuple[1][0].giveBack
+        if giveBack is None:
+            return  # (its owner is done with it meanwhile)
+        if self.own:
+            # (Its last call's outcome is the task's own result, to come.)
+            giveBack(self.start, self.done, own=True)
+        else:
+            giveBack(self.start, self.done)
+
+
 def settleMembers(members: dict[Task, list[Any]]) -> None:
     """Hand the outcomes of calls of group tasks to each group's owner (`Batch.giveBack`)."""
     for task, outcomes in members.items():
@@ -390,19 +409,18 @@ class WireClient(BurstSender):
         task = attempt.task if attempt is not None else None
         if task is None or not isBatch(task.callTuple[1]):
             return
-        giveBack = task.callTuple[1][0].giveBack
-        if giveBack is None:
+        if task.callTuple[1][0].giveBack is None:
             # (Never asked for: see `_Child.handBack`.)
             log.error("Batch task %d ran no call from %d on; nobody to tell", taskID, start)
             return
-        try:
-            if own:
-                # (Its last call's outcome is the task's own result, to come.)
-                giveBack(start, done, own=True)  # type: ignore[call-arg]
-            else:
-                giveBack(start, done)
-        except Exception:
-            log.exception("Giving back the calls of batch task %d failed", taskID)
+        # In turn with the reports of this read (the outcomes of calls of a
+        # group before it, say: see `_Members`).
+        report = (task, _Rest(start, done, own))
+        if self._holding:
+            self._reports.append(report)
+            self._reportsDue = True
+        else:
+            self._report([report])
 
     def wantsEarly(self, message: Message) -> bool:
         """
@@ -575,8 +593,11 @@ class WireClient(BurstSender):
             BurstSender.holdSends(self, False)
         for task, report in reports:
             try:
-                if type(report) is _Members:
+                kind = type(report)
+                if kind is _Members:
                     settleMembers({task: report})
+                elif kind is _Rest:
+                    report.giveBack(task)
                 else:
                     task.callback(report)
             except Exception:  # (not to lose the reports after it)
