@@ -18,7 +18,8 @@ without series or with 1,000 of them, a fresh subprocess:
 The ratios compare each row with the same worker kind at 10,000 calls
 without series (1.0 is a flat cost), and with the same backlog without
 series (what 1,000 series cost). The 10,000-call rows are medians of
-`SMALL_REPS` runs, with and without series in turn.
+`SMALL_REPS` runs, the large ones of `BIG_REPS`, with and without series
+in turn.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = 10_000
 SERIES = 1_000
 SMALL_REPS = 5
+# A large drain lasts seconds, but one run of it still swung by a third
+# (a process queue's 1,000,000-call drain read 94,000 and 159,000 calls/s
+# in two runs an hour apart): its rows are medians too.
+BIG_REPS = 3
 
 
 def _rss() -> int:
@@ -146,9 +151,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
         base = None
         for n in (SMALL, big):
             # A 10,000-call drain lasts a tenth of a second: a moment's load
-            # swings it, so the small backlogs run SMALL_REPS times (with and
-            # without series in turn) and each figure is the median.
-            reps = SMALL_REPS if n == SMALL else 1
+            # swings it, so each backlog runs several times (with and without
+            # series in turn) and each figure is the median.
+            reps = SMALL_REPS if n == SMALL else BIG_REPS
             runs: dict[int, list[dict[str, Any]]] = {0: [], SERIES: []}
             for _ in range(reps):
                 for series in runs:
