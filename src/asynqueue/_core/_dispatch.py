@@ -718,9 +718,6 @@ class Dispatcher:
         Every attempt reports here, once (see `Task.callback`).
         """
         call: _Call = task.owner  # type: ignore[assignment]  # (set by _runOn)
-        if call.__class__ is _Group:
-            self._groupReport(task, statusResult)
-            return
         status: Status | str
         try:
             code, result = statusResult
@@ -728,6 +725,9 @@ class Dispatcher:
             status = RESULT if code is RESULT else STATUS_BY_CODE[code]
         except (TypeError, ValueError, KeyError):  # not a pair, or not a status
             status, result = _unpackStatus(statusResult)
+        if call.__class__ is _Group:
+            self._groupReport(task, status, result)
+            return
         if call.attempt is not task or call.done:
             _dropLate(result)  # an attempt the queue gave up on
             return
@@ -841,15 +841,9 @@ class Dispatcher:
         self._hand(slot, task)
         return True
 
-    def _groupReport(self, task: Task, statusResult: Report) -> None:
+    def _groupReport(self, task: Task, status: Status | str, result: Any) -> None:
         """The report of a group's task: each call's outcome, or why none came."""
         group: _Group = task.owner  # type: ignore[assignment]
-        status: Status | str
-        try:
-            code, result = statusResult
-            status = RESULT if code is RESULT else STATUS_BY_CODE[code]
-        except (TypeError, ValueError, KeyError):
-            status, result = _unpackStatus(statusResult)
         slot = group.slot
         if group.closed:
             _dropLate(result)  # (its worker was detached meanwhile)

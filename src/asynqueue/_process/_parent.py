@@ -574,10 +574,7 @@ class _Child(WireClient, ProcessProtocol):
                     waiting.insert(0, taskID)
         if not waiting:
             return  # (a child whose code took SIGUSR1 for itself is not asked again)
-        asked.update(waiting)
-        self.flush()  # (the calls themselves first, if still in the outbox)
-        self.channel.send(encode(HANDBACK, [dumpsSmall(waiting)]))
-        self._interruptOnceSent()  # (a child inside a long call reads it there)
+        self._askBack(waiting)
 
     def stopBatch(self, taskID: int) -> None:
         """
@@ -591,10 +588,14 @@ class _Child(WireClient, ProcessProtocol):
         if taskID in asked:
             return
         asked.intersection_update(self.inflight)  # (forget those answered)
-        asked.add(taskID)
-        self.flush()  # (the call itself first, if still in the outbox)
-        self.channel.send(encode(HANDBACK, [dumpsSmall([taskID])]))
-        self._interruptOnceSent()
+        self._askBack([taskID])
+
+    def _askBack(self, taskIDs: list[int]) -> None:
+        """HANDBACK for *taskIDs* (noted as asked), then SIGUSR1 once it is written."""
+        self.askedBack.update(taskIDs)
+        self.flush()  # (the calls themselves first, if still in the outbox)
+        self.channel.send(encode(HANDBACK, [dumpsSmall(taskIDs)]))  # type: ignore[union-attr]
+        self._interruptOnceSent()  # (a child inside a long call reads it there)
 
     def _interruptOnceSent(self) -> None:
         """
@@ -1224,8 +1225,8 @@ class ProcessWorker(PipelineWindow):
                     members.setdefault(attempt.task, []).append(outcome)
             else:
                 held[taskID] = (status, dt, parts)
-        if members:
-            settleMembers(members)  # (before their groups are reported)
+        for task, outcomes in members.items():
+            settleMembers(task, outcomes)  # (before their groups are reported)
         done = [a for a in attempts if a.taskID in held]
         if done:
             attempts = [a for a in attempts if a.taskID not in held]

@@ -121,18 +121,17 @@ class _Rest:
             giveBack(self.start, self.done)
 
 
-def settleMembers(members: dict[Task, list[Any]]) -> None:
-    """Hand the outcomes of calls of group tasks to each group's owner (`Batch.giveBack`)."""
-    for task, outcomes in members.items():
-        args = task.callTuple[1]
-        giveBack = args[0].giveBack if isBatch(args) else None
-        if giveBack is None:
-            log.error("Outcomes came for calls of task %r, which runs no group", task)
-            continue
-        try:
-            giveBack(len(args[0]), outcomes)
-        except Exception:
-            log.exception("Settling the calls of a group failed")
+def settleMembers(task: Task, outcomes: list[Any]) -> None:
+    """Hand the outcomes of calls of group task *task* to its owner (`Batch.giveBack`)."""
+    args = task.callTuple[1]
+    giveBack = args[0].giveBack if isBatch(args) else None
+    if giveBack is None:
+        log.error("Outcomes came for calls of task %r, which runs no group", task)
+        return
+    try:
+        giveBack(len(args[0]), outcomes)
+    except Exception:
+        log.exception("Settling the calls of a group failed")
 
 
 def statusResult(
@@ -595,7 +594,7 @@ class WireClient(BurstSender):
             try:
                 kind = type(report)
                 if kind is _Members:
-                    settleMembers({task: report})
+                    settleMembers(task, report)
                 elif kind is _Rest:
                     report.giveBack(task)
                 else:
