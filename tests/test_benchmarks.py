@@ -163,6 +163,6 @@ def test_late_bells_ab_measures_both_sides_and_restores_the_limit() -> None:
 
 def test_groups_ab_measures_both_sides_and_restores_the_limit() -> None:
     """``benchmarks.ab_groups`` still drives the private limit it toggles, and puts it back."""
-    lines = runAB("ab_groups", "_process._parent.GROUP_MAX", ["--blocks", "2", "--calls", "300"])
+    lines = runAB("ab_groups", "_core._window.GROUP_MAX", ["--blocks", "2", "--calls", "300"])
     assertTwoSides(lines, "one", "groups", 2)
     assert any("groups / one task per call: x" in line for line in lines), lines

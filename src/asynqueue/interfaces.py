@@ -67,7 +67,8 @@ class IWorker(Interface):
       argument is an `asynqueue._support._batch.Batch`), a worker that can
       stop it after its current call may do so and tell the batch's
       ``giveBack`` which calls it will not run; the queue also asks when
-      nothing waits behind such a task. Process workers do.
+      nothing waits behind such a task. Process workers do, and thread
+      workers for their own groups.
     - ``gaveUp``: why the worker resigned for good (a string), or None; see
       ``setResignator``.
     - ``groupLimit()``, with ``groupRunner``, ``groupOutcome(outcome)`` and,
@@ -82,7 +83,7 @@ class IWorker(Interface):
       takes outcomes sent ahead, the calls from *start* on it will not run,
       and (*own*) that the call before *start* has the task's own outcome.
       ``stopGroup`` stops a group one of whose calls was cancelled. Process
-      workers have them.
+      and thread workers have them.
     """
 
     cQualified = Attribute(

@@ -89,6 +89,34 @@ def isGone(pid: int) -> bool:
         return True
 
 
+def watchWorkerGroups(
+    worker: Any, groups: list[list[Any]], pick: Any = lambda call: call[0]
+) -> list[list[Any]]:
+    """
+    Note in *groups* each group *worker* is given from now on (a task of its
+    ``groupRunner``, see `asynqueue._core._dispatch`, *Groups*): ``pick`` of
+    each of its ``(f, args, kw)`` calls, the callable by default.
+    """
+    run = worker.run
+
+    def watching(task: Any) -> Any:
+        f, args, _ = task.callTuple
+        if f is worker.groupRunner:
+            groups.append([pick(call) for call in args[0]])
+        return run(task)
+
+    worker.run = watching
+    return groups
+
+
+def watchGroups(q: Any, pick: Any = lambda call: call[0]) -> list[list[Any]]:
+    """The groups *q*'s workers are given from now on (see `watchWorkerGroups`)."""
+    groups: list[list[Any]] = []
+    for slot in q._dispatcher._slotList:
+        watchWorkerGroups(slot.worker, groups, pick)
+    return groups
+
+
 @inlineCallbacks
 def waitUntil(predicate: Any, limit: float = 10.0) -> Any:
     """Wait (without blocking the reactor) until *predicate()* is true; fires with None."""

@@ -19,29 +19,12 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from asynqueue import errors
-from asynqueue._process._parent import GROUP_MAX, GROUP_WINDOW
+from asynqueue._core._window import GROUP_MAX, GROUP_WINDOW
 from asynqueue._wire._group import runCalls
 from asynqueue.process import ProcessQueue
 
 from ..helpers import process as h
-from ..helpers.common import collect, waitUntil
-
-
-def watchGroups(q: ProcessQueue) -> list[list[Any]]:
-    """The groups *q*'s workers are given from now on: the callables of each."""
-    groups: list[list[Any]] = []
-    for slot in q._dispatcher._slotList:
-        worker = slot.worker
-        run = worker.run
-
-        def counting(task: Any, run: Any = run) -> Any:
-            f, args, _ = task.callTuple
-            if f is runCalls:
-                groups.append([call[0] for call in args[0]])
-            return run(task)
-
-        worker.run = counting  # type: ignore[method-assign]
-    return groups
+from ..helpers.common import collect, waitUntil, watchGroups
 
 
 def lines(path: str) -> list[str]:

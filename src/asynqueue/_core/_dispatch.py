@@ -19,8 +19,9 @@ Groups
 
 A backlog of small calls costs the queue more per call (a task, a hand-out,
 a report, the worker's framing) than the calls themselves. So a worker
-that says how many it takes at once (``groupLimit``: process workers, about
-2 ms of calls by their measured time, at most 32) gets the plain calls of
+that says how many it takes at once (``groupLimit``: process and thread
+workers, about 2 ms of calls by their measured time, at most 32, see
+`asynqueue._core._window.groupSizeFor`) gets the plain calls of
 a backlog (no options but ``returnFailure`` and ``series``, never retried)
 that the scheduler would hand out next, in order, as one task: a *group*
 (`_Group`; `Scheduler.popIf` takes each, stopping at the first that may

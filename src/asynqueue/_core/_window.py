@@ -32,8 +32,12 @@ from ._task import Task
 
 __all__ = [
     "BATCH_BEHIND_LIMIT",
+    "GROUP_MAX",
+    "GROUP_SECONDS",
+    "GROUP_WINDOW",
     "WINDOW_WORK",
     "PipelineWindow",
+    "groupSizeFor",
     "smoothed",
     "smoothedOver",
     "windowFor",
@@ -45,6 +49,18 @@ WINDOW_WORK = 0.002
 # A map batch that takes up to this long (by the recent average task time)
 # may wait behind another one in a worker whose window is one task.
 BATCH_BEHIND_LIMIT = 0.02
+
+
+# Groups (a backlog's plain calls as one task, see asynqueue._core._dispatch,
+# *Groups*): at most this many calls in one, and about this many seconds of
+# them, going by the calls run so far.
+GROUP_MAX = 32
+GROUP_SECONDS = 0.002
+# A worker given a group with this many tasks in hand waits for one to end:
+# a few groups keep it busy, and a window of groups (each up to GROUP_MAX
+# calls) would commit many more calls to one worker than a window of calls
+# does, before the scheduler's later choices (and every series of them held).
+GROUP_WINDOW = 3
 
 
 # The weight of the newest task time in the running average.
@@ -69,6 +85,16 @@ def smoothedOver(average: float | None, runs: Iterable[tuple[float, Any]]) -> fl
 def windowFor(averageRun: float, maxWindow: int, workers: int = 1) -> int:
     """Tasks in flight for about `WINDOW_WORK` seconds of work per worker."""
     return max(1, min(maxWindow, int(WINDOW_WORK * workers / max(averageRun, 1e-7))))
+
+
+def groupSizeFor(perCall: float | None) -> int:
+    """
+    How many calls a worker takes as one group, by the average seconds a
+    call took there (*perCall*; None before any ran: 1, no group).
+    """
+    if perCall is None:
+        return 1
+    return max(1, min(GROUP_MAX, int(GROUP_SECONDS / max(perCall, 1e-7))))
 
 
 class Attempt(Protocol):

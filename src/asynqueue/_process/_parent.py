@@ -131,7 +131,7 @@ from zope.interface import implementer
 from .. import errors
 from .._core._queue import TaskQueue
 from .._core._task import Task
-from .._core._window import PipelineWindow, smoothed, smoothedOver
+from .._core._window import GROUP_WINDOW, PipelineWindow, groupSizeFor, smoothed, smoothedOver
 from .._iter._base import BATCH_ITEMS, BATCH_SECONDS
 from .._support._batch import isBatch
 from .._support._status import Status
@@ -179,16 +179,6 @@ EXIT_GRACE = 5.0
 LOST_GRACE = 3.0
 # Consecutive children dying before they ran a task: the worker gives up.
 MAX_FRUITLESS = 3
-# Groups (see `ProcessWorker.groupLimit`): at most this many calls in one,
-# and about this many seconds of them at most, going by the calls so far.
-GROUP_MAX = 32
-GROUP_SECONDS = 0.002
-# A worker given a group with this many tasks in its child waits for one to
-# end: a few groups keep the child busy, and a window of groups (each up to
-# GROUP_MAX calls) would commit many more calls to one worker than a window
-# of calls does, before the scheduler's later choices (and every series of
-# them held).
-GROUP_WINDOW = 3
 # Bytes asked for the send and receive buffers of a child's socket (Linux
 # caps them at net.core.wmem_max and rmem_max, 4 MiB by default).
 SOCKET_BUFFER = 4 * 1024 * 1024
@@ -947,16 +937,14 @@ class ProcessWorker(PipelineWindow):
 
     def groupLimit(self) -> int:
         """
-        How many plain calls of a backlog I take as one task now: about
-        `GROUP_SECONDS` of them, going by the calls run so far (1, no group,
-        before any has run, once they take that long, or with ``callStats``
-        or ``maxTasks``).
+        How many plain calls of a backlog I take as one task now
+        (`groupSizeFor` the calls run so far; 1, no group, with
+        ``callStats`` or ``maxTasks``).
         """
-        perCall = self._avgCall if self._avgCall is not None else self._avgRun
-        if perCall is None or self.callStats or self.maxTasks is not None:
+        if self.callStats or self.maxTasks is not None:
             # (callStats: the times of each call; maxTasks counts calls.)
             return 1
-        return max(1, min(GROUP_MAX, int(GROUP_SECONDS / max(perCall, 1e-7))))
+        return groupSizeFor(self._avgCall if self._avgCall is not None else self._avgRun)
 
     def groupOutcome(self, outcome: Any) -> tuple[Status, Any]:
         """``(status, result)`` of one call of a group, from its outcome (`runCalls`)."""

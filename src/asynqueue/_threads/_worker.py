@@ -16,6 +16,15 @@ of work by the recent average, from 1 for slow tasks up to
 `THREAD_MAX_WINDOW` for tiny ones, whose hand-offs then cost one reactor
 wake-up per batch of up to `THREAD_MAX_WINDOW` results instead of per few.
 
+While calls wait in the queue, the worker takes them in *groups* (see
+`asynqueue._core._dispatch`, *Groups*): one task runs the next plain calls
+(``groupRunner``), each with the outcome it would have had alone, and the
+reactor makes, hands over and delivers one task for them all. At most
+`GROUP_WINDOW` tasks wait here while groups come. A group's calls sit in a
+deque that the thread takes from the left; the reactor takes those not
+started from the right (`_cutGroup`: a stall, or a cancelled call), so each
+call goes to exactly one side, without the thread's lock per call.
+
 A thread stuck in user code cannot be killed. When a task times out, the
 worker abandons that thread (it is a daemon, so it never blocks interpreter
 exit, and whatever it returns later is dropped) and starts a fresh thread
@@ -54,8 +63,9 @@ from zope.interface import implementer
 from .. import errors
 from .._core._queue import TaskQueue
 from .._core._task import Task
-from .._core._window import smoothed, windowFor
+from .._core._window import GROUP_WINDOW, groupSizeFor, smoothed, windowFor
 from .._iter._base import isIterator
+from .._support._batch import Batch
 from .._support._status import ERROR, ITERATOR, RESULT, Status
 from .._support._util import whenFired
 from ..interfaces import IWorker
@@ -138,6 +148,7 @@ class ThreadWorker:
         self.raw = raw
         self.window = None if window is None else max(1, window)
         self._avgRun: float | None = None
+        self._avgCall: float | None = None  # (per call of a group: see groupRan)
         self._adaptive = DEFAULT_WINDOW  # the adaptive window, updated per flush
         # Guards the thread's state changes against timedOut and crash.
         self._lock = threading.Lock()
@@ -163,6 +174,11 @@ class ThreadWorker:
         # see _LateBells.
         self._postedAt = 0.0
         self._readyWaiter: Deferred[None] | None = None
+        # True while the last task given was a group: at most GROUP_WINDOW
+        # tasks then (see run).
+        self._grouping = False
+        # (One object, so that a task's callable is it: see run and _flush.)
+        self.groupRunner = self._runGroup
         self._stopD: Deferred[None] | None = None
         self._resignator: Callable[[], Any] | None = None
         # How the thread wakes the reactor into _flush: my own pipe if the
@@ -200,6 +216,13 @@ class ThreadWorker:
             return None
         # No lock: a deque append is atomic, and the thread takes the item
         # (under its lock) only after the token that follows it.
+        grouping = task.callTuple[0] is self.groupRunner
+        if grouping:
+            # The calls the thread takes one by one from the left; the
+            # reactor may take those not started from the right (_cutGroup).
+            calls = task.callTuple[1][0]
+            task.callTuple = (self.groupRunner, (calls, deque(calls)), {})
+        self._grouping = grouping
         if task.priority <= -20:
             self._vip.append((_TASK, task))
         else:
@@ -212,8 +235,10 @@ class ThreadWorker:
             else:
                 self._doorbell.put(None)
         self._inflight += 1
-        window = self.window
-        if self._inflight < (self._adaptive if window is None else window):
+        window = self._adaptive if self.window is None else self.window
+        if grouping and window > GROUP_WINDOW:
+            window = GROUP_WINDOW  # (see _window)
+        if self._inflight < window:
             return None
         self._readyWaiter = Deferred()
         return self._readyWaiter
@@ -235,6 +260,7 @@ class ThreadWorker:
         try:
             outbox = self._outbox
             popleft = outbox.popleft
+            groupRunner = self.groupRunner
             runTime = 0.0
             runCount = 0
             # No lock: the thread only appends, and wakes the reactor when it
@@ -250,7 +276,9 @@ class ThreadWorker:
                     runTime += seconds
                     runCount += 1
                     self._inflight -= 1
-                    if ok is ITERATOR:
+                    if target.callTuple[0] is groupRunner and ok is RESULT:
+                        self._groupEnded(value)
+                    elif ok is ITERATOR:
                         from .._iter._deferator import threadDeferator
 
                         value = threadDeferator(value, self.deferToThread)  # asks for a batch
@@ -290,7 +318,10 @@ class ThreadWorker:
                     bell(None)
 
     def _window(self) -> int:
-        return self._adaptive if self.window is None else self.window
+        window = self._adaptive if self.window is None else self.window
+        # (Groups of up to GROUP_MAX calls each: a window of them would
+        # commit many more calls to one thread than a window of calls.)
+        return min(window, GROUP_WINDOW) if self._grouping else window
 
     def _closePipe(self) -> None:
         """My thread has ended or was dropped: no more wake-ups through my pipe."""
@@ -343,11 +374,14 @@ class ThreadWorker:
         """
         Hand back, unrun, the tasks waiting here behind the running one: the
         queue asks when that one takes long and another worker could run them
-        (a task waiting for one of those would otherwise wait for ever).
+        (a task waiting for one of those would otherwise wait for ever). If
+        the running one is a group, its calls not started come back too.
         """
         with self._lock:
             if self._quitting:
                 return  # (stopping: it finishes what it has; crashed: nothing is left)
+            # A group running: its calls not started come back too.
+            back = self._cutGroup(self._current)
             waiting = [item[1] for item in self._vip if item[0] == _TASK]
             if waiting:
                 calls = [item for item in self._vip if item[0] != _TASK]
@@ -355,6 +389,8 @@ class ThreadWorker:
                 self._vip.extend(calls)
             waiting += self._inbox
             self._inbox.clear()
+        if back is not None:
+            back()
         if not waiting:
             return
         self._inflight -= len(waiting)
@@ -362,6 +398,123 @@ class ThreadWorker:
             t.innocent = True
             t.callback((Status.NOT_RUN, "handed back from behind a long task"))
         self._maybeReady()
+
+    # ---------------------------------------------------------------- groups
+
+    def groupLimit(self) -> int:
+        """
+        How many plain calls of a backlog I take as one task now
+        (`groupSizeFor` the calls run so far; 1 with a fixed window, which
+        says how many calls may wait here).
+        """
+        if self.window is not None:
+            return 1
+        return groupSizeFor(self._avgCall if self._avgCall is not None else self._avgRun)
+
+    @staticmethod
+    def groupOutcome(outcome: tuple[Status, Any]) -> tuple[Status, Any]:
+        """``(status, result)`` of one call of a group: its outcome, as it is."""
+        return outcome
+
+    def groupRan(self, calls: int, seconds: float) -> None:
+        """A group ran *calls* calls in *seconds*."""
+        if calls:
+            self._avgCall = smoothed(self._avgCall, seconds / calls)
+
+    def stopGroup(self, task: Task) -> None:
+        """
+        A call of group task *task* was cancelled: the group comes back unrun
+        if it waits here; if it runs, its calls not started go back to the
+        queue now (the one running finishes).
+        """
+        with self._lock:
+            if self._current is task:
+                back = self._cutGroup(task)
+            else:
+                try:
+                    self._inbox.remove(task)
+                except ValueError:
+                    return  # (finished: its outcomes are on their way)
+                back = None
+        if back is not None:
+            back()
+            return
+        self._inflight -= 1
+        task.innocent = True
+        task.callback((Status.NOT_RUN, "a group handed back: one of its calls was cancelled"))
+        self._maybeReady()
+
+    def _cutGroup(self, task: Task | None) -> Callable[[], object] | None:
+        """
+        (Under the lock) If *task*, the one my thread runs, is a group: take
+        its calls not started, so that the thread does not run them, and
+        return what gives them back to their owner (to call without the lock).
+        """
+        if task is None or task.callTuple[0] is not self.groupRunner:
+            return None
+        calls, left = task.callTuple[1]
+        taken = 0
+        while True:
+            # (From the right, one at a time, as the thread takes from the
+            # left: each call goes to one side only, and those taken here
+            # are the last ones.)
+            try:
+                left.pop()
+            except IndexError:
+                break
+            taken += 1
+        giveBack = calls.giveBack
+        if not taken or giveBack is None:
+            return None
+        return lambda: giveBack(len(calls) - taken, [])
+
+    def _runGroup(
+        self, calls: Batch, left: deque[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
+    ) -> tuple[list[tuple[Status, Any]], float]:
+        """
+        (My thread) The group runner: *calls* in order (taken from *left*,
+        see `_cutGroup`), with the outcome each would have had alone, and
+        the seconds they all took.
+        """
+        clock = time.perf_counter
+        t0 = clock()
+        outcomes: list[tuple[Status, Any]] = []
+        append = outcomes.append
+        take = left.popleft
+        raw = self.raw
+        while True:
+            try:
+                f, args, kw = take()
+            except IndexError:
+                break
+            try:
+                result = f(*args, **kw) if kw else f(*args)
+            except BaseException:
+                append((ERROR, Failure()))
+                continue
+            if result is not None and not raw and isIterator(result):
+                with self._lock:
+                    # (A quitting thread waits for its first batch: see _flush.)
+                    self._firstBatches += 1
+                append((ITERATOR, result))
+            else:
+                append((RESULT, result))
+        return outcomes, clock() - t0
+
+    def _groupEnded(self, result: tuple[list[tuple[Status, Any]], float]) -> None:
+        """
+        (The reactor, before a group task's report) Its iterator results
+        become Deferators, as a lone call's do.
+        """
+        outcomes = result[0]
+        for i, (status, value) in enumerate(outcomes):
+            if status is ITERATOR:
+                from .._iter._deferator import threadDeferator
+
+                outcomes[i] = (status, threadDeferator(value, self.deferToThread))
+                with self._lock:
+                    self._firstBatches -= 1
+                self._doorbell.put(None)  # (a quitting thread may go now)
 
     def stop(self) -> Deferred[None]:
         """
