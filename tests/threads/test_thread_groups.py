@@ -9,8 +9,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.internet.defer import CancelledError, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from asynqueue import TaskQueue
@@ -240,3 +241,38 @@ class ThreadGroupTests(TestCase):
         self.assertEqual(items, [0])
         yield q.shutdown()
         self.assertFalse(any(worker.threadRunning for worker in workers))
+
+    @inlineCallbacks
+    def test_a_crashed_worker_runs_no_more_of_its_group(self) -> Any:
+        # Its thread is abandoned in the group's running call; the group's
+        # calls go to another worker, and the old thread, once that call
+        # returns, must not run the rest of them too.
+        worker = yield self.warmWorker()
+        q = TaskQueue(returnFailure=True)
+        self.addCleanup(q.shutdown)
+        gate = threading.Event()
+        ran: list[int] = []
+        returned = []
+
+        def record(i: int) -> int:
+            if i == 0:
+                gate.wait(10)
+                returned.append(threading.get_ident())
+            ran.append(i)
+            return i
+
+        ds = [q.call(record, i) for i in range(12)]
+        groups = watchWorkerGroups(worker, [], lambda call: call[1][0])
+        yield q.attachWorker(worker)
+        yield waitUntil(lambda: worker._current is not None)
+        self.assertEqual(groups, [list(range(12))])
+        unfinished = yield q.detachWorker(worker, reassign=True, crash=True)
+        self.assertEqual(len(unfinished), 0)  # (reassigned: none left to the caller)
+        yield q.attachWorker(ThreadWorker())
+        gate.set()
+        results = yield defer.gatherResults(ds)
+        self.assertEqual(results, list(range(12)))
+        # The old thread's call 0 returns too (it was running: it ran twice).
+        yield waitUntil(lambda: len(returned) == 2)
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(sorted(ran), [0, *range(12)])

@@ -536,7 +536,12 @@ class ThreadWorker:
             self._crashed = True
             self._quitting = True
             self._generation += 1
-            unfinished = [] if self._current is None else [self._current]
+            current = self._current
+            unfinished = [] if current is None else [current]
+            if current is not None and current.callTuple[0] is self.groupRunner:
+                # (The abandoned thread runs none of the group's calls not
+                # started: they go back with the group.)
+                current.callTuple[1][1].clear()
             calls = []
             for kind, payload in self._vip:
                 if kind == _TASK:
