@@ -41,11 +41,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = 10_000
 SERIES = 1_000
-SMALL_REPS = 5
-# A large drain lasts seconds, but one run of it still swung by a third
-# (a process queue's 1,000,000-call drain read 94,000 and 159,000 calls/s
-# in two runs an hour apart): its rows are medians too.
-BIG_REPS = 3
+# (The machine's speed swings by a third from one run to the next, over
+# seconds: a process queue's 1,000,000-call drain read 94,000 and 159,000
+# calls/s an hour apart, and 96,000-158,000 in six runs in a row; the
+# parent's CPU per call 6.3-10.3 µs for the same work. Each row is the
+# median of several runs, with and without series in turn.)
+SMALL_REPS = 9
+BIG_REPS = 5
 
 
 def _rss() -> int:
