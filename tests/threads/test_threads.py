@@ -174,6 +174,32 @@ class ThreadQueueTests(TestCase):
         self.assertIn("ThreadWorker", name)
 
 
+class ThreadWindowTests(TestCase):
+    timeout = 15
+
+    @inlineCallbacks
+    def test_the_window_follows_the_time_tasks_take(self) -> Any:
+        # About WINDOW_WORK seconds of tasks in flight, by the recent
+        # average: the most for tiny ones, few for slow ones.
+        from asynqueue._core._window import windowFor
+        from asynqueue._threads._worker import THREAD_MAX_WINDOW
+
+        q = ThreadQueue(1)
+        self.addCleanup(q.shutdown)
+        worker = q.worker
+        for _ in range(20):
+            yield q.call(int, 1)
+        tiny = worker._adaptive
+        self.assertEqual(tiny, windowFor(worker._avgRun, THREAD_MAX_WINDOW))
+        for _ in range(20):
+            yield q.call(time.sleep, 0.003)
+        slow = worker._adaptive
+        self.assertEqual(slow, windowFor(worker._avgRun, THREAD_MAX_WINDOW))
+        self.assertGreater(worker._avgRun, 0.002)
+        self.assertEqual(slow, 1)
+        self.assertGreater(tiny, 4)
+
+
 class ThreadTimeoutTests(TestCase):
     timeout = 15
 

@@ -35,6 +35,7 @@ __all__ = [
     "GROUP_MAX",
     "GROUP_SECONDS",
     "GROUP_WINDOW",
+    "SMOOTHING",
     "WINDOW_WORK",
     "PipelineWindow",
     "groupSizeFor",
