@@ -200,6 +200,25 @@ class ThreadWindowTests(TestCase):
         self.assertGreater(tiny, 4)
 
 
+class LateBellsTests(TestCase):
+    def test_one_record_of_late_doorbells_per_reactor(self) -> None:
+        # The workers of one reactor share it: a task given to one while
+        # another's flush delivers waits for that flush's end to ring.
+        from twisted.internet.task import Clock
+
+        from asynqueue._threads._worker import _lateBellsOf
+
+        first, second = Clock(), Clock()
+        self.assertIs(_lateBellsOf(first), _lateBellsOf(first))
+        self.assertIsNot(_lateBellsOf(first), _lateBellsOf(second))
+
+        class Unreferenced:
+            __slots__ = ()
+
+        odd = Unreferenced()  # (no weak reference: a record of its own each time)
+        self.assertIsNot(_lateBellsOf(odd), _lateBellsOf(odd))
+
+
 class ThreadTimeoutTests(TestCase):
     timeout = 15
 
