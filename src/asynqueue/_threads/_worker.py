@@ -303,12 +303,7 @@ class ThreadWorker:
                     if target.callTuple[0] is groupRunner and ok is RESULT:
                         self._groupEnded(value)
                     elif ok is ITERATOR:
-                        from .._iter._deferator import threadDeferator
-
-                        value = threadDeferator(value, self.deferToThread)  # asks for a batch
-                        with self._lock:
-                            self._firstBatches -= 1
-                        self._doorbell.put(None)  # a quitting thread may go now
+                        value = self._deferatorOf(value)
                     report = (ok, value)
                     onReport = target.onReport
                     if onReport is not None and target._reported is None and target._d is None:
@@ -538,12 +533,21 @@ class ThreadWorker:
         outcomes = result[0]
         for i, (status, value) in enumerate(outcomes):
             if status is ITERATOR:
-                from .._iter._deferator import threadDeferator
+                outcomes[i] = (status, self._deferatorOf(value))
 
-                outcomes[i] = (status, threadDeferator(value, self.deferToThread))
-                with self._lock:
-                    self._firstBatches -= 1
-                self._doorbell.put(None)  # (a quitting thread may go now)
+    def _deferatorOf(self, iterator: Any) -> Any:
+        """
+        (The reactor) A Deferator of *iterator*, a result my thread posted:
+        it asks my thread for its first batch, which a quitting thread
+        waits for (`_firstBatches`).
+        """
+        from .._iter._deferator import threadDeferator
+
+        deferator = threadDeferator(iterator, self.deferToThread)  # (asks for a batch)
+        with self._lock:
+            self._firstBatches -= 1
+        self._doorbell.put(None)  # (a quitting thread may go now)
+        return deferator
 
     def stop(self) -> Deferred[None]:
         """
